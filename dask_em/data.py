@@ -1,0 +1,171 @@
+"""Turn user input into blocks the engine maps the E-step over.
+
+Accepted: numpy arrays, Dask arrays, Zarr arrays, and Zarr paths or URLs
+(local path, ``file://``, ``memory://`` or any fsspec URL).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.delayed import Delayed
+
+from .errors import InvalidDataError
+
+#: Data smaller than this fraction of the cluster's memory is persisted once.
+PERSIST_FRACTION = 0.4
+#: Target size of one block when we choose the chunking ourselves.
+TARGET_BLOCK_BYTES = 16 * 2**20
+
+
+def open_zarr_array(source: str, component: str | None = None) -> da.Array:
+    """Open a Zarr array (or the only array of a Zarr group) as a Dask array."""
+    import zarr
+
+    try:
+        node = zarr.open(source, mode="r", path=component) if component else zarr.open(source, mode="r")
+    except Exception as exc:  # zarr raises several types for a missing store
+        raise InvalidDataError(f"cannot open {source!r} as Zarr: {exc}") from exc
+    if isinstance(node, zarr.Group):
+        arrays = dict(node.arrays())
+        name = "X" if "X" in arrays else (next(iter(arrays)) if len(arrays) == 1 else None)
+        if name is None:
+            raise InvalidDataError(
+                f"{source!r} is a Zarr group with arrays {sorted(arrays)}; name the one to fit "
+                "(e.g. 'path/to/store.zarr' with component='X')"
+            )
+        node = arrays[name]
+    return da.from_zarr(node)
+
+
+def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
+    """A 2-D numeric Dask array with one chunk along the feature axis.
+
+    Parameters
+    ----------
+    X : array-like, dask array, zarr array, or str
+        The data, of shape (n_samples, n_features). A string is a Zarr path
+        or URL.
+    chunk_rows : int, optional
+        Rows per block for in-memory input; by default about 16 MiB a block.
+
+    Raises
+    ------
+    InvalidDataError
+        For input that is not 2-D or not numeric.
+    """
+    if isinstance(X, str) or hasattr(X, "__fspath__"):
+        X = open_zarr_array(str(X))
+    elif not isinstance(X, da.Array):
+        try:
+            import zarr
+
+            if isinstance(X, zarr.Array):
+                X = da.from_zarr(X)
+        except ImportError:  # pragma: no cover - zarr is a dependency
+            pass
+    if not isinstance(X, da.Array):
+        X = np.asarray(X)
+        _check_array_meta(X.shape, X.dtype)
+        rows = chunk_rows or _default_chunk_rows(X.shape[0], X.shape[1] * max(X.dtype.itemsize, 8))
+        X = da.from_array(X, chunks=(rows, -1))
+    _check_array_meta(X.shape, X.dtype)
+    if X.dtype.kind in "biu":
+        X = X.astype(np.float64)
+    if chunk_rows is not None and X.chunks[0][0] != chunk_rows:
+        X = X.rechunk((chunk_rows, -1))
+    elif X.numblocks[1] > 1:
+        X = X.rechunk({1: -1})
+    return X
+
+
+def _default_chunk_rows(n_samples: int, row_bytes: int) -> int:
+    return int(max(1024, min(n_samples, TARGET_BLOCK_BYTES // max(row_bytes, 1))))
+
+
+def _check_array_meta(shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if len(shape) != 2:
+        hint = " Reshape 1-D data with X.reshape(-1, 1)." if len(shape) == 1 else ""
+        raise InvalidDataError(
+            f"expected a 2-D array of shape (n_samples, n_features), got {len(shape)}-D "
+            f"with shape {tuple(shape)}.{hint}"
+        )
+    if np.dtype(dtype).kind not in "biuf":
+        raise InvalidDataError(f"expected numeric data, got dtype {np.dtype(dtype)!s}; convert it to float first")
+    if shape[0] == 0 or shape[1] == 0:
+        raise InvalidDataError(f"expected non-empty data, got shape {tuple(shape)}")
+
+
+@dataclass
+class Blocks:
+    """Blocks of data ready for the engine.
+
+    Attributes
+    ----------
+    parts : list of Delayed
+        One delayed block per chunk, in data order (fixes the reduction order).
+    n_samples : int
+        Total number of observations.
+    array : dask.array.Array or None
+        The (possibly persisted) Dask array behind the blocks.
+    fingerprint : dict
+        Shape, dtype and chunking, to recognise the same data later.
+    """
+
+    parts: list[Delayed]
+    n_samples: int
+    array: da.Array | None = None
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """A random in-memory subset of about ``n`` rows, read from a few blocks.
+
+        Whole blocks are chosen at random until ``n`` rows are gathered, so
+        only those blocks are read.
+        """
+        X = self.array
+        assert X is not None
+        order = rng.permutation(X.numblocks[0])
+        chosen, rows = [], 0
+        for i in order:
+            chosen.append(int(i))
+            rows += X.chunks[0][i]
+            if rows >= n:
+                break
+        chosen.sort()
+        sample = np.concatenate(dask.compute(*[X.blocks[i] for i in chosen]), axis=0)
+        if len(sample) > n:
+            sample = sample[np.sort(rng.choice(len(sample), n, replace=False))]
+        return sample
+
+
+def array_blocks(X: da.Array, client: Any = None, persist: bool | None = None) -> Blocks:
+    """Blocks of a 2-D Dask array, persisted when it fits comfortably in memory.
+
+    Parameters
+    ----------
+    X : dask.array.Array
+        Data with one chunk along the feature axis.
+    client : distributed.Client, optional
+        Used to size the cluster's memory for the persist decision.
+    persist : bool, optional
+        Force persisting (True) or streaming from the source (False).
+    """
+    if persist is None:
+        from .cluster import cluster_memory
+
+        memory = cluster_memory(client) if client is not None else 0.0
+        persist = memory > 0 and X.nbytes < PERSIST_FRACTION * memory
+    if persist:
+        X = client.persist(X) if client is not None else X.persist()
+    fingerprint = {
+        "shape": list(X.shape),
+        "dtype": str(X.dtype),
+        "chunks": [list(c) for c in X.chunks],
+    }
+    parts = list(X.to_delayed(optimize_graph=not persist).ravel())
+    return Blocks(parts=parts, n_samples=int(X.shape[0]), array=X, fingerprint=fingerprint)

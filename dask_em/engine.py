@@ -1,0 +1,285 @@
+"""The EM loop: one pass over the data (one ``compute``) per iteration.
+
+Each iteration maps ``model.e_step`` over the blocks, combines the
+per-block statistics in a tree with a fixed pairing order, and runs
+``model.m_step`` on the client.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import numpy as np
+
+from .cluster import get_client
+from .data import Blocks, array_blocks, as_dask_array
+from .errors import ConvergenceWarning, DaskEMError, InvalidDataError
+from .models.base import EMModel, Stats
+from .monitor import ConvergenceMonitor
+from .stats import add_stats
+
+
+@dataclass
+class IterationInfo:
+    """What a callback learns after each iteration.
+
+    Attributes
+    ----------
+    iteration : int
+        1-based number of the iteration just finished.
+    loglik : float
+        Total log-likelihood of the data under the parameters that entered
+        the iteration.
+    value : float
+        The monitored value (``loglik`` per sample or in total).
+    change : float
+        Change of ``value`` from the previous iteration (inf at the first).
+    seconds : float
+        Wall time of the iteration.
+    params : object
+        The parameters after this iteration's M-step.
+    max_iter : int
+        The iteration limit of the fit.
+    """
+
+    iteration: int
+    loglik: float
+    value: float
+    change: float
+    seconds: float
+    params: Any
+    max_iter: int
+
+
+@dataclass
+class EMResult:
+    """The outcome of :func:`fit_em`.
+
+    Attributes
+    ----------
+    params : object
+        Fitted parameters (after the last M-step).
+    converged : bool
+        Whether the change fell below ``tol`` before ``max_iter``.
+    n_iter : int
+        Number of iterations run (including any before a resume).
+    history : list of float
+        Monitored value at each iteration.
+    n_samples : int
+        Number of observations in the data.
+    resumed_from : int
+        Iteration a checkpoint resumed from (0 for a fresh fit).
+    """
+
+    params: Any
+    converged: bool
+    n_iter: int
+    history: list[float]
+    n_samples: int
+    resumed_from: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lower_bound(self) -> float:
+        """The last monitored value (scikit-learn's ``lower_bound_``)."""
+        return self.history[-1] if self.history else -math.inf
+
+
+def _run_e_step(model: EMModel, block: Any, params: Any) -> Stats:
+    return model.e_step(block, params)
+
+
+def expected_stats(
+    model: EMModel, blocks: Blocks, params: Any, client: Any, split_every: int = 8
+) -> Stats:
+    """One pass over the data: the summed E-step statistics under ``params``.
+
+    The model and the parameters each enter the graph once, as one key;
+    the per-block results are summed in groups of ``split_every`` in block
+    order, so the result is the same whichever worker runs which task.
+    """
+    if split_every < 2:
+        raise ValueError(f"split_every must be at least 2, got {split_every}")
+    model_d = dask.delayed(model, traverse=False)
+    params_d = dask.delayed(params, traverse=False)
+    level = [dask.delayed(_run_e_step, pure=True)(model_d, part, params_d) for part in blocks.parts]
+    while len(level) > 1:
+        level = [
+            dask.delayed(add_stats, pure=True)(*level[i : i + split_every])
+            for i in range(0, len(level), split_every)
+        ]
+    if client is not None:
+        stats = client.compute(level[0], optimize_graph=False).result()
+    else:
+        stats = level[0].compute(scheduler="threads", optimize_graph=False)
+    return _checked(model, stats)
+
+
+def _checked(model: EMModel, stats: Stats) -> Stats:
+    stats = dict(stats)
+    n_invalid = int(stats.pop("n_invalid", 0))
+    if n_invalid > 0:
+        describe = getattr(model, "describe_invalid", None)
+        message = describe(n_invalid) if describe else f"{n_invalid} values are outside the model's support"
+        raise InvalidDataError(message)
+    loglik = float(stats["loglik"])
+    if not math.isfinite(loglik):
+        raise DaskEMError(
+            f"the log-likelihood is {loglik} under the current parameters; a component may "
+            "have collapsed. Try to decrease the number of components, increase the "
+            "regularisation (reg_covar) or scale the input data."
+        )
+    return stats
+
+
+def prepare_blocks(data: Any, client: Any, persist: bool | None = None) -> Blocks:
+    """Blocks for ``data`` unless it already is :class:`Blocks`."""
+    if isinstance(data, Blocks):
+        return data
+    return array_blocks(as_dask_array(data), client, persist=persist)
+
+
+def print_progress(info: IterationInfo) -> None:
+    """A plain progress line per iteration on standard error."""
+    eta = info.seconds * (info.max_iter - info.iteration)
+    print(
+        f"iter {info.iteration:4d}  loglik {info.value: .8g}  change {info.change: .3g}  "
+        f"{info.seconds:6.3f} s/it  eta {eta:6.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def fit_em(
+    model: EMModel,
+    data: Any,
+    params: Any = None,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    tol_on: str = "mean",
+    split_every: int = 8,
+    client: Any = None,
+    scheduler: str | None = None,
+    random_state: int | np.random.Generator | None = None,
+    callbacks: Sequence[Callable[[IterationInfo], None]] = (),
+    verbose: bool = False,
+    checkpoint: Any = None,
+    checkpoint_every: int = 1,
+    resume: bool | None = None,
+    force: bool = False,
+    warn_not_converged: bool = True,
+) -> EMResult:
+    """Fit ``model`` to ``data`` by Expectation-Maximization on Dask.
+
+    Parameters
+    ----------
+    model : EMModel
+        Any object with ``init_params``, ``e_step`` and ``m_step``.
+    data : array-like, dask array, zarr array or path, or Blocks
+        The observations.
+    params : object, optional
+        Initial parameters; by default ``model.init_params`` on a sample.
+    max_iter : int
+        Maximum number of EM iterations.
+    tol : float
+        Stop when the monitored log-likelihood changes by less than this.
+    tol_on : {"mean", "total"}
+        Monitor the log-likelihood per sample (scikit-learn) or in total
+        (hmmlearn).
+    split_every : int
+        Fan-in of the tree reduction of statistics.
+    client, scheduler
+        Where to run; see :func:`dask_em.cluster.get_client`.
+    random_state : int or Generator, optional
+        Seed for ``init_params``.
+    callbacks : sequence of callables
+        Each is called with an :class:`IterationInfo` after every iteration.
+    verbose : bool
+        Print a progress line per iteration.
+    checkpoint : str, optional
+        Zarr path or URL where snapshots are written and resumed from.
+    checkpoint_every : int
+        Write a snapshot every this many iterations (and at the end).
+    resume : bool, optional
+        Resume from ``checkpoint`` if it exists (None), always (True) or never (False).
+    force : bool
+        Resume even if the data or configuration differ from the snapshot.
+    warn_not_converged : bool
+        Warn with :class:`ConvergenceWarning` when ``max_iter`` is reached.
+
+    Returns
+    -------
+    EMResult
+    """
+    if tol_on not in ("mean", "total"):
+        raise ValueError(f"tol_on must be 'mean' or 'total', got {tol_on!r}")
+    if max_iter < 0:
+        raise ValueError(f"max_iter must be non-negative, got {max_iter}")
+    with get_client(client, scheduler, verbose=verbose) as active:
+        blocks = prepare_blocks(data, active)
+        rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
+        monitor = ConvergenceMonitor(tol=tol, max_iter=max_iter)
+        store = None
+        resumed_from = 0
+        if checkpoint is not None:
+            from .checkpoint import Checkpoint
+
+            store = Checkpoint.open(checkpoint, model=model, fingerprint=blocks.fingerprint, resume=resume, force=force)
+            state = store.load()
+            if state is not None:
+                params = state.params
+                monitor.history = list(state.history)
+                resumed_from = monitor.iter
+                if verbose:
+                    print(f"dask-em: resumed from {checkpoint} at iteration {resumed_from}", file=sys.stderr)
+        if params is None:
+            params = model.init_params(blocks.sample(10_000, rng), rng)
+
+        callbacks = list(callbacks) + ([print_progress] if verbose else [])
+        while not monitor.done:
+            start = time.perf_counter()
+            stats = expected_stats(model, blocks, params, active, split_every)
+            loglik = float(stats["loglik"])
+            value = loglik / float(stats["n"]) if tol_on == "mean" else loglik
+            previous = monitor.history[-1] if monitor.history else -math.inf
+            monitor.report(value)
+            params = model.m_step(stats, params)
+            if store is not None and (monitor.iter % checkpoint_every == 0 or monitor.done):
+                store.save(params=params, history=monitor.history)
+            info = IterationInfo(
+                iteration=monitor.iter,
+                loglik=loglik,
+                value=value,
+                change=value - previous,
+                seconds=time.perf_counter() - start,
+                params=params,
+                max_iter=max_iter,
+            )
+            for callback in callbacks:
+                callback(info)
+
+        if warn_not_converged and not monitor.converged and max_iter > 0:
+            import warnings
+
+            warnings.warn(
+                f"EM did not converge in {max_iter} iterations (last change "
+                f"{(monitor.history[-1] - monitor.history[-2]) if monitor.iter > 1 else math.inf:.3g}, "
+                f"tol {tol}); increase max_iter or tol",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return EMResult(
+            params=params,
+            converged=monitor.converged,
+            n_iter=monitor.iter,
+            history=list(monitor.history),
+            n_samples=blocks.n_samples,
+            resumed_from=resumed_from,
+        )

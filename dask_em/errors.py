@@ -1,0 +1,27 @@
+"""The library's exceptions and warnings."""
+
+from __future__ import annotations
+
+
+class DaskEMError(Exception):
+    """Base class of every error raised by dask-em."""
+
+
+class InvalidDataError(DaskEMError, ValueError):
+    """The data is outside what the model accepts (NaN, wrong shape or support)."""
+
+
+class NotFittedError(DaskEMError, AttributeError):
+    """A method that needs a fitted model was called before ``fit``."""
+
+
+class ConvergenceWarning(UserWarning):
+    """EM stopped at ``max_iter`` before the change in log-likelihood fell below ``tol``."""
+
+
+class LikelihoodDecreaseWarning(UserWarning):
+    """The log-likelihood decreased between two iterations (EM never should)."""
+
+
+class CheckpointError(DaskEMError):
+    """A checkpoint could not be read, or does not match the fit asked for."""

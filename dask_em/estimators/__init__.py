@@ -1,0 +1,5 @@
+"""scikit-learn style estimators wrapping the pure models."""
+
+from ._base import EMEstimator
+
+__all__ = ["EMEstimator"]

@@ -1,0 +1,112 @@
+"""What every scikit-learn style estimator of dask-em shares."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from ..data import as_dask_array
+from ..errors import NotFittedError
+
+
+class EMEstimator:
+    """Base class: scikit-learn's ``get_params``/``set_params`` protocol.
+
+    Subclasses list their hyper-parameters as keyword arguments of
+    ``__init__`` and store each under the same name, as scikit-learn asks,
+    so that ``clone`` and ``Pipeline`` work without scikit-learn being a
+    dependency. Fitted attributes end with ``_``.
+    """
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        signature = inspect.signature(cls.__init__)
+        return [
+            name
+            for name, p in signature.parameters.items()
+            if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Hyper-parameters of this estimator, by name."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> EMEstimator:
+        """Set hyper-parameters by name and return the estimator."""
+        valid = set(self._param_names())
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(
+                    f"invalid parameter {name!r} for {type(self).__name__}; valid parameters are {sorted(valid)}"
+                )
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {
+            name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items() if name != "self"
+        }
+        changed = []
+        for name, value in self.get_params().items():
+            default = defaults.get(name, inspect.Parameter.empty)
+            same = default is value or (
+                not isinstance(value, np.ndarray) and not isinstance(default, np.ndarray) and default == value
+            )
+            if not same:
+                changed.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def _check_fitted(self, attribute: str) -> None:
+        if not hasattr(self, attribute):
+            raise NotFittedError(
+                f"this {type(self).__name__} instance is not fitted yet; call 'fit' with appropriate data first"
+            )
+
+    def fitted_state(self) -> dict[str, Any]:
+        """Fitted attributes that are numbers or numpy arrays (for saving)."""
+        state = {}
+        for name, value in vars(self).items():
+            if name.endswith("_") and not name.startswith("_"):
+                if isinstance(value, (np.ndarray, np.generic, int, float, bool)):
+                    state[name] = value
+                elif isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+                    state[name] = value
+        return state
+
+
+def map_rows(
+    X: Any,
+    func: Callable[..., np.ndarray],
+    *args: Any,
+    n_columns: int | None,
+    dtype: Any = np.float64,
+) -> np.ndarray | da.Array:
+    """Apply a per-row function to ``X``, lazily when ``X`` is out of core.
+
+    Parameters
+    ----------
+    X : array-like, dask array, zarr array or path
+        The rows.
+    func : callable
+        ``func(block, *args)`` returning one row of output per input row,
+        of shape (n_rows, n_columns) or (n_rows,) when ``n_columns`` is None.
+    n_columns : int or None
+        Number of output columns, or None for a 1-D output.
+
+    Returns
+    -------
+    ndarray or dask.array.Array
+        A numpy result for numpy input; a lazy Dask array (nothing computed)
+        for Dask, Zarr or path input.
+    """
+    if isinstance(X, np.ndarray) or not (isinstance(X, (str, da.Array)) or hasattr(X, "chunks")):
+        block = as_dask_array(X)
+        return np.asarray(func(block.compute(), *args))
+    X = as_dask_array(X)
+    if n_columns is None:
+        return X.map_blocks(func, *args, drop_axis=1, dtype=dtype, meta=np.empty((0,), dtype))
+    return X.map_blocks(func, *args, chunks=(X.chunks[0], (n_columns,)), dtype=dtype, meta=np.empty((0, 0), dtype))

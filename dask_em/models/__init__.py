@@ -1,0 +1,5 @@
+"""Pure models: ``init_params`` / ``e_step`` / ``m_step``, no Dask inside."""
+
+from .base import EMModel, Stats
+
+__all__ = ["EMModel", "Stats"]

@@ -1,0 +1,64 @@
+"""Convergence monitoring: log-likelihood history, tolerance, decrease warnings."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+from .errors import LikelihoodDecreaseWarning
+
+
+@dataclass
+class ConvergenceMonitor:
+    """Keep the history of the monitored log-likelihood and decide when to stop.
+
+    Parameters
+    ----------
+    tol : float
+        EM has converged when the absolute change of the monitored value
+        between two iterations is below ``tol``.
+    max_iter : int
+        Stop after this many iterations whatever the change.
+    decrease_rtol : float
+        A decrease larger than this, relative to the value, is warned about.
+
+    Attributes
+    ----------
+    history : list of float
+        The monitored value after each iteration (the log-likelihood of the
+        parameters that entered that iteration).
+    """
+
+    tol: float
+    max_iter: int
+    decrease_rtol: float = 1e-9
+    history: list[float] = field(default_factory=list)
+
+    @property
+    def iter(self) -> int:
+        """Number of iterations recorded so far."""
+        return len(self.history)
+
+    @property
+    def converged(self) -> bool:
+        """Whether the last change was below ``tol``."""
+        return len(self.history) >= 2 and abs(self.history[-1] - self.history[-2]) < self.tol
+
+    @property
+    def done(self) -> bool:
+        """Whether the loop should stop (converged or out of iterations)."""
+        return self.converged or self.iter >= self.max_iter
+
+    def report(self, value: float) -> None:
+        """Record the value of one iteration, warning if it decreased."""
+        if self.history:
+            previous = self.history[-1]
+            if value < previous - self.decrease_rtol * max(abs(previous), 1.0):
+                warnings.warn(
+                    f"log-likelihood decreased from {previous!r} to {value!r} at iteration "
+                    f"{self.iter + 1}; EM never decreases it, so this points to a numerical "
+                    "problem (try a larger reg_covar or scaling the data)",
+                    LikelihoodDecreaseWarning,
+                    stacklevel=2,
+                )
+        self.history.append(float(value))

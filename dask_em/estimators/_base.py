@@ -9,7 +9,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from ..data import as_dask_array
+from ..data import _check_array_meta, as_dask_array
 from ..errors import NotFittedError
 
 
@@ -103,10 +103,15 @@ def map_rows(
         A numpy result for numpy input; a lazy Dask array (nothing computed)
         for Dask, Zarr or path input.
     """
-    if isinstance(X, np.ndarray) or not (isinstance(X, (str, da.Array)) or hasattr(X, "chunks")):
-        block = as_dask_array(X)
-        return np.asarray(func(block.compute(), *args))
+    if not (isinstance(X, (str, da.Array)) or hasattr(X, "__fspath__") or _is_zarr(X)):
+        X = np.asarray(X)
+        _check_array_meta(X.shape, X.dtype)
+        return np.asarray(func(X if X.dtype.kind == "f" else X.astype(np.float64), *args))
     X = as_dask_array(X)
     if n_columns is None:
         return X.map_blocks(func, *args, drop_axis=1, dtype=dtype, meta=np.empty((0,), dtype))
     return X.map_blocks(func, *args, chunks=(X.chunks[0], (n_columns,)), dtype=dtype, meta=np.empty((0, 0), dtype))
+
+
+def _is_zarr(X: Any) -> bool:
+    return type(X).__module__.startswith("zarr")

@@ -114,12 +114,21 @@ class Blocks:
         The (possibly persisted) Dask array behind the blocks.
     fingerprint : dict
         Shape, dtype and chunking, to recognise the same data later.
+    client : distributed.Client or None
+        The client the blocks live on (persisted blocks exist only there).
     """
 
     parts: list[Delayed]
     n_samples: int
     array: da.Array | None = None
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    client: Any = None
+
+    def compute(self, *collections: Any) -> tuple[Any, ...]:
+        """Compute Dask collections on the blocks' client."""
+        if self.client is not None:
+            return tuple(self.client.gather(self.client.compute(list(collections))))
+        return dask.compute(*collections)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """A random in-memory subset of about ``n`` rows, read from a few blocks.
@@ -137,7 +146,7 @@ class Blocks:
             if rows >= n:
                 break
         chosen.sort()
-        sample = np.concatenate(dask.compute(*[X.blocks[i] for i in chosen]), axis=0)
+        sample = np.concatenate(self.compute(*[X.blocks[i] for i in chosen]), axis=0)
         if len(sample) > n:
             sample = sample[np.sort(rng.choice(len(sample), n, replace=False))]
         return sample
@@ -168,4 +177,4 @@ def array_blocks(X: da.Array, client: Any = None, persist: bool | None = None) -
         "chunks": [list(c) for c in X.chunks],
     }
     parts = list(X.to_delayed(optimize_graph=not persist).ravel())
-    return Blocks(parts=parts, n_samples=int(X.shape[0]), array=X, fingerprint=fingerprint)
+    return Blocks(parts=parts, n_samples=int(X.shape[0]), array=X, fingerprint=fingerprint, client=client)

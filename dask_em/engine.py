@@ -184,8 +184,11 @@ def fit_em(
         Any object with ``init_params``, ``e_step`` and ``m_step``.
     data : array-like, dask array, zarr array or path, or Blocks
         The observations.
-    params : object, optional
-        Initial parameters; by default ``model.init_params`` on a sample.
+    params : object or callable, optional
+        Initial parameters, or a function of no arguments returning them
+        (called only when no checkpoint is resumed, so an expensive
+        initialisation is skipped on resume); by default
+        ``model.init_params`` on a sample of the data.
     max_iter : int
         Maximum number of EM iterations.
     tol : float
@@ -239,7 +242,9 @@ def fit_em(
                 resumed_from = monitor.iter
                 if verbose:
                     print(f"dask-em: resumed from {checkpoint} at iteration {resumed_from}", file=sys.stderr)
-        if params is None:
+        if callable(params):
+            params = params()
+        elif params is None:
             params = model.init_params(blocks.sample(10_000, rng), rng)
 
         callbacks = list(callbacks) + ([print_progress] if verbose else [])

@@ -78,6 +78,21 @@ class EMEstimator:
         return state
 
 
+def run_rngs(random_state: int | np.random.Generator | None, n_runs: int) -> list[np.random.Generator]:
+    """One independent generator per restart, derived from ``random_state``.
+
+    Each restart has its own stream, so a restart resumed from a checkpoint
+    (which skips its initialisation) does not shift the draws of the next.
+    """
+    if isinstance(random_state, np.random.Generator):
+        seed = np.random.SeedSequence(int(random_state.integers(2**63)))
+    elif isinstance(random_state, np.random.RandomState):
+        seed = np.random.SeedSequence(int(random_state.randint(2**31)))
+    else:
+        seed = np.random.SeedSequence(random_state)
+    return [np.random.default_rng(child) for child in seed.spawn(n_runs)]
+
+
 def map_rows(
     X: Any,
     func: Callable[..., np.ndarray],

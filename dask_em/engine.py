@@ -174,6 +174,7 @@ def fit_em(
     checkpoint_every: int = 1,
     resume: bool | None = None,
     force: bool = False,
+    checkpoint_meta: dict[str, Any] | None = None,
     warn_not_converged: bool = True,
 ) -> EMResult:
     """Fit ``model`` to ``data`` by Expectation-Maximization on Dask.
@@ -214,6 +215,10 @@ def fit_em(
         Resume from ``checkpoint`` if it exists (None), always (True) or never (False).
     force : bool
         Resume even if the data or configuration differ from the snapshot.
+    checkpoint_meta : dict, optional
+        What the caller wants recorded and checked on resume, e.g. the
+        estimator's class and hyper-parameters (see
+        :meth:`dask_em.estimators.EMEstimator.checkpoint_meta`).
     warn_not_converged : bool
         Warn with :class:`ConvergenceWarning` when ``max_iter`` is reached.
 
@@ -234,7 +239,14 @@ def fit_em(
         if checkpoint is not None:
             from .checkpoint import Checkpoint
 
-            store = Checkpoint.open(checkpoint, model=model, fingerprint=blocks.fingerprint, resume=resume, force=force)
+            store = Checkpoint.open(
+                checkpoint,
+                model=model,
+                fingerprint=blocks.fingerprint,
+                meta=checkpoint_meta or {},
+                resume=resume,
+                force=force,
+            )
             state = store.load()
             if state is not None:
                 params = state.params

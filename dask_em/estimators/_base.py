@@ -66,6 +66,11 @@ class EMEstimator:
                 f"this {type(self).__name__} instance is not fitted yet; call 'fit' with appropriate data first"
             )
 
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """The estimator's class and hyper-parameters, recorded in checkpoints."""
+        cls = type(self)
+        return {"estimator": f"{cls.__module__}.{cls.__qualname__}", "config": self.get_params()}
+
     def fitted_state(self) -> dict[str, Any]:
         """Fitted attributes that are numbers or numpy arrays (for saving)."""
         state = {}
@@ -76,6 +81,17 @@ class EMEstimator:
                 elif isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
                     state[name] = value
         return state
+
+
+def run_checkpoint(checkpoint: str | None, run: int) -> str | None:
+    """Where restart ``run`` of a fit with ``n_init`` restarts keeps its snapshots.
+
+    Every restart has its own sub-group, so a finished restart is not
+    recomputed on resume and an unfinished one continues where it stopped.
+    """
+    if checkpoint is None:
+        return None
+    return f"{str(checkpoint).rstrip('/')}/run-{run}"
 
 
 def run_rngs(random_state: int | np.random.Generator | None, n_runs: int) -> list[np.random.Generator]:

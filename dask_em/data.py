@@ -42,7 +42,7 @@ def open_zarr_array(source: str, component: str | None = None) -> da.Array:
     return da.from_zarr(node)
 
 
-def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
+def as_dask_array(X: Any, *, chunk_rows: int | None = None, client: Any = None) -> da.Array:
     """A 2-D numeric Dask array with one chunk along the feature axis.
 
     Parameters
@@ -52,6 +52,9 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
         or URL.
     chunk_rows : int, optional
         Rows per block for in-memory input; by default about 16 MiB a block.
+    client : distributed.Client, optional
+        In-memory input is scattered to its workers block by block, rather
+        than embedded in every task graph.
 
     Raises
     ------
@@ -72,7 +75,7 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
         X = np.asarray(X)
         _check_array_meta(X.shape, X.dtype)
         rows = chunk_rows or _default_chunk_rows(X.shape[0], X.shape[1] * max(X.dtype.itemsize, 8))
-        X = da.from_array(X, chunks=(rows, -1))
+        X = _scatter(X, rows, client) if client is not None else da.from_array(X, chunks=(rows, -1))
     _check_array_meta(X.shape, X.dtype)
     if X.dtype.kind in "biu":
         X = X.astype(np.float64)
@@ -81,6 +84,13 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None) -> da.Array:
     elif X.numblocks[1] > 1:
         X = X.rechunk({1: -1})
     return X
+
+
+def _scatter(X: np.ndarray, rows: int, client: Any) -> da.Array:
+    pieces = [X[start : start + rows] for start in range(0, len(X), rows)]
+    futures = client.scatter(pieces, hash=False)
+    parts = [da.from_delayed(dask.delayed(f), shape=p.shape, dtype=p.dtype) for f, p in zip(futures, pieces)]
+    return da.concatenate(parts, axis=0)
 
 
 def _default_chunk_rows(n_samples: int, row_bytes: int) -> int:

@@ -142,7 +142,7 @@ def prepare_blocks(data: Any, client: Any, persist: bool | None = None) -> Block
     """Blocks for ``data`` unless it already is :class:`Blocks`."""
     if isinstance(data, Blocks):
         return data
-    return array_blocks(as_dask_array(data), client, persist=persist)
+    return array_blocks(as_dask_array(data, client=client), client, persist=persist)
 
 
 def print_progress(info: IterationInfo) -> None:

@@ -82,7 +82,17 @@ def get_client(
         yield started
 
 
+def _memory_limits(client: Client) -> list[float]:
+    info = client.scheduler_info(n_workers=-1)
+    return [float(w.get("memory_limit") or 0) for w in info["workers"].values()]
+
+
 def cluster_memory(client: Client) -> float:
     """Total memory limit of the client's workers in bytes (0 if unknown)."""
-    info = client.scheduler_info(n_workers=-1)
-    return float(sum(w.get("memory_limit") or 0 for w in info["workers"].values()))
+    return sum(_memory_limits(client))
+
+
+def worker_memory(client: Client) -> float:
+    """Memory limit of the smallest worker in bytes (0 if unknown or unlimited)."""
+    limits = [m for m in _memory_limits(client) if m > 0]
+    return min(limits) if limits else 0.0

@@ -18,6 +18,10 @@ from .errors import InvalidDataError
 
 #: Data smaller than this fraction of the cluster's memory is persisted once.
 PERSIST_FRACTION = 0.4
+#: A block and its E-step working set (the block in float64 and its
+#: statistics; temporaries are sub-blocked) must stay under this fraction
+#: of one worker's memory.
+BLOCK_MEMORY_FRACTION = 0.25
 #: Target size of one block when we choose the chunking ourselves.
 TARGET_BLOCK_BYTES = 16 * 2**20
 
@@ -174,6 +178,8 @@ def array_blocks(X: da.Array, client: Any = None, persist: bool | None = None) -
     persist : bool, optional
         Force persisting (True) or streaming from the source (False).
     """
+    if client is not None:
+        _warn_large_blocks(X, client)
     if persist is None:
         from .cluster import cluster_memory
 
@@ -188,3 +194,22 @@ def array_blocks(X: da.Array, client: Any = None, persist: bool | None = None) -
     }
     parts = list(X.to_delayed(optimize_graph=not persist).ravel())
     return Blocks(parts=parts, n_samples=int(X.shape[0]), array=X, fingerprint=fingerprint, client=client)
+
+
+def _warn_large_blocks(X: da.Array, client: Any) -> None:
+    """Warn when one block would not fit comfortably in one worker."""
+    import warnings
+
+    from .cluster import worker_memory
+
+    limit = worker_memory(client)
+    largest = max(X.chunks[0]) * X.shape[1] * max(X.dtype.itemsize, 8)
+    if limit > 0 and 2 * largest > BLOCK_MEMORY_FRACTION * limit:
+        rows = int(BLOCK_MEMORY_FRACTION * limit / (2 * X.shape[1] * 8))
+        warnings.warn(
+            f"blocks of up to {largest / 2**20:.0f} MiB are large for workers with "
+            f"{limit / 2**20:.0f} MiB of memory; rechunk to at most about {rows} rows per block "
+            "(e.g. X.rechunk((rows, -1))) or give workers more memory",
+            ResourceWarning,
+            stacklevel=3,
+        )

@@ -14,7 +14,7 @@ import dask.array as da
 import numpy as np
 from dask.delayed import Delayed
 
-from .errors import InvalidDataError
+from .errors import ChunkSizeWarning, InvalidDataError
 
 #: Data smaller than this fraction of the cluster's memory is persisted once.
 PERSIST_FRACTION = 0.4
@@ -210,6 +210,6 @@ def _warn_large_blocks(X: da.Array, client: Any) -> None:
             f"blocks of up to {largest / 2**20:.0f} MiB are large for workers with "
             f"{limit / 2**20:.0f} MiB of memory; rechunk to at most about {rows} rows per block "
             "(e.g. X.rechunk((rows, -1))) or give workers more memory",
-            ResourceWarning,
+            ChunkSizeWarning,
             stacklevel=3,
         )

@@ -25,3 +25,7 @@ class LikelihoodDecreaseWarning(UserWarning):
 
 class CheckpointError(DaskEMError):
     """A checkpoint could not be read, or does not match the fit asked for."""
+
+
+class ChunkSizeWarning(UserWarning):
+    """Blocks are too large for the workers' memory; rechunk the data."""

@@ -1,0 +1,775 @@
+"""Hidden Markov models fitted by Baum-Welch: pure models, compiled kernels.
+
+A block is one partition of a sequence collection: a tuple ``(values,
+lengths)`` where ``values`` holds the concatenated observations of whole
+sequences (shape (n_steps, n_features), or (n_steps,) for symbols) and
+``lengths`` the length of each sequence. A sequence is never split between
+blocks, so the E-step of a block is exact.
+
+The E-step computes the emission log-probabilities of the block, then runs
+a scaled forward-backward compiled with numba (GIL released): at each step
+the emission log-probabilities are shifted by their maximum before ``exp``
+and the forward variables are normalised to sum to one, so a sequence of a
+million steps neither underflows nor overflows. Transition statistics are
+accumulated step by step (no T x K x K array); the log-likelihood comes
+from the scale factors of the same pass.
+
+The M-step follows hmmlearn's maximum a posteriori updates exactly
+(Dirichlet pseudo-counts ``startprob_prior``/``transmat_prior``,
+``covars_prior``/``covars_weight``, ``means_prior``/``means_weight``), so
+both libraries agree to rounding from the same initial parameters. Where
+hmmlearn would produce a zero row or a NaN for a state with no posterior
+mass, these models keep that state's previous parameters instead: a state
+that is never visited keeps its previous transition row (and emission
+parameters), so every row of ``transmat`` stays a valid distribution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from .base import Stats
+
+COVARIANCE_TYPES = ("spherical", "diag", "full", "tied")
+LOG_2PI = math.log(2.0 * math.pi)
+#: Rows per sub-block for the BLAS parts of the E-step (cache-sized).
+SUB_BLOCK = 4096
+
+
+# --------------------------------------------------------------------------
+# Compiled kernels
+# --------------------------------------------------------------------------
+
+
+@njit(nogil=True, cache=True)
+def forward_backward(logB, lengths, startprob, transmat, gamma, sum_start, sum_trans):  # pragma: no cover - compiled
+    """Scaled forward-backward over the sequences of one block.
+
+    Parameters
+    ----------
+    logB : ndarray of shape (n_steps, n_components)
+        Emission log-probabilities; overwritten with the shifted
+        probabilities ``exp(logB - max_k logB)``.
+    lengths : ndarray of int64, shape (n_sequences,)
+    startprob : ndarray of shape (n_components,)
+    transmat : ndarray of shape (n_components, n_components)
+    gamma : ndarray of shape (n_steps, n_components)
+        Output: posterior state probabilities.
+    sum_start : ndarray of shape (n_components,)
+        Accumulated (added to) with the posteriors of the first steps.
+    sum_trans : ndarray of shape (n_components, n_components)
+        Accumulated with the expected transition counts.
+
+    Returns
+    -------
+    float
+        Total log-likelihood of the block (-inf if some sequence is impossible).
+    """
+    T, K = logB.shape
+    scale = np.empty(T)
+    beta = np.empty(K)
+    newbeta = np.empty(K)
+    tmp = np.empty(K)
+    loglik = 0.0
+    start = 0
+    for s in range(lengths.shape[0]):
+        end = start + lengths[s]
+        # shift by the per-step maximum before exp: no overflow, and the
+        # largest state always gets probability one
+        for t in range(start, end):
+            mx = -np.inf
+            for k in range(K):
+                if logB[t, k] > mx:
+                    mx = logB[t, k]
+            if not (mx > -np.inf) or mx == np.inf:
+                return -np.inf
+            loglik += mx
+            for k in range(K):
+                logB[t, k] = math.exp(logB[t, k] - mx)
+        # forward, normalised at every step
+        c = 0.0
+        for k in range(K):
+            a = startprob[k] * logB[start, k]
+            gamma[start, k] = a
+            c += a
+        if not c > 0.0:
+            return -np.inf
+        scale[start] = c
+        for k in range(K):
+            gamma[start, k] /= c
+        loglik += math.log(c)
+        for t in range(start + 1, end):
+            c = 0.0
+            for j in range(K):
+                acc = 0.0
+                for i in range(K):
+                    acc += gamma[t - 1, i] * transmat[i, j]
+                acc *= logB[t, j]
+                gamma[t, j] = acc
+                c += acc
+            if not c > 0.0:
+                return -np.inf
+            scale[t] = c
+            inv = 1.0 / c
+            for j in range(K):
+                gamma[t, j] *= inv
+            loglik += math.log(c)
+        # backward; gamma[t] holds alpha until it is turned into a posterior
+        for k in range(K):
+            beta[k] = 1.0
+        for t in range(end - 2, start - 1, -1):
+            inv = 1.0 / scale[t + 1]
+            for j in range(K):
+                tmp[j] = logB[t + 1, j] * beta[j] * inv
+            norm = 0.0
+            for i in range(K):
+                acc = 0.0
+                a_i = gamma[t, i]
+                for j in range(K):
+                    v = transmat[i, j] * tmp[j]
+                    acc += v
+                    sum_trans[i, j] += a_i * v
+                newbeta[i] = acc
+                g = a_i * acc
+                gamma[t, i] = g
+                norm += g
+            for i in range(K):
+                beta[i] = newbeta[i]
+            if norm > 0.0:
+                inv = 1.0 / norm
+                for i in range(K):
+                    gamma[t, i] *= inv
+        for k in range(K):
+            sum_start[k] += gamma[start, k]
+        start = end
+    return loglik
+
+
+@njit(nogil=True, cache=True)
+def viterbi(logB, lengths, log_startprob, log_transmat, states):  # pragma: no cover - compiled
+    """Most likely state path of every sequence; returns the summed log-probability."""
+    T, K = logB.shape
+    delta = np.empty(K)
+    new = np.empty(K)
+    total = 0.0
+    start = 0
+    for s in range(lengths.shape[0]):
+        end = start + lengths[s]
+        back = np.empty((end - start, K), dtype=np.int64)
+        for k in range(K):
+            delta[k] = log_startprob[k] + logB[start, k]
+        for t in range(start + 1, end):
+            for j in range(K):
+                best = -np.inf
+                arg = 0
+                for i in range(K):
+                    v = delta[i] + log_transmat[i, j]
+                    if v > best:
+                        best = v
+                        arg = i
+                new[j] = best + logB[t, j]
+                back[t - start, j] = arg
+            for j in range(K):
+                delta[j] = new[j]
+        best = -np.inf
+        arg = 0
+        for k in range(K):
+            if delta[k] > best:
+                best = delta[k]
+                arg = k
+        total += best
+        states[end - 1] = arg
+        for t in range(end - 1, start, -1):
+            arg = back[t - start, arg]
+            states[t - 1] = arg
+        start = end
+    return total
+
+
+@njit(nogil=True, cache=True)
+def _diag_logpdf(X, means, precisions, log_norm, out):  # pragma: no cover - compiled
+    """Diagonal Gaussian log-densities, fused; returns the number of non-finite rows."""
+    T, D = X.shape
+    K = means.shape[0]
+    bad = 0
+    for t in range(T):
+        ok = True
+        for d in range(D):
+            if not math.isfinite(X[t, d]):
+                ok = False
+        if not ok:
+            bad += 1
+            for k in range(K):
+                out[t, k] = 0.0
+            continue
+        for k in range(K):
+            acc = 0.0
+            for d in range(D):
+                diff = X[t, d] - means[k, d]
+                acc += diff * diff * precisions[k, d]
+            out[t, k] = log_norm[k] - 0.5 * acc
+    return bad
+
+
+@njit(nogil=True, cache=True)
+def _diag_sums(X, gamma, sum_x, sum_xx):  # pragma: no cover - compiled
+    T, D = X.shape
+    K = gamma.shape[1]
+    for t in range(T):
+        for k in range(K):
+            g = gamma[t, k]
+            for d in range(D):
+                v = g * X[t, d]
+                sum_x[k, d] += v
+                sum_xx[k, d] += v * X[t, d]
+
+
+@njit(nogil=True, cache=True)
+def _categorical_logpmf(x, log_emission, out):  # pragma: no cover - compiled
+    """Symbol log-probabilities; returns the number of invalid symbols."""
+    T = x.shape[0]
+    K, M = log_emission.shape
+    bad = 0
+    for t in range(T):
+        v = x[t]
+        if not (v >= 0 and v < M and v == math.floor(v)):
+            bad += 1
+            for k in range(K):
+                out[t, k] = 0.0
+            continue
+        m = int(v)
+        for k in range(K):
+            out[t, k] = log_emission[k, m]
+    return bad
+
+
+@njit(nogil=True, cache=True)
+def _categorical_sums(x, gamma, sum_obs):  # pragma: no cover - compiled
+    T, K = gamma.shape
+    M = sum_obs.shape[1]
+    for t in range(T):
+        v = x[t]
+        if v >= 0 and v < M and v == math.floor(v):
+            m = int(v)
+            for k in range(K):
+                sum_obs[k, m] += gamma[t, k]
+
+
+@njit(nogil=True, cache=True)
+def _poisson_logpmf(X, log_lambdas, lambdas, out):  # pragma: no cover - compiled
+    """Poisson log-probabilities (product over features); returns the number of invalid rows."""
+    T, D = X.shape
+    K = lambdas.shape[0]
+    bad = 0
+    for t in range(T):
+        ok = True
+        lg = 0.0
+        for d in range(D):
+            v = X[t, d]
+            if not (v >= 0 and v == math.floor(v) and math.isfinite(v)):
+                ok = False
+            else:
+                lg += math.lgamma(v + 1.0)
+        if not ok:
+            bad += 1
+            for k in range(K):
+                out[t, k] = 0.0
+            continue
+        for k in range(K):
+            acc = -lg
+            for d in range(D):
+                v = X[t, d]
+                if v > 0:
+                    acc += v * log_lambdas[k, d]
+                acc -= lambdas[k, d]
+            out[t, k] = acc
+    return bad
+
+
+# --------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GaussianHMMParams:
+    """Parameters of a Gaussian HMM.
+
+    Attributes
+    ----------
+    startprob : ndarray of shape (n_components,)
+    transmat : ndarray of shape (n_components, n_components)
+    means : ndarray of shape (n_components, n_features)
+    covars : ndarray
+        (n_components,) spherical, (n_components, n_features) diag,
+        (n_components, n_features, n_features) full, (n_features, n_features) tied.
+    """
+
+    startprob: np.ndarray
+    transmat: np.ndarray
+    means: np.ndarray
+    covars: np.ndarray
+
+
+@dataclass(frozen=True)
+class CategoricalHMMParams:
+    """Parameters of a categorical HMM: emissionprob of shape (n_components, n_features)."""
+
+    startprob: np.ndarray
+    transmat: np.ndarray
+    emissionprob: np.ndarray
+
+
+@dataclass(frozen=True)
+class PoissonHMMParams:
+    """Parameters of a Poisson HMM: lambdas of shape (n_components, n_features)."""
+
+    startprob: np.ndarray
+    transmat: np.ndarray
+    lambdas: np.ndarray
+
+
+def _prior(value: Any) -> Any:
+    """A JSON-able prior: a float, or nested lists for an array."""
+    arr = np.asarray(value, dtype=float)
+    return float(arr) if arr.ndim == 0 else arr.tolist()
+
+
+def _block_parts(block: Any) -> tuple[np.ndarray, np.ndarray]:
+    values, lengths = block
+    return np.asarray(values), np.asarray(lengths, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _HMMBase:
+    """What the three HMMs share: forward-backward and the Markov-chain M-step."""
+
+    n_components: int = 1
+    startprob_prior: Any = 1.0
+    transmat_prior: Any = 1.0
+    params: tuple[str, ...] = ()
+
+    # hooks -------------------------------------------------------------
+    def log_emission(self, values: np.ndarray, params: Any) -> tuple[np.ndarray, int]:
+        """Emission log-probabilities (n_steps, n_components) and the number of invalid rows."""
+        raise NotImplementedError
+
+    def emission_stats(self, values: np.ndarray, gamma: np.ndarray, params: Any) -> Stats:
+        raise NotImplementedError
+
+    def describe_invalid(self, n: int) -> str:
+        raise NotImplementedError
+
+    # contract ------------------------------------------------------------
+    def init_params(self, sample: Any, rng: np.random.Generator) -> Any:
+        raise NotImplementedError(
+            "HMM parameters are initialised by the estimators (GaussianHMM, CategoricalHMM, PoissonHMM)"
+        )
+
+    def posteriors(self, block: Any, params: Any) -> tuple[np.ndarray, Stats]:
+        """Posterior state probabilities of a block and its Markov-chain statistics."""
+        values, lengths = _block_parts(block)
+        logB, n_invalid = self.log_emission(values, params)
+        K = self.n_components
+        gamma = np.empty_like(logB)
+        sum_start = np.zeros(K)
+        sum_trans = np.zeros((K, K))
+        loglik = forward_backward(
+            logB, lengths, np.ascontiguousarray(params.startprob, dtype=np.float64),
+            np.ascontiguousarray(params.transmat, dtype=np.float64), gamma, sum_start, sum_trans,
+        )
+        stats = {
+            "n": np.array(float(len(logB))),
+            "loglik": np.array(loglik),
+            "n_invalid": np.array(float(n_invalid)),
+            "sum_start": sum_start,
+            "sum_trans": sum_trans,
+        }
+        return gamma, stats
+
+    def e_step(self, block: Any, params: Any) -> Stats:
+        """Expected sufficient statistics of one partition.
+
+        Returns
+        -------
+        dict
+            ``n`` (steps), ``loglik``, ``n_invalid``, ``sum_start (K,)``,
+            ``sum_trans (K, K)`` and the emission statistics of the model.
+        """
+        values, lengths = _block_parts(block)
+        gamma, stats = self.posteriors((values, lengths), params)
+        stats.update(self.emission_stats(values, gamma, params))
+        return stats
+
+    def log_likelihood(self, block: Any, params: Any) -> float:
+        """Total log-likelihood of a block (forward pass only is not cheaper here)."""
+        return float(self.posteriors(block, params)[1]["loglik"])
+
+    def decode(self, block: Any, params: Any) -> tuple[float, np.ndarray]:
+        """Viterbi path of every sequence of a block and its summed log-probability."""
+        values, lengths = _block_parts(block)
+        logB, _ = self.log_emission(values, params)
+        states = np.empty(len(logB), dtype=np.int64)
+        with np.errstate(divide="ignore"):
+            logp = viterbi(
+                logB, lengths, np.log(params.startprob), np.log(params.transmat), states
+            )
+        return float(logp), states
+
+    def _markov_m_step(self, stats: Stats, params: Any) -> dict[str, np.ndarray]:
+        out = {"startprob": params.startprob, "transmat": params.transmat}
+        if "startprob" in self.params:
+            sp = np.maximum(np.asarray(self.startprob_prior) - 1 + stats["sum_start"], 0)
+            sp = np.where(params.startprob == 0, 0, sp)
+            total = sp.sum()
+            out["startprob"] = sp / total if total > 0 else params.startprob
+        if "transmat" in self.params:
+            tm = np.maximum(np.asarray(self.transmat_prior) - 1 + stats["sum_trans"], 0)
+            tm = np.where(params.transmat == 0, 0, tm)
+            rows = tm.sum(axis=1, keepdims=True)
+            # a state never left keeps its previous row (hmmlearn leaves zeros)
+            out["transmat"] = np.where(rows > 0, tm / np.where(rows > 0, rows, 1), params.transmat)
+        return out
+
+
+@dataclass(frozen=True)
+class GaussianHMMModel(_HMMBase):
+    """HMM with Gaussian emissions.
+
+    Statistics: ``sum_post (K,)``, ``sum_x (K, D)``, and ``sum_xx (K, D)``
+    (spherical, diag) or ``sum_xxT (K, D, D)`` (full, tied).
+    """
+
+    covariance_type: str = "diag"
+    means_prior: Any = 0.0
+    means_weight: Any = 0.0
+    covars_prior: Any = 1e-2
+    covars_weight: Any = 1.0
+    params: tuple[str, ...] = ("startprob", "transmat", "means", "covars")
+
+    def __post_init__(self) -> None:
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(
+                f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}"
+            )
+
+    def full_covars(self, covars: np.ndarray, n_features: int) -> np.ndarray:
+        """Covariances as (K, D, D) matrices whatever the covariance type."""
+        K, D = self.n_components, n_features
+        if self.covariance_type == "full":
+            return np.asarray(covars)
+        if self.covariance_type == "tied":
+            return np.tile(covars, (K, 1, 1))
+        if self.covariance_type == "diag":
+            return np.array([np.diag(c) for c in covars])
+        return np.asarray(covars).reshape(K, 1, 1) * np.eye(D)
+
+    def log_emission(self, values: np.ndarray, params: GaussianHMMParams) -> tuple[np.ndarray, int]:
+        X = values if values.ndim == 2 else values.reshape(-1, 1)
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        means = np.asarray(params.means, dtype=np.float64)
+        K, D = means.shape
+        out = np.empty((len(X), K))
+        if self.covariance_type in ("diag", "spherical"):
+            cov = np.asarray(params.covars, dtype=np.float64)
+            cov = np.broadcast_to(cov.reshape(K, -1), (K, D))
+            cov = np.maximum(cov, np.finfo(float).tiny)
+            log_norm = -0.5 * (D * LOG_2PI + np.log(cov).sum(axis=1))
+            bad = _diag_logpdf(X, means, np.ascontiguousarray(1.0 / cov), log_norm, out)
+            return out, int(bad)
+        covs = self.full_covars(params.covars, D)
+        finite = np.isfinite(X).all(axis=1)
+        bad = int(len(X) - finite.sum())
+        if bad:
+            X = np.where(finite[:, None], X, 0.0)
+        for k in range(K):
+            L = np.linalg.cholesky(covs[k])
+            Linv = np.linalg.inv(L)
+            log_norm = -0.5 * (D * LOG_2PI) - np.log(np.diag(L)).sum()
+            shift = Linv @ means[k]
+            for lo in range(0, len(X), SUB_BLOCK):
+                Y = X[lo : lo + SUB_BLOCK] @ Linv.T
+                Y -= shift
+                out[lo : lo + SUB_BLOCK, k] = log_norm - 0.5 * np.einsum("ij,ij->i", Y, Y)
+        if bad:
+            out[~finite] = 0.0
+        return out, bad
+
+    def emission_stats(self, values: np.ndarray, gamma: np.ndarray, params: GaussianHMMParams) -> Stats:
+        X = values if values.ndim == 2 else values.reshape(-1, 1)
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        K, D = gamma.shape[1], X.shape[1]
+        stats = {"sum_post": gamma.sum(axis=0)}
+        if self.covariance_type in ("diag", "spherical"):
+            sum_x = np.zeros((K, D))
+            sum_xx = np.zeros((K, D))
+            _diag_sums(X, gamma, sum_x, sum_xx)
+            stats["sum_x"], stats["sum_xx"] = sum_x, sum_xx
+        else:
+            stats["sum_x"] = gamma.T @ X
+            sum_xxT = np.zeros((K, D, D))
+            for lo in range(0, len(X), SUB_BLOCK):
+                Xs, Gs = X[lo : lo + SUB_BLOCK], gamma[lo : lo + SUB_BLOCK]
+                for k in range(K):
+                    sum_xxT[k] += (Xs * Gs[:, k : k + 1]).T @ Xs
+            stats["sum_xxT"] = sum_xxT
+        return stats
+
+    def m_step(self, stats: Stats, params: GaussianHMMParams) -> GaussianHMMParams:
+        """hmmlearn's MAP update; states without posterior mass keep their parameters."""
+        out = self._markov_m_step(stats, params)
+        post = stats["sum_post"]
+        seen = post > 0
+        mw, mp = np.asarray(self.means_weight), np.asarray(self.means_prior)
+        means = params.means
+        if "means" in self.params:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                new = (mw * mp + stats["sum_x"]) / (mw + post[:, None])
+            means = np.where(seen[:, None], new, params.means)
+        covars = params.covars
+        if "covars" in self.params:
+            cp, cw = np.asarray(self.covars_prior), np.asarray(self.covars_weight)
+            meandiff = means - mp
+            ct = self.covariance_type
+            if ct in ("spherical", "diag"):
+                c_n = mw * meandiff**2 + stats["sum_xx"] - 2 * means * stats["sum_x"] + means**2 * post[:, None]
+                c_d = np.maximum(cw - 1, 0) + post[:, None]
+                new = (cp + c_n) / np.maximum(c_d, 1e-5)
+                if ct == "spherical":
+                    new = new.mean(axis=1)
+                    covars = np.where(seen, new, params.covars)
+                else:
+                    covars = np.where(seen[:, None], new, params.covars)
+            else:
+                D = means.shape[1]
+                c_n = np.empty((len(post), D, D))
+                for c in range(len(post)):
+                    obsmean = np.outer(stats["sum_x"][c], means[c])
+                    c_n[c] = (
+                        mw * np.outer(meandiff[c], meandiff[c])
+                        + stats["sum_xxT"][c]
+                        - obsmean
+                        - obsmean.T
+                        + np.outer(means[c], means[c]) * post[c]
+                    )
+                cvweight = np.maximum(cw - D, 0)
+                if ct == "tied":
+                    covars = (cp + c_n.sum(axis=0)) / (cvweight + post.sum())
+                else:
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        new = (cp + c_n) / (cvweight + post[:, None, None])
+                    covars = np.where(seen[:, None, None], new, params.covars)
+        return GaussianHMMParams(out["startprob"], out["transmat"], means, covars)
+
+    def describe_invalid(self, n: int) -> str:
+        return (
+            f"{n} time steps contain NaN or infinite values; Gaussian HMMs need finite "
+            "observations. Remove or impute them (e.g. interpolate within each sequence)."
+        )
+
+    def sample_emission(self, params: GaussianHMMParams, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        D = params.means.shape[1]
+        covs = self.full_covars(params.covars, D)
+        X = np.empty((len(states), D))
+        for k in range(self.n_components):
+            idx = np.flatnonzero(states == k)
+            if len(idx):
+                X[idx] = rng.multivariate_normal(params.means[k], covs[k], size=len(idx))
+        return X
+
+
+@dataclass(frozen=True)
+class CategoricalHMMModel(_HMMBase):
+    """HMM with categorical emissions over symbols ``0 .. n_features - 1``.
+
+    Statistics: ``sum_obs (K, n_features)``, the expected count of each
+    symbol in each state.
+    """
+
+    n_features: int = 2
+    emissionprob_prior: Any = 1.0
+    params: tuple[str, ...] = ("startprob", "transmat", "emissionprob")
+
+    def log_emission(self, values: np.ndarray, params: CategoricalHMMParams) -> tuple[np.ndarray, int]:
+        x = np.asarray(values)
+        if x.ndim == 2:
+            x = x[:, 0] if x.shape[1] == 1 else x.ravel()
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            log_e = np.log(np.asarray(params.emissionprob, dtype=np.float64))
+        out = np.empty((len(x), self.n_components))
+        bad = _categorical_logpmf(x, log_e, out)
+        return out, int(bad)
+
+    def emission_stats(self, values: np.ndarray, gamma: np.ndarray, params: CategoricalHMMParams) -> Stats:
+        x = np.asarray(values)
+        if x.ndim == 2:
+            x = x[:, 0] if x.shape[1] == 1 else x.ravel()
+        sum_obs = np.zeros((self.n_components, self.n_features))
+        _categorical_sums(np.ascontiguousarray(x, dtype=np.float64), gamma, sum_obs)
+        return {"sum_obs": sum_obs}
+
+    def m_step(self, stats: Stats, params: CategoricalHMMParams) -> CategoricalHMMParams:
+        out = self._markov_m_step(stats, params)
+        emission = params.emissionprob
+        if "emissionprob" in self.params:
+            e = np.maximum(np.asarray(self.emissionprob_prior) - 1 + stats["sum_obs"], 0)
+            rows = e.sum(axis=1, keepdims=True)
+            emission = np.where(rows > 0, e / np.where(rows > 0, rows, 1), params.emissionprob)
+        return CategoricalHMMParams(out["startprob"], out["transmat"], emission)
+
+    def describe_invalid(self, n: int) -> str:
+        return (
+            f"{n} symbols are not integers in 0..{self.n_features - 1} (negative, fractional, "
+            f"NaN or too large); encode the symbols as 0..n_features-1 (e.g. with "
+            "sklearn.preprocessing.LabelEncoder) or increase n_features."
+        )
+
+    def sample_emission(self, params: CategoricalHMMParams, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        cdf = np.cumsum(params.emissionprob, axis=1)
+        u = rng.random(len(states))
+        sym = (cdf[states] <= u[:, None]).sum(axis=1)
+        return np.minimum(sym, self.n_features - 1).reshape(-1, 1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class PoissonHMMModel(_HMMBase):
+    """HMM with independent Poisson counts per feature.
+
+    Statistics: ``sum_post (K,)`` and ``sum_x (K, D)``.
+    """
+
+    lambdas_prior: Any = 0.0
+    lambdas_weight: Any = 0.0
+    params: tuple[str, ...] = ("startprob", "transmat", "lambdas")
+
+    def log_emission(self, values: np.ndarray, params: PoissonHMMParams) -> tuple[np.ndarray, int]:
+        X = values if values.ndim == 2 else values.reshape(-1, 1)
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        lam = np.asarray(params.lambdas, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            log_lam = np.log(lam)
+        out = np.empty((len(X), self.n_components))
+        bad = _poisson_logpmf(X, log_lam, lam, out)
+        return out, int(bad)
+
+    def emission_stats(self, values: np.ndarray, gamma: np.ndarray, params: PoissonHMMParams) -> Stats:
+        X = values if values.ndim == 2 else values.reshape(-1, 1)
+        X = np.where(np.isfinite(X), X, 0.0).astype(np.float64, copy=False)
+        return {"sum_post": gamma.sum(axis=0), "sum_x": gamma.T @ X}
+
+    def m_step(self, stats: Stats, params: PoissonHMMParams) -> PoissonHMMParams:
+        out = self._markov_m_step(stats, params)
+        lambdas = params.lambdas
+        if "lambdas" in self.params:
+            post = stats["sum_post"]
+            seen = post > 0
+            alphas, betas = np.asarray(self.lambdas_prior), np.asarray(self.lambdas_weight)
+            n = post.sum()
+            with np.errstate(divide="ignore", invalid="ignore"):
+                y_bar = stats["sum_x"] / post[:, None]
+                new = (alphas + n * y_bar) / (betas + n)
+            lambdas = np.where(seen[:, None], new, params.lambdas)
+        return PoissonHMMParams(out["startprob"], out["transmat"], lambdas)
+
+    def describe_invalid(self, n: int) -> str:
+        return (
+            f"{n} time steps contain counts that are negative, fractional, NaN or infinite; "
+            "Poisson HMMs need non-negative integer counts."
+        )
+
+    def sample_emission(self, params: PoissonHMMParams, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return rng.poisson(params.lambdas[states])
+
+
+# --------------------------------------------------------------------------
+# Several parameter sets in one pass (restarts sharing the data reads)
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StackedParams:
+    """R parameter sets fitted side by side, and the log-likelihood of each."""
+
+    members: tuple[Any, ...]
+    loglik: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+@dataclass(frozen=True)
+class StackedHMM:
+    """Runs the E-step of ``model`` for R parameter sets in one pass over a block.
+
+    The statistics of member ``r`` are stored under ``"r{r}:<name>"``; the
+    ``loglik`` is the sum over members (each is non-decreasing under EM, so
+    the sum is too) and ``loglik_each (R,)`` keeps them apart.
+    """
+
+    model: Any
+
+    def init_params(self, sample: Any, rng: np.random.Generator) -> StackedParams:
+        raise NotImplementedError
+
+    def e_step(self, block: Any, params: StackedParams) -> Stats:
+        block = _block_parts(block)
+        out: Stats = {}
+        each = np.empty(len(params.members))
+        n_invalid = 0.0
+        for r, member in enumerate(params.members):
+            stats = self.model.e_step(block, member)
+            out["n"] = stats.pop("n")
+            n_invalid = max(n_invalid, float(stats.pop("n_invalid", 0.0)))
+            each[r] = float(stats.pop("loglik"))
+            for key, value in stats.items():
+                out[f"r{r}:{key}"] = value
+        out["loglik"] = np.array(each.sum()) if np.all(np.isfinite(each)) else np.array(0.0)
+        out["loglik_each"] = np.where(np.isfinite(each), each, -np.inf)
+        out["n_invalid"] = np.array(n_invalid)
+        return out
+
+    def m_step(self, stats: Stats, params: StackedParams) -> StackedParams:
+        members = []
+        for r, member in enumerate(params.members):
+            prefix = f"r{r}:"
+            sub = {k[len(prefix):]: v for k, v in stats.items() if k.startswith(prefix)}
+            sub["n"], sub["loglik"] = stats["n"], stats["loglik_each"][r]
+            if np.isfinite(sub["loglik"]):
+                members.append(self.model.m_step(sub, member))
+            else:
+                members.append(member)
+        return StackedParams(tuple(members), np.asarray(stats["loglik_each"], dtype=float))
+
+    def describe_invalid(self, n: int) -> str:
+        return self.model.describe_invalid(n)
+
+
+def params_class(model: Any) -> type:
+    """The parameter dataclass of an HMM model."""
+    if isinstance(model, GaussianHMMModel):
+        return GaussianHMMParams
+    if isinstance(model, CategoricalHMMModel):
+        return CategoricalHMMParams
+    return PoissonHMMParams
+
+
+__all__ = [
+    "CategoricalHMMModel",
+    "CategoricalHMMParams",
+    "GaussianHMMModel",
+    "GaussianHMMParams",
+    "PoissonHMMModel",
+    "PoissonHMMParams",
+    "StackedHMM",
+    "StackedParams",
+    "forward_backward",
+    "viterbi",
+]

@@ -8,10 +8,78 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, Security
 
 #: Environment variable naming the scheduler address when none is given.
 SCHEDULER_ENV = "DASK_EM_SCHEDULER"
+
+#: Environment variables naming the TLS files when none are given (the
+#: standard dask configuration ``distributed.comm.tls.*`` is read as well).
+TLS_ENV = {"ca_file": "DASK_EM_TLS_CA_FILE", "cert": "DASK_EM_TLS_CERT", "key": "DASK_EM_TLS_KEY"}
+
+
+def security_from_files(ca_file: str | os.PathLike[str], cert: str | os.PathLike[str], key: str | os.PathLike[str] | None = None) -> Security:
+    """A :class:`distributed.Security` for a client of a ``tls://`` scheduler.
+
+    Parameters
+    ----------
+    ca_file : path
+        PEM file of the certificate authority that signed the scheduler's
+        and the workers' certificates.
+    cert : path
+        PEM certificate of this client (Dask clusters check client
+        certificates too). It may also hold the key.
+    key : path, optional
+        PEM private key of ``cert`` when it is a separate file.
+
+    Returns
+    -------
+    distributed.Security
+        With ``require_encryption=True``, so a ``tcp://`` address is refused.
+
+    Raises
+    ------
+    FileNotFoundError
+        If one of the files does not exist, naming it.
+    """
+    files = {"ca_file": ca_file, "cert": cert, "key": key}
+    for name, path in files.items():
+        if path is not None and not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"TLS {name} {os.fspath(path)!r} does not exist; pass the PEM files the "
+                "cluster's certificates were issued with (--tls-ca-file, --tls-cert, --tls-key)"
+            )
+    return Security(
+        tls_ca_file=os.fspath(ca_file),
+        tls_client_cert=os.fspath(cert),
+        tls_client_key=os.fspath(key) if key is not None else None,
+        require_encryption=True,
+    )
+
+
+def resolve_security(security: Any = None) -> Security | None:
+    """The TLS settings to use: ``security`` if given, else from the environment.
+
+    ``security`` may be a :class:`distributed.Security` or a tuple
+    ``(ca_file, cert, key)``. Without it, ``$DASK_EM_TLS_CA_FILE``,
+    ``$DASK_EM_TLS_CERT`` and ``$DASK_EM_TLS_KEY`` are used when set; else
+    None, and distributed reads its standard configuration
+    (``distributed.comm.tls.ca-file``, ``distributed.comm.tls.client.cert``
+    and ``.key``, or ``DASK_DISTRIBUTED__COMM__TLS__...`` variables).
+    """
+    if security is None:
+        ca_file, cert, key = (os.environ.get(TLS_ENV[k]) for k in ("ca_file", "cert", "key"))
+        if ca_file and cert:
+            return security_from_files(ca_file, cert, key)
+        if ca_file or cert or key:
+            raise ValueError(
+                f"set both ${TLS_ENV['ca_file']} and ${TLS_ENV['cert']} (and ${TLS_ENV['key']} "
+                "if the key is a separate file) to connect with TLS"
+            )
+        return None
+    if isinstance(security, (tuple, list)):
+        return security_from_files(*security)
+    return security
 
 
 def _current_client() -> Client | None:
@@ -59,8 +127,9 @@ def get_client(
         Use this client as it is.
     scheduler : str, optional
         Address such as ``tcp://10.0.0.5:8786`` or ``tls://...``.
-    security : distributed.Security, optional
-        TLS settings for a ``tls://`` address.
+    security : distributed.Security or (ca_file, cert, key), optional
+        TLS settings for a ``tls://`` address; see :func:`resolve_security`
+        for the environment variables and dask configuration read without it.
     verbose : bool
         Print the dashboard link of a cluster started here.
     """
@@ -73,7 +142,7 @@ def get_client(
         return
     address = scheduler or os.environ.get(SCHEDULER_ENV)
     if address:
-        with Client(address, security=security, set_as_default=False) as started:
+        with Client(address, security=resolve_security(security), set_as_default=False) as started:
             yield started
         return
     with local_cluster() as cluster, Client(cluster, set_as_default=False) as started:

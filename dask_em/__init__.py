@@ -1,6 +1,7 @@
 """dask-em: Expectation-Maximization on data larger than memory, on Dask."""
 
 from .engine import EMResult, IterationInfo, expected_stats, fit_em
+from .estimators.kmeans import KMeans
 from .models.base import EMModel, Stats
 
 __version__ = "0.1.0"
@@ -9,6 +10,7 @@ __all__ = [
     "EMModel",
     "EMResult",
     "IterationInfo",
+    "KMeans",
     "Stats",
     "__version__",
     "expected_stats",

@@ -1,0 +1,675 @@
+"""k-means on Dask: out-of-core k-means|| seeding and Lloyd through the EM engine."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import sys
+import warnings
+from typing import Any
+
+import dask
+import numpy as np
+
+from ..cluster import get_client
+from ..data import Blocks
+from ..engine import IterationInfo, expected_stats, fit_em, prepare_blocks, print_progress
+from ..errors import ConvergenceWarning, InvalidDataError
+from ..models.kmeans import (
+    KMeansModel,
+    KMeansParams,
+    center_distances,
+    kmeans_plusplus,
+    nearest_center,
+)
+from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs
+
+__all__ = ["KMeans", "kmeans_centers", "kmeans_parallel_init"]
+
+_INITS = ("k-means||", "k-means++", "random")
+
+
+# ---------------------------------------------------------------------------
+# Per-block tasks (module level so that workers can unpickle them).
+# ---------------------------------------------------------------------------
+
+
+def _finite_rows(X: np.ndarray) -> tuple[np.ndarray, int]:
+    """The rows without NaN/inf, and how many bad values were dropped."""
+    X = np.asarray(X)
+    if X.dtype.kind != "f":
+        return X.astype(np.float64), 0
+    finite = np.isfinite(X)
+    if finite.all():
+        return X, 0
+    good = finite.all(axis=1)
+    return X[good], int(X.size - np.count_nonzero(finite))
+
+
+def _block_rng(seed: int, round_: int, index: int) -> np.random.Generator:
+    # Seeded from (seed, round, block) alone: the draws of a block do not
+    # depend on which worker runs it or in what order.
+    return np.random.default_rng([seed, round_, index])
+
+
+def _oversample_block(
+    block: np.ndarray, candidates: np.ndarray, oversampling: float, seed: int, round_: int, index: int
+) -> tuple[float, np.ndarray, np.ndarray, int, int]:
+    """One k-means|| round on one block.
+
+    A row is kept with probability ``min(1, l d^2 / phi)``, i.e. when
+    ``u / d^2 < l / phi`` for its uniform draw ``u``. ``phi`` (the cost of
+    the whole data) is not known yet, but it is at least this block's cost
+    ``phi_b``, so the rows with ``u / d^2 < l / phi_b`` are a superset of
+    the ones kept: they are returned with their keys ``u / d^2`` and the
+    client applies the exact threshold once ``phi`` is summed. Expected
+    rows returned per block: at most ``l``.
+    """
+    X, n_invalid = _finite_rows(block)
+    n_rows = int(np.asarray(block).shape[0])
+    u = _block_rng(seed, round_, index).uniform(size=n_rows)
+    if X.shape[0] != n_rows:
+        u = u[np.isfinite(np.asarray(block)).all(axis=1)]
+    if X.shape[0] == 0:
+        return 0.0, np.empty((0, candidates.shape[1])), np.empty(0), n_invalid, 0
+    _, d2 = nearest_center(X, candidates)
+    np.maximum(d2, 0.0, out=d2)
+    phi_b = float(d2.sum())
+    if phi_b <= 0.0:
+        return 0.0, np.empty((0, X.shape[1])), np.empty(0), n_invalid, X.shape[0]
+    with np.errstate(divide="ignore"):
+        keys = np.where(d2 > 0, u / np.where(d2 > 0, d2, 1.0), np.inf)
+    keep = keys < oversampling / phi_b
+    return phi_b, np.asarray(X[keep], dtype=np.float64), keys[keep], n_invalid, X.shape[0]
+
+
+def _count_nearest(block: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """How many rows of the block are nearest to each candidate, shape (m,)."""
+    X, _ = _finite_rows(block)
+    labels, _ = nearest_center(X, candidates)
+    return np.bincount(labels, minlength=candidates.shape[0]).astype(np.float64)
+
+
+def _moments_block(block: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """Rows, column means and column sums of squared deviations of a block."""
+    X = np.asarray(block, dtype=np.float64)
+    n = X.shape[0]
+    mean = X.mean(axis=0) if n else np.zeros(X.shape[1])
+    dev = X - mean
+    return n, mean, np.einsum("ij,ij->j", dev, dev)
+
+
+def _labels(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    return nearest_center(block, centers)[0]
+
+
+def _min_sq_dist(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    return nearest_center(block, centers)[1]
+
+
+# ---------------------------------------------------------------------------
+# Seeding
+# ---------------------------------------------------------------------------
+
+
+def _compute(blocks: Blocks, client: Any, tasks: list[Any]) -> list[Any]:
+    if client is not None:
+        return list(client.gather(client.compute(tasks, optimize_graph=False)))
+    if blocks.client is not None:
+        return list(blocks.client.gather(blocks.client.compute(tasks, optimize_graph=False)))
+    return list(dask.compute(*tasks, scheduler="threads", optimize_graph=False))
+
+
+def _rows(blocks: Blocks, client: Any, index: np.ndarray) -> np.ndarray:
+    """Rows ``index`` (sorted) of the data, reading only the blocks that hold them."""
+    assert blocks.array is not None
+    (rows,) = _compute(blocks, client, [blocks.array[np.sort(index)]])
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _invalid_error(n_invalid: int) -> InvalidDataError:
+    return InvalidDataError(KMeansModel().describe_invalid(n_invalid))
+
+
+def weighted_lloyd(
+    X: np.ndarray, weights: np.ndarray, centers: np.ndarray, max_iter: int = 100
+) -> np.ndarray:
+    """Lloyd's algorithm on a small in-memory weighted set (k-means|| candidates).
+
+    An empty cluster keeps its center; stops when no label changes.
+    """
+    centers = np.array(centers, dtype=np.float64)
+    labels = None
+    for _ in range(max_iter):
+        new_labels, _ = nearest_center(X, centers)
+        if labels is not None and np.array_equal(new_labels, labels):
+            break
+        labels = new_labels
+        mass = np.bincount(labels, weights=weights, minlength=len(centers))
+        sums = np.zeros_like(centers)
+        np.add.at(sums, labels, X * weights[:, None])
+        filled = mass > 0
+        centers[filled] = sums[filled] / mass[filled, None]
+    return centers
+
+
+def kmeans_parallel_init(
+    blocks: Blocks,
+    n_clusters: int,
+    rng: np.random.Generator,
+    *,
+    oversampling_factor: float = 2.0,
+    n_rounds: int = 5,
+    client: Any = None,
+) -> np.ndarray:
+    """k-means|| seeding (Bahmani et al. 2012), one pass over the blocks per round.
+
+    The data never leaves the workers: each round sends the current
+    candidates to every block and brings back only the rows sampled there
+    (about ``oversampling_factor * n_clusters`` in all). A last pass
+    counts the rows nearest to each candidate; weighted k-means++ and a few
+    weighted Lloyd steps on the candidates, on the client, give the centers.
+
+    Parameters
+    ----------
+    blocks : Blocks
+        The data.
+    n_clusters : int
+        Number of centers.
+    rng : numpy.random.Generator
+        Source of all randomness; each block's draws are seeded from one
+        integer of it, the round and the block's index, so the result does
+        not depend on the number of workers or the scheduling.
+    oversampling_factor : float
+        ``l / n_clusters``: rows expected to be sampled per round, per center.
+    n_rounds : int
+        Number of sampling rounds (passes over the data).
+    client : distributed.Client, optional
+        Where to compute; by default the blocks' client.
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, n_features)
+
+    Raises
+    ------
+    InvalidDataError
+        If the data holds NaN or infinite values (found in the first round).
+    """
+    n = blocks.n_samples
+    seed = int(rng.integers(2**63))
+    candidates = _rows(blocks, client, rng.integers(n, size=1))
+    if not np.isfinite(candidates).all():
+        candidates = np.zeros_like(candidates)  # the first round counts and reports the bad values
+    oversampling = float(oversampling_factor) * n_clusters
+    for round_ in range(n_rounds):
+        cand_d = dask.delayed(candidates, traverse=False)
+        tasks = [
+            dask.delayed(_oversample_block, pure=True)(part, cand_d, oversampling, seed, round_, i)
+            for i, part in enumerate(blocks.parts)
+        ]
+        results = _compute(blocks, client, tasks)
+        n_invalid = sum(r[3] for r in results)
+        if n_invalid:
+            raise _invalid_error(n_invalid)
+        phi = math.fsum(r[0] for r in results)
+        if phi <= 0.0:
+            break  # every row coincides with a candidate
+        threshold = oversampling / phi
+        new = [r[1][r[2] < threshold] for r in results]
+        candidates = np.concatenate([candidates, *new], axis=0)
+    cand_d = dask.delayed(candidates, traverse=False)
+    counts = _compute(blocks, client, [dask.delayed(_count_nearest, pure=True)(p, cand_d) for p in blocks.parts])
+    weights = np.sum(counts, axis=0)
+    if np.count_nonzero(weights) < n_clusters:
+        # Fewer distinct candidates than clusters (tiny or repetitive data):
+        # add random rows so that k-means++ has enough to choose from.
+        extra = _rows(blocks, client, rng.choice(n, size=min(n, 4 * n_clusters), replace=False))
+        candidates = np.concatenate([candidates, extra])
+        weights = np.concatenate([weights, np.ones(len(extra))])
+    keep = weights > 0
+    candidates, weights = candidates[keep], weights[keep]
+    centers = kmeans_plusplus(candidates, n_clusters, rng, sample_weight=weights)
+    return weighted_lloyd(candidates, weights, centers)
+
+
+def _sample_size(blocks: Blocks, n_clusters: int) -> int:
+    return int(min(blocks.n_samples, max(10_000, 100 * n_clusters)))
+
+
+def initial_centers(
+    blocks: Blocks,
+    n_clusters: int,
+    init: Any,
+    rng: np.random.Generator,
+    *,
+    oversampling_factor: float = 2.0,
+    init_max_iter: int = 5,
+    client: Any = None,
+) -> np.ndarray:
+    """Initial centers by ``init``: "k-means||", "k-means++", "random" or an array.
+
+    "k-means++" runs on a random sample of whole blocks (at least 10,000
+    rows); "random" picks ``n_clusters`` distinct rows uniformly from all
+    the data, reading only the blocks that hold them.
+    """
+    if isinstance(init, str):
+        if init == "k-means||":
+            return kmeans_parallel_init(
+                blocks, n_clusters, rng, oversampling_factor=oversampling_factor, n_rounds=init_max_iter,
+                client=client,
+            )
+        if init == "k-means++":
+            sample = blocks.sample(_sample_size(blocks, n_clusters), rng)
+            sample, n_invalid = _finite_rows(sample)
+            if n_invalid:
+                raise _invalid_error(n_invalid)
+            return kmeans_plusplus(sample, n_clusters, rng)
+        if init == "random":
+            return _rows(blocks, client, rng.choice(blocks.n_samples, size=n_clusters, replace=False))
+        raise ValueError(f"init must be one of {_INITS} or an array of shape (n_clusters, n_features), got {init!r}")
+    centers = np.array(init, dtype=np.float64)
+    n_features = blocks.array.shape[1] if blocks.array is not None else centers.shape[-1]
+    if centers.shape != (n_clusters, n_features):
+        raise ValueError(
+            f"init array has shape {centers.shape}, expected (n_clusters, n_features) = "
+            f"({n_clusters}, {n_features})"
+        )
+    if not np.isfinite(centers).all():
+        raise ValueError("init array contains NaN or infinite values")
+    return centers
+
+
+def mean_variance(blocks: Blocks, client: Any = None) -> float:
+    """Mean over the features of the variance of the data (one pass).
+
+    Block moments are merged on the client in block order (Chan et al.'s
+    pairwise update), so the result does not depend on scheduling.
+    """
+    parts = _compute(blocks, client, [dask.delayed(_moments_block, pure=True)(p) for p in blocks.parts])
+    n, mean, m2 = 0, None, None
+    for nb, mb, m2b in parts:
+        if nb == 0:
+            continue
+        if mean is None:
+            n, mean, m2 = nb, mb, m2b
+            continue
+        delta = mb - mean
+        total = n + nb
+        mean = mean + delta * (nb / total)
+        m2 = m2 + m2b + delta**2 * (n * nb / total)
+        n = total
+    return float(np.mean(m2 / n)) if n else 0.0
+
+
+class _Converged(Exception):
+    """Raised by the convergence callback to end Lloyd's loop early."""
+
+
+def lloyd(
+    blocks: Blocks,
+    params: Any,
+    *,
+    n_clusters: int,
+    max_iter: int,
+    tol_scaled: float,
+    split_every: int = 8,
+    client: Any = None,
+    verbose: bool = False,
+    checkpoint: Any = None,
+    checkpoint_every: int = 1,
+    resume: bool | None = None,
+    force: bool = False,
+    checkpoint_meta: dict[str, Any] | None = None,
+) -> tuple[KMeansParams, int, bool]:
+    """Lloyd's iterations through :func:`dask_em.fit_em`.
+
+    Stops as scikit-learn does, when the squared total shift of the centers
+    is at most ``tol_scaled`` (the engine's own log-likelihood tolerance is
+    switched off). Returns the parameters, the number of iterations and
+    whether that criterion was met.
+    """
+    seen: dict[str, Any] = {}
+
+    def stop(info: IterationInfo) -> None:
+        seen["params"], seen["n_iter"] = info.params, info.iteration
+        if float(info.params.center_shift) <= tol_scaled:
+            if verbose:
+                print_progress(info)
+            raise _Converged
+
+    try:
+        result = fit_em(
+            KMeansModel(n_clusters),
+            blocks,
+            params,
+            max_iter=max_iter,
+            tol=0.0,
+            tol_on="mean",
+            split_every=split_every,
+            client=client,
+            callbacks=[stop],
+            verbose=verbose,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            force=force,
+            checkpoint_meta=checkpoint_meta,
+            warn_not_converged=False,
+        )
+    except _Converged:
+        return seen["params"], seen["n_iter"], True
+    return result.params, result.n_iter, False
+
+
+def kmeans_centers(
+    blocks: Blocks,
+    n_clusters: int,
+    *,
+    init: Any = "k-means||",
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    rng: np.random.Generator,
+    client: Any,
+    split_every: int = 8,
+) -> np.ndarray:
+    """Cluster centers by k-means, out of core (e.g. to initialise a mixture).
+
+    Parameters
+    ----------
+    blocks : Blocks
+        The data (see :func:`dask_em.engine.prepare_blocks`).
+    n_clusters : int
+        Number of centers.
+    init : {"k-means||", "k-means++", "random"} or ndarray of shape (n_clusters, n_features)
+        Seeding method.
+    max_iter : int
+        Maximum number of Lloyd iterations after seeding (0: seeding only).
+    tol : float
+        Relative tolerance on the squared shift of the centers, as in
+        scikit-learn (multiplied by the mean variance of the data).
+    rng : numpy.random.Generator
+        Source of randomness.
+    client : distributed.Client or None
+        Where to compute.
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, n_features), float64
+    """
+    if blocks.n_samples < n_clusters:
+        raise ValueError(
+            f"n_samples={blocks.n_samples} should be >= n_clusters={n_clusters}; decrease n_clusters"
+        )
+    centers = initial_centers(blocks, n_clusters, init, rng, client=client)
+    if max_iter <= 0:
+        return centers
+    tol_scaled = tol * mean_variance(blocks, client) if tol > 0 else 0.0
+    params, _, _ = lloyd(
+        blocks,
+        KMeansParams.from_centers(centers),
+        n_clusters=n_clusters,
+        max_iter=max_iter,
+        tol_scaled=tol_scaled,
+        split_every=split_every,
+        client=client,
+    )
+    return np.array(params.cluster_centers)
+
+
+class KMeans(EMEstimator):
+    """k-means clustering on Dask: Lloyd's algorithm as hard EM.
+
+    Every iteration is one pass over the data; nothing but the centers and
+    per-cluster sums ever reaches the client.
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters.
+    init : {"k-means||", "k-means++", "random"} or array-like of shape (n_clusters, n_features), default="k-means||"
+        Seeding. "k-means||" (Bahmani et al. 2012) is out of core: a few
+        passes over the data, each sampling about ``oversampling_factor *
+        n_clusters`` rows. "k-means++" runs on a sample of whole blocks
+        (at least 10,000 rows). "random" takes ``n_clusters`` distinct rows.
+    max_iter : int, default=300
+        Maximum number of Lloyd iterations of one run.
+    tol : float, default=1e-4
+        Stop when the squared total shift of the centers is at most ``tol``
+        times the mean variance of the features, as scikit-learn does (the
+        variance costs one pass at the start when ``tol > 0``).
+    n_init : int, default=1
+        Number of runs from different seeds; the one of lowest inertia is kept.
+    random_state : int, Generator or None, default=None
+        Seed of the initialisation.
+    verbose : bool, default=False
+        Print a progress line per iteration.
+    split_every : int, default=8
+        Fan-in of the tree reduction of the statistics.
+    oversampling_factor : float, default=2
+        k-means|| samples about ``oversampling_factor * n_clusters`` rows per round.
+    init_max_iter : int, default=5
+        Number of k-means|| rounds.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
+    inertia_ : float
+        Sum of squared distances of the rows to their nearest center, under
+        the final centers.
+    n_iter_ : int
+        Lloyd iterations of the kept run.
+    labels_ : ndarray or dask.array.Array of shape (n_samples,)
+        Nearest center of every row of the training data, lazy for Dask,
+        Zarr or path input.
+    converged_ : bool
+        Whether the kept run met ``tol`` before ``max_iter``.
+    n_features_in_ : int
+
+    Notes
+    -----
+    A cluster that loses all its rows keeps its previous center (scikit-learn
+    moves it to the row farthest from its center instead); its count is 0
+    and nothing becomes NaN.
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        init: Any = "k-means||",
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        n_init: int = 1,
+        random_state: Any = None,
+        verbose: bool = False,
+        split_every: int = 8,
+        oversampling_factor: float = 2.0,
+        init_max_iter: int = 5,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.init = init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_init = n_init
+        self.random_state = random_state
+        self.verbose = verbose
+        self.split_every = split_every
+        self.oversampling_factor = oversampling_factor
+        self.init_max_iter = init_max_iter
+
+    def _validate(self) -> int:
+        def positive_int(name: str, value: Any, minimum: int) -> None:
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+        positive_int("n_clusters", self.n_clusters, 1)
+        positive_int("max_iter", self.max_iter, 1)
+        positive_int("n_init", self.n_init, 1)
+        positive_int("init_max_iter", self.init_max_iter, 1)
+        positive_int("split_every", self.split_every, 2)
+        if not (isinstance(self.tol, numbers.Real) and self.tol >= 0):
+            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
+        if not (isinstance(self.oversampling_factor, numbers.Real) and self.oversampling_factor > 0):
+            raise ValueError(f"oversampling_factor must be positive, got {self.oversampling_factor!r}")
+        if isinstance(self.init, str) and self.init not in _INITS:
+            raise ValueError(
+                f"init must be one of {_INITS} or an array of shape (n_clusters, n_features), got {self.init!r}"
+            )
+        n_init = self.n_init
+        if not isinstance(self.init, str) and n_init != 1:
+            warnings.warn(
+                f"explicit initial centers were given, so n_init={n_init} runs would all be the same; "
+                "running once",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            n_init = 1
+        return n_init
+
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        client: Any = None,
+        checkpoint: Any = None,
+        checkpoint_every: int = 1,
+        resume: bool | None = None,
+        force: bool = False,
+    ) -> KMeans:
+        """Compute k-means clustering.
+
+        Parameters
+        ----------
+        X : array-like, dask array, zarr array or path of shape (n_samples, n_features)
+            Training data.
+        y : ignored
+        client : distributed.Client, optional
+            Where to run; by default the current client or a new LocalCluster.
+        checkpoint : str, optional
+            Zarr path or URL for resumable snapshots (one sub-group per run
+            when ``n_init > 1``).
+        checkpoint_every : int
+            Snapshot every this many iterations.
+        resume : bool, optional
+            Resume from ``checkpoint`` if it exists (None), always, or never.
+        force : bool
+            Resume even if the data or configuration changed.
+
+        Returns
+        -------
+        self
+        """
+        n_init = self._validate()
+        rngs = run_rngs(self.random_state, n_init)
+        with get_client(client, verbose=self.verbose) as active:
+            blocks = prepare_blocks(X, active)
+            n_features = int(blocks.array.shape[1]) if blocks.array is not None else None
+            if blocks.n_samples < self.n_clusters:
+                raise ValueError(
+                    f"n_samples={blocks.n_samples} should be >= n_clusters={self.n_clusters}; "
+                    "decrease n_clusters or provide more data"
+                )
+            if not isinstance(self.init, str):
+                initial_centers(blocks, self.n_clusters, self.init, rngs[0], client=active)  # shape check
+            tol_scaled: float | None = None if self.tol > 0 else 0.0
+            model = KMeansModel(self.n_clusters)
+            best = None
+            for run, rng in enumerate(rngs):
+                def init(rng: np.random.Generator = rng) -> KMeansParams:
+                    centers = initial_centers(
+                        blocks,
+                        self.n_clusters,
+                        self.init,
+                        rng,
+                        oversampling_factor=self.oversampling_factor,
+                        init_max_iter=self.init_max_iter,
+                        client=active,
+                    )
+                    return KMeansParams.from_centers(centers)
+
+                if tol_scaled is None:
+                    tol_scaled = self.tol * mean_variance(blocks, active)
+                params, n_iter, converged = lloyd(
+                    blocks,
+                    init,
+                    n_clusters=self.n_clusters,
+                    max_iter=self.max_iter,
+                    tol_scaled=tol_scaled,
+                    split_every=self.split_every,
+                    client=active,
+                    verbose=self.verbose,
+                    checkpoint=run_checkpoint(checkpoint, run) if n_init > 1 else checkpoint,
+                    checkpoint_every=checkpoint_every,
+                    resume=resume,
+                    force=force,
+                    checkpoint_meta=self.checkpoint_meta(),
+                )
+                # scikit-learn reports the inertia of the final centers: one more pass.
+                inertia = float(expected_stats(model, blocks, params, active, self.split_every)["inertia"])
+                if self.verbose:
+                    print(f"dask-em: run {run + 1}/{n_init}: inertia {inertia:.8g}, {n_iter} iterations",
+                          file=sys.stderr)
+                if best is None or inertia < best[0]:
+                    best = (inertia, params, n_iter, converged)
+        inertia, params, n_iter, converged = best
+        if not converged:
+            warnings.warn(
+                f"k-means did not converge in max_iter={self.max_iter} iterations (tol={self.tol}); "
+                "increase max_iter or tol",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        self.cluster_centers_ = np.array(params.cluster_centers)
+        self.inertia_ = inertia
+        self.n_iter_ = int(n_iter)
+        self.converged_ = bool(converged)
+        self.n_features_in_ = n_features if n_features is not None else self.cluster_centers_.shape[1]
+        self.labels_ = self.predict(X)
+        return self
+
+    def _check_input(self, X: Any) -> None:
+        self._check_fitted("cluster_centers_")
+        shape = getattr(X, "shape", None)
+        if shape is not None and len(shape) == 2 and shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {shape[1]} features, but {type(self).__name__} was fitted with {self.n_features_in_}"
+            )
+
+    def predict(self, X: Any) -> Any:
+        """Index of the nearest center of every row.
+
+        Returns
+        -------
+        ndarray or dask.array.Array of shape (n_samples,), int64
+            Lazy (nothing computed) for Dask, Zarr or path input.
+        """
+        self._check_input(X)
+        return map_rows(X, _labels, self.cluster_centers_, n_columns=None, dtype=np.int64)
+
+    def fit_predict(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
+        """Fit, then return ``labels_``."""
+        return self.fit(X, **fit_params).labels_
+
+    def transform(self, X: Any) -> Any:
+        """Euclidean distance of every row to every center.
+
+        Returns
+        -------
+        ndarray or dask.array.Array of shape (n_samples, n_clusters)
+        """
+        self._check_input(X)
+        return map_rows(X, center_distances, self.cluster_centers_, n_columns=self.n_clusters)
+
+    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
+        """Fit, then return ``transform(X)``."""
+        return self.fit(X, **fit_params).transform(X)
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Minus the inertia of ``X`` under the fitted centers (computed)."""
+        self._check_input(X)
+        d2 = map_rows(X, _min_sq_dist, self.cluster_centers_, n_columns=None)
+        if isinstance(d2, np.ndarray):
+            return -float(d2.sum())
+        return -float(d2.sum().compute())

@@ -1,0 +1,356 @@
+"""k-means as hard EM: Lloyd's algorithm on blocks of data.
+
+The E-step assigns every row of a block to its nearest center and returns
+the per-cluster counts and sums; the M-step moves each center to the mean of
+its rows. Both are pure numpy (the per-row work is one compiled loop).
+
+The engine monitors a log-likelihood; for k-means that is ``-inertia``
+(minus the sum of squared distances of the rows to their nearest center), so
+the engine's "log-likelihood never decreases" property is Lloyd's "inertia
+never increases".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from numba import njit
+
+from .base import Stats
+
+__all__ = [
+    "KMeansModel",
+    "KMeansParams",
+    "kmeans_plusplus",
+    "nearest_center",
+    "center_distances",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class KMeansParams:
+    """Parameters of :class:`KMeansModel`.
+
+    Attributes
+    ----------
+    cluster_centers : ndarray of shape (n_clusters, n_features)
+        The centers, float64.
+    center_shift : ndarray of shape ()
+        Sum over the centers of the squared distance each moved in the M-step
+        that produced them (``inf`` for initial centers). scikit-learn's Lloyd
+        stops when this falls to ``tol`` times the mean variance of the data.
+    """
+
+    cluster_centers: np.ndarray
+    center_shift: np.ndarray = dataclasses.field(default_factory=lambda: np.array(np.inf))
+
+    @classmethod
+    def from_centers(cls, centers: np.ndarray) -> KMeansParams:
+        """Initial parameters from an array of centers (copied to float64)."""
+        return cls(np.array(centers, dtype=np.float64, order="C", copy=True), np.array(np.inf))
+
+
+# ---------------------------------------------------------------------------
+# Compiled kernels. Rows are processed in cache-sized chunks: one small GEMM
+# (chunk @ centers.T) gives ``||c||^2 - 2 x.c`` for the nearest-center search,
+# as scikit-learn's Lloyd does; the inertia of the chosen center is then
+# summed exactly as ``sum_j (x_j - c_j)^2``. Measured on 1e6 x 16, K=8 in one
+# thread: 0.04 s against 0.087 s for a loop computing all K distances
+# directly. Rows are copied into a float64 buffer, so float32 data is
+# handled (and accumulated) in float64.
+# ---------------------------------------------------------------------------
+
+#: Rows per chunk of the kernels (a 256 x 16 float64 chunk is 32 KiB).
+CHUNK_ROWS = 256
+
+
+@njit(nogil=True, fastmath=False, cache=True)
+def _row_invalid(X, i):  # pragma: no cover - compiled
+    # A finite row sum is the fast path; only when it is not finite are
+    # the values counted one by one (a huge but finite row can overflow).
+    s = 0.0
+    for j in range(X.shape[1]):
+        s += X[i, j]
+    if math.isfinite(s):
+        return 0
+    bad = 0
+    for j in range(X.shape[1]):
+        if not math.isfinite(X[i, j]):
+            bad += 1
+    return bad
+
+
+@njit(nogil=True, fastmath=False, cache=True)
+def _sq_norms(C):  # pragma: no cover - compiled
+    k, d = C.shape
+    cc = np.empty(k)
+    for c in range(k):
+        s = 0.0
+        for j in range(d):
+            s += C[c, j] * C[c, j]
+        cc[c] = s
+    return cc
+
+
+@njit(nogil=True, fastmath=False, cache=True)
+def _fill_chunk(X, start, stop, buf, valid, check):  # pragma: no cover - compiled
+    # Copy rows [start, stop) into the float64 buffer; invalid rows are
+    # zeroed (and flagged) so that BLAS never sees NaN.
+    d = X.shape[1]
+    n_invalid = 0
+    for r in range(stop - start):
+        bad = _row_invalid(X, start + r) if check else 0
+        valid[r] = bad == 0
+        n_invalid += bad
+        for j in range(d):
+            buf[r, j] = X[start + r, j] if bad == 0 else 0.0
+    return n_invalid
+
+
+@njit(nogil=True, fastmath=False, cache=True)
+def _argmin_row(G, r, cc):  # pragma: no cover - compiled
+    best = 0
+    best_d = cc[0] - 2.0 * G[r, 0]
+    for c in range(1, cc.shape[0]):
+        v = cc[c] - 2.0 * G[r, c]
+        if v < best_d:
+            best_d = v
+            best = c
+    return best
+
+
+@njit(nogil=True, fastmath=False, cache=True)
+def _lloyd_block(X, C, counts, sum_x):  # pragma: no cover - compiled
+    n, d = X.shape
+    CT = np.ascontiguousarray(C.T)
+    cc = _sq_norms(C)
+    buf = np.empty((min(n, CHUNK_ROWS), d))
+    valid = np.empty(min(n, CHUNK_ROWS), dtype=np.bool_)
+    inertia = 0.0
+    n_invalid = 0
+    for start in range(0, n, CHUNK_ROWS):
+        stop = min(n, start + CHUNK_ROWS)
+        m = stop - start
+        n_invalid += _fill_chunk(X, start, stop, buf, valid, True)
+        G = np.dot(buf[:m], CT)
+        for r in range(m):
+            if not valid[r]:
+                continue
+            best = _argmin_row(G, r, cc)
+            counts[best] += 1.0
+            s = 0.0
+            for j in range(d):
+                t = buf[r, j] - C[best, j]
+                s += t * t
+                sum_x[best, j] += buf[r, j]
+            inertia += s
+    return inertia, n_invalid
+
+
+@njit(nogil=True, fastmath=False, cache=True)
+def _nearest_block(X, C, labels, min_dist):  # pragma: no cover - compiled
+    n, d = X.shape
+    CT = np.ascontiguousarray(C.T)
+    cc = _sq_norms(C)
+    buf = np.empty((min(n, CHUNK_ROWS), d))
+    valid = np.empty(min(n, CHUNK_ROWS), dtype=np.bool_)
+    for start in range(0, n, CHUNK_ROWS):
+        stop = min(n, start + CHUNK_ROWS)
+        m = stop - start
+        _fill_chunk(X, start, stop, buf, valid, False)
+        G = np.dot(buf[:m], CT)
+        for r in range(m):
+            best = _argmin_row(G, r, cc)
+            s = 0.0
+            for j in range(d):
+                t = buf[r, j] - C[best, j]
+                s += t * t
+            labels[start + r] = best
+            min_dist[start + r] = s
+
+
+@njit(nogil=True, fastmath=False, cache=True)
+def _all_distances_block(X, C, out):  # pragma: no cover - compiled
+    n, d = X.shape
+    k = C.shape[0]
+    for i in range(n):
+        for c in range(k):
+            s = 0.0
+            for j in range(d):
+                t = np.float64(X[i, j]) - C[c, j]
+                s += t * t
+            out[i, c] = s
+
+
+def _as_rows(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    return np.ascontiguousarray(X)
+
+
+def _centers(centers: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(centers, dtype=np.float64))
+
+
+def nearest_center(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of and squared distance to the nearest center of every row.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    centers : ndarray of shape (n_clusters, n_features)
+
+    Returns
+    -------
+    labels : ndarray of shape (n_samples,), int64
+    sq_dist : ndarray of shape (n_samples,), float64
+    """
+    X = _as_rows(X)
+    labels = np.empty(X.shape[0], dtype=np.int64)
+    sq_dist = np.empty(X.shape[0], dtype=np.float64)
+    _nearest_block(X, _centers(centers), labels, sq_dist)
+    return labels, sq_dist
+
+
+def center_distances(X: np.ndarray, centers: np.ndarray, squared: bool = False) -> np.ndarray:
+    """Euclidean distance of every row to every center, shape (n_samples, n_clusters)."""
+    X = _as_rows(X)
+    out = np.empty((X.shape[0], np.asarray(centers).shape[0]), dtype=np.float64)
+    _all_distances_block(X, _centers(centers), out)
+    return out if squared else np.sqrt(out, out=out)
+
+
+def kmeans_plusplus(
+    X: np.ndarray,
+    n_clusters: int,
+    rng: np.random.Generator,
+    sample_weight: np.ndarray | None = None,
+    n_local_trials: int | None = None,
+) -> np.ndarray:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007) on in-memory rows.
+
+    Each new center is the best, by the resulting potential, of
+    ``n_local_trials`` rows drawn with probability proportional to weight
+    times squared distance to the nearest center chosen so far.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+        Candidate rows (a sample of the data, or k-means|| candidates).
+    n_clusters : int
+        Number of centers to choose (at most ``n_samples``).
+    rng : numpy.random.Generator
+    sample_weight : ndarray of shape (n_samples,), optional
+        Weight of every row (e.g. how many data rows a candidate stands for).
+    n_local_trials : int, optional
+        Default ``2 + int(log(n_clusters))``.
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, n_features), float64
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n = X.shape[0]
+    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if n_local_trials is None:
+        n_local_trials = 2 + int(np.log(n_clusters))
+    centers = np.empty((n_clusters, X.shape[1]))
+    first = int(rng.choice(n, p=w / w.sum()))
+    centers[0] = X[first]
+    closest = center_distances(X, X[first : first + 1], squared=True)[:, 0]
+    potential = float(w @ closest)
+    for c in range(1, n_clusters):
+        weighted = w * closest
+        total = weighted.sum()
+        if total <= 0:
+            # Every row already coincides with a center: take any unused row.
+            candidates = rng.choice(n, size=1)
+        else:
+            cdf = np.cumsum(weighted)
+            candidates = np.searchsorted(cdf, rng.uniform(size=n_local_trials) * cdf[-1], side="right")
+            candidates = np.minimum(candidates, n - 1)
+        dist = center_distances(X, X[candidates], squared=True)
+        np.minimum(dist, closest[:, None], out=dist)
+        potentials = w @ dist
+        best = int(np.argmin(potentials))
+        potential = float(potentials[best])
+        closest = dist[:, best].copy()
+        centers[c] = X[candidates[best]]
+    del potential
+    return centers
+
+
+@dataclasses.dataclass(frozen=True)
+class KMeansModel:
+    """k-means (Lloyd's algorithm) as hard EM.
+
+    Parameters
+    ----------
+    n_clusters : int
+        Number of clusters.
+
+    Notes
+    -----
+    Statistics of one block (all sums; shapes with K clusters, D features):
+
+    - ``n`` : number of rows,
+    - ``loglik`` : minus the inertia of the block (what the engine monitors),
+    - ``inertia`` : sum of squared distances to the nearest center,
+    - ``counts (K,)`` : rows nearest to each center,
+    - ``sum_x (K, D)`` : sum of those rows,
+    - ``n_invalid`` : NaN and infinite values (such rows are skipped).
+
+    A cluster that receives no rows keeps its previous center. (scikit-learn
+    instead moves an empty cluster onto the row farthest from its center;
+    finding that row is not a sum over blocks, so it is not done here.)
+    Distances and sums are computed in float64 for float32 data too.
+    """
+
+    n_clusters: int = 8
+
+    def init_params(self, sample: np.ndarray, rng: np.random.Generator) -> KMeansParams:
+        """k-means++ centers chosen from an in-memory sample of the rows."""
+        sample = np.asarray(sample, dtype=np.float64)
+        if sample.shape[0] < self.n_clusters:
+            raise ValueError(
+                f"n_samples={sample.shape[0]} should be >= n_clusters={self.n_clusters}; "
+                "decrease n_clusters or provide more data"
+            )
+        return KMeansParams.from_centers(kmeans_plusplus(sample, self.n_clusters, rng))
+
+    def e_step(self, block: np.ndarray, params: KMeansParams) -> Stats:
+        """Assign the rows of ``block`` to their nearest center and sum them."""
+        X = _as_rows(block)
+        k, d = params.cluster_centers.shape
+        counts = np.zeros(k)
+        sum_x = np.zeros((k, d))
+        inertia, n_invalid = _lloyd_block(X, _centers(params.cluster_centers), counts, sum_x)
+        return {
+            "n": np.array(float(X.shape[0])),
+            "loglik": np.array(-inertia),
+            "inertia": np.array(inertia),
+            "counts": counts,
+            "sum_x": sum_x,
+            "n_invalid": np.array(n_invalid),
+        }
+
+    def m_step(self, stats: Stats, params: KMeansParams) -> KMeansParams:
+        """Move every non-empty cluster's center to the mean of its rows."""
+        counts = np.asarray(stats["counts"], dtype=np.float64)
+        old = params.cluster_centers
+        filled = counts > 0
+        centers = old.copy()
+        centers[filled] = np.asarray(stats["sum_x"])[filled] / counts[filled, None]
+        shift = float(((centers - old) ** 2).sum())
+        return KMeansParams(centers, np.array(shift))
+
+    def describe_invalid(self, n_invalid: int) -> str:
+        """The error message for data with NaN or infinite values."""
+        return (
+            f"the data contains {n_invalid} NaN or infinite values; k-means needs every value "
+            "finite. Drop or impute the rows that hold them, or fit the missing-data Gaussian "
+            "model (dask_em.models.mvn_missing), which handles NaN as missing"
+        )

@@ -19,7 +19,7 @@ import numpy as np
 
 from .cluster import get_client
 from .data import Blocks, array_blocks, as_dask_array
-from .errors import ConvergenceWarning, DaskEMError, InvalidDataError
+from .errors import ConvergenceWarning, DaskEMError, InvalidDataError, LostDataError, SchedulerLostError
 from .models.base import EMModel, Stats
 from .monitor import ConvergenceMonitor
 from .stats import add_stats
@@ -91,6 +91,10 @@ class EMResult:
         return self.history[-1] if self.history else -math.inf
 
 
+#: How often a fit scatters in-memory data again after losing blocks with workers.
+MAX_RESCATTER = 3
+
+
 def _run_e_step(model: EMModel, block: Any, params: Any) -> Stats:
     return model.e_step(block, params)
 
@@ -115,10 +119,38 @@ def expected_stats(
             for i in range(0, len(level), split_every)
         ]
     if client is not None:
-        stats = client.compute(level[0], optimize_graph=False).result()
+        stats = _compute(client, level[0])
     else:
         stats = level[0].compute(scheduler="threads", optimize_graph=False)
     return _checked(model, stats)
+
+
+def _compute(client: Any, graph: Any) -> Stats:
+    """``graph`` computed on ``client``, with cluster failures told apart.
+
+    A worker that dies is handled by the scheduler, which recomputes its
+    tasks; what reaches here is a lost scheduler, or scattered blocks lost
+    with their only worker (they have no recipe to recompute them).
+    """
+    from concurrent.futures import CancelledError
+
+    try:
+        return client.compute(graph, optimize_graph=False).result()
+    except CancelledError as exc:
+        reason = str(getattr(exc, "reason", "") or exc)
+        if client.status != "running" or "scheduler-connection-lost" in reason:
+            address = getattr(getattr(client, "scheduler", None), "address", None) or "?"
+            raise SchedulerLostError(
+                f"lost the connection to the Dask scheduler at {address} in the middle of an "
+                "iteration; the fit cannot continue. Start a scheduler and resume from the last "
+                "checkpoint (the same fit with checkpoint=..., or `dask-em resume CHECKPOINT "
+                "--scheduler ADDRESS`); a fit without a checkpoint must start over."
+            ) from exc
+        raise LostDataError(
+            f"blocks of in-memory data were lost with a worker ({reason}); they are scattered "
+            "from the client, so pass the data as a Zarr path or a Dask array to let the "
+            "scheduler recompute lost blocks."
+        ) from exc
 
 
 def _checked(model: EMModel, stats: Stats) -> Stats:
@@ -260,9 +292,19 @@ def fit_em(
             params = model.init_params(blocks.sample(10_000, rng), rng)
 
         callbacks = list(callbacks) + ([print_progress] if verbose else [])
+        rescattered = 0
         while not monitor.done:
             start = time.perf_counter()
-            stats = expected_stats(model, blocks, params, active, split_every)
+            try:
+                stats = expected_stats(model, blocks, params, active, split_every)
+            except LostDataError:
+                # In-memory input lives only in scattered futures: scatter it
+                # again and redo the iteration (bit-identical, the E-step is pure).
+                if isinstance(data, Blocks) or rescattered >= MAX_RESCATTER:
+                    raise
+                rescattered += 1
+                blocks = prepare_blocks(data, active)
+                stats = expected_stats(model, blocks, params, active, split_every)
             loglik = float(stats["loglik"])
             value = loglik / float(stats["n"]) if tol_on == "mean" else loglik
             previous = monitor.history[-1] if monitor.history else -math.inf

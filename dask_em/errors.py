@@ -29,3 +29,15 @@ class CheckpointError(DaskEMError):
 
 class ChunkSizeWarning(UserWarning):
     """Blocks are too large for the workers' memory; rechunk the data."""
+
+
+class ClusterError(DaskEMError):
+    """The Dask cluster failed under the fit (see the two subclasses)."""
+
+
+class SchedulerLostError(ClusterError, ConnectionError):
+    """The connection to the Dask scheduler was lost in the middle of a fit."""
+
+
+class LostDataError(ClusterError):
+    """Blocks scattered from memory were lost with the worker that held them."""

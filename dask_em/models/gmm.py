@@ -1,0 +1,626 @@
+"""Gaussian mixture model: pure numpy E-step and M-step.
+
+The M-step follows scikit-learn's ``GaussianMixture`` formula for formula
+(``nk = sum_resp + 10 * eps``, ``reg_covar`` added to the diagonal), so a
+fit from the same initial parameters matches it to rounding.
+
+Statistics are sums of ``x - c`` where ``c`` is a reference point fixed by
+the parameters entering the iteration (:func:`reference_point`, the
+mixture's mean), the same for every block. Second moments taken about a
+point near the data do not lose digits to cancellation when the data sits
+far from the origin.
+
+The E-step works on sub-blocks of a few thousand rows so that every
+temporary stays in cache: for ``full`` covariances the Mahalanobis terms of
+all components come from one product of the sub-block with the
+horizontally stacked Cholesky factors of the precisions, and the weighted
+Gram matrices of all components from one more product.
+
+A component whose responsibilities sum to less than :data:`EMPTY_MASS`
+(it has lost all its points) keeps its previous mean and covariance and
+its weight becomes ``10 * eps / n_samples``, about zero, so it never turns
+into NaN; it can win points back if the data moves towards it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+import numpy as np
+import scipy.linalg
+
+from ..errors import DaskEMError
+from .base import Stats
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+#: A component with less responsibility than this (in samples) is empty.
+EMPTY_MASS = 1e-10
+
+#: Rows per sub-block in the E-step: keeps the (rows, K*D) temporaries in cache.
+SUB_BLOCK_ROWS = 2048
+
+_EPS10 = 10 * np.finfo(np.float64).eps
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class IllConditionedCovarianceError(DaskEMError, ValueError):
+    """A covariance matrix is not positive definite even with ``reg_covar``."""
+
+
+def covariance_error_message(dtype: Any = np.float64) -> str:
+    """scikit-learn's advice when a covariance cannot be factorised."""
+    message = (
+        "Fitting the mixture model failed because some components have ill-defined "
+        "empirical covariance (for instance caused by singleton or collapsed samples). "
+        "Try to decrease the number of components, increase reg_covar, or scale the "
+        "input data."
+    )
+    if np.dtype(dtype) == np.float32:
+        message += " The numerical accuracy can also be improved by passing float64 data instead of float32."
+    return message
+
+
+@dataclass(frozen=True)
+class GMMParams:
+    """Parameters of a Gaussian mixture.
+
+    Attributes
+    ----------
+    weights : ndarray of shape (n_components,)
+    means : ndarray of shape (n_components, n_features)
+    covariances : ndarray
+        (n_components, n_features, n_features) for ``full``,
+        (n_features, n_features) for ``tied``, (n_components, n_features)
+        for ``diag`` and (n_components,) for ``spherical``.
+    precisions_cholesky : ndarray
+        Cholesky factors of the precision matrices, same shape as
+        ``covariances`` (scikit-learn's ``precisions_cholesky_``).
+    """
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+    precisions_cholesky: np.ndarray
+
+
+def reference_point(params: GMMParams) -> np.ndarray:
+    """The point statistics are centred on: the mixture mean ``weights @ means``."""
+    return np.asarray(params.weights, np.float64) @ np.asarray(params.means, np.float64)
+
+
+def precisions_cholesky_from_covariances(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Cholesky factors of the precisions, as scikit-learn computes them.
+
+    Raises
+    ------
+    IllConditionedCovarianceError
+        If a covariance is not positive definite.
+    """
+    covariances = np.asarray(covariances, np.float64)
+    if covariance_type in ("full", "tied"):
+        square = covariances if covariance_type == "full" else covariances[None]
+        out = np.empty_like(square)
+        eye = np.eye(square.shape[-1])
+        for k, cov in enumerate(square):
+            try:
+                chol = scipy.linalg.cholesky(cov, lower=True)
+            except np.linalg.LinAlgError:
+                raise IllConditionedCovarianceError(covariance_error_message()) from None
+            out[k] = scipy.linalg.solve_triangular(chol, eye, lower=True).T
+        return out if covariance_type == "full" else out[0]
+    if np.any(~(covariances > 0.0)):
+        raise IllConditionedCovarianceError(covariance_error_message())
+    return 1.0 / np.sqrt(covariances)
+
+
+def precisions_cholesky_from_precisions(precisions: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Cholesky factors of given precision matrices (for ``precisions_init``).
+
+    Raises
+    ------
+    ValueError
+        If a precision matrix is not symmetric positive definite.
+    """
+    precisions = np.asarray(precisions, np.float64)
+    if covariance_type in ("full", "tied"):
+        square = precisions if covariance_type == "full" else precisions[None]
+        out = np.empty_like(square)
+        for k, prec in enumerate(square):
+            if not np.allclose(prec, prec.T):
+                raise ValueError(f"precisions_init[{k}] is not symmetric; give symmetric positive-definite matrices")
+            try:
+                out[k] = scipy.linalg.cholesky(prec, lower=True)
+            except np.linalg.LinAlgError:
+                raise ValueError(
+                    f"precisions_init[{k}] is not positive definite; give symmetric positive-definite matrices"
+                ) from None
+        return out if covariance_type == "full" else out[0]
+    if np.any(~(precisions > 0.0)):
+        raise ValueError("precisions_init must be positive; got a value <= 0")
+    return np.sqrt(precisions)
+
+
+def covariances_from_precisions_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Covariances implied by Cholesky factors of precisions."""
+    prec_chol = np.asarray(prec_chol, np.float64)
+    if covariance_type == "full":
+        return np.stack([np.linalg.inv(p @ p.T) for p in prec_chol])
+    if covariance_type == "tied":
+        return np.linalg.inv(prec_chol @ prec_chol.T)
+    return 1.0 / prec_chol**2
+
+
+def precisions_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Precision matrices from their Cholesky factors (scikit-learn's ``precisions_``)."""
+    if covariance_type == "full":
+        return np.einsum("kij,klj->kil", prec_chol, prec_chol)
+    if covariance_type == "tied":
+        return prec_chol @ prec_chol.T
+    return prec_chol**2
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Per-iteration constants of the E-step (no data involved, cheap)."""
+
+    center: np.ndarray  # (D,) reference point
+    const: np.ndarray  # (K,) log weight + log det - D/2 log 2 pi
+    factors: np.ndarray  # full: (D, K*D) stacked Cholesky factors; tied: (D, D)
+    offsets: np.ndarray  # full: (K*D,) a_k @ L_k; tied: (K, D); diag/spherical: (K, D) a_k
+    scale: np.ndarray  # tied: ones (K, D); diag/spherical: (K, D) precisions
+
+
+class _Workspace:
+    """Buffers reused across the sub-blocks of one block."""
+
+    def __init__(self, rows: int, K: int, D: int, covariance_type: str) -> None:
+        rows = max(rows, 1)
+        self.log_prob = np.empty((rows, K))
+        self.row_loglik = np.empty(rows)
+        width = K * D if covariance_type == "full" else D
+        self.Z = np.empty((rows, width)) if covariance_type in ("full", "tied") else None
+        self.W = np.empty((rows, K * D)) if covariance_type == "full" else None
+
+
+@dataclass(frozen=True)
+class GaussianMixtureModel:
+    """A mixture of ``n_components`` Gaussians.
+
+    Parameters
+    ----------
+    n_components : int
+        Number of mixture components.
+    covariance_type : {"full", "tied", "diag", "spherical"}
+        Form of the covariance matrices, as in scikit-learn.
+    reg_covar : float
+        Non-negative regularisation added to the diagonal of covariances.
+
+    Notes
+    -----
+    Statistics returned by :meth:`e_step`, with ``x`` measured from
+    :func:`reference_point` of the parameters:
+
+    - ``sum_resp`` (K,): responsibilities summed over rows.
+    - ``sum_x`` (K, D): responsibility-weighted sums of ``x``.
+    - ``sum_xxT``: (K, D, D) weighted outer products for ``full``; the
+      unweighted total (D, D) for ``tied``.
+    - ``sum_xx`` (K, D): weighted squares for ``diag`` and ``spherical``.
+    - ``n``, ``loglik`` and ``n_invalid`` (NaN or infinite values).
+    """
+
+    n_components: int
+    covariance_type: str = "full"
+    reg_covar: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if int(self.n_components) < 1:
+            raise ValueError(f"n_components must be at least 1, got {self.n_components}")
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}")
+        if not self.reg_covar >= 0:
+            raise ValueError(f"reg_covar must be non-negative, got {self.reg_covar}")
+
+    # -- the contract -------------------------------------------------------
+
+    def init_params(self, sample: np.ndarray, rng: np.random.Generator) -> GMMParams:
+        """k-means++ centres from ``sample``, then one hard-assignment M-step on it."""
+        sample = np.asarray(sample, np.float64)
+        sample = sample[np.isfinite(sample).all(axis=1)]
+        centers = kmeans_plusplus(sample, self.n_components, rng)
+        hard = HardAssignment(centers=centers, covariance_type=self.covariance_type)
+        return self.params_from_stats(hard.e_step(sample, None), centers)
+
+    def e_step(self, block: Any, params: GMMParams) -> Stats:
+        """Sums of responsibilities and moments of one block (see class notes)."""
+        X = np.asarray(block)
+        prep = self.prepare(params)
+        K, D = np.shape(params.means)
+        stats = self._zero_stats(D)
+        work = _Workspace(min(SUB_BLOCK_ROWS, X.shape[0]), K, D, self.covariance_type)
+        loglik = 0.0
+        n_valid = 0
+        n_invalid = 0
+        for start in range(0, X.shape[0], SUB_BLOCK_ROWS):
+            part = X[start : start + SUB_BLOCK_ROWS]
+            Y = np.subtract(part, prep.center, dtype=np.float64)
+            resp = self._log_prob_into(Y, prep, work)
+            row_loglik = work.row_loglik[: Y.shape[0]]
+            _normalize(resp, row_loglik)
+            bad = ~np.isfinite(row_loglik)
+            if bad.any():
+                n_invalid += int((~np.isfinite(part[bad])).sum())
+                resp[bad] = 0.0
+                Y[bad] = 0.0
+                row_loglik = row_loglik[~bad]
+            loglik += float(row_loglik.sum())
+            n_valid += row_loglik.shape[0]
+            self._accumulate(stats, Y, resp, work)
+        stats["n"] = np.array(float(n_valid))
+        stats["loglik"] = np.array(loglik)
+        stats["n_invalid"] = np.array(n_invalid)
+        return stats
+
+    def m_step(self, stats: Stats, params: GMMParams) -> GMMParams:
+        """New parameters by scikit-learn's formulas; empty components keep theirs."""
+        center = reference_point(params)
+        new = self._estimate(stats, center)
+        weights, means, covariances = new
+        empty = np.asarray(stats["sum_resp"]) < EMPTY_MASS
+        if empty.any():
+            means = np.where(empty[:, None], params.means, means)
+            if self.covariance_type in ("full", "diag", "spherical"):
+                covariances = covariances.copy()
+                covariances[empty] = np.asarray(params.covariances)[empty]
+        prec_chol = precisions_cholesky_from_covariances(covariances, self.covariance_type)
+        return GMMParams(weights=weights, means=means, covariances=covariances, precisions_cholesky=prec_chol)
+
+    def describe_invalid(self, n_invalid: int) -> str:
+        """The error message for ``n_invalid`` NaN or infinite values."""
+        return (
+            f"the data contains {n_invalid} NaN or infinite value{'s' if n_invalid != 1 else ''}; "
+            "a Gaussian mixture needs finite values. Remove or impute them, or fit a model "
+            "that treats NaN as missing: dask_em.MultivariateNormal or "
+            "dask_em.GaussianMixture(missing='em')."
+        )
+
+    # -- helpers --------------------------------------------------------------
+
+    def params_from_stats(self, stats: Stats, center: np.ndarray, previous: GMMParams | None = None) -> GMMParams:
+        """Parameters from statistics taken about ``center`` (used by initialisations).
+
+        Components without points get the pooled within-component
+        covariance (or ``previous``' values when given) and their mean is
+        left at ``previous.means`` or, without it, ``center``.
+        """
+        weights, means, covariances = self._estimate(stats, np.asarray(center, np.float64))
+        empty = np.asarray(stats["sum_resp"]) < EMPTY_MASS
+        if empty.any():
+            fallback_means = previous.means if previous is not None else np.broadcast_to(center, means.shape)
+            means = np.where(empty[:, None], fallback_means, means)
+            if self.covariance_type != "tied":
+                if previous is not None:
+                    fallback = np.asarray(previous.covariances)
+                else:
+                    pooled = GaussianMixtureModel(self.n_components, "tied", self.reg_covar)
+                    tied_stats = _as_tied_stats(stats, self.covariance_type)
+                    tied = pooled._estimate(tied_stats, np.asarray(center, np.float64))[2]
+                    fallback = _tied_to(tied, self.covariance_type, self.n_components)
+                covariances = covariances.copy()
+                covariances[empty] = fallback[empty]
+        prec_chol = precisions_cholesky_from_covariances(covariances, self.covariance_type)
+        return GMMParams(weights=weights, means=means, covariances=covariances, precisions_cholesky=prec_chol)
+
+    def _estimate(self, stats: Stats, center: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """scikit-learn's ``_estimate_gaussian_parameters`` from centred sums."""
+        sum_resp = np.asarray(stats["sum_resp"], np.float64)
+        sum_x = np.asarray(stats["sum_x"], np.float64)
+        nk = sum_resp + _EPS10
+        means = (sum_x + sum_resp[:, None] * center) / nk[:, None]
+        a = means - center  # means about the reference point
+        D = means.shape[1]
+        ct = self.covariance_type
+        if ct == "full":
+            S = np.asarray(stats["sum_xxT"], np.float64)
+            cross = sum_x[:, :, None] * a[:, None, :]
+            cov = S - cross - cross.transpose(0, 2, 1) + sum_resp[:, None, None] * (a[:, :, None] * a[:, None, :])
+            cov /= nk[:, None, None]
+            cov[:, np.arange(D), np.arange(D)] += self.reg_covar
+        elif ct == "tied":
+            S = np.asarray(stats["sum_xxT"], np.float64)
+            cov = (S - (nk[:, None] * a).T @ a) / nk.sum()
+            cov[np.arange(D), np.arange(D)] += self.reg_covar
+        else:
+            S = np.asarray(stats["sum_xx"], np.float64)
+            cov = (S - 2 * a * sum_x + sum_resp[:, None] * a * a) / nk[:, None] + self.reg_covar
+            if ct == "spherical":
+                cov = cov.mean(axis=1)
+        weights = nk / nk.sum()
+        return weights, means, cov
+
+    def _zero_stats(self, D: int) -> Stats:
+        K = self.n_components
+        stats = {"sum_resp": np.zeros(K), "sum_x": np.zeros((K, D))}
+        if self.covariance_type == "full":
+            stats["sum_xxT"] = np.zeros((K, D, D))
+        elif self.covariance_type == "tied":
+            stats["sum_xxT"] = np.zeros((D, D))
+        else:
+            stats["sum_xx"] = np.zeros((K, D))
+        return stats
+
+    def prepare(self, params: GMMParams) -> _Prepared:
+        """Constants of the E-step under ``params`` (cheap: no data involved)."""
+        weights = np.asarray(params.weights, np.float64)
+        means = np.asarray(params.means, np.float64)
+        prec_chol = np.asarray(params.precisions_cholesky, np.float64)
+        K, D = means.shape
+        center = reference_point(params)
+        a = means - center
+        ct = self.covariance_type
+        with np.errstate(divide="ignore"):
+            log_w = np.log(weights)
+        none = np.zeros((0, 0))
+        if ct == "full":
+            log_det = np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
+            factors = np.ascontiguousarray(prec_chol.transpose(1, 0, 2).reshape(D, K * D))
+            offsets = np.einsum("ki,kij->kj", a, prec_chol).reshape(K * D)
+            return _Prepared(center, log_w + log_det - 0.5 * D * _LOG_2PI, factors, offsets, none)
+        if ct == "tied":
+            log_det = np.full(K, np.log(np.diag(prec_chol)).sum())
+            const = log_w + log_det - 0.5 * D * _LOG_2PI
+            return _Prepared(center, const, np.ascontiguousarray(prec_chol), a @ prec_chol, np.ones((K, D)))
+        if ct == "diag":
+            log_det = np.log(prec_chol).sum(axis=1)
+            prec = prec_chol**2
+        else:
+            log_det = D * np.log(prec_chol)
+            prec = np.repeat((prec_chol**2)[:, None], D, axis=1)
+        const = log_w + log_det - 0.5 * D * _LOG_2PI
+        return _Prepared(center, const, none, np.ascontiguousarray(a), np.ascontiguousarray(prec))
+
+    def _log_prob_into(self, Y: np.ndarray, prep: _Prepared, work: _Workspace) -> np.ndarray:
+        """log(w_k) + log N(x | mu_k, Sigma_k) for centred rows ``Y``, written to
+        the workspace: a (n, K) view."""
+        n = Y.shape[0]
+        out = work.log_prob[:n]
+        ct = self.covariance_type
+        if ct == "full":
+            Z = work.Z[:n]
+            np.matmul(Y, prep.factors, out=Z)
+            _log_prob_stacked(Z, prep.offsets, prep.const, out)
+        elif ct == "tied":
+            Z = work.Z[:n]
+            np.matmul(Y, prep.factors, out=Z)
+            _log_prob_shared(Z, prep.offsets, prep.scale, prep.const, out)
+        else:
+            _log_prob_shared(Y, prep.offsets, prep.scale, prep.const, out)
+        return out
+
+    def _accumulate(self, stats: Stats, Y: np.ndarray, resp: np.ndarray, work: _Workspace) -> None:
+        n, D = Y.shape
+        K = self.n_components
+        stats["sum_resp"] += resp.sum(axis=0)
+        stats["sum_x"] += resp.T @ Y
+        ct = self.covariance_type
+        if ct == "full":
+            W = work.W[:n]
+            _weigh_rows(resp, Y, W)
+            stats["sum_xxT"] += (W.T @ Y).reshape(K, D, D)
+        elif ct == "tied":
+            stats["sum_xxT"] += Y.T @ Y
+        else:
+            stats["sum_xx"] += resp.T @ (Y * Y)
+
+    def weighted_log_prob(self, X: np.ndarray, params: GMMParams) -> np.ndarray:
+        """log(w_k) + log N(x | mu_k, Sigma_k) for every row: (n_samples, K).
+
+        Raises
+        ------
+        InvalidDataError
+            If ``X`` has NaN or infinite values.
+        """
+        from ..errors import InvalidDataError
+
+        X = np.asarray(X)
+        prep = self.prepare(params)
+        K, D = np.shape(params.means)
+        out = np.empty((X.shape[0], self.n_components))
+        work = _Workspace(min(SUB_BLOCK_ROWS, X.shape[0]), K, D, self.covariance_type)
+        for start in range(0, X.shape[0], SUB_BLOCK_ROWS):
+            Y = np.subtract(X[start : start + SUB_BLOCK_ROWS], prep.center, dtype=np.float64)
+            out[start : start + SUB_BLOCK_ROWS] = self._log_prob_into(Y, prep, work)
+        if not np.isfinite(out).all():
+            bad = ~np.isfinite(out).all(axis=1)
+            raise InvalidDataError(self.describe_invalid(int((~np.isfinite(X[bad])).sum())))
+        return out
+
+
+# Compiled per-row kernels. Re-association lets the inner sums over features
+# use SIMD; it never drops NaN/inf checks (no "nnan"/"ninf" flags).
+_FAST = {"reassoc", "contract"}
+
+
+@numba.njit(cache=True, fastmath=_FAST, nogil=True)
+def _log_prob_stacked(Z, offsets, const, out):  # pragma: no cover - compiled
+    """out[i, k] = const[k] - |Z[i, kD:(k+1)D] - offsets[kD:(k+1)D]|^2 / 2."""
+    n, K = out.shape
+    D = Z.shape[1] // K
+    for i in range(n):
+        for k in range(K):
+            base = k * D
+            s = 0.0
+            for j in range(D):
+                v = Z[i, base + j] - offsets[base + j]
+                s += v * v
+            out[i, k] = const[k] - 0.5 * s
+
+
+@numba.njit(cache=True, fastmath=_FAST, nogil=True)
+def _log_prob_shared(Z, offsets, scale, const, out):  # pragma: no cover - compiled
+    """out[i, k] = const[k] - sum_j scale[k, j] (Z[i, j] - offsets[k, j])^2 / 2."""
+    n, K = out.shape
+    D = Z.shape[1]
+    for i in range(n):
+        for k in range(K):
+            s = 0.0
+            for j in range(D):
+                v = Z[i, j] - offsets[k, j]
+                s += scale[k, j] * v * v
+            out[i, k] = const[k] - 0.5 * s
+
+
+@numba.njit(cache=True, nogil=True)
+def _normalize(log_prob, row_loglik):  # pragma: no cover - compiled
+    """Responsibilities in place of log-probabilities, and each row's logsumexp.
+
+    A row whose log-probabilities are not finite (NaN or inf in the data)
+    gets a non-finite log-likelihood, which the caller counts.
+    """
+    n, K = log_prob.shape
+    for i in range(n):
+        top = -np.inf
+        for k in range(K):
+            if log_prob[i, k] > top:
+                top = log_prob[i, k]
+        if not np.isfinite(top):
+            row_loglik[i] = np.nan
+            continue
+        total = 0.0
+        for k in range(K):
+            e = np.exp(log_prob[i, k] - top)
+            log_prob[i, k] = e
+            total += e
+        for k in range(K):
+            log_prob[i, k] /= total
+        row_loglik[i] = np.log(total) + top
+
+
+@numba.njit(cache=True, nogil=True)
+def _weigh_rows(resp, Y, W):  # pragma: no cover - compiled
+    """W[i, kD + j] = resp[i, k] * Y[i, j]: every component's weighted rows side by side."""
+    n, K = resp.shape
+    D = Y.shape[1]
+    for i in range(n):
+        for k in range(K):
+            r = resp[i, k]
+            for j in range(D):
+                W[i, k * D + j] = r * Y[i, j]
+
+
+def _as_tied_stats(stats: Stats, covariance_type: str) -> Stats:
+    """Pooled second moments from per-component ones (for empty-component fallback)."""
+    if covariance_type == "tied":
+        return stats
+    if covariance_type == "full":
+        total = np.asarray(stats["sum_xxT"]).sum(axis=0)
+    else:
+        total = np.diag(np.asarray(stats["sum_xx"]).sum(axis=0))
+    return {"sum_resp": stats["sum_resp"], "sum_x": stats["sum_x"], "sum_xxT": total}
+
+
+def _tied_to(cov: np.ndarray, covariance_type: str, K: int) -> np.ndarray:
+    if covariance_type == "full":
+        return np.repeat(cov[None], K, axis=0)
+    if covariance_type == "diag":
+        return np.repeat(np.diag(cov)[None], K, axis=0)
+    return np.full(K, np.diag(cov).mean())
+
+
+@dataclass(frozen=True)
+class HardAssignment:
+    """Each row wholly to its nearest centre: the statistics scikit-learn's
+    k-means initialisation feeds to the M-step, in one pass.
+
+    Parameters
+    ----------
+    centers : ndarray of shape (n_components, n_features)
+    covariance_type : str
+        Which second moments to return (as :class:`GaussianMixtureModel`).
+
+    Statistics are taken about the mean of the centres
+    (:meth:`reference`); ``loglik`` is minus the inertia.
+    """
+
+    centers: np.ndarray
+    covariance_type: str = "full"
+
+    def reference(self) -> np.ndarray:
+        """The point statistics are centred on."""
+        return np.asarray(self.centers, np.float64).mean(axis=0)
+
+    def init_params(self, sample: Any, rng: np.random.Generator) -> None:  # pragma: no cover - unused
+        return None
+
+    def e_step(self, block: Any, params: Any) -> Stats:
+        """Hard-assignment sums of one block."""
+        X = np.asarray(block)
+        centers = np.asarray(self.centers, np.float64)
+        K, D = centers.shape
+        center = self.reference()
+        c = centers - center
+        c_sq = (c * c).sum(axis=1)
+        model = GaussianMixtureModel(K, self.covariance_type)
+        stats = model._zero_stats(D)
+        work = _Workspace(min(SUB_BLOCK_ROWS, X.shape[0]), K, D, self.covariance_type)
+        inertia = 0.0
+        n_valid = 0
+        n_invalid = 0
+        for start in range(0, X.shape[0], SUB_BLOCK_ROWS):
+            Y = np.subtract(X[start : start + SUB_BLOCK_ROWS], center, dtype=np.float64)
+            y_sq = (Y * Y).sum(axis=1)
+            dist = y_sq[:, None] - 2.0 * (Y @ c.T) + c_sq
+            bad = ~np.isfinite(y_sq)
+            if bad.any():
+                n_invalid += int((~np.isfinite(Y[bad])).sum())
+                Y[bad] = 0.0
+                dist[bad] = 0.0
+            labels = dist.argmin(axis=1)
+            resp = np.zeros((Y.shape[0], K))
+            resp[np.arange(Y.shape[0]), labels] = 1.0
+            resp[bad] = 0.0
+            inertia += float(np.maximum(dist[~bad, :].min(axis=1), 0).sum())
+            n_valid += int((~bad).sum())
+            model._accumulate(stats, Y, resp, work)
+        stats["n"] = np.array(float(n_valid))
+        stats["loglik"] = np.array(-inertia)
+        stats["n_invalid"] = np.array(n_invalid)
+        return stats
+
+    def m_step(self, stats: Stats, params: Any) -> Any:  # pragma: no cover - one pass only
+        return params
+
+
+def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator, n_local_trials: int | None = None) -> np.ndarray:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007) of in-memory rows.
+
+    Returns
+    -------
+    centers : ndarray of shape (n_clusters, n_features)
+    """
+    X = np.asarray(X, np.float64)
+    n = X.shape[0]
+    if n < n_clusters:
+        raise ValueError(f"k-means++ needs at least {n_clusters} rows, got {n}")
+    n_local_trials = n_local_trials or 2 + int(np.log(n_clusters))
+    x_sq = (X * X).sum(axis=1)
+    centers = np.empty((n_clusters, X.shape[1]))
+    first = int(rng.integers(n))
+    centers[0] = X[first]
+    closest = np.maximum(x_sq - 2 * X @ X[first] + x_sq[first], 0)
+    for c in range(1, n_clusters):
+        total = closest.sum()
+        if total <= 0:  # all rows coincide with chosen centres
+            candidates = rng.integers(n, size=n_local_trials)
+        else:
+            candidates = np.searchsorted(np.cumsum(closest), rng.random(n_local_trials) * total)
+            candidates = np.minimum(candidates, n - 1)
+        d = np.maximum(x_sq[None] - 2 * X[candidates] @ X.T + x_sq[candidates, None], 0)
+        d = np.minimum(closest[None], d)
+        best = int(np.argmin(d.sum(axis=1)))
+        closest = d[best]
+        centers[c] = X[candidates[best]]
+    return centers

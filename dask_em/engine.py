@@ -269,23 +269,30 @@ def fit_em(
         store = None
         resumed_from = 0
         if checkpoint is not None:
-            from .checkpoint import Checkpoint
+            from .checkpoint import Checkpoint, data_fingerprint, logger
 
             store = Checkpoint.open(
                 checkpoint,
                 model=model,
-                fingerprint=blocks.fingerprint,
+                fingerprint=data_fingerprint(blocks),
                 meta=checkpoint_meta or {},
                 resume=resume,
                 force=force,
+                settings={"tol_on": tol_on, "split_every": split_every},
+                monitor={"tol": tol, "max_iter": max_iter, "checkpoint_every": checkpoint_every},
+                rng_state=rng.bit_generator.state,
             )
             state = store.load()
             if state is not None:
                 params = state.params
                 monitor.history = list(state.history)
                 resumed_from = monitor.iter
+                message = f"resumed from {checkpoint} at iteration {resumed_from}" + (
+                    " (the fit had finished)" if monitor.done else ""
+                )
+                logger.info(message)
                 if verbose:
-                    print(f"dask-em: resumed from {checkpoint} at iteration {resumed_from}", file=sys.stderr)
+                    print(f"dask-em: {message}", file=sys.stderr)
         if callable(params):
             params = params()
         elif params is None:
@@ -311,7 +318,7 @@ def fit_em(
             monitor.report(value)
             params = model.m_step(stats, params)
             if store is not None and (monitor.iter % checkpoint_every == 0 or monitor.done):
-                store.save(params=params, history=monitor.history)
+                store.save(params=params, history=monitor.history, converged=monitor.converged)
             info = IterationInfo(
                 iteration=monitor.iter,
                 loglik=loglik,
@@ -324,6 +331,8 @@ def fit_em(
             for callback in callbacks:
                 callback(info)
 
+        if store is not None:
+            store.close()  # wait for the last snapshot
         if warn_not_converged and not monitor.converged and max_iter > 0:
             import warnings
 

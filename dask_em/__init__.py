@@ -2,6 +2,7 @@
 
 from .engine import EMResult, IterationInfo, expected_stats, fit_em
 from .estimators.kmeans import KMeans
+from .estimators.missing import MultivariateNormal
 from .models.base import EMModel, Stats
 
 __version__ = "0.1.0"
@@ -11,6 +12,7 @@ __all__ = [
     "EMResult",
     "IterationInfo",
     "KMeans",
+    "MultivariateNormal",
     "Stats",
     "__version__",
     "expected_stats",

@@ -2,5 +2,6 @@
 
 from ._base import EMEstimator
 from .kmeans import KMeans, kmeans_centers
+from .missing import MultivariateNormal
 
-__all__ = ["EMEstimator", "KMeans", "kmeans_centers"]
+__all__ = ["EMEstimator", "KMeans", "MultivariateNormal", "kmeans_centers"]

@@ -1,0 +1,187 @@
+"""``MultivariateNormal``: maximum likelihood with missing values, by EM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..cluster import get_client
+from ..engine import fit_em, prepare_blocks
+from ..models.mvn_missing import MVNMissingModel, MVNParams, impute_block, score_block
+from ._base import EMEstimator, map_rows, run_rngs
+
+
+class MultivariateNormal(EMEstimator):
+    """A multivariate normal distribution fitted to data with NaN as missing values.
+
+    Any subset of a row's entries may be missing. EM (Dempster, Laird &
+    Rubin 1977) maximises the observed-data log-likelihood: the E-step
+    completes each row with the conditional expectation of its missing
+    entries and adds their conditional covariance; the M-step takes the
+    mean and covariance of the completed data. Rows with nothing observed
+    are ignored, with a warning.
+
+    Parameters
+    ----------
+    max_iter : int, default=100
+        Maximum number of EM iterations.
+    tol : float, default=1e-4
+        Stop when the mean observed-data log-likelihood per row changes by
+        less than this.
+    reg_covar : float, default=0.0
+        Added to the diagonal of the covariance after each M-step. Zero
+        gives the exact maximum-likelihood estimate; use a small positive
+        value for nearly singular data.
+    mean_init : array-like of shape (n_features,), optional
+        Starting mean; by default the column means of the observed entries
+        of a sample.
+    covariance_init : array-like of shape (n_features, n_features), optional
+        Starting covariance; by default the diagonal of the observed
+        column variances of a sample.
+    random_state : int or Generator, optional
+        Chooses the sample the default start is computed from.
+    verbose : bool, default=False
+        Print a progress line per iteration.
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (n_features,)
+    covariance_ : ndarray of shape (n_features, n_features)
+    n_iter_ : int
+    converged_ : bool
+    lower_bound_ : float
+        Observed-data log-likelihood of the last iteration's starting
+        parameters, *per row* (mean over the rows with at least one
+        observed value), as scikit-learn's ``lower_bound_``.
+    lower_bounds_ : list of float
+        ``lower_bound_`` of every iteration.
+    n_all_missing_ : int
+        Rows with no observed value (ignored).
+    n_features_in_ : int
+    """
+
+    def __init__(
+        self,
+        *,
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        reg_covar: float = 0.0,
+        mean_init: Any = None,
+        covariance_init: Any = None,
+        random_state: Any = None,
+        verbose: bool = False,
+    ) -> None:
+        self.max_iter = max_iter
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.mean_init = mean_init
+        self.covariance_init = covariance_init
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _model(self) -> MVNMissingModel:
+        if self.reg_covar < 0:
+            raise ValueError(f"reg_covar must be non-negative, got {self.reg_covar}")
+        return MVNMissingModel(reg_covar=float(self.reg_covar))
+
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        client: Any = None,
+        checkpoint: str | None = None,
+        checkpoint_every: int = 1,
+        resume: bool | None = None,
+        force: bool = False,
+    ) -> MultivariateNormal:
+        """Estimate the mean and covariance from ``X`` with NaN as missing.
+
+        Parameters
+        ----------
+        X : array-like, dask array, zarr array or path, of shape (n_samples, n_features)
+            The data; NaN marks a missing value.
+        y : ignored
+        client : distributed.Client, optional
+            Where to run (see :func:`dask_em.cluster.get_client`).
+        checkpoint, checkpoint_every, resume, force
+            Zarr snapshots of the fit; see :func:`dask_em.fit_em`.
+
+        Returns
+        -------
+        self
+        """
+        model = self._model()
+        with get_client(client, verbose=self.verbose) as active:
+            blocks = prepare_blocks(X, active)
+            n_features = int(blocks.array.shape[1])
+            rng = run_rngs(self.random_state, 1)[0]
+
+            def init() -> MVNParams:
+                start = model.init_params(blocks.sample(10_000, rng), rng)
+                mean = start.mean if self.mean_init is None else np.asarray(self.mean_init, float)
+                cov = start.covariance if self.covariance_init is None else np.asarray(self.covariance_init, float)
+                if mean.shape != (n_features,) or cov.shape != (n_features, n_features):
+                    raise ValueError(
+                        f"mean_init must have shape ({n_features},) and covariance_init "
+                        f"({n_features}, {n_features}); got {mean.shape} and {cov.shape}"
+                    )
+                return MVNParams(mean, cov)
+
+            result = fit_em(
+                model,
+                blocks,
+                params=init,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                client=active,
+                verbose=self.verbose,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+                force=force,
+                checkpoint_meta=self.checkpoint_meta(),
+            )
+        self.mean_ = np.asarray(result.params.mean)
+        self.covariance_ = np.asarray(result.params.covariance)
+        self.n_all_missing_ = max(int(result.params.n_all_missing), 0)
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        self.lower_bound_ = result.lower_bound
+        self.lower_bounds_ = list(result.history)
+        self.n_features_in_ = n_features
+        return self
+
+    def impute(self, X: Any) -> Any:
+        """Fill missing values with their conditional expectations given each row's observed values.
+
+        Parameters
+        ----------
+        X : array-like, dask array, zarr array or path
+            Rows with NaN as missing values.
+
+        Returns
+        -------
+        ndarray or dask.array.Array of shape (n_samples, n_features)
+            A copy with NaN replaced; lazy for Dask, Zarr or path input.
+            Rows with nothing observed get ``mean_``.
+        """
+        self._check_fitted("mean_")
+        return map_rows(X, impute_block, self.mean_, self.covariance_, n_columns=self.n_features_in_)
+
+    def score_samples(self, X: Any) -> Any:
+        """Log-density of the observed entries of each row.
+
+        Returns
+        -------
+        ndarray or dask.array.Array of shape (n_samples,)
+            0 for rows with nothing observed.
+        """
+        self._check_fitted("mean_")
+        return map_rows(X, score_block, self.mean_, self.covariance_, n_columns=None)
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean observed-data log-likelihood per row."""
+        values = self.score_samples(X)
+        return float(values.mean().compute() if hasattr(values, "compute") else values.mean())

@@ -1,0 +1,936 @@
+"""Hidden Markov models with hmmlearn's vocabulary, fitted by Baum-Welch on Dask.
+
+Sequences are partitioned across workers (whole sequences per partition,
+balanced by total length); every EM iteration is one pass over them.
+
+Initialisation and restarts
+---------------------------
+EM for HMMs has local optima. By default (``n_init=4``) the estimators draw
+``n_init`` initial parameter sets and run ``n_init_iter`` short EM
+iterations on all of them *in the same passes over the data* (one stacked
+E-step per partition evaluates every set), then continue the set with the
+highest log-likelihood to convergence. Parameters given through
+``*_init`` are the same in every set; when every parameter is given there
+is a single run.
+
+Per-parameter initialisation: Gaussian means by k-means (the library's
+out-of-core k-means for the first set, k-means++ plus Lloyd on a sample for
+the others), covariances from the sample covariance plus ``min_covar``
+(as hmmlearn), symbol probabilities from the data frequencies of a sample
+with random multiplicative noise, Poisson rates drawn from a gamma
+distribution matching the sample mean and variance (as hmmlearn), start
+probabilities uniform-Dirichlet and transition rows a mix of the identity
+and a uniform-Dirichlet draw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import dask
+import numpy as np
+
+from ..cluster import get_client
+from ..engine import fit_em
+from ..errors import InvalidDataError
+from ..models.hmm import (
+    CategoricalHMMModel,
+    CategoricalHMMParams,
+    GaussianHMMModel,
+    GaussianHMMParams,
+    PoissonHMMModel,
+    PoissonHMMParams,
+    StackedHMM,
+    StackedParams,
+)
+from ..sequences import SequenceBlocks, _as_2d, _is_bag, check_lengths, sequence_blocks
+from ._base import EMEstimator, run_rngs
+
+#: Steps read to initialise the parameters.
+INIT_SAMPLE = 20_000
+
+
+# ---------------------------------------------------------------------------
+# Per-partition functions (run on the workers)
+# ---------------------------------------------------------------------------
+
+
+def _part_posteriors(part: Any, model: Any, params: Any) -> np.ndarray:
+    return model.posteriors(part, params)[0]
+
+
+def _part_score(part: Any, model: Any, params: Any) -> float:
+    return model.log_likelihood(part, params)
+
+
+def _part_viterbi(part: Any, model: Any, params: Any) -> tuple[float, np.ndarray]:
+    return model.decode(part, params)
+
+
+def _part_viterbi_states(part: Any, model: Any, params: Any) -> np.ndarray:
+    return model.decode(part, params)[1]
+
+
+def _part_viterbi_logp(part: Any, model: Any, params: Any) -> float:
+    return model.decode(part, params)[0]
+
+
+def _seq_block(seq: Any) -> tuple[np.ndarray, np.ndarray]:
+    values = _as_2d(seq)
+    return values, np.array([len(values)], dtype=np.int64)
+
+
+def _seq_predict(seq: Any, model: Any, params: Any) -> np.ndarray:
+    return model.decode(_seq_block(seq), params)[1]
+
+
+def _seq_predict_proba(seq: Any, model: Any, params: Any) -> np.ndarray:
+    return model.posteriors(_seq_block(seq), params)[0]
+
+
+def _seq_score(seq: Any, model: Any, params: Any) -> float:
+    return model.log_likelihood(_seq_block(seq), params)
+
+
+# ---------------------------------------------------------------------------
+# Initialisation helpers
+# ---------------------------------------------------------------------------
+
+
+def _normalize_rows(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    return a / a.sum(axis=-1, keepdims=True)
+
+
+def _kmeans_sample(X: np.ndarray, k: int, rng: np.random.Generator, n_iter: int = 20) -> np.ndarray:
+    """k-means++ seeding and a few Lloyd iterations on an in-memory sample."""
+    X = np.asarray(X, dtype=np.float64)
+    if len(X) < k:
+        raise InvalidDataError(f"n_samples={len(X)} should be >= n_components={k}; decrease n_components")
+    centers = np.empty((k, X.shape[1]))
+    centers[0] = X[rng.integers(len(X))]
+    d2 = ((X - centers[0]) ** 2).sum(axis=1)
+    for i in range(1, k):
+        total = d2.sum()
+        j = rng.choice(len(X), p=d2 / total) if total > 0 else rng.integers(len(X))
+        centers[i] = X[j]
+        d2 = np.minimum(d2, ((X - centers[i]) ** 2).sum(axis=1))
+    for _ in range(n_iter):
+        dist = ((X[:, None, :] - centers[None]) ** 2).sum(axis=2)
+        label = dist.argmin(axis=1)
+        new = centers.copy()
+        for c in range(k):
+            members = X[label == c]
+            if len(members):
+                new[c] = members.mean(axis=0)
+        if np.allclose(new, centers):
+            break
+        centers = new
+    return centers
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------
+# The shared estimator
+# ---------------------------------------------------------------------------
+
+
+class _BaseHMM(EMEstimator):
+    """What the three HMM estimators share (see the module docstring)."""
+
+    _all_params: tuple[str, ...] = ("startprob", "transmat")
+    _values_dtype: Any = np.float64
+
+    # -- hooks ---------------------------------------------------------------
+    def _make_model(self, n_features: int) -> Any:
+        raise NotImplementedError
+
+    def _emission_init(self, model: Any, sample: np.ndarray, rng: np.random.Generator, blocks: SequenceBlocks, client: Any, run: int) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _given_emission(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _set_emission_attributes(self, params: Any, model: Any) -> None:
+        raise NotImplementedError
+
+    def _current_emission(self, model: Any) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _n_features_of(self, blocks: SequenceBlocks) -> int:
+        return blocks.n_features
+
+    # -- parameters ----------------------------------------------------------
+    def _names(self, value: Any, what: str) -> tuple[str, ...]:
+        if value is None:
+            return self._all_params
+        if isinstance(value, str):
+            value = (value,)
+        names = tuple(value)
+        unknown = sorted(set(names) - set(self._all_params))
+        if unknown:
+            raise ValueError(
+                f"unknown {what} {unknown}; {type(self).__name__} has parameters {list(self._all_params)} "
+                "(full names, not hmmlearn's letters)"
+            )
+        return names
+
+    @property
+    def _max_iter(self) -> int:
+        return int(self.n_iter) if getattr(self, "n_iter", None) is not None else int(self.max_iter)
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        meta = super().checkpoint_meta()
+        meta["config"] = {k: _to_json(v) for k, v in meta["config"].items() if k != "random_state" or not hasattr(v, "bit_generator")}
+        return meta
+
+    def _given(self) -> dict[str, Any]:
+        """User-given initial values, from ``*_init`` or (when not in init_params) the fitted attribute."""
+        init_names = self._names(self.init_params, "init_params")
+        given = {"startprob": self.startprob_init, "transmat": self.transmat_init}
+        given.update(self._given_emission())
+        for name in self._all_params:
+            if given.get(name) is None and name not in init_names:
+                attr = getattr(self, f"{name}_", None)
+                if attr is None:
+                    raise ValueError(
+                        f"{name!r} is not in init_params and neither {name}_init nor {name}_ is set; "
+                        f"give {name}_init or add {name!r} to init_params"
+                    )
+                given[name] = attr
+        return {k: np.asarray(v, dtype=np.float64) for k, v in given.items() if v is not None}
+
+    def _candidate(self, model: Any, given: dict[str, np.ndarray], sample: np.ndarray, rng: np.random.Generator, blocks: SequenceBlocks, client: Any, run: int) -> Any:
+        K = self.n_components
+        values: dict[str, np.ndarray] = {}
+        values["startprob"] = given["startprob"] if "startprob" in given else rng.dirichlet(np.ones(K))
+        if "transmat" in given:
+            values["transmat"] = given["transmat"]
+        else:
+            values["transmat"] = 0.5 * np.eye(K) + 0.5 * rng.dirichlet(np.ones(K), size=K)
+        emission = self._emission_init(model, sample, rng, blocks, client, run) if run >= 0 else {}
+        for name, value in emission.items():
+            values[name] = given.get(name, value)
+        for name in self._all_params:
+            if name in given:
+                values[name] = given[name]
+        return self._params_cls(**{f.name: np.asarray(values[f.name], dtype=np.float64) for f in dataclasses.fields(self._params_cls)})
+
+    def _check_given(self, model: Any, given: dict[str, np.ndarray], n_features: int) -> None:
+        K = self.n_components
+        if "startprob" in given and (given["startprob"].shape != (K,) or not np.isclose(given["startprob"].sum(), 1)):
+            raise ValueError(f"startprob_init must have shape ({K},) and sum to 1, got shape {given['startprob'].shape}")
+        if "transmat" in given and (
+            given["transmat"].shape != (K, K) or not np.allclose(given["transmat"].sum(axis=1), 1)
+        ):
+            raise ValueError(f"transmat_init must have shape ({K}, {K}) with rows summing to 1")
+
+    def _initial_params(self, model: Any, blocks: SequenceBlocks, client: Any, given: dict[str, np.ndarray]) -> Any:
+        needs_random = any(name not in given for name in self._all_params)
+        n_runs = max(1, int(self.n_init)) if needs_random else 1
+        rngs = run_rngs(self.random_state, n_runs)
+        sample = blocks.sample(INIT_SAMPLE, rngs[0]) if needs_random else np.empty((0, blocks.n_features))
+        candidates = [self._candidate(model, given, sample, rngs[r], blocks, client, r) for r in range(n_runs)]
+        self.init_logliks_ = None
+        if n_runs == 1 or self.n_init_iter <= 0:
+            return candidates[0]
+        result = fit_em(
+            StackedHMM(model), blocks, StackedParams(tuple(candidates)), max_iter=int(self.n_init_iter),
+            tol=0.0, tol_on="total", split_every=self.split_every, client=client, verbose=self.verbose,
+            warn_not_converged=False,
+        )
+        logliks = np.asarray(result.params.loglik, dtype=float)
+        self.init_logliks_ = logliks
+        return result.params.members[int(np.argmax(logliks))]
+
+    # -- fit -----------------------------------------------------------------
+    def fit(
+        self,
+        X: Any,
+        lengths: Any = None,
+        *,
+        client: Any = None,
+        checkpoint: Any = None,
+        checkpoint_every: int = 1,
+        resume: bool | None = None,
+        force: bool = False,
+    ) -> _BaseHMM:
+        """Estimate the parameters by Baum-Welch.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), list of arrays, dask bag, or str
+            Concatenated sequences (with ``lengths``), a list of sequences,
+            a Dask bag of sequences, or the path/URL of a Zarr sequence
+            store (see :func:`dask_em.to_zarr_sequences`).
+        lengths : array-like of int, optional
+            Lengths of the sequences of a concatenated ``X``; their sum must
+            be ``n_samples``. By default ``X`` is one sequence.
+        client : distributed.Client, optional
+            Where to run; by default the current client or a new LocalCluster.
+        checkpoint : str, optional
+            Zarr path or URL for snapshots; a fit resumes from it.
+        checkpoint_every, resume, force
+            See :func:`dask_em.fit_em`.
+
+        Returns
+        -------
+        self
+        """
+        max_iter = self._max_iter
+        with get_client(client, verbose=self.verbose) as active:
+            blocks = sequence_blocks(
+                X, lengths, client=active, n_partitions=self.n_partitions, dtype=self._values_dtype
+            )
+            n_features = self._n_features_of(blocks)
+            model = self._make_model(n_features)
+            given = self._given()
+            self._check_given(model, given, n_features)
+            result = fit_em(
+                model,
+                blocks,
+                lambda: self._initial_params(model, blocks, active, given),
+                max_iter=max_iter,
+                tol=self.tol,
+                tol_on="total",
+                split_every=self.split_every,
+                client=active,
+                verbose=self.verbose,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+                force=force,
+                checkpoint_meta=self.checkpoint_meta(),
+            )
+        params = result.params
+        self.n_features = n_features
+        self.startprob_ = np.asarray(params.startprob)
+        self.transmat_ = np.asarray(params.transmat)
+        self._set_emission_attributes(params, model)
+        self.converged_ = bool(result.converged)
+        self.n_iter_ = int(result.n_iter)
+        self.history_ = list(result.history)
+        self.lower_bound_ = float(result.lower_bound)
+        return self
+
+    # -- inference ----------------------------------------------------------
+    def _model_and_params(self) -> tuple[Any, Any]:
+        self._check_fitted("startprob_")
+        model = self._make_model(int(self.n_features))
+        values = {"startprob": np.asarray(self.startprob_, float), "transmat": np.asarray(self.transmat_, float)}
+        values.update(self._current_emission(model))
+        return model, self._params_cls(**values)
+
+    def _in_memory(self, X: Any, lengths: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(values, lengths)`` for in-memory input, None for lazy input."""
+        import dask.array as da
+
+        if _is_bag(X) or isinstance(X, (str, da.Array)) or hasattr(X, "__fspath__") or type(X).__module__.startswith("zarr"):
+            return None
+        if lengths is None and isinstance(X, (list, tuple)) and len(X) and isinstance(X[0], np.ndarray):
+            arrays = [_as_2d(s) for s in X]
+            values = np.concatenate(arrays, axis=0)
+            lengths = np.array([len(a) for a in arrays])
+        else:
+            values = _as_2d(np.asarray(X))
+            lengths = [len(values)] if lengths is None else lengths
+        lengths = check_lengths(lengths, len(values))
+        self._check_input(values)
+        return values, lengths
+
+    def _check_input(self, values: np.ndarray) -> None:
+        if values.shape[1] != self.n_features:
+            raise InvalidDataError(
+                f"X has {values.shape[1]} features, but {type(self).__name__} was fitted with "
+                f"{self.n_features} features"
+            )
+
+    def _lazy_blocks(self, X: Any, lengths: Any) -> SequenceBlocks:
+        with get_client(None) as active:
+            blocks = sequence_blocks(X, lengths, client=active, n_partitions=self.n_partitions, dtype=self._values_dtype, persist=False)
+        if blocks.n_features != self.n_features:
+            raise InvalidDataError(
+                f"X has {blocks.n_features} features, but {type(self).__name__} was fitted with {self.n_features} features"
+            )
+        return blocks
+
+    def _raise_invalid(self, model: Any, block: tuple[np.ndarray, np.ndarray], params: Any) -> None:
+        _, n_bad = model.log_emission(block[0], params)
+        if n_bad:
+            raise InvalidDataError(model.describe_invalid(n_bad))
+
+    def _lazy_rows(self, X: Any, lengths: Any, func: Any, n_columns: int | None, dtype: Any) -> Any:
+        import dask.array as da
+        import dask.bag as db
+
+        model, params = self._model_and_params()
+        if _is_bag(X):
+            seq_func = {_part_posteriors: _seq_predict_proba, _part_viterbi_states: _seq_predict}[func]
+            return X.map(seq_func, model, params) if isinstance(X, db.Bag) else X
+        blocks = self._lazy_blocks(X, lengths)
+        pieces = []
+        for part, size in zip(blocks.map_parts(func, model, params), blocks.part_sizes):
+            shape = (size,) if n_columns is None else (size, n_columns)
+            pieces.append(da.from_delayed(part, shape=shape, dtype=dtype))
+        return da.concatenate(pieces, axis=0)
+
+    def score(self, X: Any, lengths: Any = None) -> float:
+        """Log-likelihood of ``X`` under the model (computed on the cluster for lazy input)."""
+        model, params = self._model_and_params()
+        block = self._in_memory(X, lengths)
+        if block is not None:
+            self._raise_invalid(model, block, params)
+            return model.log_likelihood(block, params)
+        if _is_bag(X):
+            with get_client(None) as active:
+                return float(active.compute(X.map(_seq_score, model, params).sum()).result())
+        blocks = self._lazy_blocks(X, lengths)
+        with get_client(None) as active:
+            return float(sum(active.gather(active.compute(blocks.map_parts(_part_score, model, params)))))
+
+    def predict_proba(self, X: Any, lengths: Any = None) -> Any:
+        """Posterior state probabilities, shape (n_samples, n_components); lazy for lazy input."""
+        block = self._in_memory(X, lengths)
+        if block is None:
+            return self._lazy_rows(X, lengths, _part_posteriors, self.n_components, np.float64)
+        model, params = self._model_and_params()
+        self._raise_invalid(model, block, params)
+        return model.posteriors(block, params)[0]
+
+    def score_samples(self, X: Any, lengths: Any = None) -> tuple[float, Any]:
+        """Log-likelihood of ``X`` and the posterior state probabilities."""
+        block = self._in_memory(X, lengths)
+        if block is None:
+            return self.score(X, lengths), self.predict_proba(X, lengths)
+        model, params = self._model_and_params()
+        self._raise_invalid(model, block, params)
+        gamma, stats = model.posteriors(block, params)
+        return float(stats["loglik"]), gamma
+
+    def decode(self, X: Any, lengths: Any = None, algorithm: str | None = None) -> tuple[Any, Any]:
+        """Most likely states: Viterbi path (``"viterbi"``) or per-step posterior argmax (``"map"``).
+
+        Returns
+        -------
+        log_prob : float
+            Viterbi: log-probability of the best paths; MAP: log-likelihood
+            of ``X``. A dask Delayed for lazy input.
+        state_sequence : ndarray of shape (n_samples,)
+            A lazy Dask array (or bag of arrays for a bag) for lazy input.
+        """
+        algorithm = algorithm or self.algorithm
+        if algorithm not in ("viterbi", "map"):
+            raise ValueError(f"algorithm must be 'viterbi' or 'map', got {algorithm!r}")
+        block = self._in_memory(X, lengths)
+        model, params = self._model_and_params()
+        if block is not None:
+            self._raise_invalid(model, block, params)
+            if algorithm == "viterbi":
+                return model.decode(block, params)
+            gamma, stats = model.posteriors(block, params)
+            return float(stats["loglik"]), gamma.argmax(axis=1)
+        if algorithm == "map":
+            proba = self.predict_proba(X, lengths)
+            states = proba.map(lambda g: g.argmax(axis=1)) if _is_bag(X) else proba.argmax(axis=1)
+            return dask.delayed(self.score)(X, lengths), states
+        if _is_bag(X):
+            logp = X.map(lambda s: model.decode(_seq_block(s), params)[0]).sum()
+            return logp, X.map(_seq_predict, model, params)
+        blocks = self._lazy_blocks(X, lengths)
+        logp = dask.delayed(sum)(blocks.map_parts(_part_viterbi_logp, model, params))
+        return logp, self._lazy_rows(X, lengths, _part_viterbi_states, None, np.int64)
+
+    def predict(self, X: Any, lengths: Any = None) -> Any:
+        """Most likely state of every step (by ``algorithm``)."""
+        return self.decode(X, lengths)[1]
+
+    def sample(self, n_samples: int = 1, random_state: Any = None, currstate: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw one sequence of ``n_samples`` steps.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        state_sequence : ndarray of shape (n_samples,)
+        """
+        model, params = self._model_and_params()
+        rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(
+            self.random_state if random_state is None and isinstance(self.random_state, int) else random_state
+        )
+        K = self.n_components
+        states = np.empty(n_samples, dtype=np.int64)
+        state = rng.choice(K, p=params.startprob) if currstate is None else int(currstate)
+        cdf = np.cumsum(params.transmat, axis=1)
+        u = rng.random(n_samples)
+        for t in range(n_samples):
+            if t > 0:
+                state = min(int(np.searchsorted(cdf[state], u[t], side="right")), K - 1)
+            states[t] = state
+        return model.sample_emission(params, states, rng), states
+
+
+def _common_doc() -> str:
+    return """
+    n_components : int, default=1
+        Number of hidden states.
+    startprob_prior, transmat_prior : float or array-like, default=1.0
+        Dirichlet concentrations of the start probabilities and of each row
+        of the transition matrix (1.0: no prior; ``prior - 1`` is added to
+        the expected counts, as in hmmlearn).
+    algorithm : {"viterbi", "map"}, default="viterbi"
+        Decoder of ``decode``/``predict``.
+    max_iter : int, default=100
+        Maximum number of EM iterations (``n_iter`` is accepted as an alias).
+    tol : float, default=1e-2
+        Stop when the total log-likelihood changes by less than this.
+    random_state : int, Generator or None
+        Seed of the initialisation.
+    params, init_params : tuple of str, optional
+        Parameters updated by EM / initialised by ``fit`` (default: all),
+        as full names such as ``("startprob", "transmat")``. A parameter
+        not in ``init_params`` comes from its ``*_init`` or from the
+        attribute already set (``startprob_`` ...).
+    startprob_init, transmat_init : array-like, optional
+        User-given initial values.
+    n_init : int, default=4
+        Number of initial parameter sets tried side by side.
+    n_init_iter : int, default=5
+        EM iterations run on every set before the best is continued.
+    verbose : bool, default=False
+        Print a progress line per iteration.
+    split_every : int, default=8
+        Fan-in of the tree reduction of statistics.
+    n_partitions : int, optional
+        Number of sequence partitions (default: two per worker thread).
+    n_iter : int, optional
+        hmmlearn's name of ``max_iter``; overrides it when given.
+    """
+
+
+class GaussianHMM(_BaseHMM):
+    """Hidden Markov model with Gaussian emissions.
+
+    Parameters
+    ----------
+    covariance_type : {"diag", "spherical", "full", "tied"}, default="diag"
+        Form of the state covariances.
+    min_covar : float, default=1e-3
+        Added to the diagonal of the initial covariances (as hmmlearn).
+    means_prior, means_weight, covars_prior, covars_weight : float or array-like
+        hmmlearn's priors (defaults 0, 0, 1e-2, 1).
+    means_init, covars_init : array-like, optional
+        Initial means (n_components, n_features) and covariances in the
+        shape of ``covariance_type`` (see ``covars_``).
+    (see the module docstring for the others)
+
+    Attributes
+    ----------
+    startprob_ : ndarray of shape (n_components,)
+    transmat_ : ndarray of shape (n_components, n_components)
+    means_ : ndarray of shape (n_components, n_features)
+    covars_ : ndarray of shape (n_components, n_features, n_features)
+        Full matrices whatever ``covariance_type``, as hmmlearn returns them.
+    converged_, n_iter_, history_, lower_bound_
+        Convergence information (total log-likelihoods).
+    """
+
+    _all_params = ("startprob", "transmat", "means", "covars")
+    _params_cls = GaussianHMMParams
+    _values_dtype = np.float64
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        covariance_type: str = "diag",
+        min_covar: float = 1e-3,
+        startprob_prior: Any = 1.0,
+        transmat_prior: Any = 1.0,
+        means_prior: Any = 0.0,
+        means_weight: Any = 0.0,
+        covars_prior: Any = 1e-2,
+        covars_weight: Any = 1.0,
+        algorithm: str = "viterbi",
+        random_state: Any = None,
+        max_iter: int = 100,
+        tol: float = 1e-2,
+        verbose: bool = False,
+        params: Any = None,
+        init_params: Any = None,
+        startprob_init: Any = None,
+        transmat_init: Any = None,
+        means_init: Any = None,
+        covars_init: Any = None,
+        n_init: int = 4,
+        n_init_iter: int = 5,
+        split_every: int = 8,
+        n_partitions: int | None = None,
+        n_iter: int | None = None,
+    ) -> None:
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.min_covar = min_covar
+        self.startprob_prior = startprob_prior
+        self.transmat_prior = transmat_prior
+        self.means_prior = means_prior
+        self.means_weight = means_weight
+        self.covars_prior = covars_prior
+        self.covars_weight = covars_weight
+        self.algorithm = algorithm
+        self.random_state = random_state
+        self.max_iter = max_iter
+        self.tol = tol
+        self.verbose = verbose
+        self.params = params
+        self.init_params = init_params
+        self.startprob_init = startprob_init
+        self.transmat_init = transmat_init
+        self.means_init = means_init
+        self.covars_init = covars_init
+        self.n_init = n_init
+        self.n_init_iter = n_init_iter
+        self.split_every = split_every
+        self.n_partitions = n_partitions
+        self.n_iter = n_iter
+
+    def _make_model(self, n_features: int) -> GaussianHMMModel:
+        from ..models.hmm import _prior
+
+        return GaussianHMMModel(
+            n_components=int(self.n_components),
+            startprob_prior=_prior(self.startprob_prior),
+            transmat_prior=_prior(self.transmat_prior),
+            params=self._names(self.params, "params"),
+            covariance_type=self.covariance_type,
+            means_prior=_prior(self.means_prior),
+            means_weight=_prior(self.means_weight),
+            covars_prior=_prior(self.covars_prior),
+            covars_weight=_prior(self.covars_weight),
+        )
+
+    def _given_emission(self) -> dict[str, Any]:
+        return {"means": self.means_init, "covars": self.covars_init}
+
+    def _check_given(self, model: Any, given: dict[str, np.ndarray], n_features: int) -> None:
+        super()._check_given(model, given, n_features)
+        K, D = self.n_components, n_features
+        if "means" in given and given["means"].shape != (K, D):
+            raise InvalidDataError(
+                f"X has {D} features but means_init has shape {given['means'].shape}; expected ({K}, {D})"
+            )
+        if "covars" in given:
+            given["covars"] = self._compact_covars(given["covars"], D)
+
+    def _compact_covars(self, covars: np.ndarray, D: int) -> np.ndarray:
+        """Covariances in the compact shape of ``covariance_type`` (accepts the full form)."""
+        K, ct = self.n_components, self.covariance_type
+        covars = np.asarray(covars, dtype=np.float64)
+        compact = {"spherical": (K,), "diag": (K, D), "full": (K, D, D), "tied": (D, D)}[ct]
+        if covars.shape == compact:
+            return covars
+        if covars.shape == (K, D, D):
+            if ct == "diag":
+                return np.array([np.diag(c) for c in covars])
+            if ct == "spherical":
+                return covars[:, 0, 0].copy()
+            if ct == "tied":
+                return covars[0].copy()
+        raise InvalidDataError(
+            f"covariances of shape {covars.shape} do not fit covariance_type={ct!r} with "
+            f"{K} components and {D} features; expected {compact}"
+        )
+
+    def _emission_init(self, model: Any, sample: np.ndarray, rng: np.random.Generator, blocks: SequenceBlocks, client: Any, run: int) -> dict[str, np.ndarray]:
+        K = self.n_components
+        X = np.asarray(sample, dtype=np.float64)
+        out: dict[str, np.ndarray] = {}
+        if self.means_init is None and "means" in self._names(self.init_params, "init_params"):
+            means = None
+            if run == 0:
+                try:
+                    from .kmeans import kmeans_centers
+
+                    means = kmeans_centers(
+                        blocks.values_blocks(), K, init="k-means++", max_iter=20, rng=rng, client=client,
+                        split_every=self.split_every,
+                    )
+                except ImportError:  # pragma: no cover - k-means not available
+                    means = None
+            out["means"] = means if means is not None else _kmeans_sample(X, K, rng)
+        if self.covars_init is None and "covars" in self._names(self.init_params, "init_params"):
+            D = X.shape[1]
+            cv = np.atleast_2d(np.cov(X.T)) + self.min_covar * np.eye(D)
+            ct = self.covariance_type
+            out["covars"] = {
+                "spherical": np.full(K, cv.diagonal().mean()),
+                "diag": np.tile(cv.diagonal(), (K, 1)),
+                "full": np.tile(cv, (K, 1, 1)),
+                "tied": cv,
+            }[ct]
+        return out
+
+    def _set_emission_attributes(self, params: GaussianHMMParams, model: GaussianHMMModel) -> None:
+        self.means_ = np.asarray(params.means)
+        self.covars_ = model.full_covars(params.covars, self.means_.shape[1])
+
+    def _current_emission(self, model: GaussianHMMModel) -> dict[str, np.ndarray]:
+        means = np.asarray(self.means_, float)
+        return {"means": means, "covars": self._compact_covars(self.covars_, means.shape[1])}
+
+
+class CategoricalHMM(_BaseHMM):
+    """Hidden Markov model with categorical emissions (symbols ``0 .. n_features - 1``).
+
+    ``X`` holds one column of integer symbols (shape (n_samples, 1) or
+    (n_samples,)).
+
+    Parameters
+    ----------
+    n_features : int, optional
+        Number of symbols; inferred from ``emissionprob_init`` or the data.
+    emissionprob_prior : float or array-like, default=1.0
+        Dirichlet concentration of each row of ``emissionprob_``.
+    emissionprob_init : array-like of shape (n_components, n_features), optional
+    (see the module docstring for the others)
+
+    Attributes
+    ----------
+    startprob_, transmat_
+    emissionprob_ : ndarray of shape (n_components, n_features)
+    converged_, n_iter_, history_, lower_bound_
+    """
+
+    _all_params = ("startprob", "transmat", "emissionprob")
+    _params_cls = CategoricalHMMParams
+    _values_dtype = None
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        startprob_prior: Any = 1.0,
+        transmat_prior: Any = 1.0,
+        emissionprob_prior: Any = 1.0,
+        n_features: int | None = None,
+        algorithm: str = "viterbi",
+        random_state: Any = None,
+        max_iter: int = 100,
+        tol: float = 1e-2,
+        verbose: bool = False,
+        params: Any = None,
+        init_params: Any = None,
+        startprob_init: Any = None,
+        transmat_init: Any = None,
+        emissionprob_init: Any = None,
+        n_init: int = 4,
+        n_init_iter: int = 5,
+        split_every: int = 8,
+        n_partitions: int | None = None,
+        n_iter: int | None = None,
+    ) -> None:
+        self.n_components = n_components
+        self.startprob_prior = startprob_prior
+        self.transmat_prior = transmat_prior
+        self.emissionprob_prior = emissionprob_prior
+        self.n_features = n_features
+        self.algorithm = algorithm
+        self.random_state = random_state
+        self.max_iter = max_iter
+        self.tol = tol
+        self.verbose = verbose
+        self.params = params
+        self.init_params = init_params
+        self.startprob_init = startprob_init
+        self.transmat_init = transmat_init
+        self.emissionprob_init = emissionprob_init
+        self.n_init = n_init
+        self.n_init_iter = n_init_iter
+        self.split_every = split_every
+        self.n_partitions = n_partitions
+        self.n_iter = n_iter
+
+    def _n_features_of(self, blocks: SequenceBlocks) -> int:
+        if blocks.n_features != 1:
+            raise InvalidDataError(
+                f"CategoricalHMM expects one column of integer symbols, got {blocks.n_features} columns"
+            )
+        if self.emissionprob_init is not None:
+            return int(np.asarray(self.emissionprob_init).shape[1])
+        if self.n_features is not None:
+            return int(self.n_features)
+        if getattr(self, "emissionprob_", None) is not None and "emissionprob" not in self._names(self.init_params, "init_params"):
+            return int(np.asarray(self.emissionprob_).shape[1])
+        # the largest symbol, read from the data (one small pass over the partitions)
+        maxima = blocks.compute(*blocks.map_parts(_part_max))
+        top = max(float(m) for m in maxima)
+        if not np.isfinite(top) or top < 0:
+            raise InvalidDataError("cannot infer n_features: the symbols are not non-negative numbers; give n_features")
+        return int(math.floor(top)) + 1
+
+    def _make_model(self, n_features: int) -> CategoricalHMMModel:
+        from ..models.hmm import _prior
+
+        return CategoricalHMMModel(
+            n_components=int(self.n_components),
+            startprob_prior=_prior(self.startprob_prior),
+            transmat_prior=_prior(self.transmat_prior),
+            params=self._names(self.params, "params"),
+            n_features=int(n_features),
+            emissionprob_prior=_prior(self.emissionprob_prior),
+        )
+
+    def _given_emission(self) -> dict[str, Any]:
+        return {"emissionprob": self.emissionprob_init}
+
+    def _check_given(self, model: Any, given: dict[str, np.ndarray], n_features: int) -> None:
+        super()._check_given(model, given, n_features)
+        if "emissionprob" in given and given["emissionprob"].shape != (self.n_components, n_features):
+            raise ValueError(
+                f"emissionprob_init must have shape ({self.n_components}, {n_features}), got {given['emissionprob'].shape}"
+            )
+
+    def _emission_init(self, model: Any, sample: np.ndarray, rng: np.random.Generator, blocks: SequenceBlocks, client: Any, run: int) -> dict[str, np.ndarray]:
+        M = model.n_features
+        x = np.asarray(sample).ravel()
+        x = x[np.isfinite(x) & (x >= 0) & (x < M) & (x == np.floor(x))].astype(np.int64)
+        freq = np.bincount(x, minlength=M).astype(float) + 1.0
+        freq /= freq.sum()
+        # data frequencies, perturbed so that the states differ
+        return {"emissionprob": _normalize_rows(freq * rng.uniform(0.25, 1.75, size=(self.n_components, M)))}
+
+    def _set_emission_attributes(self, params: CategoricalHMMParams, model: Any) -> None:
+        self.emissionprob_ = np.asarray(params.emissionprob)
+
+    def _current_emission(self, model: Any) -> dict[str, np.ndarray]:
+        return {"emissionprob": np.asarray(self.emissionprob_, float)}
+
+    def _check_input(self, values: np.ndarray) -> None:
+        if values.shape[1] != 1:
+            raise InvalidDataError(f"CategoricalHMM expects one column of integer symbols, got {values.shape[1]} columns")
+
+    def _lazy_blocks(self, X: Any, lengths: Any) -> SequenceBlocks:
+        with get_client(None) as active:
+            blocks = sequence_blocks(X, lengths, client=active, n_partitions=self.n_partitions, persist=False)
+        self._check_input(np.empty((0, blocks.n_features)))
+        return blocks
+
+
+def _part_max(part: Any) -> float:
+    values = np.asarray(part[0])
+    return float(np.nanmax(values)) if values.size else -np.inf
+
+
+class PoissonHMM(_BaseHMM):
+    """Hidden Markov model with independent Poisson counts per feature.
+
+    Parameters
+    ----------
+    lambdas_prior, lambdas_weight : float or array-like, default=0.0
+        hmmlearn's gamma prior on the rates.
+    lambdas_init : array-like of shape (n_components, n_features), optional
+    (see the module docstring for the others)
+
+    Attributes
+    ----------
+    startprob_, transmat_
+    lambdas_ : ndarray of shape (n_components, n_features)
+    converged_, n_iter_, history_, lower_bound_
+    """
+
+    _all_params = ("startprob", "transmat", "lambdas")
+    _params_cls = PoissonHMMParams
+    _values_dtype = np.float64
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        startprob_prior: Any = 1.0,
+        transmat_prior: Any = 1.0,
+        lambdas_prior: Any = 0.0,
+        lambdas_weight: Any = 0.0,
+        algorithm: str = "viterbi",
+        random_state: Any = None,
+        max_iter: int = 100,
+        tol: float = 1e-2,
+        verbose: bool = False,
+        params: Any = None,
+        init_params: Any = None,
+        startprob_init: Any = None,
+        transmat_init: Any = None,
+        lambdas_init: Any = None,
+        n_init: int = 4,
+        n_init_iter: int = 5,
+        split_every: int = 8,
+        n_partitions: int | None = None,
+        n_iter: int | None = None,
+    ) -> None:
+        self.n_components = n_components
+        self.startprob_prior = startprob_prior
+        self.transmat_prior = transmat_prior
+        self.lambdas_prior = lambdas_prior
+        self.lambdas_weight = lambdas_weight
+        self.algorithm = algorithm
+        self.random_state = random_state
+        self.max_iter = max_iter
+        self.tol = tol
+        self.verbose = verbose
+        self.params = params
+        self.init_params = init_params
+        self.startprob_init = startprob_init
+        self.transmat_init = transmat_init
+        self.lambdas_init = lambdas_init
+        self.n_init = n_init
+        self.n_init_iter = n_init_iter
+        self.split_every = split_every
+        self.n_partitions = n_partitions
+        self.n_iter = n_iter
+
+    def _make_model(self, n_features: int) -> PoissonHMMModel:
+        from ..models.hmm import _prior
+
+        return PoissonHMMModel(
+            n_components=int(self.n_components),
+            startprob_prior=_prior(self.startprob_prior),
+            transmat_prior=_prior(self.transmat_prior),
+            params=self._names(self.params, "params"),
+            lambdas_prior=_prior(self.lambdas_prior),
+            lambdas_weight=_prior(self.lambdas_weight),
+        )
+
+    def _given_emission(self) -> dict[str, Any]:
+        return {"lambdas": self.lambdas_init}
+
+    def _check_given(self, model: Any, given: dict[str, np.ndarray], n_features: int) -> None:
+        super()._check_given(model, given, n_features)
+        if "lambdas" in given and given["lambdas"].shape != (self.n_components, n_features):
+            raise InvalidDataError(
+                f"X has {n_features} features but lambdas_init has shape {given['lambdas'].shape}; "
+                f"expected ({self.n_components}, {n_features})"
+            )
+
+    def _emission_init(self, model: Any, sample: np.ndarray, rng: np.random.Generator, blocks: SequenceBlocks, client: Any, run: int) -> dict[str, np.ndarray]:
+        X = np.asarray(sample, dtype=np.float64)
+        X = X[np.isfinite(X).all(axis=1)]
+        mean = np.maximum(X.mean(axis=0), 1e-3) if len(X) else np.ones(blocks.n_features)
+        var = np.maximum(X.var(axis=0), 1e-3) if len(X) else np.ones(blocks.n_features)
+        return {"lambdas": rng.gamma(shape=mean**2 / var, scale=var / mean, size=(self.n_components, len(mean)))}
+
+    def _set_emission_attributes(self, params: PoissonHMMParams, model: Any) -> None:
+        self.lambdas_ = np.asarray(params.lambdas)
+
+    def _current_emission(self, model: Any) -> dict[str, np.ndarray]:
+        return {"lambdas": np.asarray(self.lambdas_, float)}
+
+
+for _cls in (GaussianHMM, CategoricalHMM, PoissonHMM):
+    _cls.__doc__ = (_cls.__doc__ or "") + "\n    Common parameters\n    -----------------" + _common_doc()
+
+__all__ = ["CategoricalHMM", "GaussianHMM", "PoissonHMM"]

@@ -1,0 +1,567 @@
+"""Collections of sequences as engine blocks: whole sequences per partition.
+
+Accepted inputs:
+
+* a list of arrays, one per sequence;
+* a concatenated array plus ``lengths`` (hmmlearn's convention);
+* a Dask bag whose items are sequences (arrays);
+* a Zarr store (path, URL or group) holding a concatenated ``values`` array
+  and a 1-D ``lengths`` array; :func:`to_zarr_sequences` writes one from
+  any of the above.
+
+Each partition is a tuple ``(values, lengths)`` of whole sequences.
+Partitions are contiguous runs of sequences balanced by total length (a
+sequence is never split), a few per worker by default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import numpy as np
+from dask.delayed import Delayed
+
+from .data import PERSIST_FRACTION, Blocks
+from .errors import InvalidDataError
+
+#: Largest partition we aim for when choosing the partition count.
+TARGET_PARTITION_BYTES = 64 * 2**20
+#: Partitions per worker thread by default.
+PARTITIONS_PER_WORKER = 2
+
+
+# --------------------------------------------------------------------------
+# Validation and planning
+# --------------------------------------------------------------------------
+
+
+def check_lengths(lengths: Any, n_samples: int) -> np.ndarray:
+    """Validated sequence lengths as int64.
+
+    Raises
+    ------
+    InvalidDataError
+        If ``lengths`` is not 1-D, holds non-integers, zero or negative
+        values, or does not sum to ``n_samples``.
+    """
+    arr = np.asarray(lengths)
+    if arr.ndim != 1:
+        raise InvalidDataError(f"lengths must be a 1-D array of sequence lengths, got shape {arr.shape}")
+    if arr.size == 0:
+        raise InvalidDataError("lengths is empty; give at least one sequence")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise InvalidDataError("lengths must be integers, got non-integer values")
+    elif arr.dtype.kind not in "iu":
+        raise InvalidDataError(f"lengths must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    bad = np.flatnonzero(arr <= 0)
+    if bad.size:
+        raise InvalidDataError(
+            f"lengths must be positive, but sequence {int(bad[0])} has length {int(arr[bad[0]])} "
+            f"({bad.size} sequences are empty or negative); drop empty sequences"
+        )
+    total = int(arr.sum())
+    if total != n_samples:
+        raise InvalidDataError(
+            f"lengths sum to {total} but the data has {n_samples} samples; lengths must "
+            "give the length of every sequence in X, in order"
+        )
+    return arr
+
+
+def plan_partitions(lengths: np.ndarray, n_partitions: int) -> list[tuple[int, int]]:
+    """Contiguous runs of sequences ``[lo, hi)`` with nearly equal total length.
+
+    Cuts are placed at the sequence boundary nearest to each multiple of
+    ``total / n_partitions``; no partition is empty.
+    """
+    n_seq = len(lengths)
+    n_partitions = max(1, min(int(n_partitions), n_seq))
+    ends = np.cumsum(lengths)
+    total = float(ends[-1])
+    cuts = [0]
+    for i in range(1, n_partitions):
+        target = total * i / n_partitions
+        j = int(np.searchsorted(ends, target))
+        # choose the nearer of the two boundaries around the target
+        if j > 0 and abs(ends[j - 1] - target) <= abs(ends[min(j, n_seq - 1)] - target):
+            j -= 1
+        cut = j + 1
+        cut = max(cut, cuts[-1] + 1)
+        cut = min(cut, n_seq - (n_partitions - i))
+        cuts.append(cut)
+    cuts.append(n_seq)
+    return [(cuts[i], cuts[i + 1]) for i in range(len(cuts) - 1) if cuts[i + 1] > cuts[i]]
+
+
+def default_partitions(client: Any, nbytes: float) -> int:
+    """A few partitions per worker thread, more when partitions would be large."""
+    threads = 0
+    if client is not None:
+        try:
+            threads = sum(client.nthreads().values())
+        except Exception:  # pragma: no cover - a client without workers yet
+            threads = 0
+    threads = threads or (os.cpu_count() or 1)
+    return max(PARTITIONS_PER_WORKER * threads, math.ceil(nbytes / TARGET_PARTITION_BYTES))
+
+
+def _as_2d(values: Any) -> np.ndarray:
+    values = np.asarray(values)
+    if values.ndim == 1:
+        return values.reshape(-1, 1)
+    if values.ndim != 2:
+        raise InvalidDataError(
+            f"each sequence must be a 1-D or 2-D array (n_steps, n_features), got shape {values.shape}"
+        )
+    return values
+
+
+def _pack(values: Any, lengths: Any) -> tuple[np.ndarray, np.ndarray]:
+    return _as_2d(values), np.asarray(lengths, dtype=np.int64)
+
+
+def _pack_list(seqs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A bag partition (a list of sequences) as one ``(values, lengths)`` block."""
+    arrays = [_as_2d(s) for s in seqs]
+    if not arrays:
+        return np.empty((0, 1)), np.empty(0, dtype=np.int64)
+    widths = {a.shape[1] for a in arrays}
+    if len(widths) > 1:
+        raise InvalidDataError(f"sequences have different numbers of features: {sorted(widths)}")
+    return np.concatenate(arrays, axis=0), np.array([len(a) for a in arrays], dtype=np.int64)
+
+
+def _part_info(part: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, int, str]:
+    values, lengths = part
+    return lengths, int(values.shape[1]), str(values.dtype)
+
+
+def _take(ranges: list[tuple[int, int, int]], *parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Sequences ``[lo, hi)`` of source parts ``src`` joined into one block."""
+    values, lengths = [], []
+    for src, lo, hi in ranges:
+        v, l_ = parts[src]
+        offsets = np.r_[0, np.cumsum(l_)]
+        values.append(v[offsets[lo] : offsets[hi]])
+        lengths.append(l_[lo:hi])
+    return np.concatenate(values, axis=0), np.concatenate(lengths)
+
+
+def _read_zarr_part(source: Any, start: int, stop: int, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    group = _open_group(source)
+    return _as_2d(group["values"][start:stop]), lengths
+
+
+def _open_group(source: Any) -> Any:
+    import zarr
+
+    if isinstance(source, zarr.Group):
+        return source
+    try:
+        return zarr.open_group(str(source), mode="r")
+    except Exception as exc:  # zarr raises several types for a missing store
+        raise InvalidDataError(
+            f"cannot open {source!r} as a Zarr sequence store (a group with 'values' and "
+            f"'lengths' arrays): {exc}. Create one with dask_em.to_zarr_sequences."
+        ) from exc
+
+
+# --------------------------------------------------------------------------
+# Blocks of sequences
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class SequenceBlocks(Blocks):
+    """Partitions of whole sequences, each a delayed ``(values, lengths)`` tuple.
+
+    Attributes
+    ----------
+    part_lengths : list of ndarray
+        The sequence lengths of every partition, in order.
+    n_features : int
+        Columns of ``values``.
+    dtype : str
+        Dtype of ``values``.
+    kind : str
+        Where the data came from: "memory", "dask", "bag" or "zarr".
+    bag : dask.bag.Bag or None
+        The bag the data came from, for lazy per-sequence outputs.
+    """
+
+    part_lengths: list[np.ndarray] = field(default_factory=list)
+    n_features: int = 1
+    dtype: str = "float64"
+    kind: str = "memory"
+    bag: Any = None
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Lengths of all sequences, in order."""
+        return np.concatenate(self.part_lengths) if self.part_lengths else np.empty(0, np.int64)
+
+    @property
+    def part_sizes(self) -> list[int]:
+        """Number of steps in each partition."""
+        return [int(p.sum()) for p in self.part_lengths]
+
+    def sample_parts(self, n: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Whole partitions chosen at random until about ``n`` steps are gathered."""
+        order = rng.permutation(len(self.parts))
+        chosen, steps = [], 0
+        for i in order:
+            chosen.append(int(i))
+            steps += self.part_sizes[i]
+            if steps >= n:
+                break
+        chosen.sort()
+        return list(self.compute(*[self.parts[i] for i in chosen]))
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """About ``n`` rows of values from a few whole partitions (for initialisation)."""
+        values = np.concatenate([v for v, _ in self.sample_parts(n, rng)], axis=0)
+        if len(values) > n:
+            values = values[np.sort(rng.choice(len(values), n, replace=False))]
+        return values
+
+    def values_blocks(self) -> Blocks:
+        """The same partitions as plain value blocks (for k-means and other row models)."""
+        parts = [dask.delayed(_first, pure=True)(p) for p in self.parts]
+        fp = dict(self.fingerprint, view="values")
+        return _ValueBlocks(parts=parts, n_samples=self.n_samples, array=None, fingerprint=fp, client=self.client, source=self)
+
+    def map_parts(self, func: Any, *args: Any) -> list[Delayed]:
+        """``func(part, *args)`` on every partition, lazily."""
+        return [dask.delayed(func, pure=True)(p, *args) for p in self.parts]
+
+
+@dataclass
+class _ValueBlocks(Blocks):
+    """Value-only view of :class:`SequenceBlocks`; samples through the sequences."""
+
+    source: Any = None
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return np.asarray(self.source.sample(n, rng), dtype=np.float64)
+
+
+def _first(part: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    return part[0]
+
+
+def _fingerprint(lengths: np.ndarray, n_features: int, dtype: str, part_lengths: list[np.ndarray], kind: str) -> dict[str, Any]:
+    digest = hashlib.sha1(np.ascontiguousarray(lengths, dtype=np.int64).tobytes()).hexdigest()
+    return {
+        "kind": "sequences",
+        "shape": [int(lengths.sum()), int(n_features)],
+        "dtype": dtype,
+        "n_sequences": int(len(lengths)),
+        "lengths_sha1": digest,
+        "chunks": [[int(p.sum()) for p in part_lengths]],
+    }
+
+
+def _is_bag(X: Any) -> bool:
+    return type(X).__module__.startswith("dask.bag") and hasattr(X, "to_delayed")
+
+
+def _is_zarr_group(X: Any) -> bool:
+    return type(X).__module__.startswith("zarr") and hasattr(X, "arrays")
+
+
+def _persist_decision(persist: bool | None, nbytes: float, client: Any) -> bool:
+    if persist is not None:
+        return persist
+    if client is None:
+        return True
+    from .cluster import cluster_memory
+
+    memory = cluster_memory(client)
+    return memory > 0 and nbytes < PERSIST_FRACTION * memory
+
+
+def _persist(parts: list[Delayed], client: Any) -> list[Delayed]:
+    if client is not None:
+        return list(client.persist(parts))
+    return list(dask.persist(*parts, scheduler="threads"))
+
+
+def sequence_blocks(
+    X: Any,
+    lengths: Any = None,
+    *,
+    client: Any = None,
+    n_partitions: int | None = None,
+    persist: bool | None = None,
+    dtype: Any = None,
+) -> SequenceBlocks:
+    """Balanced partitions of whole sequences for the engine.
+
+    Parameters
+    ----------
+    X : list of arrays, array-like, dask array, dask bag, zarr group or str
+        The sequences (see the module docstring). A string is the path or
+        URL of a Zarr sequence store.
+    lengths : array-like of int, optional
+        Lengths of the sequences of a concatenated ``X``; by default ``X``
+        is one sequence.
+    client : distributed.Client, optional
+        In-memory data is scattered to its workers; its size chooses the
+        partition count and whether to persist.
+    n_partitions : int, optional
+        Number of partitions; by default two per worker thread (more if
+        partitions would exceed about 64 MiB).
+    persist : bool, optional
+        Keep partitions in cluster memory (True) or read them from the
+        source every iteration (False); by default persist when the data
+        takes less than 40% of the cluster's memory.
+    dtype : dtype, optional
+        Convert values to this dtype (e.g. float64 for Gaussian models).
+
+    Returns
+    -------
+    SequenceBlocks
+    """
+    if isinstance(X, SequenceBlocks):
+        return X
+    if _is_bag(X):
+        if lengths is not None:
+            raise InvalidDataError("lengths cannot be given with a bag of sequences: each item is one sequence")
+        return _bag_blocks(X, client, n_partitions, persist, dtype)
+    if isinstance(X, (str, os.PathLike)) or _is_zarr_group(X):
+        return _zarr_blocks(X, lengths, client, n_partitions, persist, dtype)
+    if lengths is None and isinstance(X, (list, tuple)) and len(X) > 0 and all(
+        hasattr(s, "shape") or isinstance(s, (list, tuple)) and len(s) and np.ndim(s) >= 1 for s in X
+    ) and _looks_like_sequences(X):
+        arrays = [_as_2d(s) for s in X]
+        widths = {a.shape[1] for a in arrays}
+        if len(widths) > 1:
+            raise InvalidDataError(f"sequences have different numbers of features: {sorted(widths)}")
+        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+        check_lengths(lengths, int(lengths.sum()))
+        values = np.concatenate(arrays, axis=0)
+    else:
+        import dask.array as da
+
+        if isinstance(X, da.Array):
+            return _dask_array_blocks(X, lengths, client, n_partitions, persist, dtype)
+        values = _as_2d(X)
+        lengths = check_lengths([len(values)] if lengths is None else lengths, len(values))
+    if dtype is not None:
+        values = values.astype(dtype, copy=False)
+    _check_values(values)
+    n = n_partitions or default_partitions(client, values.nbytes)
+    plan = plan_partitions(lengths, n)
+    offsets = np.r_[0, np.cumsum(lengths)]
+    pieces = [(values[offsets[lo] : offsets[hi]], lengths[lo:hi]) for lo, hi in plan]
+    if client is not None:
+        futures = client.scatter(pieces, hash=False)
+        parts = [dask.delayed(f) for f in futures]
+    else:
+        parts = [dask.delayed(p, traverse=False) for p in pieces]
+    part_lengths = [p[1] for p in pieces]
+    return SequenceBlocks(
+        parts=parts,
+        n_samples=int(values.shape[0]),
+        fingerprint=_fingerprint(lengths, values.shape[1], str(values.dtype), part_lengths, "memory"),
+        client=client,
+        part_lengths=part_lengths,
+        n_features=int(values.shape[1]),
+        dtype=str(values.dtype),
+        kind="memory",
+    )
+
+
+def _looks_like_sequences(X: Any) -> bool:
+    # a list of numpy (or array-like) sequences, not a nested list of numbers
+    # forming one 2-D array
+    first = X[0]
+    if isinstance(first, np.ndarray):
+        return True
+    try:
+        np.asarray(X, dtype=float)
+    except (ValueError, TypeError):
+        return True
+    return False
+
+
+def _check_values(values: np.ndarray) -> None:
+    if values.dtype.kind not in "biuf":
+        raise InvalidDataError(f"expected numeric sequences, got dtype {values.dtype}; convert them first")
+    if values.shape[0] == 0 or values.shape[1] == 0:
+        raise InvalidDataError(f"expected non-empty sequences, got values of shape {values.shape}")
+
+
+def _dask_array_blocks(X: Any, lengths: Any, client: Any, n_partitions: int | None, persist: bool | None, dtype: Any) -> SequenceBlocks:
+    if X.ndim == 1:
+        X = X.reshape(-1, 1)
+    if X.ndim != 2:
+        raise InvalidDataError(f"expected a 2-D array (n_samples, n_features), got shape {X.shape}")
+    lengths = check_lengths([X.shape[0]] if lengths is None else lengths, int(X.shape[0]))
+    if dtype is not None:
+        X = X.astype(dtype)
+    _check_values(np.empty((1, X.shape[1]), X.dtype))
+    nbytes = float(X.nbytes)
+    plan = plan_partitions(lengths, n_partitions or default_partitions(client, nbytes))
+    offsets = np.r_[0, np.cumsum(lengths)]
+    parts = [dask.delayed(_pack)(X[offsets[lo] : offsets[hi]], lengths[lo:hi]) for lo, hi in plan]
+    if _persist_decision(persist, nbytes, client):
+        parts = _persist(parts, client)
+    part_lengths = [lengths[lo:hi] for lo, hi in plan]
+    return SequenceBlocks(
+        parts=parts, n_samples=int(X.shape[0]),
+        fingerprint=_fingerprint(lengths, X.shape[1], str(X.dtype), part_lengths, "dask"),
+        client=client, part_lengths=part_lengths, n_features=int(X.shape[1]), dtype=str(X.dtype), kind="dask",
+    )
+
+
+def _zarr_blocks(source: Any, lengths: Any, client: Any, n_partitions: int | None, persist: bool | None, dtype: Any) -> SequenceBlocks:
+    group = _open_group(source)
+    names = set(dict(group.arrays()))
+    if "values" not in names:
+        raise InvalidDataError(
+            f"Zarr store {source!r} has arrays {sorted(names)} but no 'values'; create a sequence "
+            "store with dask_em.to_zarr_sequences"
+        )
+    values = group["values"]
+    n_samples = int(values.shape[0])
+    if lengths is None:
+        lengths = group["lengths"][:] if "lengths" in names else [n_samples]
+    lengths = check_lengths(lengths, n_samples)
+    n_features = int(values.shape[1]) if len(values.shape) == 2 else 1
+    vdtype = np.dtype(dtype) if dtype is not None else np.dtype(values.dtype)
+    _check_values(np.empty((1, n_features), vdtype))
+    nbytes = float(n_samples * n_features * vdtype.itemsize)
+    plan = plan_partitions(lengths, n_partitions or default_partitions(client, nbytes))
+    offsets = np.r_[0, np.cumsum(lengths)]
+    # a string travels in the graph; an in-memory group is passed as is
+    src = source if isinstance(source, (str, os.PathLike)) else group
+    src = str(src) if isinstance(src, os.PathLike) else src
+    parts = []
+    for lo, hi in plan:
+        part = dask.delayed(_read_zarr_part, pure=True)(src, int(offsets[lo]), int(offsets[hi]), lengths[lo:hi])
+        if dtype is not None:
+            part = dask.delayed(_astype, pure=True)(part, vdtype)
+        parts.append(part)
+    if _persist_decision(persist, nbytes, client):
+        parts = _persist(parts, client)
+    part_lengths = [lengths[lo:hi] for lo, hi in plan]
+    return SequenceBlocks(
+        parts=parts, n_samples=n_samples,
+        fingerprint=_fingerprint(lengths, n_features, str(vdtype), part_lengths, "zarr"),
+        client=client, part_lengths=part_lengths, n_features=n_features, dtype=str(vdtype), kind="zarr",
+    )
+
+
+def _astype(part: tuple[np.ndarray, np.ndarray], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    return part[0].astype(dtype, copy=False), part[1]
+
+
+def _bag_blocks(bag: Any, client: Any, n_partitions: int | None, persist: bool | None, dtype: Any) -> SequenceBlocks:
+    src = [dask.delayed(_pack_list, pure=True)(p) for p in bag.to_delayed()]
+    if dtype is not None:
+        src = [dask.delayed(_astype, pure=True)(p, np.dtype(dtype)) for p in src]
+    keep = persist is not False
+    if keep:
+        src = _persist(src, client)
+    infos = _compute(client, [dask.delayed(_part_info, pure=True)(p) for p in src])
+    src_lengths = [np.asarray(i[0], dtype=np.int64) for i in infos]
+    widths = {i[1] for i, l_ in zip(infos, src_lengths) if len(l_)}
+    if len(widths) > 1:
+        raise InvalidDataError(f"sequences have different numbers of features: {sorted(widths)}")
+    all_lengths = np.concatenate(src_lengths) if src_lengths else np.empty(0, np.int64)
+    check_lengths(all_lengths, int(all_lengths.sum()))
+    n_features = widths.pop()
+    vdtype = next(i[2] for i, l_ in zip(infos, src_lengths) if len(l_))
+    if keep:
+        # rebalance the persisted partitions by total length
+        nbytes = float(all_lengths.sum() * n_features * np.dtype(vdtype).itemsize)
+        plan = plan_partitions(all_lengths, n_partitions or default_partitions(client, nbytes))
+        owner = np.concatenate([np.full(len(l_), i) for i, l_ in enumerate(src_lengths)])
+        local = np.concatenate([np.arange(len(l_)) for l_ in src_lengths])
+        parts, part_lengths = [], []
+        for lo, hi in plan:
+            ranges, used = [], []
+            for s in np.unique(owner[lo:hi]):
+                idx = np.flatnonzero(owner[lo:hi] == s) + lo
+                ranges.append((len(used), int(local[idx[0]]), int(local[idx[-1]]) + 1))
+                used.append(src[int(s)])
+            parts.append(dask.delayed(_take, pure=True)(ranges, *used))
+            part_lengths.append(all_lengths[lo:hi])
+        parts = _persist(parts, client)
+        del src
+    else:
+        parts = [p for p, l_ in zip(src, src_lengths) if len(l_)]
+        part_lengths = [l_ for l_ in src_lengths if len(l_)]
+    return SequenceBlocks(
+        parts=parts, n_samples=int(all_lengths.sum()),
+        fingerprint=_fingerprint(all_lengths, n_features, vdtype, part_lengths, "bag"),
+        client=client, part_lengths=part_lengths, n_features=int(n_features), dtype=vdtype, kind="bag", bag=bag,
+    )
+
+
+def _compute(client: Any, collections: list[Any]) -> list[Any]:
+    if client is not None:
+        return list(client.gather(client.compute(collections)))
+    return list(dask.compute(*collections, scheduler="threads"))
+
+
+def to_zarr_sequences(
+    data: Any,
+    path: str,
+    lengths: Any = None,
+    *,
+    chunk_rows: int | None = None,
+    client: Any = None,
+    overwrite: bool = False,
+) -> str:
+    """Write sequences to a Zarr store with ``values`` and ``lengths`` arrays.
+
+    Parameters
+    ----------
+    data : list of arrays, array-like, dask array, dask bag or Zarr store
+        The sequences (any input :func:`sequence_blocks` accepts).
+    path : str
+        Path or URL of the new store.
+    lengths : array-like of int, optional
+        Sequence lengths for a concatenated ``data``.
+    chunk_rows : int, optional
+        Rows per Zarr chunk of ``values``; by default about 8 MiB a chunk.
+    client : distributed.Client, optional
+        Used to read a bag or Dask input partition by partition.
+    overwrite : bool
+        Replace an existing store at ``path``.
+
+    Returns
+    -------
+    str
+        ``path``, ready to pass to ``fit``.
+    """
+    import zarr
+
+    blocks = sequence_blocks(data, lengths, client=client, persist=False)
+    all_lengths = blocks.lengths
+    D = blocks.n_features
+    dt = np.dtype(blocks.dtype)
+    rows = chunk_rows or max(1024, (8 * 2**20) // max(D * dt.itemsize, 1))
+    rows = int(min(rows, max(blocks.n_samples, 1)))
+    group = zarr.open_group(str(path), mode="w" if overwrite else "w-")
+    values = group.create_array("values", shape=(blocks.n_samples, D), chunks=(rows, D), dtype=dt)
+    group.create_array("lengths", shape=all_lengths.shape, chunks=(max(len(all_lengths), 1),), dtype=np.int64)
+    group["lengths"][:] = all_lengths
+    start = 0
+    for part in blocks.parts:
+        (v, _l), = blocks.compute(part)
+        values[start : start + len(v)] = v
+        start += len(v)
+    return str(path)
+
+
+__all__ = ["SequenceBlocks", "check_lengths", "plan_partitions", "sequence_blocks", "to_zarr_sequences"]

@@ -614,7 +614,7 @@ class KMeans(EMEstimator):
                 if best is None or inertia < best[0]:
                     best = (inertia, params, n_iter, converged)
         inertia, params, n_iter, converged = best
-        if not converged:
+        if not converged and self.tol > 0:
             warnings.warn(
                 f"k-means did not converge in max_iter={self.max_iter} iterations (tol={self.tol}); "
                 "increase max_iter or tol",

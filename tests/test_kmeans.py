@@ -1,0 +1,199 @@
+"""KMeans: parity with scikit-learn's Lloyd, k-means|| seeding, determinism, bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import dask.array as da
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+from sklearn.base import clone
+from sklearn.cluster import KMeans as SKKMeans
+from sklearn.datasets import make_blobs
+
+from dask_em import KMeans
+from dask_em.data import array_blocks, as_dask_array
+from dask_em.errors import InvalidDataError
+from dask_em.estimators.kmeans import kmeans_centers, kmeans_parallel_init
+from dask_em.models.kmeans import KMeansModel, KMeansParams, kmeans_plusplus, nearest_center
+from dask_em.stats import add_stats
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(42)
+    X = rng.normal(size=(3000, 5)) + rng.integers(0, 3, size=(3000, 1)) * 2.0
+    return X, X[rng.choice(len(X), 6, replace=False)].copy()
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, _ = make_blobs(4000, n_features=4, centers=7, cluster_std=0.5, center_box=(-20, 20), random_state=3)
+    return X
+
+
+def sklearn_lloyd(X, centers, max_iter, tol=0.0):
+    return SKKMeans(
+        n_clusters=len(centers), init=centers, n_init=1, max_iter=max_iter, tol=tol, algorithm="lloyd"
+    ).fit(X)
+
+
+@pytest.mark.parametrize("max_iter", [1, 5, 20])
+@pytest.mark.parametrize("chunk_rows", [250, 1100])
+def test_parity_with_sklearn_lloyd(client, data, max_iter, chunk_rows):
+    X, C0 = data
+    ours = KMeans(6, init=C0, max_iter=max_iter, tol=0, split_every=2).fit(
+        da.from_array(X, chunks=(chunk_rows, -1)), client=client
+    )
+    ref = sklearn_lloyd(X, C0, max_iter)
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(ours.inertia_, ref.inertia_, rtol=1e-6)
+    np.testing.assert_array_equal(ours.labels_.compute(), ref.labels_)
+    assert ours.n_iter_ == ref.n_iter_
+
+
+def test_tolerance_stops_where_sklearn_does(client, data):
+    X, C0 = data
+    ours = KMeans(6, init=C0, max_iter=300, tol=1e-3, split_every=2).fit(
+        da.from_array(X, chunks=(700, -1)), client=client
+    )
+    ref = sklearn_lloyd(X, C0, 300, tol=1e-3)
+    assert ours.converged_
+    assert ours.n_iter_ == ref.n_iter_
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(ours.inertia_, ref.inertia_, rtol=1e-6)
+
+
+def test_numpy_input_float32_and_chunking(client, data):
+    X, C0 = data
+    a = KMeans(6, init=C0, max_iter=8, tol=0).fit(X, client=client)
+    b = KMeans(6, init=C0, max_iter=8, tol=0, split_every=3).fit(da.from_array(X, chunks=(333, -1)), client=client)
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-10)
+    assert isinstance(a.labels_, np.ndarray)
+    c = KMeans(6, init=C0, max_iter=8, tol=0).fit(X.astype(np.float32), client=client)
+    np.testing.assert_allclose(c.cluster_centers_, a.cluster_centers_, rtol=1e-5, atol=1e-6)
+    assert c.cluster_centers_.dtype == np.float64
+
+
+def test_e_step_statistics_are_additive(data):
+    X, C0 = data
+    model, params = KMeansModel(6), KMeansParams.from_centers(C0)
+    whole = model.e_step(X, params)
+    halves = add_stats(model.e_step(X[:1234], params), model.e_step(X[1234:], params))
+    for key in whole:
+        np.testing.assert_allclose(whole[key], halves[key], rtol=1e-12)
+    assert whole["loglik"] == -whole["inertia"]
+    new = model.m_step(whole, params)
+    assert new is not params and float(new.center_shift) > 0
+    np.testing.assert_array_equal(params.cluster_centers, C0)  # m_step is pure
+
+
+def test_kmeans_parallel_finds_separated_blobs(client, blobs):
+    ref = SKKMeans(7, n_init=10, random_state=0).fit(blobs)
+    ours = KMeans(7, random_state=0).fit(da.from_array(blobs, chunks=(500, -1)), client=client)
+    assert ours.inertia_ <= 1.05 * ref.inertia_
+    # Seeding alone already lands one center in every blob.
+    blocks = array_blocks(as_dask_array(blobs, chunk_rows=500), client)
+    seeds = kmeans_parallel_init(blocks, 7, np.random.default_rng(1), client=client)
+    labels, _ = nearest_center(ref.cluster_centers_, seeds)
+    assert len(set(labels.tolist())) == 7
+
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random"])
+def test_inits_and_kmeans_centers(client, blobs, init):
+    blocks = array_blocks(as_dask_array(blobs, chunk_rows=600), client)
+    centers = kmeans_centers(blocks, 7, init=init, rng=np.random.default_rng(0), client=client)
+    assert centers.shape == (7, 4)
+    assert np.isfinite(centers).all()
+    again = kmeans_centers(blocks, 7, init=init, rng=np.random.default_rng(0), client=client)
+    np.testing.assert_array_equal(centers, again)
+
+
+def test_same_seed_bit_identical_on_one_and_two_workers(client, blobs):
+    X = da.from_array(blobs, chunks=(450, -1))
+    two = KMeans(7, random_state=5, n_init=2, max_iter=30).fit(X, client=client)
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as cluster, Client(cluster, set_as_default=False) as one_client:
+        one = KMeans(7, random_state=5, n_init=2, max_iter=30).fit(X, client=one_client)
+    assert np.array_equal(one.cluster_centers_, two.cluster_centers_)
+    assert one.inertia_ == two.inertia_
+    assert one.n_iter_ == two.n_iter_
+
+
+@pytest.mark.parametrize("init", ["k-means||", "array"])
+def test_nan_and_inf_are_reported(client, data, init):
+    X, C0 = data
+    X = X.copy()
+    X[10, 2] = np.nan
+    X[2500, 0] = np.inf
+    X[2500, 1] = -np.inf
+    est = KMeans(6, init=C0 if init == "array" else init, random_state=0)
+    with pytest.raises(InvalidDataError, match="3 NaN or infinite values.*missing-data"):
+        est.fit(da.from_array(X, chunks=(500, -1)), client=client)
+
+
+def test_empty_cluster_keeps_its_center(client, data):
+    X, C0 = data
+    C = C0.copy()
+    C[2] = 1e6  # nobody is ever nearest to this one
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NaN warnings, no likelihood decrease
+        est = KMeans(6, init=C, max_iter=10, tol=0).fit(X, client=client)
+    np.testing.assert_array_equal(est.cluster_centers_[2], C[2])
+    assert np.isfinite(est.cluster_centers_).all()
+    assert 2 not in set(est.labels_.tolist())
+
+
+def test_lazy_outputs_for_dask_input(client, data):
+    X, C0 = data
+    Xd = da.from_array(X, chunks=(400, -1))
+    est = KMeans(6, init=C0, max_iter=3, tol=0).fit(Xd, client=client)
+    assert isinstance(est.labels_, da.Array) and est.labels_.shape == (3000,)
+    assert isinstance(est.predict(Xd), da.Array)
+    dist = est.transform(Xd)
+    assert isinstance(dist, da.Array) and dist.shape == (3000, 6)
+    labels = est.predict(X)
+    assert isinstance(labels, np.ndarray) and labels.shape == (3000,)
+    np.testing.assert_array_equal(est.labels_.compute(), labels)
+    np.testing.assert_array_equal(est.transform(X).argmin(axis=1), labels)
+    np.testing.assert_allclose(est.score(X), -est.inertia_, rtol=1e-10)
+    np.testing.assert_allclose(est.score(Xd), -est.inertia_, rtol=1e-10)
+    np.testing.assert_allclose(est.transform(X), dist.compute(), rtol=1e-12)
+
+
+def test_clone_get_params_and_n_init(client, blobs):
+    est = KMeans(7, init="random", n_init=3, random_state=1, max_iter=50)
+    params = est.get_params()
+    assert params["n_clusters"] == 7 and params["init"] == "random"
+    copy = clone(est)
+    assert copy.get_params() == params and not hasattr(copy, "cluster_centers_")
+    est.fit(blobs, client=client)
+    assert est.cluster_centers_.shape == (7, 4) and est.n_features_in_ == 4
+    assert "n_clusters=7" in repr(est)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_clusters": 0}, "n_clusters must be an integer >= 1"),
+        ({"n_clusters": 5000}, "n_samples=3000 should be >= n_clusters=5000"),
+        ({"init": "kmeans"}, "init must be one of"),
+        ({"init": np.zeros((6, 4))}, r"init array has shape \(6, 4\)"),
+        ({"tol": -1.0}, "tol must be a non-negative"),
+    ],
+)
+def test_bad_parameters(client, data, kwargs, match):
+    X, _ = data
+    kwargs = {"n_clusters": 6, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        KMeans(**kwargs).fit(X, client=client)
+
+
+def test_kmeans_plusplus_weighted():
+    rng = np.random.default_rng(0)
+    X = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [0.1, 0.0]])
+    centers = kmeans_plusplus(X, 3, rng, sample_weight=np.array([5.0, 1.0, 1.0, 0.0]))
+    # The zero-weight row is never chosen; the three distinct points are.
+    assert sorted(map(tuple, centers)) == [(0.0, 0.0), (0.0, 10.0), (10.0, 0.0)]

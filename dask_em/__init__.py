@@ -1,20 +1,27 @@
 """dask-em: Expectation-Maximization on data larger than memory, on Dask."""
 
 from .engine import EMResult, IterationInfo, expected_stats, fit_em
+from .estimators.hmm import CategoricalHMM, GaussianHMM, PoissonHMM
 from .estimators.kmeans import KMeans
 from .estimators.missing import MultivariateNormal
 from .models.base import EMModel, Stats
+from .sequences import sequence_blocks, to_zarr_sequences
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CategoricalHMM",
     "EMModel",
     "EMResult",
+    "GaussianHMM",
     "IterationInfo",
     "KMeans",
     "MultivariateNormal",
+    "PoissonHMM",
     "Stats",
     "__version__",
     "expected_stats",
     "fit_em",
+    "sequence_blocks",
+    "to_zarr_sequences",
 ]

@@ -1,7 +1,8 @@
 """scikit-learn style estimators wrapping the pure models."""
 
 from ._base import EMEstimator
+from .hmm import CategoricalHMM, GaussianHMM, PoissonHMM
 from .kmeans import KMeans, kmeans_centers
 from .missing import MultivariateNormal
 
-__all__ = ["EMEstimator", "KMeans", "MultivariateNormal", "kmeans_centers"]
+__all__ = ["CategoricalHMM", "EMEstimator", "GaussianHMM", "PoissonHMM", "KMeans", "MultivariateNormal", "kmeans_centers"]

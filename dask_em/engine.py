@@ -298,7 +298,10 @@ def fit_em(
         elif params is None:
             params = model.init_params(blocks.sample(10_000, rng), rng)
 
-        callbacks = list(callbacks) + ([print_progress] if verbose else [])
+        if verbose:
+            from .progress import Progress
+
+            callbacks = [*callbacks, Progress()]  # live line in a terminal, plain lines elsewhere
         rescattered = 0
         while not monitor.done:
             start = time.perf_counter()

@@ -4,6 +4,7 @@ from .engine import EMResult, IterationInfo, expected_stats, fit_em
 from .estimators.hmm import CategoricalHMM, GaussianHMM, PoissonHMM
 from .estimators.kmeans import KMeans
 from .estimators.missing import MultivariateNormal
+from .estimators.mixtures import BernoulliMixture, CategoricalMixture, PoissonMixture
 from .models.base import EMModel, Stats
 from .sequences import sequence_blocks, to_zarr_sequences
 
@@ -17,6 +18,9 @@ __all__ = [
     "IterationInfo",
     "KMeans",
     "MultivariateNormal",
+    "BernoulliMixture",
+    "CategoricalMixture",
+    "PoissonMixture",
     "PoissonHMM",
     "Stats",
     "__version__",

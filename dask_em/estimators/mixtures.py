@@ -1,0 +1,355 @@
+"""Poisson, Bernoulli and categorical mixtures, scikit-learn style."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ..cluster import get_client
+from ..engine import EMResult, fit_em, prepare_blocks
+from ..errors import ConvergenceWarning
+from ..models.mixtures import (
+    BernoulliMixtureModel,
+    CategoricalMixtureModel,
+    PoissonMixtureModel,
+    _DiscreteMixture,
+)
+from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs
+
+
+class _MixtureEstimator(EMEstimator):
+    """fit / predict / score for the discrete mixtures; subclasses name the component parameter."""
+
+    _model_class: type[_DiscreteMixture]
+    _component_attr: str  # fitted attribute of the component parameters, e.g. "lambdas_"
+    _init_attr: str  # hyper-parameter with initial component parameters, e.g. "lambdas_init"
+
+    def _model(self) -> _DiscreteMixture:
+        if int(self.n_components) < 1:
+            raise ValueError(f"n_components must be at least 1, got {self.n_components}")
+        if int(self.n_init) < 1:
+            raise ValueError(f"n_init must be at least 1, got {self.n_init}")
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be non-negative, got {self.alpha}")
+        if self.init_params not in ("random", "random_from_data"):
+            raise ValueError(f"init_params must be 'random' or 'random_from_data', got {self.init_params!r}")
+        return self._model_class(n_components=int(self.n_components), alpha=float(self.alpha), init=self.init_params)
+
+    def _start(self, model: _DiscreteMixture, blocks: Any, rng: np.random.Generator) -> Any:
+        start = model.init_params(blocks.sample(10_000, rng), rng)
+        weights = start.weights if self.weights_init is None else np.asarray(self.weights_init, float)
+        component_init = getattr(self, self._init_attr)
+        component = getattr(start, model.component_name) if component_init is None else np.asarray(component_init, float)
+        K, D = model.n_components, int(blocks.array.shape[1])
+        if weights.shape != (K,) or component.shape != (K, D):
+            raise ValueError(
+                f"weights_init must have shape ({K},) and {self._init_attr} ({K}, {D}); "
+                f"got {weights.shape} and {component.shape}"
+            )
+        fields = {"weights": weights, model.component_name: component}
+        if hasattr(start, "mean_total"):
+            fields["mean_total"] = start.mean_total
+        return model.params_class(**fields)
+
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        client: Any = None,
+        checkpoint: str | None = None,
+        checkpoint_every: int = 1,
+        resume: bool | None = None,
+        force: bool = False,
+    ) -> Any:
+        """Estimate the mixture by EM, keeping the best of ``n_init`` restarts.
+
+        Parameters
+        ----------
+        X : array-like, dask array, zarr array or path, of shape (n_samples, n_features)
+        y : ignored
+        client : distributed.Client, optional
+        checkpoint, checkpoint_every, resume, force
+            Zarr snapshots; with ``n_init > 1`` each restart has its own
+            sub-group. See :func:`dask_em.fit_em`.
+
+        Returns
+        -------
+        self
+        """
+        model = self._model()
+        best: EMResult | None = None
+        with get_client(client, verbose=self.verbose) as active:
+            blocks = prepare_blocks(X, active)
+            for run, rng in enumerate(run_rngs(self.random_state, int(self.n_init))):
+                result = fit_em(
+                    model,
+                    blocks,
+                    params=lambda rng=rng: self._start(model, blocks, rng),
+                    max_iter=self.max_iter,
+                    tol=self.tol,
+                    client=active,
+                    verbose=self.verbose,
+                    checkpoint=run_checkpoint(checkpoint, run) if self.n_init > 1 else checkpoint,
+                    checkpoint_every=checkpoint_every,
+                    resume=resume,
+                    force=force,
+                    checkpoint_meta=self.checkpoint_meta(),
+                    warn_not_converged=False,
+                )
+                if best is None or result.lower_bound > best.lower_bound:
+                    best = result
+        assert best is not None
+        if not best.converged and self.max_iter > 0:
+            warnings.warn(
+                f"best of {self.n_init} initialisation(s) did not converge in {self.max_iter} iterations; "
+                "increase max_iter or tol, or check the data",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        self._params = best.params
+        self.weights_ = np.asarray(best.params.weights)
+        setattr(self, self._component_attr, np.asarray(getattr(best.params, model.component_name)))
+        self.n_iter_ = best.n_iter
+        self.converged_ = best.converged
+        self.lower_bound_ = best.lower_bound
+        self.lower_bounds_ = list(best.history)
+        self.n_features_in_ = int(blocks.array.shape[1])
+        return self
+
+    def fit_predict(self, X: Any, y: Any = None, **fit_kwargs: Any) -> Any:
+        """Fit, then return the most likely component of each row."""
+        return self.fit(X, **fit_kwargs).predict(X)
+
+    # -- per-row outputs ------------------------------------------------------
+    def predict_proba(self, X: Any) -> Any:
+        """Posterior probability of each component for each row, shape (n_samples, n_components).
+
+        Lazy (a Dask array) for Dask, Zarr or path input.
+        """
+        self._check_fitted("weights_")
+        return map_rows(X, self._model().predict_proba_block, self._params, n_columns=int(self.n_components))
+
+    def predict(self, X: Any) -> Any:
+        """Most likely component of each row, shape (n_samples,)."""
+        proba = self.predict_proba(X)
+        return proba.argmax(axis=1)
+
+    def score_samples(self, X: Any) -> Any:
+        """Log-likelihood of each row under the mixture, shape (n_samples,)."""
+        self._check_fitted("weights_")
+        return map_rows(X, self._model().score_samples_block, self._params, n_columns=None)
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean log-likelihood per row."""
+        values = self.score_samples(X)
+        return float(values.mean().compute() if hasattr(values, "compute") else values.mean())
+
+    def _n_parameters(self) -> int:
+        return self._model().n_parameters(self.n_features_in_)
+
+    def bic(self, X: Any) -> float:
+        """Bayesian information criterion on ``X`` (lower is better)."""
+        values = self.score_samples(X)
+        n = values.shape[0]
+        total = float(values.sum().compute() if hasattr(values, "compute") else values.sum())
+        return -2.0 * total + self._n_parameters() * math.log(n)
+
+    def aic(self, X: Any) -> float:
+        """Akaike information criterion on ``X`` (lower is better)."""
+        values = self.score_samples(X)
+        total = float(values.sum().compute() if hasattr(values, "compute") else values.sum())
+        return -2.0 * total + 2.0 * self._n_parameters()
+
+    def _sample_labels(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+        counts = rng.multinomial(n_samples, self.weights_)
+        return np.repeat(np.arange(len(counts)), counts)
+
+
+def _set(est: Any, values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        if name != "self":
+            setattr(est, name, value)
+
+
+class PoissonMixture(_MixtureEstimator):
+    """Mixture of independent per-feature Poisson distributions, for count data.
+
+    Parameters
+    ----------
+    n_components : int, default=1
+    tol : float, default=1e-3
+        Convergence threshold on the mean log-likelihood per row.
+    max_iter : int, default=100
+    n_init : int, default=1
+        Restarts; the one with the highest log-likelihood is kept.
+    init_params : {"random", "random_from_data"}, default="random"
+        Random responsibilities, or random rows as component centres.
+    alpha : float, default=1e-10
+        Pseudo-count that keeps rates positive (a zero rate gives a count
+        of one or more probability zero).
+    weights_init : array-like of shape (n_components,), optional
+    lambdas_init : array-like of shape (n_components, n_features), optional
+    random_state : int or Generator, optional
+    verbose : bool, default=False
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_components,)
+    lambdas_ : ndarray of shape (n_components, n_features)
+        Poisson rate of each feature in each component.
+    n_iter_, converged_, lower_bound_, lower_bounds_, n_features_in_
+    """
+
+    _model_class = PoissonMixtureModel
+    _component_attr = "lambdas_"
+    _init_attr = "lambdas_init"
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "random",
+        alpha: float = 1e-10,
+        weights_init: Any = None,
+        lambdas_init: Any = None,
+        random_state: Any = None,
+        verbose: bool = False,
+    ) -> None:
+        _set(self, locals())
+
+    def sample(self, n_samples: int = 1, random_state: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw counts and their component labels, sorted by component."""
+        self._check_fitted("weights_")
+        rng = np.random.default_rng(random_state)
+        labels = self._sample_labels(n_samples, rng)
+        return rng.poisson(self.lambdas_[labels]).astype(np.float64), labels
+
+
+class BernoulliMixture(_MixtureEstimator):
+    """Mixture of independent per-feature Bernoulli distributions, for binary data.
+
+    Parameters
+    ----------
+    n_components : int, default=1
+    tol : float, default=1e-3
+    max_iter : int, default=100
+    n_init : int, default=1
+    init_params : {"random", "random_from_data"}, default="random"
+    alpha : float, default=1e-10
+        Pseudo-count that keeps probabilities strictly between 0 and 1.
+    weights_init : array-like of shape (n_components,), optional
+    probabilities_init : array-like of shape (n_components, n_features), optional
+    random_state : int or Generator, optional
+    verbose : bool, default=False
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_components,)
+    probabilities_ : ndarray of shape (n_components, n_features)
+        Probability that each feature is 1 in each component.
+    n_iter_, converged_, lower_bound_, lower_bounds_, n_features_in_
+    """
+
+    _model_class = BernoulliMixtureModel
+    _component_attr = "probabilities_"
+    _init_attr = "probabilities_init"
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "random",
+        alpha: float = 1e-10,
+        weights_init: Any = None,
+        probabilities_init: Any = None,
+        random_state: Any = None,
+        verbose: bool = False,
+    ) -> None:
+        _set(self, locals())
+
+    def sample(self, n_samples: int = 1, random_state: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw binary rows and their component labels, sorted by component."""
+        self._check_fitted("weights_")
+        rng = np.random.default_rng(random_state)
+        labels = self._sample_labels(n_samples, rng)
+        return (rng.random((len(labels), self.n_features_in_)) < self.probabilities_[labels]).astype(np.float64), labels
+
+
+class CategoricalMixture(_MixtureEstimator):
+    """Mixture of multinomials, for rows of category counts such as document-term matrices.
+
+    Parameters
+    ----------
+    n_components : int, default=1
+    tol : float, default=1e-3
+    max_iter : int, default=100
+    n_init : int, default=1
+    init_params : {"random", "random_from_data"}, default="random"
+    alpha : float, default=1e-10
+        Pseudo-count added to every category (word) of every component, so
+        that no word has probability zero.
+    weights_init : array-like of shape (n_components,), optional
+    probabilities_init : array-like of shape (n_components, n_features), optional
+        Rows sum to 1.
+    random_state : int or Generator, optional
+    verbose : bool, default=False
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_components,)
+    probabilities_ : ndarray of shape (n_components, n_features)
+        Word (category) probabilities of each component; rows sum to 1.
+    mean_total_ : float
+        Mean row total (document length) of the training data, the default
+        length of sampled rows.
+    n_iter_, converged_, lower_bound_, lower_bounds_, n_features_in_
+    """
+
+    _model_class = CategoricalMixtureModel
+    _component_attr = "probabilities_"
+    _init_attr = "probabilities_init"
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "random",
+        alpha: float = 1e-10,
+        weights_init: Any = None,
+        probabilities_init: Any = None,
+        random_state: Any = None,
+        verbose: bool = False,
+    ) -> None:
+        _set(self, locals())
+
+    def fit(self, X: Any, y: Any = None, **kwargs: Any) -> CategoricalMixture:  # noqa: D102
+        super().fit(X, y, **kwargs)
+        self.mean_total_ = float(self._params.mean_total)
+        return self
+
+    fit.__doc__ = _MixtureEstimator.fit.__doc__
+
+    def sample(
+        self, n_samples: int = 1, n_trials: int | None = None, random_state: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Draw count rows of total ``n_trials`` (default: the mean training row total)."""
+        self._check_fitted("weights_")
+        rng = np.random.default_rng(random_state)
+        labels = self._sample_labels(n_samples, rng)
+        trials = int(round(self.mean_total_)) if n_trials is None else int(n_trials)
+        return rng.multinomial(trials, self.probabilities_[labels]).astype(np.float64), labels

@@ -240,7 +240,7 @@ def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.01) ->
 # -- a small model whose E-step can be slowed down and observed ---------------------
 @dataclass(frozen=True)
 class SlowMixtureParams:
-    """Parameters of :class:`SlowMixture` (``iteration`` counts M-steps)."""
+    """Parameters of :class:`SlowMixture` (``iteration``, shape (1,), counts M-steps)."""
 
     weights: Any
     means: Any
@@ -270,13 +270,13 @@ class SlowMixture:
             weights=np.array([0.5, 0.5]),
             means=np.array([x[len(x) // 4], x[3 * len(x) // 4]]),
             variances=np.array([x.var(), x.var()]),
-            iteration=np.array(0),
+            iteration=np.array([0]),
         )
 
     def e_step(self, block: Any, params: SlowMixtureParams) -> dict[str, Any]:
         import numpy as np
 
-        if self.marker_dir and int(params.iteration) == self.mark_at:
+        if self.marker_dir and int(params.iteration[0]) == self.mark_at:
             (Path(self.marker_dir) / str(os.getpid())).touch()
         if self.delay:
             time.sleep(self.delay)
@@ -306,16 +306,21 @@ class SlowMixture:
             weights=nk / nk.sum(),
             means=means,
             variances=stats["sum_xx"] / nk - means**2 + 1e-6,
-            iteration=np.array(int(params.iteration) + 1),
+            iteration=params.iteration + 1,
         )
 
 
-def kill_first_marked(marker_dir: str | Path, timeout: float = 60.0) -> int:
-    """Wait for a :class:`SlowMixture` marker file and SIGKILL the process it names."""
+def wait_for_marker(marker_dir: str | Path, timeout: float = 60.0) -> int:
+    """Wait for a :class:`SlowMixture` marker file; return the pid it names."""
     d = Path(marker_dir)
     found: list[Path] = []
     if not wait_until(lambda: found.extend(d.iterdir()) or bool(found), timeout=timeout):
         raise TimeoutError(f"no E-step marked itself in {marker_dir} within {timeout} s")
-    pid = int(found[0].name)
+    return int(found[0].name)
+
+
+def kill_first_marked(marker_dir: str | Path, timeout: float = 60.0) -> int:
+    """SIGKILL the first worker process that marks itself inside an E-step; return its pid."""
+    pid = wait_for_marker(marker_dir, timeout)
     os.kill(pid, signal.SIGKILL)
     return pid

@@ -40,7 +40,7 @@ def sklearn_lloyd(X, centers, max_iter, tol=0.0):
 
 
 @pytest.mark.parametrize("max_iter", [1, 5, 20])
-@pytest.mark.parametrize("chunk_rows", [250, 1100])
+@pytest.mark.parametrize("chunk_rows", [600, 1100])
 def test_parity_with_sklearn_lloyd(client, data, max_iter, chunk_rows):
     X, C0 = data
     ours = KMeans(6, init=C0, max_iter=max_iter, tol=0, split_every=2).fit(
@@ -111,12 +111,12 @@ def test_inits_and_kmeans_centers(client, blobs, init):
 
 
 def test_same_seed_bit_identical_on_one_and_two_workers(client, blobs):
-    X = da.from_array(blobs, chunks=(450, -1))
-    two = KMeans(7, random_state=5, n_init=2, max_iter=30).fit(X, client=client)
+    X = da.from_array(blobs, chunks=(1000, -1))
+    two = KMeans(7, random_state=5, n_init=2, max_iter=10).fit(X, client=client)
     with LocalCluster(
         n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
     ) as cluster, Client(cluster, set_as_default=False) as one_client:
-        one = KMeans(7, random_state=5, n_init=2, max_iter=30).fit(X, client=one_client)
+        one = KMeans(7, random_state=5, n_init=2, max_iter=10).fit(X, client=one_client)
     assert np.array_equal(one.cluster_centers_, two.cluster_centers_)
     assert one.inertia_ == two.inertia_
     assert one.n_iter_ == two.n_iter_

@@ -4,6 +4,7 @@ from .engine import EMResult, IterationInfo, expected_stats, fit_em
 from .estimators.hmm import CategoricalHMM, GaussianHMM, PoissonHMM
 from .estimators.kmeans import KMeans
 from .estimators.missing import MultivariateNormal
+from .io import describe, load, save
 from .estimators.mixtures import BernoulliMixture, CategoricalMixture, PoissonMixture
 from .models.base import EMModel, Stats
 from .sequences import sequence_blocks, to_zarr_sequences
@@ -26,6 +27,9 @@ __all__ = [
     "__version__",
     "expected_stats",
     "fit_em",
+    "describe",
+    "load",
+    "save",
     "sequence_blocks",
     "to_zarr_sequences",
 ]

@@ -260,10 +260,10 @@ def _short(value: Any, limit: int = 80) -> str:
 
 def checksum(array: np.ndarray) -> str:
     """A content hash of an array: dtype, shape and bytes."""
-    array = np.ascontiguousarray(array)
+    array = np.array(array, order="C", copy=None)  # ascontiguousarray would make 0-d arrays 1-d
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(array.view(np.uint8).reshape(-1) if array.size else b"")
+    digest.update(array.reshape(-1).view(np.uint8) if array.size else b"")
     return digest.hexdigest()
 
 
@@ -289,7 +289,7 @@ def _value_entry(value: Any, name: str) -> tuple[dict[str, Any], np.ndarray | No
         )
     if array.dtype.kind not in "biufc":
         raise CheckpointError(f"{name} has dtype {array.dtype}; checkpoints hold numeric arrays only")
-    array = np.ascontiguousarray(array)
+    array = np.array(array, order="C", copy=None)
     return {"kind": kind, "dtype": array.dtype.str, "shape": list(array.shape), "checksum": checksum(array)}, array
 
 

@@ -116,3 +116,41 @@ def mixture_data(n=3000, seed=0):
     rng = np.random.default_rng(seed)
     z = rng.choice(3, n, p=[0.3, 0.5, 0.2])
     return (np.array([-4.0, 0.0, 5.0])[z] + rng.normal(size=n) * np.array([1.0, 0.7, 1.5])[z])[:, None]
+
+
+def blobs(n=900, n_features=2, seed=0):
+    """Three Gaussian blobs, shape (n, n_features)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=4.0, size=(3, n_features))
+    z = rng.choice(3, n)
+    return centers[z] + rng.normal(size=(n, n_features)) * rng.uniform(0.5, 1.5, size=(3, n_features))[z]
+
+
+def _gmm(covariance_type):
+    from dask_em import GaussianMixture
+
+    # tol=0: run all max_iter iterations so every kill point leaves work to do
+    return GaussianMixture(3, covariance_type=covariance_type, max_iter=10, tol=0.0, random_state=7)
+
+
+def make_gmm_full():
+    return _gmm("full")
+
+
+def make_gmm_tied():
+    return _gmm("tied")
+
+
+def make_gmm_diag():
+    return _gmm("diag")
+
+
+def make_gmm_spherical():
+    return _gmm("spherical")
+
+
+def make_kmeans():
+    from dask_em import KMeans
+
+    # two restarts: the kill may land in either, each resumes from its own sub-checkpoint
+    return KMeans(3, n_init=2, max_iter=6, tol=0.0, random_state=11)

@@ -357,8 +357,8 @@ class _BaseHMM(EMEstimator):
             )
 
     def _lazy_blocks(self, X: Any, lengths: Any) -> SequenceBlocks:
-        with get_client(None) as active:
-            blocks = sequence_blocks(X, lengths, client=active, n_partitions=self.n_partitions, dtype=self._values_dtype, persist=False)
+        # lazy: nothing is read until the result is computed
+        blocks = sequence_blocks(X, lengths, client=None, n_partitions=self.n_partitions, dtype=self._values_dtype, persist=False)
         if blocks.n_features != self.n_features:
             raise InvalidDataError(
                 f"X has {blocks.n_features} features, but {type(self).__name__} was fitted with {self.n_features} features"
@@ -392,12 +392,11 @@ class _BaseHMM(EMEstimator):
         if block is not None:
             self._raise_invalid(model, block, params)
             return model.log_likelihood(block, params)
+        # lazy input is computed with the default scheduler (the current client if any)
         if _is_bag(X):
-            with get_client(None) as active:
-                return float(active.compute(X.map(_seq_score, model, params).sum()).result())
+            return float(X.map(_seq_score, model, params).sum().compute())
         blocks = self._lazy_blocks(X, lengths)
-        with get_client(None) as active:
-            return float(sum(active.gather(active.compute(blocks.map_parts(_part_score, model, params)))))
+        return float(sum(dask.compute(*blocks.map_parts(_part_score, model, params))))
 
     def predict_proba(self, X: Any, lengths: Any = None) -> Any:
         """Posterior state probabilities, shape (n_samples, n_components); lazy for lazy input."""
@@ -817,8 +816,7 @@ class CategoricalHMM(_BaseHMM):
             raise InvalidDataError(f"CategoricalHMM expects one column of integer symbols, got {values.shape[1]} columns")
 
     def _lazy_blocks(self, X: Any, lengths: Any) -> SequenceBlocks:
-        with get_client(None) as active:
-            blocks = sequence_blocks(X, lengths, client=active, n_partitions=self.n_partitions, persist=False)
+        blocks = sequence_blocks(X, lengths, client=None, n_partitions=self.n_partitions, persist=False)
         self._check_input(np.empty((0, blocks.n_features)))
         return blocks
 

@@ -1,6 +1,7 @@
 """dask-em: Expectation-Maximization on data larger than memory, on Dask."""
 
 from .engine import EMResult, IterationInfo, expected_stats, fit_em
+from .estimators.gmm import GaussianMixture
 from .estimators.hmm import CategoricalHMM, GaussianHMM, PoissonHMM
 from .estimators.kmeans import KMeans
 from .estimators.missing import MultivariateNormal
@@ -16,6 +17,7 @@ __all__ = [
     "EMModel",
     "EMResult",
     "GaussianHMM",
+    "GaussianMixture",
     "IterationInfo",
     "KMeans",
     "MultivariateNormal",

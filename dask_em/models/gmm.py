@@ -593,6 +593,10 @@ class HardAssignment:
     def m_step(self, stats: Stats, params: Any) -> Any:  # pragma: no cover - one pass only
         return params
 
+    def describe_invalid(self, n_invalid: int) -> str:
+        """Same message as the mixture model's."""
+        return GaussianMixtureModel(len(self.centers), self.covariance_type).describe_invalid(n_invalid)
+
 
 def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator, n_local_trials: int | None = None) -> np.ndarray:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007) of in-memory rows.

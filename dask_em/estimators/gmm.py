@@ -1,0 +1,584 @@
+"""``GaussianMixture``: scikit-learn's Gaussian mixture, fitted out of core on Dask."""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import numpy as np
+
+from ..cluster import get_client
+from ..data import Blocks, _check_array_meta, as_dask_array
+from ..engine import expected_stats, fit_em, prepare_blocks
+from ..errors import ConvergenceWarning, InvalidDataError
+from ..models.base import Stats
+from ..models.gmm import (
+    COVARIANCE_TYPES,
+    SUB_BLOCK_ROWS,
+    GaussianMixtureModel,
+    GMMParams,
+    HardAssignment,
+    _normalize,
+    _Workspace,
+    covariances_from_precisions_cholesky,
+    kmeans_plusplus,
+    precisions_cholesky_from_covariances,
+    precisions_cholesky_from_precisions,
+    precisions_from_cholesky,
+)
+from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs
+
+INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
+
+#: Rows read from the data for the sample-based initialisations.
+INIT_SAMPLE_ROWS = 10_000
+
+
+class GaussianMixture(EMEstimator):
+    """Gaussian mixture fitted by EM on Dask, with scikit-learn's interface.
+
+    Every EM iteration is one pass over the data; only the per-component
+    sums reach the client. From the same initial parameters the fit
+    follows scikit-learn's ``GaussianMixture`` iteration for iteration.
+
+    Parameters
+    ----------
+    n_components : int, default=1
+        Number of mixture components.
+    covariance_type : {"full", "tied", "diag", "spherical"}, default="full"
+        Form of the covariance matrices.
+    tol : float, default=1e-3
+        Stop when the mean log-likelihood per sample changes by less than this.
+    reg_covar : float, default=1e-6
+        Non-negative regularisation added to the diagonal of covariances.
+    max_iter : int, default=100
+        Maximum number of EM iterations per initialisation.
+    n_init : int, default=1
+        Number of initialisations; the one with the highest final
+        log-likelihood is kept.
+    init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default="kmeans"
+        How initial parameters are chosen when not all of ``weights_init``,
+        ``means_init`` and ``precisions_init`` are given:
+
+        - "kmeans": k-means|| seeding and Lloyd iterations over all the
+          data (out of core), then every row assigned to its nearest centre
+          and one M-step over those hard assignments;
+        - "k-means++": k-means++ centres drawn from a sample of the data,
+          covariances ``reg_covar * I`` (as scikit-learn);
+        - "random": responsibilities drawn uniformly for every row (each
+          block from its own seeded generator), then one M-step;
+        - "random_from_data": means are rows drawn from a sample of the
+          data, covariances ``reg_covar * I`` (as scikit-learn).
+    weights_init : array-like of shape (n_components,), optional
+        Initial weights.
+    means_init : array-like of shape (n_components, n_features), optional
+        Initial means.
+    precisions_init : array-like, optional
+        Initial precision matrices (inverse covariances), shaped as
+        ``covariances_`` for the ``covariance_type``.
+    random_state : int, Generator or RandomState, optional
+        Seed of the initialisations and of :meth:`sample`.
+    warm_start : bool, default=False
+        Start ``fit`` from the last fit's parameters (with ``n_init=1``).
+    verbose : int, default=0
+        Print a progress line per iteration.
+    split_every : int, default=8
+        Fan-in of the tree reduction of statistics.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_components,)
+    means_ : ndarray of shape (n_components, n_features)
+    covariances_ : ndarray
+        Shape depends on ``covariance_type`` as in scikit-learn.
+    precisions_ : ndarray
+    precisions_cholesky_ : ndarray
+    converged_ : bool
+    n_iter_ : int
+    lower_bound_ : float
+        Mean log-likelihood per sample at the last iteration of the best
+        initialisation (under the parameters that entered it).
+    lower_bounds_ : list of float
+        ``lower_bound_`` at every iteration of the best initialisation.
+    n_features_in_ : int
+
+    Notes
+    -----
+    A component that loses all its points (responsibilities summing to
+    less than 1e-10) keeps its previous mean and covariance and gets a
+    weight of about zero; no NaN enters the model.
+
+    With ``warm_start=True`` the convergence test starts afresh: the first
+    iteration of a warm-started fit never counts as converged.
+    """
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        covariance_type: str = "full",
+        tol: float = 1e-3,
+        reg_covar: float = 1e-6,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "kmeans",
+        weights_init: Any = None,
+        means_init: Any = None,
+        precisions_init: Any = None,
+        random_state: Any = None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        split_every: int = 8,
+    ) -> None:
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.split_every = split_every
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's estimator tags (needed by ``clone`` and ``Pipeline``)."""
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(estimator_type="density_estimator", target_tags=TargetTags(required=False))
+
+    # -- checks ---------------------------------------------------------------
+
+    def _check_parameters(self) -> None:
+        if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
+            raise ValueError(f"n_components must be an integer >= 1, got {self.n_components!r}")
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}")
+        if self.init_params not in INIT_PARAMS:
+            raise ValueError(f"init_params must be one of {INIT_PARAMS}, got {self.init_params!r}")
+        if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
+            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
+        if not (isinstance(self.reg_covar, (int, float)) and self.reg_covar >= 0):
+            raise ValueError(f"reg_covar must be a non-negative number, got {self.reg_covar!r}")
+        if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 0:
+            raise ValueError(f"max_iter must be an integer >= 0, got {self.max_iter!r}")
+        if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
+            raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
+        if not isinstance(self.split_every, (int, np.integer)) or self.split_every < 2:
+            raise ValueError(f"split_every must be an integer >= 2, got {self.split_every!r}")
+
+    def _checked_inits(self, n_features: int) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """``weights_init``, ``means_init`` and the Cholesky factors of ``precisions_init``."""
+        K, D = int(self.n_components), n_features
+        weights = means = prec_chol = None
+        if self.weights_init is not None:
+            weights = np.array(self.weights_init, dtype=np.float64)
+            if weights.shape != (K,):
+                raise ValueError(f"weights_init must have shape (n_components,) = ({K},), got {weights.shape}")
+            if np.any(weights < 0) or np.any(weights > 1) or not np.isfinite(weights).all():
+                raise ValueError(f"weights_init must be in [0, 1], got min {weights.min()} and max {weights.max()}")
+            if not np.allclose(weights.sum(), 1.0, rtol=0, atol=1e-6):
+                raise ValueError(f"weights_init must sum to 1, got sum {weights.sum():.6f}; normalise them")
+        if self.means_init is not None:
+            means = np.array(self.means_init, dtype=np.float64)
+            if means.shape != (K, D):
+                raise ValueError(
+                    f"means_init must have shape (n_components, n_features) = ({K}, {D}), got {means.shape}"
+                )
+            if not np.isfinite(means).all():
+                raise ValueError("means_init contains NaN or infinite values")
+        if self.precisions_init is not None:
+            precisions = np.array(self.precisions_init, dtype=np.float64)
+            expected = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[self.covariance_type]
+            if precisions.shape != expected:
+                raise ValueError(
+                    f"precisions_init for covariance_type={self.covariance_type!r} must have shape "
+                    f"{expected}, got {precisions.shape}"
+                )
+            prec_chol = precisions_cholesky_from_precisions(precisions, self.covariance_type)
+        return weights, means, prec_chol
+
+    def _model(self) -> GaussianMixtureModel:
+        return GaussianMixtureModel(int(self.n_components), self.covariance_type, float(self.reg_covar))
+
+    # -- fitting --------------------------------------------------------------
+
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        client: Any = None,
+        checkpoint: str | None = None,
+        checkpoint_every: int = 1,
+        resume: bool | None = None,
+        force: bool = False,
+    ) -> GaussianMixture:
+        """Estimate the mixture's parameters by EM.
+
+        Parameters
+        ----------
+        X : array-like, dask array, zarr array or path, of shape (n_samples, n_features)
+            The data (float32 or float64; integers are converted).
+        y : ignored
+        client : distributed.Client, optional
+            Where to run (see :func:`dask_em.cluster.get_client`).
+        checkpoint, checkpoint_every, resume, force
+            Zarr snapshots of the fit; see :func:`dask_em.fit_em`. With
+            ``n_init > 1`` each initialisation has its own sub-group.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        InvalidDataError
+            For data that is not 2-D and numeric, or holds NaN or infinite
+            values (found in the first pass over the data).
+        ValueError
+            For invalid hyper-parameters or initial values.
+        """
+        self._check_parameters()
+        if isinstance(X, np.ndarray) or isinstance(X, (list, tuple)):
+            X = np.asarray(X)
+            _check_array_meta(X.shape, X.dtype)
+        K = int(self.n_components)
+        model = self._model()
+        with get_client(client, verbose=bool(self.verbose)) as active:
+            blocks = prepare_blocks(X, active)
+            n_samples, n_features = (int(s) for s in blocks.array.shape)
+            if n_samples < max(K, 2):
+                raise ValueError(
+                    f"expected n_samples >= n_components (and at least 2), got n_components={K}, "
+                    f"n_samples={n_samples}; decrease n_components or give more data"
+                )
+            inits = self._checked_inits(n_features)
+            do_init = not (self.warm_start and hasattr(self, "converged_"))
+            n_init = int(self.n_init) if do_init else 1
+            rngs = run_rngs(self.random_state, n_init)
+            best = None
+            for run, rng in enumerate(rngs):
+                if do_init:
+
+                    def start(rng: np.random.Generator = rng) -> GMMParams:
+                        return self._initial_params(model, blocks, inits, rng, active)
+
+                else:
+                    start = self._fitted_params  # type: ignore[assignment]
+                result = fit_em(
+                    model,
+                    blocks,
+                    params=start,
+                    max_iter=int(self.max_iter),
+                    tol=float(self.tol),
+                    tol_on="mean",
+                    split_every=int(self.split_every),
+                    client=active,
+                    random_state=rng,
+                    verbose=bool(self.verbose),
+                    checkpoint=run_checkpoint(checkpoint, run) if n_init > 1 else checkpoint,
+                    checkpoint_every=checkpoint_every,
+                    resume=resume,
+                    force=force,
+                    checkpoint_meta=self.checkpoint_meta(),
+                    warn_not_converged=False,
+                )
+                if best is None or result.lower_bound > best.lower_bound:
+                    best = result
+        assert best is not None
+        if not best.converged and self.max_iter > 0:
+            warnings.warn(
+                "Best performing initialization did not converge. Try different init parameters, "
+                "or increase max_iter, tol, or check for degenerate data.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        self._set_fitted(best.params)
+        self.converged_ = bool(best.converged)
+        self.n_iter_ = int(best.n_iter)
+        self.lower_bound_ = float(best.lower_bound)
+        self.lower_bounds_ = [float(v) for v in best.history]
+        self.n_features_in_ = n_features
+        return self
+
+    def fit_predict(self, X: Any, y: Any = None, **fit_kwargs: Any) -> Any:
+        """Fit, then the most likely component of every row (lazy for Dask input)."""
+        return self.fit(X, **fit_kwargs).predict(X)
+
+    @property
+    def _fitted_params(self) -> GMMParams:
+        self._check_fitted("weights_")
+        return GMMParams(
+            weights=np.asarray(self.weights_, np.float64),
+            means=np.asarray(self.means_, np.float64),
+            covariances=np.asarray(self.covariances_, np.float64),
+            precisions_cholesky=np.asarray(self.precisions_cholesky_, np.float64),
+        )
+
+    def _set_fitted(self, params: GMMParams) -> None:
+        self.weights_ = np.asarray(params.weights)
+        self.means_ = np.asarray(params.means)
+        self.covariances_ = np.asarray(params.covariances)
+        self.precisions_cholesky_ = np.asarray(params.precisions_cholesky)
+        self.precisions_ = precisions_from_cholesky(self.precisions_cholesky_, self.covariance_type)
+
+    def _initial_params(
+        self,
+        model: GaussianMixtureModel,
+        blocks: Blocks,
+        inits: tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None],
+        rng: np.random.Generator,
+        client: Any,
+    ) -> GMMParams:
+        """Initial parameters as scikit-learn's ``_initialize_parameters`` gives them."""
+        weights_init, means_init, prec_chol_init = inits
+        K = model.n_components
+        ct = model.covariance_type
+        n_features = int(blocks.array.shape[1])
+        if weights_init is not None and means_init is not None and prec_chol_init is not None:
+            cov = covariances_from_precisions_cholesky(prec_chol_init, ct)
+            return GMMParams(weights_init, means_init, cov, prec_chol_init)
+        n_samples = blocks.n_samples
+        if self.init_params in ("kmeans", "random"):
+            if self.init_params == "kmeans":
+                stats, center = self._kmeans_stats(model, blocks, rng, client)
+            else:
+                stats, center = self._random_stats(model, blocks, rng, client)
+            base = model.params_from_stats(stats, center)
+            # scikit-learn divides the initial nk by n_samples, not by their sum
+            weights = (np.asarray(stats["sum_resp"]) + 10 * np.finfo(np.float64).eps) / n_samples
+        else:
+            sample = blocks.sample(max(INIT_SAMPLE_ROWS, K), rng)
+            sample = np.asarray(sample, np.float64)
+            finite = np.isfinite(sample).all(axis=1)
+            if not finite.all():
+                raise InvalidDataError(model.describe_invalid(int((~np.isfinite(sample)).sum())))
+            if len(sample) < K:
+                raise ValueError(f"the data has fewer than n_components={K} rows")
+            if self.init_params == "k-means++":
+                means = kmeans_plusplus(sample, K, rng)
+            else:
+                means = sample[rng.choice(len(sample), size=K, replace=False)]
+            # one row per component, as scikit-learn: covariance reg_covar * I
+            reg = float(model.reg_covar)
+            cov = {
+                "full": np.repeat(np.eye(n_features)[None] * reg, K, axis=0),
+                "tied": np.eye(n_features) * reg,
+                "diag": np.full((K, n_features), reg),
+                "spherical": np.full(K, reg),
+            }[ct]
+            base = GMMParams(np.full(K, 1.0 / K), means, cov, precisions_cholesky_from_covariances(cov, ct))
+            weights = np.full(K, (1.0 + 10 * np.finfo(np.float64).eps) / n_samples)
+        weights = weights if weights_init is None else weights_init
+        means = base.means if means_init is None else means_init
+        if prec_chol_init is None:
+            cov, prec_chol = base.covariances, base.precisions_cholesky
+        else:
+            prec_chol = prec_chol_init
+            cov = covariances_from_precisions_cholesky(prec_chol, ct)
+        return GMMParams(weights, means, cov, prec_chol)
+
+    def _kmeans_stats(
+        self, model: GaussianMixtureModel, blocks: Blocks, rng: np.random.Generator, client: Any
+    ) -> tuple[Stats, np.ndarray]:
+        """Hard-assignment statistics around k-means centres: two steps through the engine."""
+        from .kmeans import kmeans_centers
+
+        try:
+            centers = kmeans_centers(
+                blocks, model.n_components, rng=rng, client=client, split_every=int(self.split_every)
+            )
+        except InvalidDataError as exc:
+            found = re.search(r"(\d+) NaN", str(exc))
+            if found is None:
+                raise
+            raise InvalidDataError(model.describe_invalid(int(found.group(1)))) from None
+        hard = HardAssignment(centers=np.asarray(centers, np.float64), covariance_type=model.covariance_type)
+        stats = expected_stats(hard, blocks, None, client, int(self.split_every))
+        return stats, hard.reference()
+
+    def _random_stats(
+        self, model: GaussianMixtureModel, blocks: Blocks, rng: np.random.Generator, client: Any
+    ) -> tuple[Stats, np.ndarray]:
+        """Statistics of uniformly random responsibilities, one seeded generator per block."""
+        sample = np.asarray(blocks.sample(1000, rng), np.float64)
+        finite = np.isfinite(sample).all(axis=1)
+        center = sample[finite].mean(axis=0) if finite.any() else np.zeros(sample.shape[1])
+        random_model = RandomResponsibilities(
+            n_components=model.n_components,
+            covariance_type=model.covariance_type,
+            seed=int(rng.integers(2**63)),
+            center=tuple(float(c) for c in center),
+        )
+        indexed = Blocks(
+            parts=[dask.delayed(_with_index, pure=True)(i, part) for i, part in enumerate(blocks.parts)],
+            n_samples=blocks.n_samples,
+            array=blocks.array,
+            fingerprint=blocks.fingerprint,
+            client=blocks.client,
+        )
+        stats = expected_stats(random_model, indexed, None, client, int(self.split_every))
+        return stats, center
+
+    # -- inference ------------------------------------------------------------
+
+    def _check_X(self, X: Any) -> None:
+        self._check_fitted("weights_")
+        shape = getattr(X, "shape", None)
+        if shape is not None and len(shape) == 2 and shape[1] != self.n_features_in_:
+            raise InvalidDataError(
+                f"X has {shape[1]} features, but {type(self).__name__} was fitted with {self.n_features_in_}"
+            )
+
+    def _map(self, X: Any, what: str, n_columns: int | None, dtype: Any = np.float64) -> Any:
+        self._check_X(X)
+        return map_rows(X, _rows_output, self._model(), self._fitted_params, what, n_columns=n_columns, dtype=dtype)
+
+    def score_samples(self, X: Any) -> Any:
+        """Log-likelihood of every row under the mixture.
+
+        Returns
+        -------
+        ndarray or dask.array.Array of shape (n_samples,)
+            Lazy (nothing computed) for Dask, Zarr or path input.
+        """
+        return self._map(X, "score_samples", None)
+
+    def predict_proba(self, X: Any) -> Any:
+        """Posterior probability of each component for every row: (n_samples, n_components)."""
+        return self._map(X, "predict_proba", int(self.n_components))
+
+    def predict(self, X: Any) -> Any:
+        """The most likely component of every row: (n_samples,) integers."""
+        return self._map(X, "predict", None, dtype=np.int64)
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean log-likelihood per row (computes for Dask input)."""
+        values = self.score_samples(X)
+        if isinstance(values, np.ndarray):
+            return float(values.mean())
+        return float(values.mean().compute())
+
+    def _n_parameters(self) -> int:
+        K, D = np.shape(self.means_)
+        cov = {"full": K * D * (D + 1) / 2.0, "diag": K * D, "tied": D * (D + 1) / 2.0, "spherical": K}[
+            self.covariance_type
+        ]
+        return int(cov + D * K + K - 1)
+
+    def _n_rows(self, X: Any) -> int:
+        shape = getattr(X, "shape", None)
+        return int(shape[0]) if shape is not None else int(as_dask_array(X).shape[0])
+
+    def bic(self, X: Any) -> float:
+        """Bayesian information criterion on ``X`` (lower is better)."""
+        n = self._n_rows(X)
+        return -2 * self.score(X) * n + self._n_parameters() * math.log(n)
+
+    def aic(self, X: Any) -> float:
+        """Akaike information criterion on ``X`` (lower is better)."""
+        n = self._n_rows(X)
+        return -2 * self.score(X) * n + 2 * self._n_parameters()
+
+    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n_samples`` rows from the fitted mixture (in memory).
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        y : ndarray of shape (n_samples,)
+            The component each row was drawn from.
+        """
+        self._check_fitted("weights_")
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+        rs = self.random_state
+        rng = rs if isinstance(rs, (np.random.RandomState, np.random.Generator)) else np.random.RandomState(rs)
+        counts = rng.multinomial(n_samples, self.weights_)
+        D = self.means_.shape[1]
+        if self.covariance_type in ("full", "tied"):
+            covs = self.covariances_ if self.covariance_type == "full" else [self.covariances_] * len(counts)
+            parts = [rng.multivariate_normal(m, c, int(k)) for m, c, k in zip(self.means_, covs, counts)]
+        else:
+            parts = [
+                m + rng.standard_normal(size=(int(k), D)) * np.sqrt(c)
+                for m, c, k in zip(self.means_, self.covariances_, counts)
+            ]
+        y = np.concatenate([np.full(int(k), j, dtype=int) for j, k in enumerate(counts)])
+        return np.vstack(parts), y
+
+
+def _rows_output(block: np.ndarray, model: GaussianMixtureModel, params: GMMParams, what: str) -> np.ndarray:
+    """Per-row outputs of one block, computed in sub-blocks."""
+    block = np.asarray(block)
+    log_prob = model.weighted_log_prob(block, params)
+    if what == "predict":
+        return log_prob.argmax(axis=1).astype(np.int64)
+    row = np.empty(log_prob.shape[0])
+    _normalize(log_prob, row)
+    return log_prob if what == "predict_proba" else row
+
+
+def _with_index(index: int, block: Any) -> tuple[int, Any]:
+    return index, block
+
+
+@dataclass(frozen=True)
+class RandomResponsibilities:
+    """Statistics of uniformly random responsibilities (scikit-learn's "random" init).
+
+    The engine maps :meth:`e_step` over ``(block_index, block)`` pairs;
+    each block's draws come from a generator seeded by ``seed`` and the
+    block's index, so the result does not depend on scheduling.
+    """
+
+    n_components: int
+    covariance_type: str
+    seed: int
+    center: tuple[float, ...]
+
+    def init_params(self, sample: Any, rng: np.random.Generator) -> None:  # pragma: no cover - unused
+        return None
+
+    def e_step(self, item: tuple[int, Any], params: Any) -> Stats:
+        """Random-responsibility sums of one block, about ``center``."""
+        index, block = item
+        X = np.asarray(block)
+        K = self.n_components
+        D = X.shape[1]
+        model = GaussianMixtureModel(K, self.covariance_type)
+        stats = model._zero_stats(D)
+        work = _Workspace(min(SUB_BLOCK_ROWS, X.shape[0]), K, D, self.covariance_type)
+        rng = np.random.default_rng([self.seed, index])
+        center = np.asarray(self.center)
+        n_invalid = 0
+        for start in range(0, X.shape[0], SUB_BLOCK_ROWS):
+            Y = np.subtract(X[start : start + SUB_BLOCK_ROWS], center, dtype=np.float64)
+            resp = rng.uniform(size=(Y.shape[0], K))
+            resp /= resp.sum(axis=1, keepdims=True)
+            bad = ~np.isfinite(Y).all(axis=1)
+            if bad.any():
+                n_invalid += int((~np.isfinite(Y[bad])).sum())
+                Y[bad] = 0.0
+                resp[bad] = 0.0
+            model._accumulate(stats, Y, resp, work)
+        stats["n"] = np.array(float(X.shape[0]))
+        stats["loglik"] = np.array(0.0)
+        stats["n_invalid"] = np.array(n_invalid)
+        return stats
+
+    def describe_invalid(self, n_invalid: int) -> str:
+        """Same message as the mixture model's."""
+        return GaussianMixtureModel(self.n_components, self.covariance_type).describe_invalid(n_invalid)
+
+    def m_step(self, stats: Stats, params: Any) -> Any:  # pragma: no cover - one pass only
+        return params

@@ -1,0 +1,306 @@
+"""GaussianMixture against scikit-learn, and the properties EM must have."""
+
+from __future__ import annotations
+
+import warnings
+
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.mixture import GaussianMixture as SKGaussianMixture
+
+from dask_em import GaussianMixture
+from dask_em.errors import ConvergenceWarning, InvalidDataError, LikelihoodDecreaseWarning
+from dask_em.models.gmm import (
+    COVARIANCE_TYPES,
+    GaussianMixtureModel,
+    GMMParams,
+    IllConditionedCovarianceError,
+    precisions_cholesky_from_covariances,
+)
+from dask_em.stats import add_stats
+
+K = 3
+
+# Short fits on purpose: parity is checked after a fixed number of iterations.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::dask_em.errors.ConvergenceWarning"),
+    pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
+]
+
+
+def make_data(n=1200, d=3, seed=0, offset=5.0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=3.0, size=(K, d)) + offset
+    labels = rng.integers(K, size=n)
+    scales = rng.uniform(0.5, 1.5, size=(K, d))
+    return centers[labels] + rng.normal(size=(n, d)) * scales[labels]
+
+
+def initial_values(X, covariance_type, seed=1):
+    """Deliberately rough starting values shared by both implementations."""
+    rng = np.random.default_rng(seed)
+    d = X.shape[1]
+    weights = np.array([0.5, 0.3, 0.2])
+    means = X[rng.choice(len(X), K, replace=False)] + 0.1
+    var = X.var(axis=0)
+    precisions = {
+        "full": np.stack([np.diag(1.0 / (var * s)) for s in (1.0, 1.5, 2.0)]),
+        "tied": np.diag(1.0 / var),
+        "diag": np.stack([1.0 / (var * s) for s in (1.0, 1.5, 2.0)]),
+        "spherical": 1.0 / (var.mean() * np.array([1.0, 1.5, 2.0])),
+    }[covariance_type]
+    return dict(weights_init=weights, means_init=means, precisions_init=precisions)
+
+
+def assert_rel(actual, expected, rtol, name):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    err = np.max(np.abs(actual - expected) / np.maximum(np.abs(expected), 1e-300))
+    assert err <= rtol, f"{name}: max relative error {err:.3g} > {rtol}"
+
+
+@pytest.fixture(scope="module")
+def X():
+    return make_data()
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_parity_with_scikit_learn(client, X, covariance_type):
+    inits = initial_values(X, covariance_type)
+    Xd = da.from_array(X, chunks=(300, -1))  # 4 blocks: two levels of tree with split_every=2
+    for n_iter in (1, 5, 50):
+        common = dict(n_components=K, covariance_type=covariance_type, max_iter=n_iter, tol=0.0, **inits)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            ours = GaussianMixture(**common, split_every=2).fit(Xd, client=client)
+            ref = SKGaussianMixture(**common).fit(X)
+        assert ours.n_iter_ == ref.n_iter_ == n_iter
+        for name in ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_"):
+            assert_rel(getattr(ours, name), getattr(ref, name), 1e-6, f"{covariance_type} {n_iter} {name}")
+        assert_rel(ours.lower_bound_, ref.lower_bound_, 1e-6, "lower_bound_")
+        assert_rel(ours.lower_bounds_, ref.lower_bounds_, 1e-6, "lower_bounds_")
+    # and the per-row outputs of the last fit
+    assert_rel(ours.score_samples(X), ref.score_samples(X), 1e-6, "score_samples")
+    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=1e-6)
+    assert ours.score(X) == pytest.approx(ref.score(X), rel=1e-6)
+    assert ours.bic(X) == pytest.approx(ref.bic(X), rel=1e-6)
+    assert ours.aic(X) == pytest.approx(ref.aic(X), rel=1e-6)
+
+
+def fitted_params(X, covariance_type):
+    ref = SKGaussianMixture(K, covariance_type=covariance_type, max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref.fit(X)
+    return GMMParams(ref.weights_, ref.means_, ref.covariances_, ref.precisions_cholesky_)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_statistics_are_additive(X, covariance_type):
+    model = GaussianMixtureModel(K, covariance_type)
+    params = fitted_params(X, covariance_type)
+    whole = model.e_step(X, params)
+    halves = add_stats(model.e_step(X[:517], params), model.e_step(X[517:], params))
+    assert set(whole) == set(halves)
+    for key in whole:
+        np.testing.assert_allclose(halves[key], whole[key], rtol=1e-12, atol=1e-9, err_msg=key)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_chunking_does_not_change_the_fit(client, X, covariance_type):
+    inits = initial_values(X, covariance_type)
+    fits = [
+        GaussianMixture(K, covariance_type=covariance_type, max_iter=10, tol=0, **inits).fit(
+            da.from_array(X, chunks=(rows, -1)), client=client
+        )
+        for rows in (1200, 173)
+    ]
+    for other in fits[1:]:
+        for name in ("weights_", "means_", "covariances_"):
+            assert_rel(getattr(other, name), getattr(fits[0], name), 1e-10, name)
+        assert_rel(other.lower_bound_, fits[0].lower_bound_, 1e-10, "lower_bound_")
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_log_likelihood_never_decreases(client, covariance_type):
+    X = make_data(n=800, d=2, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LikelihoodDecreaseWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm = GaussianMixture(K, covariance_type=covariance_type, max_iter=25, tol=0, init_params="random",
+                             random_state=0).fit(da.from_array(X, chunks=(200, -1)), client=client)
+    history = np.array(gm.lower_bounds_)
+    assert np.all(np.diff(history) >= -1e-9 * np.abs(history[1:]))
+
+
+def test_same_seed_is_bit_identical_on_one_and_two_workers(client):
+    from distributed import Client, LocalCluster
+
+    X = da.from_array(make_data(n=1000, d=3, seed=5), chunks=(125, -1))
+    kwargs = dict(n_components=K, max_iter=5, tol=0, random_state=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        two = GaussianMixture(**kwargs).fit(X, client=client)
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=":0") as cluster, Client(cluster, set_as_default=False) as one_client:
+            one = GaussianMixture(**kwargs).fit(X, client=one_client)
+    for name in ("weights_", "means_", "covariances_", "lower_bounds_"):
+        np.testing.assert_array_equal(np.asarray(getattr(one, name)), np.asarray(getattr(two, name)), err_msg=name)
+
+
+@pytest.mark.parametrize("init_params", ["kmeans", "k-means++", "random", "random_from_data"])
+def test_every_init_fits_separated_clusters(client, init_params):
+    rng = np.random.default_rng(11)
+    X = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])[rng.integers(K, size=900)] + rng.normal(size=(900, 2))
+    gm = GaussianMixture(K, init_params=init_params, random_state=0, max_iter=100, tol=1e-4,
+                         n_init=1 if init_params in ("kmeans", "random") else 2)
+    labels = gm.fit_predict(da.from_array(X, chunks=(300, -1)), client=client)
+    assert isinstance(labels, da.Array)
+    assert gm.converged_
+    ref = SKGaussianMixture(K, init_params="kmeans", random_state=0, tol=1e-6, max_iter=200).fit(X)
+    # the global optimum on well separated clusters: same log-likelihood
+    assert gm.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-3)
+    assert np.all(np.isfinite(gm.covariances_))
+
+
+def test_float32_input(client, X):
+    inits = initial_values(X, "full")
+    X32 = X.astype(np.float32)
+    ours = GaussianMixture(K, max_iter=10, tol=0, **inits).fit(da.from_array(X32, chunks=(300, -1)), client=client)
+    ref = GaussianMixture(K, max_iter=10, tol=0, **inits).fit(X32.astype(np.float64), client=client)
+    # computed in float64 from the float32 values: same result as the converted data
+    assert_rel(ours.means_, ref.means_, 1e-12, "means_")
+    assert ours.means_.dtype == np.float64
+    assert ours.predict(X32).dtype == np.int64
+
+
+def test_predict_is_lazy_on_dask_input(client, X):
+    gm = GaussianMixture(K, max_iter=5, tol=0, **initial_values(X, "diag"), covariance_type="diag")
+    gm.fit(X, client=client)
+    Xd = da.from_array(X, chunks=(250, -1))
+    proba, labels, scores = gm.predict_proba(Xd), gm.predict(Xd), gm.score_samples(Xd)
+    for lazy in (proba, labels, scores):
+        assert isinstance(lazy, da.Array)
+    assert proba.shape == (len(X), K) and labels.shape == (len(X),) and scores.shape == (len(X),)
+    computed = client.compute([proba, labels, scores], sync=True)
+    np.testing.assert_allclose(computed[0], gm.predict_proba(X), rtol=1e-12)
+    np.testing.assert_array_equal(computed[1], gm.predict(X))
+    np.testing.assert_allclose(computed[2], gm.score_samples(X), rtol=1e-12)
+    assert isinstance(gm.predict(X), np.ndarray)
+
+
+def test_sample_and_fitted_attributes(client, X):
+    gm = GaussianMixture(K, max_iter=3, tol=0, random_state=0, **initial_values(X, "tied"),
+                         covariance_type="tied").fit(X, client=client)
+    samples, labels = gm.sample(500)
+    assert samples.shape == (500, X.shape[1]) and labels.shape == (500,)
+    for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_", "converged_",
+                 "n_iter_", "lower_bound_", "lower_bounds_", "n_features_in_"):
+        assert hasattr(gm, name), name
+
+
+def test_clone_and_pipeline(client, X):
+    from sklearn.base import clone
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    gm = GaussianMixture(K, covariance_type="diag", random_state=3, max_iter=50)
+    copy = clone(gm)
+    assert copy.get_params() == gm.get_params() and copy is not gm
+    pipe = make_pipeline(StandardScaler(), GaussianMixture(K, random_state=0, init_params="k-means++"))
+    labels = pipe.fit(X, gaussianmixture__client=client).predict(X)
+    assert labels.shape == (len(X),) and set(np.unique(labels)) <= set(range(K))
+    assert np.isfinite(pipe.score(X))
+
+
+def test_warm_start_continues(client, X):
+    inits = initial_values(X, "full")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        once = GaussianMixture(K, max_iter=6, tol=0, **inits).fit(X, client=client)
+        twice = GaussianMixture(K, max_iter=3, tol=0, warm_start=True, **inits).fit(X, client=client)
+        twice.fit(X, client=client)
+    assert_rel(twice.means_, once.means_, 1e-10, "means_")
+
+
+# -- bad input --------------------------------------------------------------
+
+
+def test_nan_and_inf_are_counted_in_the_first_pass(client, X):
+    bad = X.copy()
+    bad[3, 1] = np.nan
+    bad[700, 0] = np.inf
+    bad[701, :] = np.nan
+    Xd = da.from_array(bad, chunks=(200, -1))
+    for init_params in ("kmeans", "random"):
+        with pytest.raises(InvalidDataError, match=r"5 NaN or infinite values.*MultivariateNormal"):
+            GaussianMixture(K, init_params=init_params).fit(Xd, client=client)
+    with pytest.raises(InvalidDataError, match="5 NaN"):
+        GaussianMixture(K, **initial_values(X, "full")).fit(Xd, client=client)
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (np.zeros(10), "2-D"),
+        (np.zeros((4, 3, 2)), "2-D"),
+        (np.array([["a", "b"], ["c", "d"]]), "numeric"),
+        (np.zeros((2, 2)), "n_samples >= n_components"),
+    ],
+)
+def test_bad_shapes_and_dtypes(client, data, match):
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(K).fit(data, client=client)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (dict(n_components=0), "n_components"),
+        (dict(covariance_type="banana"), "covariance_type"),
+        (dict(init_params="kmeans||"), "init_params"),
+        (dict(reg_covar=-1.0), "reg_covar"),
+        (dict(n_init=0), "n_init"),
+        (dict(means_init=np.zeros((K, 2))), r"means_init must have shape .* \(3, 3\)"),
+        (dict(weights_init=np.array([0.5, 0.6, 0.1])), "sum to 1"),
+        (dict(precisions_init=np.stack([np.eye(3), -np.eye(3), np.eye(3)])), "not positive definite"),
+        (dict(precisions_init=np.eye(3)), "must have shape"),
+    ],
+)
+def test_bad_parameters(client, X, params, match):
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(**{"n_components": K, **params}).fit(X, client=client)
+
+
+def test_constant_data_is_regularised(client):
+    X = np.ones((300, 2))
+    gm = GaussianMixture(2, random_state=0).fit(X, client=client)
+    assert np.all(np.isfinite(gm.means_)) and np.all(np.isfinite(gm.covariances_))
+    np.testing.assert_allclose(gm.covariances_[0], np.eye(2) * 1e-6, rtol=1e-6)
+
+
+def test_singular_covariance_error_says_what_to_try():
+    with pytest.raises(IllConditionedCovarianceError, match="increase reg_covar"):
+        precisions_cholesky_from_covariances(np.zeros((1, 2, 2)), "full")
+    with pytest.raises(ValueError, match="decrease the number of components"):
+        precisions_cholesky_from_covariances(np.zeros(2), "spherical")
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_empty_component_keeps_its_parameters(client, covariance_type):
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(200, 2)), rng.normal(size=(200, 2)) + 8])
+    means = np.array([[0.0, 0.0], [8.0, 8.0], [1e4, 1e4]])  # the third is far from every row
+    precisions = {
+        "full": np.stack([np.eye(2)] * 3), "tied": np.eye(2), "diag": np.ones((3, 2)), "spherical": np.ones(3)
+    }[covariance_type]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm = GaussianMixture(3, covariance_type=covariance_type, max_iter=5, tol=0, weights_init=[0.4, 0.4, 0.2],
+                             means_init=means, precisions_init=precisions).fit(X, client=client)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        assert np.all(np.isfinite(getattr(gm, name))), name
+    assert gm.weights_[2] < 1e-15
+    np.testing.assert_array_equal(gm.means_[2], means[2])
+    assert np.all(np.isfinite(gm.score_samples(X)))
+    assert np.all(gm.predict(X) != 2)

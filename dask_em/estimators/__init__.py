@@ -8,12 +8,15 @@ from .missing import MultivariateNormal
 from .mixtures import BernoulliMixture, CategoricalMixture, PoissonMixture
 
 __all__ = [
+    "BernoulliMixture",
     "CategoricalHMM",
+    "CategoricalMixture",
     "EMEstimator",
     "GaussianHMM",
     "GaussianMixture",
     "KMeans",
     "MultivariateNormal",
     "PoissonHMM",
+    "PoissonMixture",
     "kmeans_centers",
 ]

@@ -197,3 +197,15 @@ def test_kmeans_plusplus_weighted():
     centers = kmeans_plusplus(X, 3, rng, sample_weight=np.array([5.0, 1.0, 1.0, 0.0]))
     # The zero-weight row is never chosen; the three distinct points are.
     assert sorted(map(tuple, centers)) == [(0.0, 0.0), (0.0, 10.0), (10.0, 0.0)]
+
+
+def test_resume_from_checkpoint_is_bit_identical(client, data, tmp_path):
+    pytest.importorskip("dask_em.checkpoint")
+    X, C0 = data
+    path = str(tmp_path / "km.zarr")
+    KMeans(6, init=C0, max_iter=3, tol=0).fit(X, client=client, checkpoint=path)
+    resumed = KMeans(6, init=C0, max_iter=7, tol=0).fit(X, client=client, checkpoint=path)
+    straight = KMeans(6, init=C0, max_iter=7, tol=0).fit(X, client=client)
+    assert resumed.n_iter_ == 7
+    assert np.array_equal(resumed.cluster_centers_, straight.cluster_centers_)
+    assert resumed.inertia_ == straight.inertia_

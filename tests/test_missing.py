@@ -158,3 +158,31 @@ def test_model_through_fit_em_is_monotone(client):
         fit_em(MVNMissingModel(), X, max_iter=30, tol=0, client=client, warn_not_converged=False,
                callbacks=[lambda info: history.append(info.loglik)])
     assert np.all(np.diff(history) >= -1e-9)
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_grouped_and_per_row_e_steps_agree(structured, monkeypatch):
+    # per-entry missingness takes the per-row kernel, column-block missingness the grouped one
+    import dask_em.models.mvn_missing as mvn
+
+    rng = np.random.default_rng(9)
+    D = 16
+    A = rng.normal(size=(D, D))
+    cov = A @ A.T / D + np.eye(D)
+    X = rng.multivariate_normal(np.zeros(D), cov, size=3000)
+    if structured:
+        group = rng.integers(0, 3, size=len(X))
+        X[group == 1, :3] = np.nan
+        X[group == 2, 5:] = np.nan
+    else:
+        X[rng.random(X.shape) < 0.3] = np.nan
+    X[7] = np.nan
+    params = MVNParams(np.full(D, 0.1), cov)
+    assert mvn.patterns_mostly_unique(np.isnan(X)) is (not structured)
+    monkeypatch.setattr(mvn, "SUB_BLOCK_ROWS", 512)
+    got = MVNMissingModel().e_step(X, params)
+    monkeypatch.setattr(mvn, "patterns_mostly_unique", lambda miss: False)
+    other = MVNMissingModel().e_step(X, params)  # always grouped
+    for key in got:
+        np.testing.assert_allclose(got[key], other[key], rtol=1e-11, atol=1e-9)
+    np.testing.assert_allclose(got["loglik"], _observed_loglik(X, params.mean, params.covariance), rtol=1e-11)

@@ -378,7 +378,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         truth = make_blobs_zarr(
             path, n, d, k, chunk_rows=chunk_rows, covariance_type=args.covariance_type,
-            random_state=args.random_state, client=client, overwrite=bool(args.path),
+            random_state=args.random_state, separation=args.separation, client=client,
+            overwrite=bool(args.path),
         )
         write_seconds = time.perf_counter() - start
         n_chunks = -(-n // chunk_rows)
@@ -726,6 +727,8 @@ def _common(p: argparse.ArgumentParser, *, scheduler: bool = True, json_output: 
     if json_output:
         p.add_argument("--json", action="store_true", help="print the result as JSON on standard output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or messages on standard error")
+    # SUPPRESS: given after the subcommand it sets the flag, absent it leaves the top-level value.
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of errors")
 
 
 def _model_options(p: argparse.ArgumentParser, *, with_k: bool = True) -> None:
@@ -781,6 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=int, default=100)
     p.add_argument("--tol", type=float, default=1e-3)
     p.add_argument("--random-state", type=int, default=0)
+    p.add_argument("--separation", type=float, default=2.5,
+                   help="distance between component means in standard deviations")
     p.add_argument("--path", default=None, help="write the dataset here instead of a temporary directory")
     _common(p)
     p.set_defaults(func=cmd_demo)
@@ -898,10 +903,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``dask-em`` with ``argv`` (default: the process arguments); return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.debug:
-        import warnings
+    import logging
+    import warnings
 
+    logger = logging.getLogger("distributed")
+    saved = (warnings.showwarning, logger.level)
+    if not args.debug:
         warnings.showwarning = _show_warning
+        # Shutdown chatter of a LocalCluster is not the user's business.
+        logger.setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -913,6 +923,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
         return _exit_code(exc)
+    finally:
+        warnings.showwarning = saved[0]
+        logger.setLevel(saved[1])
 
 
 if __name__ == "__main__":

@@ -418,15 +418,18 @@ def _as_estimator(member: _Member, reg_covar: float, max_iter: int, tol: float, 
         n_components=member.n_components, covariance_type=member.covariance_type, reg_covar=reg_covar,
         max_iter=max_iter, tol=tol, random_state=random_state,
     )
-    est.weights_ = np.asarray(p.weights)
-    est.means_ = np.asarray(p.means)
-    est.covariances_ = np.asarray(p.covariances)
-    est.precisions_cholesky_ = np.asarray(p.precisions_cholesky)
-    est.precisions_ = precisions_from_cholesky(est.precisions_cholesky_, member.covariance_type)
+    if hasattr(est, "_set_fitted"):
+        est._set_fitted(p)
+    else:
+        est.weights_ = np.asarray(p.weights)
+        est.means_ = np.asarray(p.means)
+        est.covariances_ = np.asarray(p.covariances)
+        est.precisions_cholesky_ = np.asarray(p.precisions_cholesky)
+        est.precisions_ = precisions_from_cholesky(est.precisions_cholesky_, member.covariance_type)
     history = list(member.monitor.history) if member.monitor else []
     est.converged_ = bool(member.monitor.converged) if member.monitor else False
     est.n_iter_ = len(history)
     est.lower_bound_ = history[-1] if history else -math.inf
     est.lower_bounds_ = history
-    est.n_features_in_ = est.means_.shape[1]
+    est.n_features_in_ = int(np.shape(p.means)[1])
     return est

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import dask
 from distributed import Client, LocalCluster, Security
 
 #: Environment variable naming the scheduler address when none is given.
@@ -118,7 +119,8 @@ def get_client(
     """Yield the client to run on, closing only what this call started.
 
     The order is: ``client`` if given; the current distributed client;
-    ``scheduler`` or ``$DASK_EM_SCHEDULER`` as an address; a new
+    ``scheduler``, ``$DASK_EM_SCHEDULER`` or Dask's ``scheduler-address``
+    setting (``$DASK_SCHEDULER_ADDRESS``) as an address; a new
     LocalCluster on 127.0.0.1 whose dashboard link is printed.
 
     Parameters
@@ -140,7 +142,9 @@ def get_client(
     if current is not None and scheduler is None:
         yield current
         return
-    address = scheduler or os.environ.get(SCHEDULER_ENV)
+    # Dask's own setting last: the Kubernetes operator's DaskJob and other
+    # deployments name the scheduler in $DASK_SCHEDULER_ADDRESS.
+    address = scheduler or os.environ.get(SCHEDULER_ENV) or dask.config.get("scheduler-address", None)
     if address:
         with Client(address, security=resolve_security(security), set_as_default=False) as started:
             yield started

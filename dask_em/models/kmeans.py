@@ -150,6 +150,37 @@ def _lloyd_block(X, C, counts, sum_x):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, fastmath=False, cache=True)
+def _lloyd_block_f64(X, C, counts, sum_x):  # pragma: no cover - compiled
+    # float64 rows go to BLAS straight from the block, without a copy; a row
+    # holding NaN/inf shows up as a non-finite distance and is skipped.
+    n, d = X.shape
+    CT = np.ascontiguousarray(C.T)
+    cc = _sq_norms(C)
+    inertia = 0.0
+    n_invalid = 0
+    for start in range(0, n, CHUNK_ROWS):
+        stop = min(n, start + CHUNK_ROWS)
+        G = np.dot(X[start:stop], CT)
+        for r in range(stop - start):
+            i = start + r
+            best = _argmin_row(G, r, cc)
+            s = 0.0
+            for j in range(d):
+                t = X[i, j] - C[best, j]
+                s += t * t
+            if not math.isfinite(s):
+                bad = _row_invalid(X, i)
+                if bad:
+                    n_invalid += bad
+                    continue
+            counts[best] += 1.0
+            for j in range(d):
+                sum_x[best, j] += X[i, j]
+            inertia += s
+    return inertia, n_invalid
+
+
+@njit(nogil=True, fastmath=False, cache=True)
 def _nearest_block(X, C, labels, min_dist):  # pragma: no cover - compiled
     n, d = X.shape
     CT = np.ascontiguousarray(C.T)
@@ -327,7 +358,8 @@ class KMeansModel:
         k, d = params.cluster_centers.shape
         counts = np.zeros(k)
         sum_x = np.zeros((k, d))
-        inertia, n_invalid = _lloyd_block(X, _centers(params.cluster_centers), counts, sum_x)
+        kernel = _lloyd_block_f64 if X.dtype == np.float64 else _lloyd_block
+        inertia, n_invalid = kernel(X, _centers(params.cluster_centers), counts, sum_x)
         return {
             "n": np.array(float(X.shape[0])),
             "loglik": np.array(-inertia),

@@ -122,7 +122,7 @@ def expected_stats(
         stats = _compute(client, level[0])
     else:
         stats = level[0].compute(scheduler="threads", optimize_graph=False)
-    return _checked(model, stats)
+    return _checked(model, stats, params)
 
 
 def _compute(client: Any, graph: Any) -> Stats:
@@ -153,13 +153,18 @@ def _compute(client: Any, graph: Any) -> Stats:
         ) from exc
 
 
-def _checked(model: EMModel, stats: Stats) -> Stats:
+def _checked(model: EMModel, stats: Stats, params: Any = None) -> Stats:
     stats = dict(stats)
     n_invalid = int(stats.pop("n_invalid", 0))
     if n_invalid > 0:
         describe = getattr(model, "describe_invalid", None)
         message = describe(n_invalid) if describe else f"{n_invalid} values are outside the model's support"
         raise InvalidDataError(message)
+    # Optional: a model whose log-likelihood is not a sum over blocks (e.g.
+    # REML's log det of a summed matrix) completes it from the summed stats.
+    finish = getattr(model, "finish_stats", None)
+    if finish is not None:
+        stats = finish(stats, params)
     loglik = float(stats["loglik"])
     if not math.isfinite(loglik):
         raise DaskEMError(

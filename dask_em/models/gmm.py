@@ -478,7 +478,7 @@ def _normalize(log_prob, row_loglik):  # pragma: no cover - compiled
     """Responsibilities in place of log-probabilities, and each row's logsumexp.
 
     A row whose log-probabilities are not finite (NaN or inf in the data)
-    gets a non-finite log-likelihood, which the caller counts.
+    gets a NaN log-likelihood and is left as it is, for the caller to count.
     """
     n, K = log_prob.shape
     for i in range(n):
@@ -491,11 +491,14 @@ def _normalize(log_prob, row_loglik):  # pragma: no cover - compiled
             continue
         total = 0.0
         for k in range(K):
-            e = np.exp(log_prob[i, k] - top)
+            d = log_prob[i, k] - top
+            # exp underflows to exactly 0 below -745.2: skip the call
+            e = np.exp(d) if d > -746.0 else 0.0
             log_prob[i, k] = e
             total += e
+        inv = 1.0 / total
         for k in range(K):
-            log_prob[i, k] /= total
+            log_prob[i, k] *= inv
         row_loglik[i] = np.log(total) + top
 
 

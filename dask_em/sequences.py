@@ -123,19 +123,40 @@ def _as_2d(values: Any) -> np.ndarray:
     return values
 
 
-def _pack(values: Any, lengths: Any) -> tuple[np.ndarray, np.ndarray]:
-    return _as_2d(values), np.asarray(lengths, dtype=np.int64)
+class SequencePart(tuple):
+    """One partition: the tuple ``(values, lengths)``.
+
+    ``np.asarray(part)`` gives the values followed by the lengths as one flat
+    float64 array, so content hashes (checkpoint fingerprints) see both.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, values: np.ndarray, lengths: np.ndarray) -> SequencePart:
+        return super().__new__(cls, (values, lengths))
+
+    def __getnewargs__(self) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(self)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        values, lengths = self
+        flat = np.concatenate([np.asarray(values, dtype=np.float64).ravel(), np.asarray(lengths, dtype=np.float64)])
+        return flat if dtype is None else flat.astype(dtype)
+
+
+def _pack(values: Any, lengths: Any) -> SequencePart:
+    return SequencePart(_as_2d(values), np.asarray(lengths, dtype=np.int64))
 
 
 def _pack_list(seqs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     """A bag partition (a list of sequences) as one ``(values, lengths)`` block."""
     arrays = [_as_2d(s) for s in seqs]
     if not arrays:
-        return np.empty((0, 1)), np.empty(0, dtype=np.int64)
+        return SequencePart(np.empty((0, 1)), np.empty(0, dtype=np.int64))
     widths = {a.shape[1] for a in arrays}
     if len(widths) > 1:
         raise InvalidDataError(f"sequences have different numbers of features: {sorted(widths)}")
-    return np.concatenate(arrays, axis=0), np.array([len(a) for a in arrays], dtype=np.int64)
+    return SequencePart(np.concatenate(arrays, axis=0), np.array([len(a) for a in arrays], dtype=np.int64))
 
 
 def _part_info(part: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, int, str]:
@@ -151,12 +172,12 @@ def _take(ranges: list[tuple[int, int, int]], *parts: tuple[np.ndarray, np.ndarr
         offsets = np.r_[0, np.cumsum(l_)]
         values.append(v[offsets[lo] : offsets[hi]])
         lengths.append(l_[lo:hi])
-    return np.concatenate(values, axis=0), np.concatenate(lengths)
+    return SequencePart(np.concatenate(values, axis=0), np.concatenate(lengths))
 
 
 def _read_zarr_part(source: Any, start: int, stop: int, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     group = _open_group(source)
-    return _as_2d(group["values"][start:stop]), lengths
+    return SequencePart(_as_2d(group["values"][start:stop]), lengths)
 
 
 def _open_group(source: Any) -> Any:
@@ -360,7 +381,7 @@ def sequence_blocks(
     n = n_partitions or default_partitions(client, values.nbytes)
     plan = plan_partitions(lengths, n)
     offsets = np.r_[0, np.cumsum(lengths)]
-    pieces = [(values[offsets[lo] : offsets[hi]], lengths[lo:hi]) for lo, hi in plan]
+    pieces = [SequencePart(values[offsets[lo] : offsets[hi]], lengths[lo:hi]) for lo, hi in plan]
     if client is not None:
         futures = client.scatter(pieces, hash=False)
         parts = [dask.delayed(f) for f in futures]
@@ -461,7 +482,7 @@ def _zarr_blocks(source: Any, lengths: Any, client: Any, n_partitions: int | Non
 
 
 def _astype(part: tuple[np.ndarray, np.ndarray], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-    return part[0].astype(dtype, copy=False), part[1]
+    return SequencePart(part[0].astype(dtype, copy=False), part[1])
 
 
 def _bag_blocks(bag: Any, client: Any, n_partitions: int | None, persist: bool | None, dtype: Any) -> SequenceBlocks:

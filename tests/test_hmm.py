@@ -254,3 +254,18 @@ def test_bad_input_is_reported(client):
         pois.fit(np.r_[counts, [[0.5, 2], [1, 2.5]]], client=client)
     with pytest.raises(ValueError, match="unknown params"):
         GaussianHMM(2, params=("s", "t")).fit(X, client=client)
+
+
+def test_checkpoint_resume_is_bit_identical(client, tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 2))
+    X[1500:] += 3
+    lengths = [1000, 1000, 1000]
+    kw = dict(tol=0.0, random_state=0, n_init=2, n_init_iter=2, n_partitions=3)
+    full = GaussianHMM(2, max_iter=6, **kw).fit(X, lengths, client=client)
+    path = str(tmp_path / "ckpt.zarr")
+    GaussianHMM(2, max_iter=3, **kw).fit(X, lengths, client=client, checkpoint=path)
+    resumed = GaussianHMM(2, max_iter=6, **kw).fit(X, lengths, client=client, checkpoint=path, force=True)
+    np.testing.assert_array_equal(resumed.means_, full.means_)
+    np.testing.assert_array_equal(resumed.transmat_, full.transmat_)
+    assert resumed.history_ == full.history_

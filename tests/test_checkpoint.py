@@ -425,8 +425,11 @@ def test_checkpoint_and_model_on_s3(X, client, reference, s3_server, monkeypatch
     options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_server, "region_name": "us-east-1"}}
     monkeypatch.setitem(fsspec.config.conf, "s3", options)
     s3fs.S3FileSystem.clear_instance_cache()
+    import boto3  # a dependency of moto
+
+    boto3.client("s3", endpoint_url=s3_server, aws_access_key_id="testing", aws_secret_access_key="testing",
+                 region_name="us-east-1").create_bucket(Bucket="ckpt-bucket")
     fs = fsspec.filesystem("s3")
-    fs.mkdir("ckpt-bucket")
     path = "s3://ckpt-bucket/fits/fit.zarr"
     fit(X, client, path, max_iter=3)
     assert checkpoint_iteration(path) == 3

@@ -442,7 +442,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     fit_kwargs: dict[str, Any] = {}
     if args.checkpoint:
         fit_kwargs.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
-        _record_cli_call(args.checkpoint, args)
     if args.lengths:
         fit_kwargs["lengths"] = _read_lengths(args.lengths)
     with _Session(args) as client:
@@ -471,52 +470,57 @@ def _read_lengths(spec: str) -> Any:
     return np.asarray(zarr.open_array(spec, mode="r")[...])
 
 
-#: Attribute of a checkpoint group where ``dask-em fit`` records how to resume it.
-CLI_ATTRIBUTE = "dask_em_cli"
+def _estimator_from_record(record: dict[str, Any]) -> Any:
+    """An unfitted estimator of the class and configuration recorded in a checkpoint."""
+    import importlib
 
-
-def _record_cli_call(checkpoint: str, args: argparse.Namespace) -> None:
-    """Remember the model, input and options of a fit next to its checkpoint."""
-    import zarr
-
-    call = {
-        "model": args.model,
-        "input": args.input if _is_url(args.input) else os.path.abspath(_local(args.input)),
-        "n_components": args.n_components,
-        "columns": args.columns,
-        "lengths": args.lengths,
-        "param": args.param or [],
-        **{k: getattr(args, k) for k in ("covariance_type", "max_iter", "tol", "n_init", "reg_covar",
-                                          "init_params", "random_state")},
-    }
-    group = zarr.open_group(checkpoint, mode="a")
-    group.attrs[CLI_ATTRIBUTE] = call
+    dotted = str(record.get("estimator") or "")
+    module_name, _, class_name = dotted.rpartition(".")
+    if not module_name.startswith("dask_em."):  # only our own classes; nothing is unpickled
+        raise UsageError(f"the checkpoint records estimator {dotted!r}, which is not a dask-em estimator")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise NotAvailableError(f"estimator {dotted!r} of the checkpoint is not available: {exc}") from exc
+    return cls(**dict(record.get("config") or {}))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue a fit from its checkpoint."""
     _check_exists(args.checkpoint, "checkpoint")
-    import zarr
-
-    try:
-        group = zarr.open_group(args.checkpoint, mode="r")
-    except Exception as exc:
-        raise UsageError(f"cannot open checkpoint {args.checkpoint!r}: {exc}") from exc
-    call = dict(group.attrs.get(CLI_ATTRIBUTE) or {})
-    if not call:
-        raise UsageError(
-            f"{args.checkpoint!r} was not written by 'dask-em fit --checkpoint'; resume it from Python with "
-            "estimator.fit(X, checkpoint=PATH)"
-        )
-    fit_args = argparse.Namespace(
-        model=call["model"], input=args.input or call["input"], columns=call.get("columns"),
-        lengths=call.get("lengths"), param=list(call.get("param") or []), n_components=call.get("n_components"),
-        checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, output=args.output,
-        overwrite=args.overwrite, json=args.json, quiet=args.quiet, scheduler=args.scheduler,
-        **{k: call.get(k) for k in ("covariance_type", "tol", "n_init", "reg_covar", "init_params", "random_state")},
-        max_iter=args.max_iter if args.max_iter is not None else call.get("max_iter"),
-    )
-    return cmd_fit(fit_args)
+    _check_exists(args.input)
+    io = _require("io", "resuming")
+    record = None
+    for candidate in (args.checkpoint, args.checkpoint.rstrip("/") + "/run-0"):
+        try:
+            record = io.describe(candidate)
+        except Exception:
+            continue
+        if record.get("kind") == "checkpoint":
+            break
+        record = None
+    if record is None:
+        raise UsageError(f"{args.checkpoint!r} is not a dask-em checkpoint")
+    estimator = _estimator_from_record(record)
+    if args.max_iter is not None:
+        estimator.set_params(max_iter=args.max_iter)
+    if "verbose" in estimator.get_params():
+        estimator.set_params(verbose=0 if args.quiet else 1)
+    X = read_input(args.input, columns=args.columns)
+    _note(args, f"dask-em: resuming {type(estimator).__name__} from {args.checkpoint} "
+                f"(iteration {record.get('iteration', '?')})")
+    with _Session(args) as client:
+        start = time.perf_counter()
+        estimator.fit(X, client=client, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+                      resume=True, force=args.force)
+        seconds = time.perf_counter() - start
+    if args.output:
+        _save(estimator, args.output, args.overwrite)
+    if args.json:
+        _print_json({**_fitted_summary(estimator), "seconds": seconds, "output": args.output})
+    else:
+        _print_fit_text(estimator, seconds, args.output)
+    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -807,11 +811,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_fit)
 
-    p = add("resume", "continue a 'dask-em fit --checkpoint' run from its last snapshot",
-            "dask-em resume ckpt.zarr --max-iter 200 --output model.zarr")
-    p.add_argument("checkpoint", help="checkpoint written by 'dask-em fit --checkpoint'")
-    p.add_argument("input", nargs="?", default=None, help="the data (default: the path recorded at fit time)")
+    p = add("resume", "continue a fit from the last snapshot of its checkpoint",
+            "dask-em resume ckpt.zarr data.zarr --max-iter 200 --output model.zarr")
+    p.add_argument("checkpoint", help="checkpoint of 'dask-em fit --checkpoint' or estimator.fit(checkpoint=...)")
+    p.add_argument("input", help="the same data the fit started on (checked against the checkpoint)")
     p.add_argument("--max-iter", type=int, default=None, help="new iteration limit")
+    p.add_argument("--force", action="store_true", help="resume even if data or settings differ")
+    _input_options(p)
     p.add_argument("--checkpoint-every", type=int, default=1, metavar="N")
     p.add_argument("-o", "--output", default=None, metavar="MODEL.zarr")
     p.add_argument("--overwrite", action="store_true")

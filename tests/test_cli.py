@@ -196,10 +196,10 @@ def test_fit_with_checkpoint_then_resume(blobs, cluster, tmp_path):
     first = json.loads(run("fit", "gmm", blobs["zarr"], "-k", "3", "--random-state", "0", "--max-iter", "2",
                            "--tol", "0", "--checkpoint", ckpt, "--json", "--quiet", *addr).stdout)
     assert first["fitted"]["n_iter_"] == 2
-    second = json.loads(run("resume", ckpt, "--max-iter", "4", "--json", "--quiet", *addr).stdout)
+    second = json.loads(run("resume", ckpt, blobs["zarr"], "--max-iter", "4", "--json", "--quiet", *addr).stdout)
     assert second["fitted"]["n_iter_"] == 4
-    code, _, err = call("resume", blobs["zarr"])
-    assert code == 2 and "not written by 'dask-em fit --checkpoint'" in err
+    code, _, err = call("resume", blobs["zarr"], blobs["zarr"])
+    assert code == 2 and "is not a dask-em checkpoint" in err
 
 
 def test_select_picks_the_true_mixture(blobs, cluster):

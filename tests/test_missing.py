@@ -186,3 +186,111 @@ def test_grouped_and_per_row_e_steps_agree(structured, monkeypatch):
     for key in got:
         np.testing.assert_allclose(got[key], other[key], rtol=1e-11, atol=1e-9)
     np.testing.assert_allclose(got["loglik"], _observed_loglik(X, params.mean, params.covariance), rtol=1e-11)
+
+
+# --- Gaussian mixture with missing values ------------------------------------
+
+from dask_em.models.gmm import GaussianMixtureModel  # noqa: E402
+from dask_em.models.gmm_missing import GaussianMixtureMissingModel  # noqa: E402
+
+
+def _two_clusters(seed=0):
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.normal(size=(300, 3)), rng.normal(size=(200, 3)) @ np.diag([2.0, 1.0, 0.5]) + 3.0])
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+def test_gmm_missing_without_nan_equals_complete_model_and_sklearn(covariance_type, client):
+    from sklearn.mixture import GaussianMixture as SkGMM
+
+    X = _two_clusters()
+    start = GaussianMixtureModel(2, covariance_type).init_params(X, np.random.default_rng(1))
+    ours = fit_em(GaussianMixtureMissingModel(2, covariance_type), da.from_array(X, chunks=(128, 3)), start,
+                  max_iter=8, tol=0, client=client, warn_not_converged=False).params
+    plain = fit_em(GaussianMixtureModel(2, covariance_type), da.from_array(X, chunks=(128, 3)), start,
+                   max_iter=8, tol=0, client=client, warn_not_converged=False).params
+    for name in ("weights", "means", "covariances"):
+        np.testing.assert_allclose(getattr(ours, name), getattr(plain, name), rtol=1e-10)
+    prec = start.precisions_cholesky
+    if covariance_type == "full":
+        prec = np.einsum("kij,klj->kil", prec, prec)
+    elif covariance_type == "tied":
+        prec = prec @ prec.T
+    else:
+        prec = prec**2
+    sk = SkGMM(2, covariance_type=covariance_type, max_iter=8, tol=0, weights_init=start.weights,
+               means_init=start.means, precisions_init=prec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk.fit(X)
+    np.testing.assert_allclose(ours.weights, sk.weights_, rtol=1e-10)
+    np.testing.assert_allclose(ours.means, sk.means_, rtol=1e-10)
+    np.testing.assert_allclose(ours.covariances, sk.covariances_, rtol=1e-10)
+
+
+def _brute_gmm_stats(X, params, covs):
+    from scipy.special import logsumexp
+
+    K, D = params.means.shape
+    c = params.weights @ params.means
+    ll, sx, sxx = 0.0, np.zeros((K, D)), np.zeros((K, D, D))
+    for x in X:
+        o = ~np.isnan(x)
+        m = ~o
+        if not o.any():
+            continue
+        lp = np.array([np.log(params.weights[k]) + multivariate_normal(params.means[k][o], covs[k][np.ix_(o, o)]).logpdf(x[o])
+                       for k in range(K)])
+        total = logsumexp(lp)
+        ll += total
+        r = np.exp(lp - total)
+        for k in range(K):
+            S, xh, C = covs[k], x.copy(), np.zeros((D, D))
+            if m.any():
+                gain = S[np.ix_(m, o)] @ np.linalg.inv(S[np.ix_(o, o)])
+                xh[m] = params.means[k][m] + gain @ (x[o] - params.means[k][o])
+                C[np.ix_(m, m)] = S[np.ix_(m, m)] - gain @ S[np.ix_(o, m)]
+            y = xh - c
+            sx[k] += r[k] * y
+            sxx[k] += r[k] * (np.outer(y, y) + C)
+    return ll, sx, sxx
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+def test_gmm_missing_e_step_matches_brute_force(covariance_type):
+    X = _two_clusters(1)[:120]
+    rng = np.random.default_rng(2)
+    params = GaussianMixtureModel(2, covariance_type).init_params(X, rng)
+    X[rng.random(X.shape) < 0.3] = np.nan
+    X[4] = np.nan
+    K, D = params.means.shape
+    covs = {"full": lambda c: c, "tied": lambda c: np.broadcast_to(c, (K, D, D)),
+            "diag": lambda c: np.stack([np.diag(v) for v in c]),
+            "spherical": lambda c: np.stack([np.eye(D) * v for v in c])}[covariance_type](params.covariances)
+    stats = GaussianMixtureMissingModel(2, covariance_type).e_step(X, params)
+    ll, sx, sxx = _brute_gmm_stats(X, params, covs)
+    np.testing.assert_allclose(stats["loglik"], ll, rtol=1e-12)
+    np.testing.assert_allclose(stats["sum_x"], sx, rtol=1e-10, atol=1e-10)
+    expected = {"full": sxx, "tied": sxx.sum(axis=0), "diag": np.diagonal(sxx, axis1=1, axis2=2),
+                "spherical": np.diagonal(sxx, axis1=1, axis2=2)}[covariance_type]
+    np.testing.assert_allclose(stats["sum_xxT" if covariance_type in ("full", "tied") else "sum_xx"], expected,
+                               rtol=1e-10, atol=1e-10)
+    n_empty = int(np.isnan(X).all(axis=1).sum())
+    assert n_empty >= 1 and stats["n_all_missing"] == n_empty and stats["n"] == len(X) - n_empty
+
+
+def test_gmm_missing_is_monotone_and_checks_columns(client):
+    X = _two_clusters(3)
+    rng = np.random.default_rng(4)
+    X[rng.random(X.shape) < 0.25] = np.nan
+    X[10] = np.nan
+    history = []
+    n_empty = int(np.isnan(X).all(axis=1).sum())
+    with pytest.warns(UserWarning, match=f"{n_empty} row"):
+        result = fit_em(GaussianMixtureMissingModel(2, "full"), X, max_iter=25, tol=0, client=client,
+                        random_state=0, warn_not_converged=False, callbacks=[lambda info: history.append(info.loglik)])
+    assert np.all(np.diff(history) >= -1e-9)
+    assert int(result.params.n_all_missing) == n_empty
+    X[:, 2] = np.nan
+    with pytest.raises(InvalidDataError, match=r"column\(s\) \[2\]"):
+        fit_em(GaussianMixtureMissingModel(2, "diag"), X, max_iter=2, client=client, random_state=0)

@@ -400,6 +400,7 @@ def condition(
     logdet: float,
     *,
     cov_sum: bool = False,
+    patterns: Patterns | None = None,
 ) -> Conditional:
     """Conditional means of the missing entries and observed log-densities.
 
@@ -413,6 +414,9 @@ def condition(
         The Gaussian: mean, precision matrix and log det of the covariance.
     cov_sum : bool
         Also return the unweighted sum of the conditional covariances.
+    patterns : Patterns, optional
+        ``missingness_patterns(miss)`` when already known (e.g. shared by
+        the components of a mixture).
     """
     dev = X - mean
     any_missing = bool(miss.any())
@@ -431,7 +435,8 @@ def condition(
     out = Conditional(dev, quad)
     D = miss.shape[1]
     if partial.size:
-        patterns = missingness_patterns(miss)
+        if patterns is None:
+            patterns = missingness_patterns(miss)
         factors = factor_patterns(patterns, precision)
         _complete_rows(
             dev, R, patterns.rows, patterns.pattern_id, patterns.missing_idx, patterns.idx_offset,

@@ -292,7 +292,6 @@ def kmeans_plusplus(
     first = int(rng.choice(n, p=w / w.sum()))
     centers[0] = X[first]
     closest = center_distances(X, X[first : first + 1], squared=True)[:, 0]
-    potential = float(w @ closest)
     for c in range(1, n_clusters):
         weighted = w * closest
         total = weighted.sum()
@@ -307,10 +306,8 @@ def kmeans_plusplus(
         np.minimum(dist, closest[:, None], out=dist)
         potentials = w @ dist
         best = int(np.argmin(potentials))
-        potential = float(potentials[best])
         closest = dist[:, best].copy()
         centers[c] = X[candidates[best]]
-    del potential
     return centers
 
 

@@ -5,6 +5,8 @@ from .estimators.gmm import GaussianMixture
 from .estimators.hmm import CategoricalHMM, GaussianHMM, PoissonHMM
 from .estimators.kmeans import KMeans
 from .estimators.missing import MultivariateNormal
+from .estimators.factor import PPCA, FactorAnalysis
+from .estimators.random_effects import RandomEffects
 from .io import describe, load, save
 from .estimators.mixtures import BernoulliMixture, CategoricalMixture, PoissonMixture
 from .models.base import EMModel, Stats
@@ -14,6 +16,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CategoricalHMM",
+    "FactorAnalysis",
+    "PPCA",
+    "RandomEffects",
     "EMModel",
     "EMResult",
     "GaussianHMM",

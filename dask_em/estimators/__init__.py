@@ -5,6 +5,8 @@ from .gmm import GaussianMixture
 from .hmm import CategoricalHMM, GaussianHMM, PoissonHMM
 from .kmeans import KMeans, kmeans_centers
 from .missing import MultivariateNormal
+from .factor import PPCA, FactorAnalysis
+from .random_effects import RandomEffects
 from .mixtures import BernoulliMixture, CategoricalMixture, PoissonMixture
 
 __all__ = [
@@ -12,6 +14,9 @@ __all__ = [
     "CategoricalHMM",
     "CategoricalMixture",
     "EMEstimator",
+    "FactorAnalysis",
+    "PPCA",
+    "RandomEffects",
     "GaussianHMM",
     "GaussianMixture",
     "KMeans",

@@ -310,16 +310,20 @@ def fit_em(
         rescattered = 0
         while not monitor.done:
             start = time.perf_counter()
-            try:
-                stats = expected_stats(model, blocks, params, active, split_every)
-            except LostDataError:
-                # In-memory input lives only in scattered futures: scatter it
-                # again and redo the iteration (bit-identical, the E-step is pure).
-                if isinstance(data, Blocks) or rescattered >= MAX_RESCATTER:
-                    raise
-                rescattered += 1
-                blocks = prepare_blocks(data, active)
-                stats = expected_stats(model, blocks, params, active, split_every)
+            while True:
+                try:
+                    stats = expected_stats(model, blocks, params, active, split_every)
+                    break
+                except LostDataError:
+                    # In-memory input lives only in scattered futures: scatter it
+                    # again (Blocks may say how with a ``rebuild()`` attribute) and
+                    # redo the iteration (bit-identical, the E-step is pure). A
+                    # worker the scheduler has not yet seen die may take some again.
+                    rebuild = getattr(blocks, "rebuild", None)
+                    if (isinstance(data, Blocks) and rebuild is None) or rescattered >= MAX_RESCATTER:
+                        raise
+                    rescattered += 1
+                    blocks = rebuild() if rebuild is not None else prepare_blocks(data, active)
             loglik = float(stats["loglik"])
             value = loglik / float(stats["n"]) if tol_on == "mean" else loglik
             previous = monitor.history[-1] if monitor.history else -math.inf

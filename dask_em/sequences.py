@@ -256,7 +256,11 @@ class SequenceBlocks(Blocks):
         """The same partitions as plain value blocks (for k-means and other row models)."""
         parts = [dask.delayed(_first, pure=True)(p) for p in self.parts]
         fp = dict(self.fingerprint, view="values")
-        return _ValueBlocks(parts=parts, n_samples=self.n_samples, array=None, fingerprint=fp, client=self.client, source=self)
+        blocks = _ValueBlocks(parts=parts, n_samples=self.n_samples, array=None, fingerprint=fp, client=self.client, source=self)
+        rebuild = getattr(self, "rebuild", None)
+        if rebuild is not None:
+            blocks.rebuild = lambda: rebuild().values_blocks()
+        return blocks
 
     def map_parts(self, func: Any, *args: Any) -> list[Delayed]:
         """``func(part, *args)`` on every partition, lazily."""
@@ -388,7 +392,7 @@ def sequence_blocks(
     else:
         parts = [dask.delayed(p, traverse=False) for p in pieces]
     part_lengths = [p[1] for p in pieces]
-    return SequenceBlocks(
+    blocks = SequenceBlocks(
         parts=parts,
         n_samples=int(values.shape[0]),
         fingerprint=_fingerprint(lengths, values.shape[1], str(values.dtype), part_lengths, "memory"),
@@ -398,6 +402,10 @@ def sequence_blocks(
         dtype=str(values.dtype),
         kind="memory",
     )
+    if client is not None:
+        # Scattered parts die with their worker: the engine scatters them again.
+        blocks.rebuild = lambda: sequence_blocks(values, lengths, client=client, n_partitions=n, persist=persist)
+    return blocks
 
 
 def _looks_like_sequences(X: Any) -> bool:

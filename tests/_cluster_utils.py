@@ -324,3 +324,38 @@ def kill_first_marked(marker_dir: str | Path, timeout: float = 60.0) -> int:
     pid = wait_for_marker(marker_dir, timeout)
     os.kill(pid, signal.SIGKILL)
     return pid
+
+
+def wait_for_pass(client: Any, iteration: int = 3, timeout: float = 120.0,
+                  prefix: str = "_run_e_step") -> tuple[str, int]:
+    """Wait until a worker holds E-step tasks of the ``iteration``-th pass over the data.
+
+    Works for any fit on the engine: every pass is a new set of
+    ``_run_e_step`` keys (their names depend on the parameters), so passes
+    are counted from the scheduler's view of what each worker is
+    processing. Returns that worker's address and process id.
+    """
+    pids = client.run(os.getpid)
+    previous: set[str] = set()
+    passes = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        processing = client.processing()
+        current = {str(k) for keys in processing.values() for k in keys if prefix in str(k)}
+        if current and not current & previous:
+            passes += 1
+        if current:
+            previous = current
+        if passes >= iteration:
+            for address, keys in processing.items():
+                if any(prefix in str(k) for k in keys) and address in pids:
+                    return address, pids[address]
+        time.sleep(0.002)
+    raise TimeoutError(f"did not see pass {iteration} of the fit within {timeout} s (saw {passes})")
+
+
+def kill_worker_in_iteration(client: Any, iteration: int = 3, timeout: float = 120.0) -> int:
+    """SIGKILL a worker while it holds E-step tasks of the ``iteration``-th pass; return its pid."""
+    _, pid = wait_for_pass(client, iteration, timeout)
+    os.kill(pid, signal.SIGKILL)
+    return pid

@@ -8,13 +8,24 @@ a worker was killed with SIGKILL in the middle of an iteration.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
 import pytest
-from _cluster_utils import SlowMixture, kill_first_marked, make_tls_files, start_cluster, wait_for_marker
+from _cluster_utils import (
+    SlowMixture,
+    kill_first_marked,
+    kill_worker_in_iteration,
+    make_tls_files,
+    start_cluster,
+    wait_for_marker,
+    wait_for_pass,
+)
 
 from dask_em import fit_em
 from dask_em.errors import SchedulerLostError
@@ -136,3 +147,151 @@ def test_scheduler_killed_mid_fit_then_resumed(tmp_path, reference):
         result = _fit(client, model, checkpoint=checkpoint)
     assert result.resumed_from == 3
     _assert_same(result, reference)
+
+
+# -- the estimators and the dask-em command ------------------------------------------
+GMM = dict(n_components=3, max_iter=8, tol=0.0, random_state=0, init_params="random_from_data")
+#: The same fit on the command line.
+GMM_CLI = ["-k", "3", "--max-iter", "8", "--tol", "0", "--random-state", "0", "--init-params", "random_from_data"]
+
+
+def dask_em_command() -> list[str]:
+    """The installed ``dask-em`` script beside this Python, else ``python -m dask_em.cli``."""
+    script = Path(sys.executable).with_name("dask-em")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "dask_em.cli"]
+
+
+@pytest.fixture(scope="module")
+def gmm_data(tmp_path_factory) -> str:
+    """Three Gaussian clusters in 4-D, 40,000 rows in 8 Zarr chunks."""
+    import zarr
+
+    rng = np.random.default_rng(3)
+    centers = rng.normal(scale=4.0, size=(3, 4))
+    X = centers[rng.integers(0, 3, 40_000)] + rng.normal(size=(40_000, 4))
+    path = str(tmp_path_factory.mktemp("data") / "gmm.zarr")
+    zarr.create_array(path, shape=X.shape, chunks=(5000, 4), dtype="f8")[...] = X
+    return path
+
+
+@pytest.fixture(scope="module")
+def gmm_reference(client, gmm_data):
+    """GaussianMixture fitted on the session's LocalCluster."""
+    from dask_em import GaussianMixture
+
+    return GaussianMixture(**GMM).fit(gmm_data, client=client)
+
+
+def _assert_same_gmm(model, reference) -> None:
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        assert np.array_equal(getattr(model, name), getattr(reference, name)), name
+    assert model.lower_bound_ == reference.lower_bound_
+    assert model.n_iter_ == reference.n_iter_
+
+
+def _run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k != "DASK_EM_SCHEDULER"}
+    full_env.update(env or {})
+    return subprocess.run([*dask_em_command(), *args], capture_output=True, text=True, env=full_env,
+                          timeout=timeout)
+
+
+def test_cli_fit_on_tcp_cluster_equals_local_cluster(tcp_cluster, gmm_data, gmm_reference, tmp_path):
+    from dask_em import load
+
+    out = tmp_path / "model.zarr"
+    done = _run_cli(["fit", "gmm", gmm_data, *GMM_CLI, "--scheduler", tcp_cluster.address, "-o", str(out), "-q"])
+    assert done.returncode == 0, done.stderr
+    _assert_same_gmm(load(str(out)), gmm_reference)
+
+
+def test_cli_fit_on_tls_cluster(tmp_path, gmm_data, gmm_reference):
+    from dask_em import load
+
+    tls = make_tls_files(tmp_path / "certs")
+    out = tmp_path / "model.zarr"
+    with start_cluster(tmp_path / "cluster", tls=tls) as cluster:
+        # Without the certificates the scheduler refuses the connection.
+        refused = _run_cli(["fit", "gmm", gmm_data, *GMM_CLI, "--scheduler", cluster.address, "-q"],
+                           {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"}, timeout=120)
+        assert refused.returncode != 0
+        env = {"DASK_EM_TLS_CA_FILE": tls.ca_file, "DASK_EM_TLS_CERT": tls.cert, "DASK_EM_TLS_KEY": tls.key}
+        done = _run_cli(["fit", "gmm", gmm_data, *GMM_CLI, "--scheduler", cluster.address, "-o", str(out), "-q"], env)
+    assert done.returncode == 0, done.stderr
+    _assert_same_gmm(load(str(out)), gmm_reference)
+
+
+def _fit_in_thread(fit) -> tuple[threading.Thread, list]:
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(fit())
+        except BaseException as exc:  # reported by the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_gaussian_mixture_survives_a_killed_worker(tcp_cluster, gmm_data, gmm_reference):
+    from dask_em import GaussianMixture
+
+    tcp_cluster.wait_for_workers(2)
+    with tcp_cluster.client() as client:
+        thread, outcome = _fit_in_thread(lambda: GaussianMixture(**GMM).fit(gmm_data, client=client))
+        pid = kill_worker_in_iteration(client, iteration=3)
+        thread.join(timeout=300)
+    assert pid > 0 and outcome, "the fit did not finish"
+    assert not isinstance(outcome[0], BaseException), outcome[0]
+    _assert_same_gmm(outcome[0], gmm_reference)
+
+
+def test_hmm_survives_a_killed_worker(tcp_cluster, client):
+    from dask_em import GaussianHMM
+
+    rng = np.random.default_rng(5)
+    lengths = np.full(64, 400)
+    states = np.cumsum(rng.random(lengths.sum()) < 0.05) % 3
+    X = np.array([[-3.0, 0.0], [0.0, 2.0], [3.0, -1.0]])[states] + rng.normal(size=(lengths.sum(), 2))
+    # Given starting parameters: every pass over the data is a Baum-Welch iteration.
+    params = dict(n_components=3, n_init=1, max_iter=8, tol=0.0, random_state=0, n_partitions=8,
+                  startprob_init=np.full(3, 1 / 3), transmat_init=np.full((3, 3), 0.05) + 0.85 * np.eye(3),
+                  means_init=np.array([[-2.0, 0.0], [0.0, 1.0], [2.0, -1.0]]), covars_init=np.ones((3, 2)))
+    reference = GaussianHMM(**params).fit(X, lengths, client=client)
+    tcp_cluster.wait_for_workers(2)
+    with tcp_cluster.client() as cluster_client:
+        thread, outcome = _fit_in_thread(lambda: GaussianHMM(**params).fit(X, lengths, client=cluster_client))
+        kill_worker_in_iteration(cluster_client, iteration=3)
+        thread.join(timeout=300)
+    assert outcome and not isinstance(outcome[0], BaseException), outcome
+    for name in ("startprob_", "transmat_", "means_", "covars_"):
+        assert np.array_equal(getattr(outcome[0], name), getattr(reference, name)), name
+
+
+def test_cli_exits_when_the_scheduler_dies_and_resumes_on_a_new_one(tmp_path, gmm_data, gmm_reference):
+    from dask_em import load
+
+    checkpoint, out = tmp_path / "fit.zarr", tmp_path / "model.zarr"
+    args = ["fit", "gmm", gmm_data, *GMM_CLI, "--checkpoint", str(checkpoint), "-o", str(out), "-q"]
+    with start_cluster(tmp_path / "first", n_workers=1, nanny=False) as cluster:
+        proc = subprocess.Popen([*dask_em_command(), *args, "--scheduler", cluster.address],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            with cluster.client() as client:
+                wait_for_pass(client, iteration=4)
+                cluster.kill_scheduler()  # in the middle of the 4th pass over the data
+            _, stderr = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 1, stderr
+    assert "lost the connection to the Dask scheduler" in stderr and "dask-em resume" in stderr
+    assert not out.exists()
+    with start_cluster(tmp_path / "second", n_workers=2, nanny=False) as cluster:
+        done = _run_cli(["resume", str(checkpoint), "--scheduler", cluster.address, "-o", str(out)])
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in done.stderr
+    _assert_same_gmm(load(str(out)), gmm_reference)

@@ -209,3 +209,13 @@ def test_resume_from_checkpoint_is_bit_identical(client, data, tmp_path):
     assert resumed.n_iter_ == 7
     assert np.array_equal(resumed.cluster_centers_, straight.cluster_centers_)
     assert resumed.inertia_ == straight.inertia_
+
+
+def test_fit_predict_and_verbose_progress(client, data, capsys):
+    X, C0 = data
+    est = KMeans(6, init=C0, max_iter=50, tol=1e-3, verbose=True)
+    labels = est.fit_predict(X, client=client)
+    assert labels.shape == (3000,) and labels.dtype == np.int64
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("kmeans  iter")]
+    assert len(lines) == est.n_iter_ and "inertia" in err

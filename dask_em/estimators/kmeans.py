@@ -13,7 +13,7 @@ import numpy as np
 
 from ..cluster import get_client
 from ..data import Blocks
-from ..engine import IterationInfo, expected_stats, fit_em, prepare_blocks, print_progress
+from ..engine import IterationInfo, expected_stats, fit_em, prepare_blocks
 from ..errors import ConvergenceWarning, InvalidDataError
 from ..models.kmeans import (
     KMeansModel,
@@ -321,6 +321,7 @@ def lloyd(
     resume: bool | None = None,
     force: bool = False,
     checkpoint_meta: dict[str, Any] | None = None,
+    label: str = "",
 ) -> tuple[KMeansParams, int, bool]:
     """Lloyd's iterations through :func:`dask_em.fit_em`.
 
@@ -334,10 +335,14 @@ def lloyd(
     def stop(info: IterationInfo) -> None:
         seen["params"], seen["n_iter"] = info.params, info.iteration
         if float(info.params.center_shift) <= tol_scaled:
-            if verbose:
-                print_progress(info)
             raise _Converged
 
+    callbacks: list[Any] = [stop]
+    if verbose:
+        from ..progress import Progress
+
+        # Shown before the stop test, so the last iteration has its line too.
+        callbacks.insert(0, Progress(label=label))
     try:
         result = fit_em(
             KMeansModel(n_clusters),
@@ -348,8 +353,8 @@ def lloyd(
             tol_on="mean",
             split_every=split_every,
             client=client,
-            callbacks=[stop],
-            verbose=verbose,
+            callbacks=callbacks,
+            verbose=False,
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
             resume=resume,
@@ -605,6 +610,7 @@ class KMeans(EMEstimator):
                     resume=resume,
                     force=force,
                     checkpoint_meta=self.checkpoint_meta(),
+                    label=f"kmeans run {run + 1}/{n_init}" if n_init > 1 else "kmeans",
                 )
                 # scikit-learn reports the inertia of the final centers: one more pass.
                 inertia = float(expected_stats(model, blocks, params, active, self.split_every)["inertia"])

@@ -304,3 +304,17 @@ def test_empty_component_keeps_its_parameters(client, covariance_type):
     np.testing.assert_array_equal(gm.means_[2], means[2])
     assert np.all(np.isfinite(gm.score_samples(X)))
     assert np.all(gm.predict(X) != 2)
+
+
+def test_checkpoint_resume_skips_initialisation(client, X, tmp_path, monkeypatch):
+    path = str(tmp_path / "fit.zarr")
+    kwargs = dict(n_components=K, max_iter=4, tol=0, random_state=0, n_init=2, init_params="random_from_data")
+    first = GaussianMixture(**kwargs).fit(X, client=client, checkpoint=path)
+
+    def no_init(*args, **kw):
+        raise AssertionError("a resumed fit must not initialise again")
+
+    monkeypatch.setattr(GaussianMixture, "_initial_params", no_init)
+    again = GaussianMixture(**kwargs).fit(X, client=client, checkpoint=path)
+    np.testing.assert_array_equal(again.means_, first.means_)
+    assert again.lower_bounds_ == first.lower_bounds_

@@ -10,6 +10,7 @@ from .estimators.random_effects import RandomEffects
 from .io import describe, load, save
 from .estimators.mixtures import BernoulliMixture, CategoricalMixture, PoissonMixture
 from .models.base import EMModel, Stats
+from .select import ModelSelection, select
 from .sequences import sequence_blocks, to_zarr_sequences
 
 __version__ = "0.1.0"
@@ -25,6 +26,7 @@ __all__ = [
     "GaussianMixture",
     "IterationInfo",
     "KMeans",
+    "ModelSelection",
     "MultivariateNormal",
     "BernoulliMixture",
     "CategoricalMixture",
@@ -37,6 +39,7 @@ __all__ = [
     "describe",
     "load",
     "save",
+    "select",
     "sequence_blocks",
     "to_zarr_sequences",
 ]

@@ -329,6 +329,11 @@ def lloyd(
     is at most ``tol_scaled`` (the engine's own log-likelihood tolerance is
     switched off). Returns the parameters, the number of iterations and
     whether that criterion was met.
+
+    The engine has no stopping test of its own beyond the log-likelihood,
+    so a callback ends the loop by raising after the iteration that meets
+    the criterion (its snapshot, if any, is already queued). A fit resumed
+    from such a snapshot runs one more iteration before it stops again.
     """
     seen: dict[str, Any] = {}
 

@@ -317,6 +317,62 @@ def _condition_rowwise(X, dev, R, n_seen, prec, logdet, cov_lower, logpdf):  # p
         logpdf[i] = -0.5 * (seen * log2pi + logdet + ld + quad - s2)
 
 
+@numba.njit(cache=True, nogil=True)
+def _condition_by_pattern(dev, R, n_seen, pattern_id, missing_idx, idx_offset, L, L_offset, logdets, logdet, logpdf):  # pragma: no cover - compiled
+    """Fused per-row conditioning with one precomputed factor per pattern.
+
+    Like :func:`_condition_rowwise`, but ``Lambda_mm`` was factorised once
+    per distinct pattern of the block; rows are visited in block order and
+    look their factor up.
+    """
+    D = dev.shape[1]
+    y = np.empty(D)
+    log2pi = math.log(2.0 * math.pi)
+    for i in range(dev.shape[0]):
+        quad = 0.0
+        for j in range(D):
+            quad += dev[i, j] * R[i, j]
+        seen = n_seen[i]
+        if seen == 0:
+            logpdf[i] = 0.0
+            continue
+        p = pattern_id[i]
+        i0 = idx_offset[p]
+        m = idx_offset[p + 1] - i0
+        base = L_offset[p]
+        s2 = 0.0
+        for a in range(m):
+            s = R[i, missing_idx[i0 + a]]
+            for c in range(a):
+                s -= L[base + a * m + c] * y[c]
+            y[a] = s / L[base + a * m + a]
+            s2 += y[a] * y[a]
+        for a in range(m - 1, -1, -1):
+            s = y[a]
+            for c in range(a + 1, m):
+                s -= L[base + c * m + a] * y[c]
+            y[a] = s / L[base + a * m + a]
+        for a in range(m):
+            dev[i, missing_idx[i0 + a]] = -y[a]
+        logpdf[i] = -0.5 * (seen * log2pi + logdet + logdets[p] + quad - s2)
+
+
+def block_patterns(miss: np.ndarray) -> Patterns:
+    """Missingness patterns of every row of a block (complete and empty rows included).
+
+    ``rows`` is all rows and ``pattern_id`` the pattern of each; patterns
+    with nothing missing factorise to nothing, and the caller skips rows
+    with nothing observed.
+    """
+    keys = _pattern_keys(miss)
+    _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+    rep = miss[first]
+    idx_offset = np.concatenate([[0], np.cumsum(rep.sum(axis=1))]).astype(np.int64)
+    missing_idx = np.nonzero(rep)[1].astype(np.int64)
+    rows = np.arange(len(miss), dtype=np.int64)
+    return Patterns(rows, inverse.ravel().astype(np.int64), len(first), counts.astype(np.int64), missing_idx, idx_offset)
+
+
 def precision_and_logdet(covariance: np.ndarray) -> tuple[np.ndarray, float]:
     """The precision matrix and log det of a covariance (Cholesky based).
 
@@ -560,30 +616,35 @@ class MVNMissingModel:
         sum_dev = np.zeros(D)
         sum_ddT = np.zeros((D, D))
         n_observed = np.zeros(D)
-        head = X[: 4 * _PATTERN_PROBE]
-        grouped = not patterns_mostly_unique(np.isnan(head) | np.isinf(head))
-        # cache-sized sub-blocks: every temporary stays small
+        finite = np.isfinite(X)
+        head = ~finite[: 4 * _PATTERN_PROBE]
+        per_row = patterns_mostly_unique(head)
+        if not per_row and not finite.all():
+            # few distinct patterns: factorise Lambda_mm once per pattern of the block
+            patterns = block_patterns(~finite)
+            factors = factor_patterns(patterns, precision)
+            m = np.diff(patterns.idx_offset)
+            weights = np.where(m < D, patterns.counts, 0).astype(np.float64)  # empty rows are ignored
+            sum_ddT += conditional_cov_sum(patterns, factors, D, weights)
+        else:
+            patterns = factors = None
         dev_buf = np.empty((min(SUB_BLOCK_ROWS, X.shape[0]), D))
         seen_buf = np.empty(dev_buf.shape[0], np.int64)
         logpdf_buf = np.empty(dev_buf.shape[0])
         cov_lower = np.zeros((D, D))
+        # cache-sized sub-blocks: every temporary stays small
         for start in range(0, X.shape[0], SUB_BLOCK_ROWS):
             part = X[start : start + SUB_BLOCK_ROWS]
             rows = part.shape[0]
-            if grouped:
-                miss = ~np.isfinite(part)
-                n_inf += int(np.isinf(part).sum())
-                if n_inf:
-                    part = np.where(miss, np.nan, part)
-                n_seen = D - miss.sum(axis=1)
-                cond = condition(part, miss, params.mean, precision, logdet, cov_sum=True)
-                dev, logpdf = cond.dev, cond.logpdf
-                sum_ddT += cond.cov_sum
-                n_observed += rows - miss.sum(axis=0)
+            dev, n_seen, logpdf = dev_buf[:rows], seen_buf[:rows], logpdf_buf[:rows]
+            n_inf += _deviations(part, params.mean, dev, n_seen, n_observed)
+            R = dev @ precision
+            if patterns is not None:
+                _condition_by_pattern(
+                    dev, R, n_seen, patterns.pattern_id[start : start + rows], patterns.missing_idx,
+                    patterns.idx_offset, factors.L, factors.L_offset, factors.logdet, logdet, logpdf,
+                )
             else:
-                dev, n_seen, logpdf = dev_buf[:rows], seen_buf[:rows], logpdf_buf[:rows]
-                n_inf += _deviations(part, params.mean, dev, n_seen, n_observed)
-                R = dev @ precision
                 _condition_rowwise(part, dev, R, n_seen, precision, logdet, cov_lower, logpdf)
             empty = int(np.count_nonzero(n_seen == 0))
             n_all_missing += empty

@@ -130,7 +130,9 @@ def _gmm(covariance_type):
     from dask_em import GaussianMixture
 
     # tol=0: run all max_iter iterations so every kill point leaves work to do
-    return GaussianMixture(3, covariance_type=covariance_type, max_iter=10, tol=0.0, random_state=7)
+    return GaussianMixture(
+        3, covariance_type=covariance_type, max_iter=8, tol=0.0, random_state=7, init_params="random_from_data"
+    )
 
 
 def make_gmm_full():
@@ -153,4 +155,4 @@ def make_kmeans():
     from dask_em import KMeans
 
     # two restarts: the kill may land in either, each resumes from its own sub-checkpoint
-    return KMeans(3, n_init=2, max_iter=6, tol=0.0, random_state=11)
+    return KMeans(3, init="k-means++", n_init=2, max_iter=4, tol=0.0, random_state=11)

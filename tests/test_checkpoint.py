@@ -376,7 +376,7 @@ def test_load_refuses_foreign_classes(client, tmp_path):
      "_toy_models:make_gmm_spherical", "_toy_models:make_kmeans"],
 )
 def test_sigkill_and_resume_is_bit_identical(client, tmp_path, factory):
-    report = assert_resume_bit_identical(factory, blobs(900), client=client, tmp_path=tmp_path, seed=0)
+    report = assert_resume_bit_identical(factory, blobs(600), client=client, tmp_path=tmp_path, seed=0)
     assert len({r["kill_after"] for r in report}) == 3
     if factory.endswith("kmeans"):
         assert set(final_snapshots(tmp_path / "reference.zarr")) == {"run-0", "run-1"}

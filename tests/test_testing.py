@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from _toy_models import MixParams, Mixture1D, make_mixture, make_toy_estimator, mixture_data
+from _toy_models import MixParams, Mixture1D, make_mixture, mixture_data
 
 from dask_em.testing import (
     assert_resume_bit_identical,
@@ -76,8 +76,3 @@ def test_kill_and_resume_of_a_plug_in_model(client, X, tmp_path):
     )
     assert len({r["kill_after"] for r in report}) == 3
     assert all(r["killed_at"] >= r["kill_after"] for r in report)
-
-
-def test_kill_and_resume_of_an_estimator(client, X, tmp_path):
-    report = assert_resume_bit_identical(make_toy_estimator, X, client=client, tmp_path=tmp_path, seed=2)
-    assert len(report) == 3

@@ -61,6 +61,14 @@ class GroupedBlock:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """All numbers of the block in one flat float64 array (for checksums)."""
+        parts = [self.X.ravel(), self.y, self.starts.astype(np.float64)]
+        if self.Z is not None:
+            parts.append(self.Z.ravel())
+        out = np.concatenate([np.asarray(p, np.float64) for p in parts])
+        return out if dtype is None else out.astype(dtype)
+
     def __getitem__(self, item: slice) -> GroupedBlock:
         """The groups ``item`` (a slice of groups, not of rows)."""
         if not isinstance(item, slice) or item.step not in (None, 1):

@@ -113,16 +113,60 @@ def expected_stats(
     model_d = dask.delayed(model, traverse=False)
     params_d = dask.delayed(params, traverse=False)
     level = [dask.delayed(_run_e_step, pure=True)(model_d, part, params_d) for part in blocks.parts]
+    e_steps = [(e.key, part.key) for e, part in zip(level, blocks.parts)]
     while len(level) > 1:
         level = [
             dask.delayed(add_stats, pure=True)(*level[i : i + split_every])
             for i in range(0, len(level), split_every)
         ]
     if client is not None:
-        stats = _compute(client, level[0])
+        stats = _compute(client, _fuse_block_reads(level[0], e_steps))
     else:
         stats = level[0].compute(scheduler="threads", optimize_graph=False)
     return _checked(model, stats, params)
+
+
+def _fuse_block_reads(result: Any, e_steps: list[tuple[Any, Any]]) -> Any:
+    """``result`` with each block's read tasks fused into the E-step task that uses it.
+
+    A streamed block is otherwise a task of its own: the scheduler may run
+    the E-step on another worker (or steal it), and the reading worker,
+    whose slot is free again, reads ahead while its blocks wait, so memory
+    grows with the data. Fused, an E-step task reads its own block, holds
+    it only while it runs, and depends only on single keys (model,
+    parameters, the source array), so root-task queuing
+    (``distributed.scheduler.worker-saturation``) limits how many run at
+    once. Persisted or scattered blocks (no read task in the graph) are
+    left as they are.
+    """
+    from dask._task_spec import Task, convert_legacy_graph
+    from dask.core import reverse_dict
+    from dask.delayed import Delayed
+
+    graph = convert_legacy_graph(dict(result.__dask_graph__()))
+    dependencies = {k: set(node.dependencies) for k, node in graph.items()}
+    dependents = reverse_dict(dependencies)
+    fused = 0
+    for e_key, part_key in e_steps:
+        chain: list[Any] = []
+        todo = [part_key]
+        while todo:  # the part and its ancestors that feed nothing else
+            key = todo.pop()
+            node = graph.get(key)
+            users = dependents.get(key, ())
+            if not isinstance(node, Task) or len(users) != 1:
+                continue
+            if key != part_key and not users <= {c.key for c in chain}:
+                continue
+            chain.append(node)
+            todo.extend(dependencies[key])
+        if not chain:
+            continue
+        graph[e_key] = Task.fuse(*chain, graph[e_key], key=e_key)
+        for node in chain:
+            del graph[node.key]
+        fused += 1
+    return Delayed(result.key, graph) if fused else result
 
 
 def _compute(client: Any, graph: Any) -> Stats:
@@ -143,7 +187,7 @@ def _compute(client: Any, graph: Any) -> Stats:
             raise SchedulerLostError(
                 f"lost the connection to the Dask scheduler at {address} in the middle of an "
                 "iteration; the fit cannot continue. Start a scheduler and resume from the last "
-                "checkpoint (the same fit with checkpoint=..., or `dask-em resume CHECKPOINT "
+                "checkpoint (the same fit with checkpoint=..., or `dask-em resume CHECKPOINT INPUT "
                 "--scheduler ADDRESS`); a fit without a checkpoint must start over."
             ) from exc
         raise LostDataError(

@@ -23,12 +23,10 @@ from _cluster_utils import (
     kill_worker_in_iteration,
     make_tls_files,
     start_cluster,
-    wait_for_marker,
     wait_for_pass,
 )
 
 from dask_em import fit_em
-from dask_em.errors import SchedulerLostError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -83,20 +81,46 @@ def test_tcp_cluster_equals_local_cluster(tcp_cluster, reference):
     _assert_same(result, reference)
 
 
-def test_tls_cluster_equals_local_cluster(tmp_path, reference, monkeypatch):
+def test_tls_cluster_equals_local_cluster(tmp_path, reference, gmm_data, gmm_reference):
+    from dask_em import load
+
     tls = make_tls_files(tmp_path / "certs")
+    out = tmp_path / "model.zarr"
     with start_cluster(tmp_path / "cluster", tls=tls) as cluster:
         assert cluster.address.startswith("tls://127.0.0.1:")
+        # From Python, with a Security object built from the files.
         with cluster.client() as client:
             result = _fit(client)
-        # The same through the environment, as the command line does.
-        monkeypatch.setenv("DASK_EM_TLS_CA_FILE", tls.ca_file)
-        monkeypatch.setenv("DASK_EM_TLS_CERT", tls.cert)
-        monkeypatch.setenv("DASK_EM_TLS_KEY", tls.key)
-        from_env = fit_em(SlowMixture(), da.from_array(_data(), chunks=(CHUNK, -1)), max_iter=MAX_ITER,
-                          tol=0.0, random_state=0, scheduler=cluster.address, warn_not_converged=False)
+        # Without a certificate the scheduler refuses the command.
+        refused = _run_cli(["fit", "gmm", gmm_data, *GMM_CLI, "--scheduler", cluster.address, "-q"],
+                           {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"}, timeout=120)
+        # With the files named in the environment.
+        env = {"DASK_EM_TLS_CA_FILE": tls.ca_file, "DASK_EM_TLS_CERT": tls.cert, "DASK_EM_TLS_KEY": tls.key}
+        done = _run_cli(["fit", "gmm", gmm_data, *GMM_CLI, "--scheduler", cluster.address, "-o", str(out), "-q"], env)
     _assert_same(result, reference)
-    _assert_same(from_env, reference)
+    assert refused.returncode != 0
+    assert done.returncode == 0, done.stderr
+    _assert_same_gmm(load(str(out)), gmm_reference)
+
+
+def test_local_cluster_listens_on_loopback_only():
+    from dask_em.cluster import local_cluster
+
+    with local_cluster(n_workers=1) as cluster:
+        addresses = [cluster.scheduler_address, *(w.worker_address for w in cluster.workers.values())]
+        assert all(a.startswith("tcp://127.0.0.1:") for a in addresses), addresses
+        assert cluster.scheduler.http_server is None or cluster.dashboard_link.startswith("http://127.0.0.1:")
+
+
+def test_security_from_files_names_a_missing_file(tmp_path, monkeypatch):
+    from dask_em.cluster import resolve_security, security_from_files
+
+    with pytest.raises(FileNotFoundError, match="ca_file .*nope.pem"):
+        security_from_files(tmp_path / "nope.pem", tmp_path / "cert.pem", tmp_path / "key.pem")
+    monkeypatch.setenv("DASK_EM_TLS_CA_FILE", str(tmp_path / "ca.pem"))
+    monkeypatch.delenv("DASK_EM_TLS_CERT", raising=False)
+    with pytest.raises(ValueError, match="DASK_EM_TLS_CERT"):
+        resolve_security()
 
 
 def _fit_killing_a_worker(cluster, tmp_path, data=None):
@@ -131,22 +155,6 @@ def test_in_memory_data_survives_a_killed_worker(tcp_cluster, tmp_path, client):
     tcp_cluster.wait_for_workers(2)
     result, _ = _fit_killing_a_worker(tcp_cluster, tmp_path, data=_data())
     _assert_same(result, _fit(client, data=_data()))
-
-
-def test_scheduler_killed_mid_fit_then_resumed(tmp_path, reference):
-    pytest.importorskip("dask_em.checkpoint")
-    checkpoint = str(tmp_path / "fit.zarr")
-    model = SlowMixture(delay=DELAY / 2, marker_dir=str(tmp_path / "markers"), mark_at=3)
-    with start_cluster(tmp_path / "first", n_workers=1, nanny=False) as cluster:
-        thread = _kill_in_background(tmp_path / "markers", lambda: (
-            wait_for_marker(tmp_path / "markers"), cluster.kill_scheduler()))
-        with cluster.client() as client, pytest.raises(SchedulerLostError, match="resume"):
-            _fit(client, model, checkpoint=checkpoint)
-        thread.join(timeout=5)
-    with start_cluster(tmp_path / "second", n_workers=1, nanny=False) as cluster, cluster.client() as client:
-        result = _fit(client, model, checkpoint=checkpoint)
-    assert result.resumed_from == 3
-    _assert_same(result, reference)
 
 
 # -- the estimators and the dask-em command ------------------------------------------
@@ -201,22 +209,6 @@ def test_cli_fit_on_tcp_cluster_equals_local_cluster(tcp_cluster, gmm_data, gmm_
 
     out = tmp_path / "model.zarr"
     done = _run_cli(["fit", "gmm", gmm_data, *GMM_CLI, "--scheduler", tcp_cluster.address, "-o", str(out), "-q"])
-    assert done.returncode == 0, done.stderr
-    _assert_same_gmm(load(str(out)), gmm_reference)
-
-
-def test_cli_fit_on_tls_cluster(tmp_path, gmm_data, gmm_reference):
-    from dask_em import load
-
-    tls = make_tls_files(tmp_path / "certs")
-    out = tmp_path / "model.zarr"
-    with start_cluster(tmp_path / "cluster", tls=tls) as cluster:
-        # Without the certificates the scheduler refuses the connection.
-        refused = _run_cli(["fit", "gmm", gmm_data, *GMM_CLI, "--scheduler", cluster.address, "-q"],
-                           {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"}, timeout=120)
-        assert refused.returncode != 0
-        env = {"DASK_EM_TLS_CA_FILE": tls.ca_file, "DASK_EM_TLS_CERT": tls.cert, "DASK_EM_TLS_KEY": tls.key}
-        done = _run_cli(["fit", "gmm", gmm_data, *GMM_CLI, "--scheduler", cluster.address, "-o", str(out), "-q"], env)
     assert done.returncode == 0, done.stderr
     _assert_same_gmm(load(str(out)), gmm_reference)
 
@@ -291,7 +283,7 @@ def test_cli_exits_when_the_scheduler_dies_and_resumes_on_a_new_one(tmp_path, gm
     assert "lost the connection to the Dask scheduler" in stderr and "dask-em resume" in stderr
     assert not out.exists()
     with start_cluster(tmp_path / "second", n_workers=2, nanny=False) as cluster:
-        done = _run_cli(["resume", str(checkpoint), "--scheduler", cluster.address, "-o", str(out)])
+        done = _run_cli(["resume", str(checkpoint), gmm_data, "--scheduler", cluster.address, "-o", str(out)])
     assert done.returncode == 0, done.stderr
     assert "resumed from" in done.stderr
     _assert_same_gmm(load(str(out)), gmm_reference)

@@ -287,7 +287,11 @@ class _Session:
 
         address = getattr(self.args, "scheduler", None) or os.environ.get(SCHEDULER_ENV)
         quiet = getattr(self.args, "quiet", False)
-        self._context = get_client(None, address, verbose=not quiet and not address)
+        tls = [getattr(self.args, name, None) for name in ("tls_ca_file", "tls_cert", "tls_key")]
+        if any(tls) and not (tls[0] and tls[1]):
+            raise UsageError("give --tls-ca-file and --tls-cert (and --tls-key if the key is a separate file)")
+        security = tuple(tls) if any(tls) else None
+        self._context = get_client(None, address, security=security, verbose=not quiet and not address)
         try:
             self.client = self._context.__enter__()
         except OSError as exc:
@@ -728,6 +732,10 @@ def _common(p: argparse.ArgumentParser, *, scheduler: bool = True, json_output: 
     if scheduler:
         p.add_argument("--scheduler", metavar="ADDR", default=None,
                        help="address of a Dask scheduler (default: $DASK_EM_SCHEDULER, else a LocalCluster)")
+        tls = "PEM file for a tls:// scheduler (default: $DASK_EM_TLS_%s, else dask's distributed.comm.tls config)"
+        p.add_argument("--tls-ca-file", metavar="PATH", default=None, help="CA certificate " + tls % "CA_FILE")
+        p.add_argument("--tls-cert", metavar="PATH", default=None, help="client certificate " + tls % "CERT")
+        p.add_argument("--tls-key", metavar="PATH", default=None, help="client private key " + tls % "KEY")
     if json_output:
         p.add_argument("--json", action="store_true", help="print the result as JSON on standard output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or messages on standard error")

@@ -283,6 +283,6 @@ def test_readme_names_every_recipe_and_the_settings():
     text = (DEPLOY / "README.md").read_text()
     for name in ("docker-compose.yml", "daskcluster.yaml", "daskjob.yaml", "kubecluster.py",
                  "slurm_cluster.py", "fit.sbatch", "--scheduler", "DASK_EM_SCHEDULER", "--memory-limit",
-                 "tls://", "DASK_EM_TLS_CA_FILE", "--lifetime", "dask-em resume", "helm install"):
+                 "tls://", "--tls-ca-file", "DASK_EM_TLS_CA_FILE", "--lifetime", "dask-em resume", "helm install"):
         assert name in text, name
     assert "unpickled" in text

@@ -256,6 +256,7 @@ def fit_em(
     resume: bool | None = None,
     force: bool = False,
     checkpoint_meta: dict[str, Any] | None = None,
+    stop: Callable[[Any, Any], bool] | None = None,
     warn_not_converged: bool = True,
 ) -> EMResult:
     """Fit ``model`` to ``data`` by Expectation-Maximization on Dask.
@@ -300,6 +301,10 @@ def fit_em(
         What the caller wants recorded and checked on resume, e.g. the
         estimator's class and hyper-parameters (see
         :meth:`dask_em.estimators.EMEstimator.checkpoint_meta`).
+    stop : callable, optional
+        ``stop(old_params, new_params) -> bool``, a model-specific
+        convergence rule checked after each M-step (e.g. k-means' center
+        shift); when it returns True the fit has converged.
     warn_not_converged : bool
         Warn with :class:`ConvergenceWarning` when ``max_iter`` is reached.
 
@@ -335,6 +340,7 @@ def fit_em(
             if state is not None:
                 params = state.params
                 monitor.history = list(state.history)
+                monitor.stopped = bool(state.converged) and stop is not None
                 resumed_from = monitor.iter
                 message = f"resumed from {checkpoint} at iteration {resumed_from}" + (
                     " (the fit had finished)" if monitor.done else ""
@@ -372,7 +378,9 @@ def fit_em(
             value = loglik / float(stats["n"]) if tol_on == "mean" else loglik
             previous = monitor.history[-1] if monitor.history else -math.inf
             monitor.report(value)
-            params = model.m_step(stats, params)
+            old_params, params = params, model.m_step(stats, params)
+            if stop is not None and stop(old_params, params):
+                monitor.stopped = True
             if store is not None and (monitor.iter % checkpoint_every == 0 or monitor.done):
                 store.save(params=params, history=monitor.history, converged=monitor.converged)
             info = IterationInfo(

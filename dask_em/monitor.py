@@ -33,6 +33,8 @@ class ConvergenceMonitor:
     max_iter: int
     decrease_rtol: float = 1e-9
     history: list[float] = field(default_factory=list)
+    #: Set when a model-specific stopping rule (``fit_em(stop=...)``) was met.
+    stopped: bool = False
 
     @property
     def iter(self) -> int:
@@ -41,8 +43,8 @@ class ConvergenceMonitor:
 
     @property
     def converged(self) -> bool:
-        """Whether the last change was below ``tol``."""
-        return len(self.history) >= 2 and abs(self.history[-1] - self.history[-2]) < self.tol
+        """Whether the last change was below ``tol`` or a stopping rule was met."""
+        return self.stopped or (len(self.history) >= 2 and abs(self.history[-1] - self.history[-2]) < self.tol)
 
     @property
     def done(self) -> bool:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..cluster import get_client
 from ..data import Blocks
-from ..engine import IterationInfo, expected_stats, fit_em, prepare_blocks
+from ..engine import expected_stats, fit_em, prepare_blocks
 from ..errors import ConvergenceWarning, InvalidDataError
 from ..models.kmeans import (
     KMeansModel,
@@ -302,10 +302,6 @@ def mean_variance(blocks: Blocks, client: Any = None) -> float:
     return float(np.mean(m2 / n)) if n else 0.0
 
 
-class _Converged(Exception):
-    """Raised by the convergence callback to end Lloyd's loop early."""
-
-
 def lloyd(
     blocks: Blocks,
     params: Any,
@@ -329,47 +325,32 @@ def lloyd(
     is at most ``tol_scaled`` (the engine's own log-likelihood tolerance is
     switched off). Returns the parameters, the number of iterations and
     whether that criterion was met.
-
-    The engine has no stopping test of its own beyond the log-likelihood,
-    so a callback ends the loop by raising after the iteration that meets
-    the criterion (its snapshot, if any, is already queued). A fit resumed
-    from such a snapshot runs one more iteration before it stops again.
     """
-    seen: dict[str, Any] = {}
-
-    def stop(info: IterationInfo) -> None:
-        seen["params"], seen["n_iter"] = info.params, info.iteration
-        if float(info.params.center_shift) <= tol_scaled:
-            raise _Converged
-
-    callbacks: list[Any] = [stop]
+    callbacks: list[Any] = []
     if verbose:
         from ..progress import Progress
 
-        # Shown before the stop test, so the last iteration has its line too.
-        callbacks.insert(0, Progress(label=label))
-    try:
-        result = fit_em(
-            KMeansModel(n_clusters),
-            blocks,
-            params,
-            max_iter=max_iter,
-            tol=0.0,
-            tol_on="mean",
-            split_every=split_every,
-            client=client,
-            callbacks=callbacks,
-            verbose=False,
-            checkpoint=checkpoint,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-            force=force,
-            checkpoint_meta=checkpoint_meta,
-            warn_not_converged=False,
-        )
-    except _Converged:
-        return seen["params"], seen["n_iter"], True
-    return result.params, result.n_iter, False
+        callbacks.append(Progress(label=label))
+    result = fit_em(
+        KMeansModel(n_clusters),
+        blocks,
+        params,
+        max_iter=max_iter,
+        tol=0.0,
+        tol_on="mean",
+        split_every=split_every,
+        client=client,
+        callbacks=callbacks,
+        verbose=False,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        force=force,
+        checkpoint_meta=checkpoint_meta,
+        stop=lambda old, new: float(new.center_shift) <= tol_scaled,
+        warn_not_converged=False,
+    )
+    return result.params, result.n_iter, result.converged
 
 
 def kmeans_centers(

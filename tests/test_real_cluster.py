@@ -1,9 +1,11 @@
 """Fits on real ``dask scheduler`` / ``dask worker`` processes, with failures.
 
-Each test starts its own scheduler and workers on 127.0.0.1 with random
-ports (see ``_cluster_utils``) and compares with the same fit on the
-session's LocalCluster: the results must be equal bit for bit, also after
-a worker was killed with SIGKILL in the middle of an iteration.
+Schedulers and workers are ``dask scheduler`` / ``dask worker`` processes
+on 127.0.0.1 with random ports (see ``_cluster_utils``): one tcp cluster
+with nannies shared by this module, and their own for TLS, workers without
+nannies and a scheduler that dies. Every fit is compared with the same fit
+on the session's LocalCluster: the results must be equal bit for bit, also
+after a worker was killed with SIGKILL in the middle of an iteration.
 """
 
 from __future__ import annotations

@@ -227,7 +227,6 @@ class _DiagCompleted:
     Y0: np.ndarray  # (n, D) rows about the centre, zeros at missing entries
     a: np.ndarray  # (K, D) means about the centre
     var: np.ndarray  # (K, D) variances
-    ct: str
 
     def accumulate(self, stats: Stats, resp: np.ndarray, miss: np.ndarray) -> None:
         r_miss = resp.T @ miss.astype(np.float64)  # (K, D): weight of rows missing each entry
@@ -245,7 +244,7 @@ def _diag_conditionals(
     Pa = P * a
     quad = (Y0 * Y0) @ P.T - 2.0 * Y0 @ Pa.T + obs @ (Pa * a).T
     logp = -0.5 * (obs.sum(axis=1)[:, None] * _LOG_2PI - obs @ np.log(P).T + quad)
-    return logp, _DiagCompleted(Y0, a, 1.0 / P, "diag")
+    return logp, _DiagCompleted(Y0, a, 1.0 / P)
 
 
 @dataclasses.dataclass

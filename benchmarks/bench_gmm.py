@@ -46,7 +46,6 @@ def make_data(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:
 def initial_values(X: np.ndarray, k: int, covariance_type: str, seed: int = 1) -> dict[str, np.ndarray]:
     """Shared starting point: random rows as means, the data's variances as covariances."""
     rng = np.random.default_rng(seed)
-    d = X.shape[1]
     var = X[:100_000].var(axis=0)
     precisions = {
         "full": np.repeat(np.diag(1.0 / var)[None], k, axis=0),

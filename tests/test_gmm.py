@@ -40,7 +40,6 @@ def make_data(n=1200, d=3, seed=0, offset=5.0):
 def initial_values(X, covariance_type, seed=1):
     """Deliberately rough starting values shared by both implementations."""
     rng = np.random.default_rng(seed)
-    d = X.shape[1]
     weights = np.array([0.5, 0.3, 0.2])
     means = X[rng.choice(len(X), K, replace=False)] + 0.1
     var = X.var(axis=0)

@@ -510,8 +510,9 @@ def _normalize(log_prob, row_loglik):  # pragma: no cover - compiled
         total = 0.0
         for k in range(K):
             d = log_prob[i, k] - top
-            # exp underflows to exactly 0 below -745.2: skip the call
-            e = np.exp(d) if d > -746.0 else 0.0
+            # Below exp(-700) ~ 1e-304 a responsibility is noise; zero keeps
+            # subnormal numbers (slow in every later product) out of the sums.
+            e = np.exp(d) if d > -700.0 else 0.0
             log_prob[i, k] = e
             total += e
         inv = 1.0 / total

@@ -186,10 +186,17 @@ class _Prepared:
 
 
 class _Workspace:
-    """Buffers reused across the sub-blocks of one block."""
+    """Buffers reused across the sub-blocks of one block.
+
+    Allocating them once matters inside Dask workers, whose allocator hands
+    freed memory back to the system eagerly (``MALLOC_TRIM_THRESHOLD_``):
+    fresh temporaries per sub-block there cost page faults on every use.
+    """
 
     def __init__(self, rows: int, K: int, D: int, covariance_type: str) -> None:
         rows = max(rows, 1)
+        self.Y = np.empty((rows, D))
+        self.Y2 = np.empty((rows, D)) if covariance_type in ("diag", "spherical") else None
         self.log_prob = np.empty((rows, K))
         self.row_loglik = np.empty(rows)
         width = K * D if covariance_type == "full" else D
@@ -258,7 +265,7 @@ class GaussianMixtureModel:
         n_invalid = 0
         for start in range(0, X.shape[0], rows):
             part = X[start : start + rows]
-            Y = np.subtract(part, prep.center, dtype=np.float64)
+            Y = np.subtract(part, prep.center, out=work.Y[: part.shape[0]])
             resp = self._log_prob_into(Y, prep, work)
             row_loglik = work.row_loglik[: Y.shape[0]]
             _normalize(resp, row_loglik)
@@ -430,7 +437,8 @@ class GaussianMixtureModel:
         elif ct == "tied":
             stats["sum_xxT"] += Y.T @ Y
         else:
-            stats["sum_xx"] += resp.T @ (Y * Y)
+            Y2 = np.multiply(Y, Y, out=work.Y2[:n]) if work.Y2 is not None else Y * Y
+            stats["sum_xx"] += resp.T @ Y2
 
     def weighted_log_prob(self, X: np.ndarray, params: GMMParams) -> np.ndarray:
         """log(w_k) + log N(x | mu_k, Sigma_k) for every row: (n_samples, K).
@@ -449,7 +457,8 @@ class GaussianMixtureModel:
         rows = sub_block_rows(K, D, self.covariance_type)
         work = _Workspace(min(rows, X.shape[0]), K, D, self.covariance_type)
         for start in range(0, X.shape[0], rows):
-            Y = np.subtract(X[start : start + rows], prep.center, dtype=np.float64)
+            part = X[start : start + rows]
+            Y = np.subtract(part, prep.center, out=work.Y[: part.shape[0]])
             out[start : start + rows] = self._log_prob_into(Y, prep, work)
         if not np.isfinite(out).all():
             bad = ~np.isfinite(out).all(axis=1)

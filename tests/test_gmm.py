@@ -317,3 +317,26 @@ def test_checkpoint_resume_skips_initialisation(client, X, tmp_path, monkeypatch
     again = GaussianMixture(**kwargs).fit(X, client=client, checkpoint=path)
     np.testing.assert_array_equal(again.means_, first.means_)
     assert again.lower_bounds_ == first.lower_bounds_
+
+
+def test_missing_em_equals_plain_fit_without_nan_and_fits_with_nan(client):
+    rng = np.random.default_rng(7)
+    X = np.vstack([rng.normal(0, 1, (300, 3)), rng.normal(5, 1, (300, 3))])
+    init = dict(weights_init=[0.5, 0.5], means_init=[[0.5] * 3, [4.5] * 3])
+    plain = GaussianMixture(2, max_iter=5, tol=0, **init).fit(X, client=client)
+    em = GaussianMixture(2, max_iter=5, tol=0, missing="em", **init).fit(X, client=client)
+    np.testing.assert_allclose(em.means_, plain.means_, rtol=1e-10)
+    np.testing.assert_allclose(em.covariances_, plain.covariances_, rtol=1e-10)
+    assert em.lower_bound_ == pytest.approx(plain.lower_bound_, rel=1e-10)
+
+    Xm = X.copy()
+    Xm[rng.random(X.shape) < 0.1] = np.nan
+    with pytest.raises(InvalidDataError, match="NaN"):
+        GaussianMixture(2, max_iter=3).fit(Xm, client=client)
+    fitted = GaussianMixture(2, missing="em", random_state=0).fit(Xm, client=client)
+    assert np.all(np.diff(fitted.lower_bounds_) > -1e-9)
+    assert np.isfinite(fitted.means_).all()
+    assert sorted(fitted.means_[:, 0].round()) == [0.0, 5.0]
+    assert np.isfinite(fitted.predict_proba(Xm)).all()
+    with pytest.raises(ValueError, match="missing must be"):
+        GaussianMixture(2, missing="drop").fit(X, client=client)

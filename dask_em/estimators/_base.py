@@ -22,6 +22,15 @@ class EMEstimator:
     dependency. Fitted attributes end with ``_``.
     """
 
+    #: scikit-learn's kind of estimator ("clusterer", "density_estimator", ...).
+    _estimator_type: str | None = None
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's estimator tags (``clone`` and ``Pipeline`` ask for them)."""
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(estimator_type=self._estimator_type, target_tags=TargetTags(required=False))
+
     @classmethod
     def _param_names(cls) -> list[str]:
         signature = inspect.signature(cls.__init__)

@@ -16,6 +16,7 @@ from ..data import Blocks, _check_array_meta, as_dask_array
 from ..engine import expected_stats, fit_em, prepare_blocks
 from ..errors import ConvergenceWarning, InvalidDataError
 from ..models.base import Stats
+from ..models.gmm_missing import GaussianMixtureMissingModel
 from ..models.gmm import (
     COVARIANCE_TYPES,
     SUB_BLOCK_ROWS,
@@ -86,6 +87,14 @@ class GaussianMixture(EMEstimator):
         Start ``fit`` from the last fit's parameters (with ``n_init=1``).
     verbose : int, default=0
         Print a progress line per iteration.
+    missing : {"raise", "em"}, default="raise"
+        What NaN in the data means: an error ("raise"), or values missing
+        at random that EM integrates out ("em"): each row's missing entries
+        are completed per component by their conditional expectation, and
+        the model is fitted to the observed entries. With no NaN present,
+        "em" gives the same fit as "raise". With "em", "kmeans" and
+        "random" initialisations start from a sample whose NaN are
+        replaced by column means.
     split_every : int, default=8
         Fan-in of the tree reduction of statistics.
 
@@ -116,6 +125,8 @@ class GaussianMixture(EMEstimator):
     iteration of a warm-started fit never counts as converged.
     """
 
+    _estimator_type = "density_estimator"
+
     def __init__(
         self,
         n_components: int = 1,
@@ -132,6 +143,7 @@ class GaussianMixture(EMEstimator):
         random_state: Any = None,
         warm_start: bool = False,
         verbose: int = 0,
+        missing: str = "raise",
         split_every: int = 8,
     ) -> None:
         self.n_components = n_components
@@ -147,13 +159,8 @@ class GaussianMixture(EMEstimator):
         self.random_state = random_state
         self.warm_start = warm_start
         self.verbose = verbose
+        self.missing = missing
         self.split_every = split_every
-
-    def __sklearn_tags__(self) -> Any:
-        """scikit-learn's estimator tags (needed by ``clone`` and ``Pipeline``)."""
-        from sklearn.utils import Tags, TargetTags
-
-        return Tags(estimator_type="density_estimator", target_tags=TargetTags(required=False))
 
     # -- checks ---------------------------------------------------------------
 
@@ -162,6 +169,8 @@ class GaussianMixture(EMEstimator):
             raise ValueError(f"n_components must be an integer >= 1, got {self.n_components!r}")
         if self.covariance_type not in COVARIANCE_TYPES:
             raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}")
+        if self.missing not in ("raise", "em"):
+            raise ValueError(f"missing must be 'raise' or 'em', got {self.missing!r}")
         if self.init_params not in INIT_PARAMS:
             raise ValueError(f"init_params must be one of {INIT_PARAMS}, got {self.init_params!r}")
         if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
@@ -206,8 +215,11 @@ class GaussianMixture(EMEstimator):
             prec_chol = precisions_cholesky_from_precisions(precisions, self.covariance_type)
         return weights, means, prec_chol
 
-    def _model(self) -> GaussianMixtureModel:
-        return GaussianMixtureModel(int(self.n_components), self.covariance_type, float(self.reg_covar))
+    def _model(self) -> GaussianMixtureModel | GaussianMixtureMissingModel:
+        config = (int(self.n_components), self.covariance_type, float(self.reg_covar))
+        if getattr(self, "missing", "raise") == "em":
+            return GaussianMixtureMissingModel(*config)
+        return GaussianMixtureModel(*config)
 
     # -- fitting --------------------------------------------------------------
 
@@ -348,7 +360,12 @@ class GaussianMixture(EMEstimator):
             cov = covariances_from_precisions_cholesky(prec_chol_init, ct)
             return GMMParams(weights_init, means_init, cov, prec_chol_init)
         n_samples = blocks.n_samples
-        if self.init_params in ("kmeans", "random"):
+        if isinstance(model, GaussianMixtureMissingModel):
+            # k-means and random responsibilities need complete rows: start
+            # from the sample with NaN replaced by column means instead.
+            base = model.init_params(blocks.sample(max(INIT_SAMPLE_ROWS, K), rng), rng)
+            weights = base.weights
+        elif self.init_params in ("kmeans", "random"):
             if self.init_params == "kmeans":
                 stats, center = self._kmeans_stats(model, blocks, rng, client)
             else:

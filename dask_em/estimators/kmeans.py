@@ -464,6 +464,8 @@ class KMeans(EMEstimator):
     and nothing becomes NaN.
     """
 
+    _estimator_type = "clusterer"
+
     def __init__(
         self,
         n_clusters: int = 8,

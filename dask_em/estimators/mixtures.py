@@ -23,6 +23,8 @@ from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs
 class _MixtureEstimator(EMEstimator):
     """fit / predict / score for the discrete mixtures; subclasses name the component parameter."""
 
+    _estimator_type = "density_estimator"
+
     _model_class: type[_DiscreteMixture]
     _component_attr: str  # fitted attribute of the component parameters, e.g. "lambdas_"
     _init_attr: str  # hyper-parameter with initial component parameters, e.g. "lambdas_init"

@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numba import njit
+from llvmlite import ir as llvm_ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from .base import Stats
 
@@ -229,6 +231,294 @@ def _diag_sums(X, gamma, sum_x, sum_xx):  # pragma: no cover - compiled
                 sum_xx[k, d] += v * X[t, d]
 
 
+
+# Exponential of non-positive numbers in a form LLVM vectorises (no libm
+# call): Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, Taylor polynomial
+# of degree 13 (truncation < 0.05 ulp), 2^n written into the exponent bits.
+# Within 1 ulp of libm's exp on [-708, 0]; 0 below -708 (no subnormals).
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+#: 1.5 * 2**52: adding it rounds to an integer held in the low mantissa bits.
+_ROUND_SHIFT = 6755399441055744.0
+
+
+@intrinsic
+def _f64_bits(typingctx, x):  # pragma: no cover - compiled
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], llvm_ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _bits_f64(typingctx, i):  # pragma: no cover - compiled
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], llvm_ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _exp_nonpos(x):  # pragma: no cover - compiled
+    """``exp(x)`` for ``x <= 0``; 0 below -708."""
+    kd = x * _LOG2E + _ROUND_SHIFT
+    ki = _f64_bits(kd)
+    kd -= _ROUND_SHIFT
+    r = x - kd * _LN2_HI - kd * _LN2_LO
+    p = 1.0 / 6227020800.0
+    p = p * r + 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    y = p * _bits_f64((ki + 1023) << 52)
+    return y if x >= -708.0 else 0.0
+
+
+# Sums over time steps: reassociation lets LLVM use several vector
+# accumulators (the order is fixed by the compiled code, so results are
+# reproducible run to run).
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _sum(a, n):  # pragma: no cover - compiled
+    acc = 0.0
+    for t in range(n):
+        acc += a[t]
+    return acc
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _dot(a, b, n):  # pragma: no cover - compiled
+    acc = 0.0
+    for t in range(n):
+        acc += a[t] * b[t]
+    return acc
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _dot3(a, b, c, n):  # pragma: no cover - compiled
+    acc = 0.0
+    for t in range(n):
+        acc += a[t] * b[t] * c[t]
+    return acc
+
+
+@njit(nogil=True, cache=True)
+def diag_e_step(X, lengths, startprob, transmat, means, precisions, log_norm,
+                sum_start, sum_trans, sum_post, sum_x, sum_xx, k_tag, d_tag):  # pragma: no cover - compiled
+    """Fused E-step of a diagonal-Gaussian HMM over the sequences of one block.
+
+    One compiled call per block loops over its sequences. For each
+    sequence: emission log-densities (vectorised over time steps), shifted
+    by their per-step maximum and exponentiated; the scaled forward
+    recursion; the scaled backward recursion with the posterior of each
+    step; then all statistics as vectorised sums over the steps. Buffers
+    are sized for the longest sequence, allocated once per call and reused
+    for every sequence; no (n_steps, n_components) array of the whole block
+    is materialised.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_steps, n_features)
+    lengths : ndarray of int64, shape (n_sequences,)
+    startprob : ndarray of shape (n_components,)
+    transmat : ndarray of shape (n_components, n_components)
+    means, precisions : ndarray of shape (n_components, n_features)
+    log_norm : ndarray of shape (n_components,)
+        ``-0.5 * (D log(2 pi) + sum_d log(covars[k, d]))``.
+    sum_start, sum_post : ndarray of shape (n_components,)
+    sum_trans : ndarray of shape (n_components, n_components)
+    sum_x, sum_xx : ndarray of shape (n_components, n_features)
+        Accumulated (added to). Steps with non-finite values contribute
+        nothing to ``sum_x`` and ``sum_xx``.
+    k_tag, d_tag : tuple
+        Tuples of length n_components and n_features: the kernel is
+        compiled for these sizes as constants, so its small loops are
+        fully unrolled. Empty tuples: sizes taken from the arrays.
+
+    Returns
+    -------
+    loglik : float
+        Total log-likelihood of the block (-inf if some sequence is impossible).
+    n_invalid : int
+        Number of steps with non-finite values (their emission
+        probability is taken as one in every state).
+    """
+    K = len(k_tag) if len(k_tag) > 0 else means.shape[0]
+    D = len(d_tag) if len(d_tag) > 0 else X.shape[1]
+    max_len = 0
+    for s in range(lengths.shape[0]):
+        if lengths[s] > max_len:
+            max_len = lengths[s]
+    XT = np.empty((D, max_len))
+    # emission log-densities, then shifted probabilities, then backward terms
+    ET = np.empty((K, max_len))
+    AT = np.empty((K, max_len))
+    GT = np.empty((K, max_len))
+    mx = np.empty(max_len)
+    scale = np.empty(max_len)
+    prev = np.empty(K)
+    cur = np.empty(K)
+    beta = np.empty(K)
+    tmp = np.empty(K)
+    trans_T = np.ascontiguousarray(transmat.T)
+    half_prec = -0.5 * precisions
+    # sum over steps of alpha_t[i] * tmp_{t+1}[j]; times transmat[i, j] at the end
+    xi = np.zeros((K, K))
+    loglik = 0.0
+    # product of scale factors, taken through log only when it leaves a safe range
+    prod = 1.0
+    bad = 0
+    start = 0
+    for s in range(lengths.shape[0]):
+        L = lengths[s]
+        # ---- emission probabilities, time along the fast axis
+        n_bad = 0
+        for t in range(L):
+            ok = True
+            for d in range(D):
+                v = X[start + t, d]
+                XT[d, t] = v
+                if not math.isfinite(v):
+                    ok = False
+            if not ok:
+                n_bad += 1
+        for k in range(K):
+            row = ET[k]
+            lk = log_norm[k]
+            for t in range(L):
+                row[t] = lk
+            for d in range(D):
+                m = means[k, d]
+                h = half_prec[k, d]
+                xd = XT[d]
+                for t in range(L):
+                    diff = xd[t] - m
+                    row[t] += h * diff * diff
+        if n_bad:
+            # invalid steps: probability one in every state, no emission statistics
+            bad += n_bad
+            for t in range(L):
+                ok = True
+                for d in range(D):
+                    if not math.isfinite(XT[d, t]):
+                        ok = False
+                if not ok:
+                    for d in range(D):
+                        XT[d, t] = 0.0
+                    for k in range(K):
+                        ET[k, t] = 0.0
+        for t in range(L):
+            mx[t] = ET[0, t]
+        for k in range(1, K):
+            row = ET[k]
+            for t in range(L):
+                v = row[t]
+                mx[t] = v if v > mx[t] else mx[t]
+        shift = 0.0
+        for t in range(L):
+            shift += mx[t]
+        if not math.isfinite(shift):
+            return -np.inf, bad
+        loglik += shift
+        for k in range(K):
+            row = ET[k]
+            for t in range(L):
+                row[t] = _exp_nonpos(row[t] - mx[t])
+        # ---- forward, normalised at every step
+        c = 0.0
+        for k in range(K):
+            a = startprob[k] * ET[k, 0]
+            prev[k] = a
+            c += a
+        if not c > 0.0:
+            return -np.inf, bad
+        scale[0] = c
+        for k in range(K):
+            prev[k] /= c
+            AT[k, 0] = prev[k]
+        if c < 1e-100:
+            loglik += math.log(c)
+        else:
+            prod *= c
+        for t in range(1, L):
+            for j in range(K):
+                cur[j] = 0.0
+            for i in range(K):
+                a = prev[i]
+                for j in range(K):
+                    cur[j] += a * transmat[i, j]
+            c = 0.0
+            for j in range(K):
+                v = cur[j] * ET[j, t]
+                cur[j] = v
+                c += v
+            if not c > 0.0:
+                return -np.inf, bad
+            scale[t] = c
+            inv = 1.0 / c
+            for j in range(K):
+                v = cur[j] * inv
+                prev[j] = v
+                AT[j, t] = v
+            if c < 1e-100:
+                loglik += math.log(c)
+            else:
+                prod *= c
+                if prod < 1e-150 or prod > 1e150:
+                    loglik += math.log(prod)
+                    prod = 1.0
+        # ---- backward; ET[:, t] becomes b_t * beta_t / c_t, the xi factor
+        for k in range(K):
+            beta[k] = 1.0
+            GT[k, L - 1] = AT[k, L - 1]
+        for t in range(L - 2, -1, -1):
+            inv = 1.0 / scale[t + 1]
+            for j in range(K):
+                v = ET[j, t + 1] * beta[j] * inv
+                tmp[j] = v
+                ET[j, t + 1] = v
+            for i in range(K):
+                beta[i] = 0.0
+            for j in range(K):
+                v = tmp[j]
+                for i in range(K):
+                    beta[i] += trans_T[j, i] * v
+            norm = 0.0
+            for k in range(K):
+                v = AT[k, t] * beta[k]
+                GT[k, t] = v
+                norm += v
+            if norm > 0.0:
+                inv = 1.0 / norm
+                for k in range(K):
+                    GT[k, t] *= inv
+        # ---- statistics, as sums over the steps of the sequence
+        for k in range(K):
+            g = GT[k]
+            sum_start[k] += g[0]
+            sum_post[k] += _sum(g, L)
+            for d in range(D):
+                sum_x[k, d] += _dot(g, XT[d], L)
+                sum_xx[k, d] += _dot3(g, XT[d], XT[d], L)
+            a = AT[k]
+            for j in range(K):
+                xi[k, j] += _dot(a, ET[j, 1:], L - 1)
+        start += L
+    loglik += math.log(prod)
+    for i in range(K):
+        for j in range(K):
+            sum_trans[i, j] += transmat[i, j] * xi[i, j]
+    return loglik, bad
+
 @njit(nogil=True, cache=True)
 def _categorical_logpmf(x, log_emission, out):  # pragma: no cover - compiled
     """Symbol log-probabilities; returns the number of invalid symbols."""
@@ -338,6 +628,22 @@ def _prior(value: Any) -> Any:
     """A JSON-able prior: a float, or nested lists for an array."""
     arr = np.asarray(value, dtype=float)
     return float(arr) if arr.ndim == 0 else arr.tolist()
+
+
+#: Largest sizes for which the fused kernel is compiled with constant sizes.
+_MAX_TAGGED_COMPONENTS, _MAX_TAGGED_FEATURES = 16, 32
+
+
+def _size_tags(n_components: int, n_features: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Tuples whose lengths give the fused kernel its sizes as compile-time constants.
+
+    Small sizes get a specialised compilation (cached on disk) with fully
+    unrolled inner loops; larger ones share one compilation with sizes
+    read from the arrays.
+    """
+    if n_components <= _MAX_TAGGED_COMPONENTS and n_features <= _MAX_TAGGED_FEATURES:
+        return (0,) * n_components, (0,) * n_features
+    return (), ()
 
 
 def _block_parts(block: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -474,6 +780,49 @@ class GaussianHMMModel(_HMMBase):
             return np.array([np.diag(c) for c in covars])
         return np.asarray(covars).reshape(K, 1, 1) * np.eye(D)
 
+    def _diag_terms(self, params: GaussianHMMParams, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+        """Precisions (K, D) and log normalising constants (K,) of diag/spherical covariances."""
+        K, D = self.n_components, n_features
+        cov = np.asarray(params.covars, dtype=np.float64)
+        cov = np.broadcast_to(cov.reshape(K, -1), (K, D))
+        cov = np.maximum(cov, np.finfo(float).tiny)
+        log_norm = -0.5 * (D * LOG_2PI + np.log(cov).sum(axis=1))
+        return np.ascontiguousarray(1.0 / cov), log_norm
+
+    def e_step(self, block: Any, params: GaussianHMMParams) -> Stats:
+        """Expected sufficient statistics of one partition.
+
+        Diagonal and spherical covariances run one fused compiled pass
+        (:func:`diag_e_step`); full and tied ones compute the emission
+        log-densities with BLAS, then forward-backward, then the statistics.
+        """
+        if self.covariance_type not in ("diag", "spherical"):
+            return super().e_step(block, params)
+        values, lengths = _block_parts(block)
+        X = values if values.ndim == 2 else values.reshape(-1, 1)
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        K, D = self.n_components, X.shape[1]
+        precisions, log_norm = self._diag_terms(params, D)
+        sum_start, sum_post = np.zeros(K), np.zeros(K)
+        sum_trans = np.zeros((K, K))
+        sum_x, sum_xx = np.zeros((K, D)), np.zeros((K, D))
+        loglik, bad = diag_e_step(
+            X, lengths, np.ascontiguousarray(params.startprob, dtype=np.float64),
+            np.ascontiguousarray(params.transmat, dtype=np.float64),
+            np.ascontiguousarray(params.means, dtype=np.float64), precisions, log_norm,
+            sum_start, sum_trans, sum_post, sum_x, sum_xx, *_size_tags(K, D),
+        )
+        return {
+            "n": np.array(float(len(X))),
+            "loglik": np.array(loglik),
+            "n_invalid": np.array(float(bad)),
+            "sum_start": sum_start,
+            "sum_trans": sum_trans,
+            "sum_post": sum_post,
+            "sum_x": sum_x,
+            "sum_xx": sum_xx,
+        }
+
     def log_emission(self, values: np.ndarray, params: GaussianHMMParams) -> tuple[np.ndarray, int]:
         X = values if values.ndim == 2 else values.reshape(-1, 1)
         X = np.ascontiguousarray(X, dtype=np.float64)
@@ -481,11 +830,8 @@ class GaussianHMMModel(_HMMBase):
         K, D = means.shape
         out = np.empty((len(X), K))
         if self.covariance_type in ("diag", "spherical"):
-            cov = np.asarray(params.covars, dtype=np.float64)
-            cov = np.broadcast_to(cov.reshape(K, -1), (K, D))
-            cov = np.maximum(cov, np.finfo(float).tiny)
-            log_norm = -0.5 * (D * LOG_2PI + np.log(cov).sum(axis=1))
-            bad = _diag_logpdf(X, means, np.ascontiguousarray(1.0 / cov), log_norm, out)
+            precisions, log_norm = self._diag_terms(params, D)
+            bad = _diag_logpdf(X, means, precisions, log_norm, out)
             return out, int(bad)
         covs = self.full_covars(params.covars, D)
         finite = np.isfinite(X).all(axis=1)

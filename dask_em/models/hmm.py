@@ -6,9 +6,12 @@ sequences (shape (n_steps, n_features), or (n_steps,) for symbols) and
 ``lengths`` the length of each sequence. A sequence is never split between
 blocks, so the E-step of a block is exact.
 
-The E-step computes the emission log-probabilities of the block, then runs
-a scaled forward-backward compiled with numba (GIL released): at each step
-the emission log-probabilities are shifted by their maximum before ``exp``
+For diagonal and spherical Gaussian HMMs the E-step of a block is one
+compiled call (:func:`diag_e_step`) that fuses emission densities,
+forward-backward and the statistics, reusing per-sequence buffers. Other
+models compute the emission log-probabilities of the block, then run a
+scaled forward-backward compiled with numba (GIL released). In both, at
+each step the emission log-probabilities are shifted by their maximum before ``exp``
 and the forward variables are normalised to sum to one, so a sequence of a
 million steps neither underflows nor overflows. Transition statistics are
 accumulated step by step (no T x K x K array); the log-likelihood comes
@@ -1116,6 +1119,7 @@ __all__ = [
     "PoissonHMMParams",
     "StackedHMM",
     "StackedParams",
+    "diag_e_step",
     "forward_backward",
     "viterbi",
 ]

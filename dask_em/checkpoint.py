@@ -944,6 +944,7 @@ def _compare(stored: Mapping[str, Any], live: Mapping[str, Any]) -> list[str]:
 
 def _drop_free(meta: dict[str, Any]) -> dict[str, Any]:
     meta = dict(meta)
+    meta.pop("source", None)  # where the data was read from; the fingerprint checks the data
     if isinstance(meta.get("config"), dict):
         meta["config"] = {k: v for k, v in meta["config"].items() if k not in RESUME_MAY_DIFFER}
     return meta

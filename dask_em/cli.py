@@ -446,6 +446,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     fit_kwargs: dict[str, Any] = {}
     if args.checkpoint:
         fit_kwargs.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
+        # Recorded in the snapshots, so `dask-em resume CHECKPOINT` finds the data again.
+        estimator._data_source = {"input": args.input, "columns": args.columns, "lengths": args.lengths}
     if args.lengths:
         fit_kwargs["lengths"] = _read_lengths(args.lengths)
     with _Session(args) as client:
@@ -492,7 +494,6 @@ def _estimator_from_record(record: dict[str, Any]) -> Any:
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue a fit from its checkpoint."""
     _check_exists(args.checkpoint, "checkpoint")
-    _check_exists(args.input)
     io = _require("io", "resuming")
     record = None
     for candidate in (args.checkpoint, args.checkpoint.rstrip("/") + "/run-0"):
@@ -510,13 +511,27 @@ def cmd_resume(args: argparse.Namespace) -> int:
         estimator.set_params(max_iter=args.max_iter)
     if "verbose" in estimator.get_params():
         estimator.set_params(verbose=0 if args.quiet else 1)
+    source = record.get("source") or {}
+    if args.input is None:
+        if not source.get("input"):
+            raise UsageError(
+                f"{args.checkpoint!r} does not record where its data is (it was not started by "
+                "'dask-em fit'); give the input: dask-em resume CHECKPOINT INPUT"
+            )
+        args.input, args.columns = source["input"], args.columns or source.get("columns")
+    _check_exists(args.input)
+    estimator._data_source = {**source, "input": args.input}
+    fit_kwargs: dict[str, Any] = {}
+    lengths = source.get("lengths")
+    if lengths:
+        fit_kwargs["lengths"] = _read_lengths(lengths)
     X = read_input(args.input, columns=args.columns)
     _note(args, f"dask-em: resuming {type(estimator).__name__} from {args.checkpoint} "
                 f"(iteration {record.get('iteration', '?')})")
     with _Session(args) as client:
         start = time.perf_counter()
         estimator.fit(X, client=client, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                      resume=True, force=args.force)
+                      resume=True, force=args.force, **fit_kwargs)
         seconds = time.perf_counter() - start
     if args.output:
         _save(estimator, args.output, args.overwrite)
@@ -820,9 +835,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fit)
 
     p = add("resume", "continue a fit from the last snapshot of its checkpoint",
-            "dask-em resume ckpt.zarr data.zarr --max-iter 200 --output model.zarr")
+            "dask-em resume ckpt.zarr --output model.zarr\n"
+            "  dask-em resume ckpt.zarr data.zarr --max-iter 200 --output model.zarr")
     p.add_argument("checkpoint", help="checkpoint of 'dask-em fit --checkpoint' or estimator.fit(checkpoint=...)")
-    p.add_argument("input", help="the same data the fit started on (checked against the checkpoint)")
+    p.add_argument("input", nargs="?", default=None,
+                   help="the data the fit started on (default: the input 'dask-em fit' recorded; "
+                        "checked against the checkpoint's fingerprint)")
     p.add_argument("--max-iter", type=int, default=None, help="new iteration limit")
     p.add_argument("--force", action="store_true", help="resume even if data or settings differ")
     _input_options(p)

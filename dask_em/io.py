@@ -204,6 +204,7 @@ def describe(path: Any, *, storage_options: dict[str, Any] | None = None) -> dic
             "model": f"{model_class.get('module')}.{model_class.get('qualname')}",
             "estimator": meta.get("estimator"),
             "config": meta.get("config", model.get("config")),
+            "source": meta.get("source"),
             "model_config": model.get("config"),
             "iteration": state.iteration,
             "loglik": state.history[-1] if state.history else None,

@@ -196,8 +196,11 @@ def test_fit_with_checkpoint_then_resume(blobs, cluster, tmp_path):
     first = json.loads(run("fit", "gmm", blobs["zarr"], "-k", "3", "--random-state", "0", "--max-iter", "2",
                            "--tol", "0", "--checkpoint", ckpt, "--json", "--quiet", *addr).stdout)
     assert first["fitted"]["n_iter_"] == 2
-    second = json.loads(run("resume", ckpt, blobs["zarr"], "--max-iter", "4", "--json", "--quiet", *addr).stdout)
+    # The checkpoint records the input of 'dask-em fit', so resume needs only the checkpoint.
+    second = json.loads(run("resume", ckpt, "--max-iter", "4", "--json", "--quiet", *addr).stdout)
     assert second["fitted"]["n_iter_"] == 4
+    third = json.loads(run("resume", ckpt, blobs["zarr"], "--max-iter", "5", "--json", "--quiet", *addr).stdout)
+    assert third["fitted"]["n_iter_"] == 5
     code, _, err = call("resume", blobs["zarr"], blobs["zarr"])
     assert code == 2 and "is not a dask-em checkpoint" in err
 

@@ -75,10 +75,17 @@ class EMEstimator:
                 f"this {type(self).__name__} instance is not fitted yet; call 'fit' with appropriate data first"
             )
 
+    #: Where the data of the current fit was read from (set by the command
+    #: line, which records it so that ``dask-em resume CHECKPOINT`` needs no input).
+    _data_source: dict[str, Any] | None = None
+
     def checkpoint_meta(self) -> dict[str, Any]:
         """The estimator's class and hyper-parameters, recorded in checkpoints."""
         cls = type(self)
-        return {"estimator": f"{cls.__module__}.{cls.__qualname__}", "config": self.get_params()}
+        meta = {"estimator": f"{cls.__module__}.{cls.__qualname__}", "config": self.get_params()}
+        if self._data_source:
+            meta["source"] = dict(self._data_source)
+        return meta
 
     def fitted_state(self) -> dict[str, Any]:
         """Fitted attributes that are numbers or numpy arrays (for saving)."""

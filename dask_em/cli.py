@@ -549,15 +549,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     estimator = _load_model(args.model)
     if args.output and not args.overwrite and not _is_url(args.output) and os.path.exists(_local(args.output)):
         raise UsageError(f"output {args.output!r} already exists; pass --overwrite to replace it")
-    X = read_input(args.input, columns=args.columns)
+    # An HMM reads its Zarr sequence store (values + lengths) itself, partition by partition.
+    sequences = hasattr(estimator, "transmat_")
+    if sequences:
+        _check_exists(args.input)
+        X = args.input
+    else:
+        X = read_input(args.input, columns=args.columns)
     method = {"labels": "predict", "proba": "predict_proba", "score": "score_samples"}[args.what]
     if not hasattr(estimator, method):
         raise UsageError(f"{type(estimator).__name__} has no {method}; choose another --what")
     with _Session(args) as client:
-        X = X if not isinstance(X, str) else _as_dask_array(X)
+        X = _as_dask_array(X) if isinstance(X, str) and not sequences else X
         out = getattr(estimator, method)(X)
         if not isinstance(out, da.Array):
-            out = da.from_array(out, chunks=(X.chunks[0],) + out.shape[1:])
+            out = da.from_array(out, chunks=(X.chunks[0],) + out.shape[1:] if hasattr(X, "chunks") else "auto")
         if len(set(out.chunks[0][:-1])) > 1:  # Zarr needs regular chunks
             out = out.rechunk({0: max(out.chunks[0])})
         start = time.perf_counter()

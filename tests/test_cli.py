@@ -226,3 +226,19 @@ def test_demo_small_on_the_session_cluster(cluster, tmp_path):
     code, out, err = call("demo", "--n-samples", "20000", "--n-features", "3", "--n-components", "3", "--quiet",
                           "--scheduler", cluster.scheduler_address)
     assert code == 0 and "component" in out and "true" in out and err == ""
+
+
+def test_predict_hmm_states_of_a_sequence_store(client, cluster, tmp_path):
+    import dask_em
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(150, 2)) + (i % 2) * 4 for i in range(8)])
+    store, model_path = str(tmp_path / "seq.zarr"), str(tmp_path / "hmm.zarr")
+    dask_em.to_zarr_sequences(X, store, lengths=[150] * 8)
+    hmm = dask_em.GaussianHMM(2, covariance_type="diag", random_state=0, max_iter=5).fit(store, client=client)
+    dask_em.save(hmm, model_path)
+    out = str(tmp_path / "states.zarr")
+    result = json.loads(run("predict", model_path, store, "--output", out, "--json",
+                            "--scheduler", cluster.scheduler_address).stdout)
+    assert result["shape"] == [1200]
+    np.testing.assert_array_equal(zarr.open_array(out, mode="r")[:], hmm.predict(X, [150] * 8))

@@ -153,6 +153,13 @@ class _BaseHMM(EMEstimator):
     _values_dtype: Any = np.float64
 
     # -- hooks ---------------------------------------------------------------
+    def _after_load(self) -> None:
+        """Restore ``n_features`` (not a fitted attribute) from the emission parameters."""
+        for name in ("means_", "emissionprob_", "lambdas_"):
+            value = getattr(self, name, None)
+            if value is not None and getattr(self, "n_features", None) is None:
+                self.n_features = int(np.shape(value)[1])
+
     def _make_model(self, n_features: int) -> Any:
         raise NotImplementedError
 

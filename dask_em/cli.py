@@ -715,11 +715,16 @@ def _parse_int_list(text: str, option: str) -> list[int]:
 def cmd_report(args: argparse.Namespace) -> int:
     """An HTML report with pictures of a saved model."""
     report = _require("report", "the report")
+    report._matplotlib()  # before any work: a missing dependency is said at once
+    if args.sample_size < 1:
+        raise UsageError(f"--sample-size must be a positive integer, got {args.sample_size}")
     estimator = _load_model(args.model)
     X = read_input(args.data, columns=args.columns) if args.data else None
+    lengths = _read_lengths(args.lengths) if args.lengths else None
     with _Session(args) if X is not None else _nullcontext() as client:
-        written = report.write_report(estimator, args.output, data=X, client=client, title=args.model,
-                                      n_sample=args.n_sample)
+        written = report.make_report(estimator, args.output, data=X, lengths=lengths, sample_size=args.sample_size,
+                                     embed=args.embed, title=f"{type(estimator).__name__}: {args.model}",
+                                     client=client)
     if args.json:
         _print_json({"output": args.output, "images": written})
     else:
@@ -900,11 +905,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_select)
 
     p = add("report", "an HTML report with pictures (convergence, mixture projection, HMM transitions)",
-            "dask-em report model.zarr --data data.zarr --output report.html")
+            "dask-em report model.zarr --data data.zarr --output report.html\n"
+            "  dask-em report hmm.zarr --data sequences.zarr --output hmm-report.html --embed")
     p.add_argument("model")
     p.add_argument("-o", "--output", required=True, metavar="REPORT.html")
-    p.add_argument("--data", default=None, help="data to draw a sample from for the projection")
-    p.add_argument("--n-sample", type=int, default=5000, help="rows of the data sample shown")
+    p.add_argument("--data", default=None,
+                   help="data to draw a sample from (projection; for an HMM, a decoded sequence)")
+    p.add_argument("--lengths", default=None, help="sequence lengths of HMM --data (.npy, .txt or Zarr)")
+    p.add_argument("--sample-size", "--n-sample", dest="sample_size", type=int, default=5000,
+                   help="rows (HMM: steps) of the data sample, read from a few blocks")
+    p.add_argument("--embed", action="store_true", help="embed the PNGs in the HTML (one self-contained file)")
     _input_options(p)
     _common(p)
     p.set_defaults(func=cmd_report)

@@ -445,6 +445,9 @@ def plot_decoded(est: Any, values: np.ndarray, states: np.ndarray) -> Any:
         if type(est).__name__ == "CategoricalHMM":
             ax.scatter(t, y, s=6, c=[colors[int(s)] for s in states], zorder=3)
             ax.set_ylabel("symbol")
+            from matplotlib.ticker import MaxNLocator
+
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         else:
             ax.plot(t, y, color="black", linewidth=0.8, zorder=3)
             level = means if means is not None else lambdas

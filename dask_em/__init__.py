@@ -1,17 +1,85 @@
 """dask-em: Expectation-Maximization on data larger than memory, on Dask."""
 
-from .engine import EMResult, IterationInfo, expected_stats, fit_em
-from .estimators.gmm import GaussianMixture
-from .estimators.hmm import CategoricalHMM, GaussianHMM, PoissonHMM
-from .estimators.kmeans import KMeans
-from .estimators.missing import MultivariateNormal
-from .estimators.factor import PPCA, FactorAnalysis
-from .estimators.random_effects import RandomEffects
-from .io import describe, load, save
-from .estimators.mixtures import BernoulliMixture, CategoricalMixture, PoissonMixture
-from .models.base import EMModel, Stats
-from .select import ModelSelection, select
-from .sequences import sequence_blocks, to_zarr_sequences
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+#: Public name -> submodule defining it. Submodules are imported on first
+#: use (PEP 562), so ``import dask_em`` and ``dask-em --help`` stay quick.
+_LAZY = {
+    "EMResult": "engine",
+    "IterationInfo": "engine",
+    "expected_stats": "engine",
+    "fit_em": "engine",
+    "GaussianMixture": "estimators.gmm",
+    "CategoricalHMM": "estimators.hmm",
+    "GaussianHMM": "estimators.hmm",
+    "PoissonHMM": "estimators.hmm",
+    "KMeans": "estimators.kmeans",
+    "MultivariateNormal": "estimators.missing",
+    "PPCA": "estimators.factor",
+    "FactorAnalysis": "estimators.factor",
+    "RandomEffects": "estimators.random_effects",
+    "describe": "io",
+    "load": "io",
+    "save": "io",
+    "BernoulliMixture": "estimators.mixtures",
+    "CategoricalMixture": "estimators.mixtures",
+    "PoissonMixture": "estimators.mixtures",
+    "EMModel": "models.base",
+    "Stats": "models.base",
+    "ModelSelection": "select",
+    "select": "select",
+    "sequence_blocks": "sequences",
+    "to_zarr_sequences": "sequences",
+}
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from .engine import EMResult, IterationInfo, expected_stats, fit_em
+    from .estimators.gmm import GaussianMixture
+    from .estimators.hmm import CategoricalHMM, GaussianHMM, PoissonHMM
+    from .estimators.kmeans import KMeans
+    from .estimators.missing import MultivariateNormal
+    from .estimators.factor import PPCA, FactorAnalysis
+    from .estimators.random_effects import RandomEffects
+    from .io import describe, load, save
+    from .estimators.mixtures import BernoulliMixture, CategoricalMixture, PoissonMixture
+    from .models.base import EMModel, Stats
+    from .select import ModelSelection, select
+    from .sequences import sequence_blocks, to_zarr_sequences
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'dask_em' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``dask_em.select`` the function when the submodule of that name is imported.
+
+    Importing ``dask_em.select`` binds the submodule as an attribute of the
+    package; the eager imports this package once had rebound the function
+    right after, and this does the same for lazy imports.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "select" and isinstance(value, types.ModuleType) and hasattr(value, "select"):
+            value = value.select
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __version__ = "0.1.0"
 

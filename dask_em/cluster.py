@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -94,10 +95,13 @@ def local_cluster(n_workers: int | None = None, memory_limit: str | float | None
     """A LocalCluster bound to 127.0.0.1: one single-threaded process per core.
 
     One thread per process keeps BLAS and the GIL from contending: the
-    E-step of a block is single-threaded numpy and BLAS work.
+    E-step of a block is single-threaded numpy and BLAS work. Logs below
+    ERROR are silenced (``silence_logs``), so closing the cluster prints no
+    worker shutdown chatter; pass ``silence_logs=False`` to see them.
     """
     n_workers = n_workers or max(1, min(os.cpu_count() or 1, 8))
     kwargs.setdefault("dashboard_address", "127.0.0.1:0")
+    kwargs.setdefault("silence_logs", logging.ERROR)
     return LocalCluster(
         n_workers=n_workers,
         threads_per_worker=1,

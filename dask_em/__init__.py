@@ -50,11 +50,18 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
 
 
 def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'dask_em' has no attribute {name!r}")
     import importlib
 
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        # A submodule (dask_em.io, dask_em.testing, ...) loads on first use too,
+        # as it did when this package imported its modules eagerly.
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'dask_em' has no attribute {name!r}") from None
     value = getattr(importlib.import_module(f".{module_name}", __name__), name)
     globals()[name] = value  # later look-ups skip this function
     return value

@@ -141,6 +141,30 @@ def factor_patterns(patterns: Patterns, precision: np.ndarray) -> Factors:
     return Factors(L, L_offset, logdet)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _fill_missing_row(dev, R, i, missing_idx, i0, m, L, base, y):  # pragma: no cover - compiled
+    """Set row ``i``'s missing deviations to their conditional means; return ``|y|^2``.
+
+    ``L`` (at ``base``) is the Cholesky factor of the row pattern's
+    ``Lambda_mm``: y = L^-1 r_m by forward substitution, then d_m = -L^-T y.
+    """
+    s2 = 0.0
+    for a in range(m):
+        s = R[i, missing_idx[i0 + a]]
+        for c in range(a):
+            s -= L[base + a * m + c] * y[c]
+        y[a] = s / L[base + a * m + a]
+        s2 += y[a] * y[a]
+    for a in range(m - 1, -1, -1):
+        s = y[a]
+        for c in range(a + 1, m):
+            s -= L[base + c * m + a] * y[c]
+        y[a] = s / L[base + a * m + a]
+    for a in range(m):
+        dev[i, missing_idx[i0 + a]] = -y[a]
+    return s2
+
+
 @numba.njit(cache=True, nogil=True)
 def _complete_rows(dev, R, rows, pattern_id, missing_idx, idx_offset, L, L_offset, quad):  # pragma: no cover - compiled
     """Fill the missing deviations of ``dev`` with their conditional means.
@@ -158,21 +182,7 @@ def _complete_rows(dev, R, rows, pattern_id, missing_idx, idx_offset, L, L_offse
         i0 = idx_offset[p]
         m = idx_offset[p + 1] - i0
         base = L_offset[p]
-        # y = L^-1 r_m (forward substitution), then d_m = -L^-T y
-        s2 = 0.0
-        for a in range(m):
-            s = R[i, missing_idx[i0 + a]]
-            for c in range(a):
-                s -= L[base + a * m + c] * y[c]
-            y[a] = s / L[base + a * m + a]
-            s2 += y[a] * y[a]
-        for a in range(m - 1, -1, -1):
-            s = y[a]
-            for c in range(a + 1, m):
-                s -= L[base + c * m + a] * y[c]
-            y[a] = s / L[base + a * m + a]
-        for a in range(m):
-            dev[i, missing_idx[i0 + a]] = -y[a]
+        s2 = _fill_missing_row(dev, R, i, missing_idx, i0, m, L, base, y)
         quad[i] -= s2
 
 
@@ -340,20 +350,7 @@ def _condition_by_pattern(dev, R, n_seen, pattern_id, missing_idx, idx_offset, L
         i0 = idx_offset[p]
         m = idx_offset[p + 1] - i0
         base = L_offset[p]
-        s2 = 0.0
-        for a in range(m):
-            s = R[i, missing_idx[i0 + a]]
-            for c in range(a):
-                s -= L[base + a * m + c] * y[c]
-            y[a] = s / L[base + a * m + a]
-            s2 += y[a] * y[a]
-        for a in range(m - 1, -1, -1):
-            s = y[a]
-            for c in range(a + 1, m):
-                s -= L[base + c * m + a] * y[c]
-            y[a] = s / L[base + a * m + a]
-        for a in range(m):
-            dev[i, missing_idx[i0 + a]] = -y[a]
+        s2 = _fill_missing_row(dev, R, i, missing_idx, i0, m, L, base, y)
         logpdf[i] = -0.5 * (seen * log2pi + logdet + logdets[p] + quad - s2)
 
 

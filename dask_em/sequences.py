@@ -75,27 +75,51 @@ def check_lengths(lengths: Any, n_samples: int) -> np.ndarray:
     return arr
 
 
-def plan_partitions(lengths: np.ndarray, n_partitions: int) -> list[tuple[int, int]]:
+def plan_partitions(lengths: np.ndarray, n_partitions: int, chunk_ends: Any = None) -> list[tuple[int, int]]:
     """Contiguous runs of sequences ``[lo, hi)`` with nearly equal total length.
 
-    Cuts are placed at the sequence boundary nearest to each multiple of
-    ``total / n_partitions``; no partition is empty.
+    Parameters
+    ----------
+    lengths : ndarray of int
+        Length of every sequence, in order.
+    n_partitions : int
+        Partitions wanted (fewer when there are fewer sequences).
+    chunk_ends : array-like of int, optional
+        Row offsets where the storage's chunks end (Zarr or Dask chunks). When
+        given, partitions are whole runs of chunks wherever the sequence
+        boundaries allow, so no chunk is read and decompressed by two
+        partitions.
+
+    Returns
+    -------
+    list of (int, int)
+        Sequence index ranges; cuts are at the sequence boundary nearest to
+        each target, and no partition is empty.
     """
     n_seq = len(lengths)
     n_partitions = max(1, min(int(n_partitions), n_seq))
     ends = np.cumsum(lengths)
     total = float(ends[-1])
+    targets = total * np.arange(1, n_partitions) / n_partitions
+    if chunk_ends is not None:
+        inner = np.asarray(chunk_ends, dtype=np.float64)
+        inner = inner[(inner > 0) & (inner < total)]
+        if len(inner):
+            # each target moves to its nearest chunk end
+            nearest = np.abs(inner[None, :] - targets[:, None]).argmin(axis=1) if len(targets) else []
+            targets = np.unique(inner[nearest])
     cuts = [0]
-    for i in range(1, n_partitions):
-        target = total * i / n_partitions
+    for i, target in enumerate(targets, start=1):
         j = int(np.searchsorted(ends, target))
         # choose the nearer of the two boundaries around the target
         if j > 0 and abs(ends[j - 1] - target) <= abs(ends[min(j, n_seq - 1)] - target):
             j -= 1
         cut = j + 1
-        cut = max(cut, cuts[-1] + 1)
-        cut = min(cut, n_seq - (n_partitions - i))
-        cuts.append(cut)
+        if chunk_ends is None:
+            cut = max(cut, cuts[-1] + 1)
+            cut = min(cut, n_seq - (n_partitions - i))
+        if cuts[-1] < cut < n_seq:
+            cuts.append(cut)
     cuts.append(n_seq)
     return [(cuts[i], cuts[i + 1]) for i in range(len(cuts) - 1) if cuts[i + 1] > cuts[i]]
 
@@ -438,7 +462,7 @@ def _dask_array_blocks(X: Any, lengths: Any, client: Any, n_partitions: int | No
         X = X.astype(dtype)
     _check_values(np.empty((1, X.shape[1]), X.dtype))
     nbytes = float(X.nbytes)
-    plan = plan_partitions(lengths, n_partitions or default_partitions(client, nbytes))
+    plan = plan_partitions(lengths, n_partitions or default_partitions(client, nbytes), np.cumsum(X.chunks[0]))
     offsets = np.r_[0, np.cumsum(lengths)]
     parts = [dask.delayed(_pack)(X[offsets[lo] : offsets[hi]], lengths[lo:hi]) for lo, hi in plan]
     if _persist_decision(persist, nbytes, client):
@@ -468,7 +492,10 @@ def _zarr_blocks(source: Any, lengths: Any, client: Any, n_partitions: int | Non
     vdtype = np.dtype(dtype) if dtype is not None else np.dtype(values.dtype)
     _check_values(np.empty((1, n_features), vdtype))
     nbytes = float(n_samples * n_features * vdtype.itemsize)
-    plan = plan_partitions(lengths, n_partitions or default_partitions(client, nbytes))
+    chunk_rows = int(values.chunks[0])
+    plan = plan_partitions(
+        lengths, n_partitions or default_partitions(client, nbytes), np.arange(chunk_rows, n_samples, chunk_rows)
+    )
     offsets = np.r_[0, np.cumsum(lengths)]
     # a string travels in the graph; an in-memory group is passed as is
     src = source if isinstance(source, (str, os.PathLike)) else group

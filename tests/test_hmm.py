@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask.array as da
 import dask.bag as db
 import numpy as np
 import pytest
@@ -298,3 +299,18 @@ def test_checkpoint_resume_is_bit_identical(client, tmp_path):
     np.testing.assert_array_equal(resumed.means_, full.means_)
     np.testing.assert_array_equal(resumed.transmat_, full.transmat_)
     assert resumed.history_ == full.history_
+
+
+def test_partitions_follow_storage_chunks():
+    # 100 sequences of 1000 rows stored in chunks of 3000 rows: every cut lands on a chunk end
+    lengths = np.full(100, 1000)
+    chunk_ends = np.arange(3000, 100_000, 3000)
+    plan = plan_partitions(lengths, 7, chunk_ends)
+    assert len(plan) == 7 and plan[0][0] == 0 and plan[-1][1] == 100
+    assert all(hi * 1000 % 3000 == 0 for _lo, hi in plan[:-1])
+    # sequences that straddle chunk ends: cuts fall on the nearest sequence boundary, none empty
+    uneven = np.array([5, 100, 3, 3, 50, 50, 7, 90, 1, 1, 60])
+    plan = plan_partitions(uneven, 4, [100, 200, 300])
+    assert all(hi > lo for lo, hi in plan) and plan[-1][1] == len(uneven)
+    blocks = sequence_blocks(da.zeros((100_000, 2), chunks=(3000, 2)), lengths, n_partitions=7)
+    assert [int(p.sum()) for p in blocks.part_lengths][0] % 3000 == 0

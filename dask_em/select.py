@@ -21,11 +21,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 
 from .errors import DaskEMError
 from .models.base import Stats
-from .models.gmm import COVARIANCE_TYPES, GaussianMixtureModel, GMMParams, HardAssignment
+from .models.gmm import (
+    _FAST,
+    _LOG_2PI,
+    COVARIANCE_TYPES,
+    GaussianMixtureModel,
+    GMMParams,
+    HardAssignment,
+    reference_point,
+    sub_block_rows,
+)
 from .monitor import ConvergenceMonitor
 
 __all__ = ["ModelSelection", "StackedModel", "n_parameters", "select"]
@@ -56,15 +66,31 @@ class StackedModel:
     ----------
     members : tuple of models
         Each with ``e_step``/``m_step``.
+    loglik_only : bool
+        Return only the log-likelihoods (and ``n``) of the shared members:
+        for a scoring pass, whose statistics nobody uses.
 
     Its parameters are a tuple with one entry per member; ``None`` marks a
-    member that is not run (converged or failed). The statistics of member
-    ``i`` are its own keys prefixed with ``"i/"``; the top-level ``"n"``
-    and ``"n_invalid"`` describe the block (the same for every member) and
-    ``"loglik"`` is 0: each member's log-likelihood is ``"i/loglik"``.
+    member that is not run (converged or failed).
+
+    Gaussian mixtures with ``full``, ``diag`` or ``spherical`` covariances
+    share one E-step (:func:`_shared_e_step`): every block is centred once
+    on a shared point, the log-densities of all their components come from
+    two matrix products, each member's columns are normalised on their own,
+    and the statistics of all of them come from three more products. Their
+    sums are returned stacked under ``"shared/..."`` keys, about the shared
+    centre; :meth:`own_stats` cuts out one member's sums and moves them to
+    the member's own reference point. Any other member (``tied``, or not a
+    Gaussian mixture) runs its own ``e_step`` on the same block; its
+    statistics are its own keys prefixed with ``"i/"``.
+
+    The top-level ``"n"`` and ``"n_invalid"`` describe the block and
+    ``"loglik"`` is 0: each member's log-likelihood is in its own
+    statistics.
     """
 
     members: tuple[Any, ...]
+    loglik_only: bool = False
 
     def init_params(self, sample: Any, rng: np.random.Generator) -> tuple[Any, ...]:
         return tuple(m.init_params(sample, rng) for m in self.members)
@@ -72,11 +98,14 @@ class StackedModel:
     def e_step(self, block: Any, params: tuple[Any, ...]) -> Stats:
         X = np.asarray(block)  # read once, shared by every member
         out: Stats = {"n": np.array(float(X.shape[0])), "loglik": np.array(0.0), "n_invalid": np.array(0)}
+        layout = _Layout.of(self.members, params)
         first = True
-        for i, (model, p) in enumerate(zip(self.members, params)):
-            if p is None:
-                continue
-            stats = model.e_step(X, p)
+        if layout.members:
+            shared = _shared_e_step(X, _Plan.of(layout, self.members, params), self.loglik_only)
+            out["n"], out["n_invalid"], first = shared.pop("n_first"), shared.pop("n_invalid"), False
+            out.update(shared)
+        for i in layout.others:
+            stats = self.members[i].e_step(X, params[i])
             n_invalid = stats.pop("n_invalid", np.array(0))
             if first:
                 out["n"], out["n_invalid"], first = stats["n"], n_invalid, False
@@ -84,9 +113,40 @@ class StackedModel:
                 out[f"{i}/{key}"] = value
         return out
 
+    def own_stats(self, stats: Stats, params: tuple[Any, ...], i: int) -> Stats:
+        """The statistics of member ``i`` as its own ``e_step`` returns them.
+
+        ``params`` must be those the pass ran with (they fix the layout
+        and the shared centre). Sums about the shared centre ``s`` move to
+        the member's reference point ``c`` exactly, with ``d = s - c``:
+        ``sum_x + N d``, ``S + sum_x d' + d sum_x' + N d d'`` (full) and
+        ``S + 2 d sum_x + N d^2`` (diag, spherical).
+        """
+        layout = _Layout.of(self.members, params)
+        if i not in layout.position:
+            return member_stats(stats, i)
+        pos = layout.position[i]
+        own: Stats = {"n": np.asarray(stats["shared/n"])[pos], "loglik": np.asarray(stats["shared/loglik"])[pos]}
+        if "shared/sum_resp" not in stats:  # a scoring pass
+            return own
+        lo, hi = layout.bounds[pos], layout.bounds[pos + 1]
+        sum_resp = np.asarray(stats["shared/sum_resp"], np.float64)[lo:hi]
+        sum_x_s = np.asarray(stats["shared/sum_x"], np.float64)[lo:hi]
+        d = layout.center - reference_point(params[i])
+        own["sum_resp"] = sum_resp.copy()
+        own["sum_x"] = sum_x_s + sum_resp[:, None] * d
+        if self.members[i].covariance_type == "full":
+            S = np.asarray(stats["shared/sum_xxT"], np.float64)[lo:hi]
+            cross = sum_x_s[:, :, None] * d[None, None, :]
+            own["sum_xxT"] = S + cross + cross.transpose(0, 2, 1) + sum_resp[:, None, None] * np.outer(d, d)
+        else:
+            S = np.asarray(stats["shared/sum_xx"], np.float64)[lo - layout.n_full : hi - layout.n_full]
+            own["sum_xx"] = S + 2.0 * d * sum_x_s + sum_resp[:, None] * (d * d)
+        return own
+
     def m_step(self, stats: Stats, params: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(
-            None if p is None else m.m_step(member_stats(stats, i), p)
+            None if p is None else m.m_step(self.own_stats(stats, params, i), p)
             for i, (m, p) in enumerate(zip(self.members, params))
         )
 
@@ -96,9 +156,279 @@ class StackedModel:
 
 
 def member_stats(stats: Stats, i: int) -> Stats:
-    """The statistics of member ``i`` of a :class:`StackedModel`."""
+    """The statistics of member ``i`` of a :class:`StackedModel` that ran its own
+    E-step (for shared members use :meth:`StackedModel.own_stats`)."""
     prefix = f"{i}/"
     return {key[len(prefix) :]: value for key, value in stats.items() if key.startswith(prefix)}
+
+
+# -- the shared E-step ---------------------------------------------------------
+
+_SHARED_TYPES = ("full", "diag", "spherical")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Which members share the E-step, and where their columns are.
+
+    The shared members are ordered ``full`` first, then ``diag`` and
+    ``spherical``, each group in member order; member ``members[j]`` owns
+    the columns ``bounds[j]:bounds[j + 1]`` of the stacked log-densities.
+    The shared centre is the first shared member's reference point.
+    """
+
+    members: tuple[int, ...]
+    others: tuple[int, ...]
+    bounds: np.ndarray
+    n_full: int
+    center: np.ndarray
+    position: dict[int, int]
+
+    @classmethod
+    def of(cls, models: Sequence[Any], params: Sequence[Any]) -> "_Layout":
+        full, diag, others = [], [], []
+        for i, (m, p) in enumerate(zip(models, params)):
+            if p is None:
+                continue
+            if isinstance(m, GaussianMixtureModel) and m.covariance_type in _SHARED_TYPES:
+                (full if m.covariance_type == "full" else diag).append(i)
+            else:
+                others.append(i)
+        shared = tuple(full + diag)
+        sizes = [int(np.shape(params[i].weights)[0]) for i in shared]
+        bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        n_full = int(bounds[len(full)])
+        center = reference_point(params[min(shared)]) if shared else np.zeros(0)
+        return cls(shared, tuple(others), bounds, n_full, center, {i: j for j, i in enumerate(shared)})
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Constants of the shared E-step under one set of parameters (no data).
+
+    ``factors`` (D, Kf*D) holds every full component's precision Cholesky
+    factor side by side and ``offsets`` (Kf*D,) its mean about the shared
+    centre times that factor, as in the members' own E-step. For the diag
+    and spherical components ``log N(y | a, 1/p) = const - sum_j p_j y_j^2 / 2
+    + sum_j p_j a_j y_j - sum_j p_j a_j^2 / 2`` is linear in ``[y*y, y]``:
+    ``quad`` (2D, Kd) holds the coefficients and ``const_d`` the rest.
+    """
+
+    layout: _Layout
+    factors: np.ndarray
+    offsets: np.ndarray
+    const_f: np.ndarray
+    quad: np.ndarray
+    const_d: np.ndarray
+    rows: int
+
+    @classmethod
+    def of(cls, layout: _Layout, models: Sequence[Any], params: Sequence[Any]) -> "_Plan":
+        c = layout.center
+        D = c.shape[0]
+        factors, offsets, const_f, quad, const_d = [], [], [], [], []
+        for i in layout.members:
+            p, ct = params[i], models[i].covariance_type
+            weights = np.asarray(p.weights, np.float64)
+            a = np.asarray(p.means, np.float64) - c
+            prec_chol = np.asarray(p.precisions_cholesky, np.float64)
+            K = weights.shape[0]
+            with np.errstate(divide="ignore"):
+                log_w = np.log(weights)
+            if ct == "full":
+                log_det = np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
+                factors.append(prec_chol.transpose(1, 0, 2).reshape(D, K * D))
+                offsets.append(np.einsum("ki,kij->kj", a, prec_chol).reshape(K * D))
+                const_f.append(log_w + log_det - 0.5 * D * _LOG_2PI)
+            else:
+                if ct == "diag":
+                    log_det = np.log(prec_chol).sum(axis=1)
+                    prec = prec_chol**2
+                else:
+                    log_det = D * np.log(prec_chol)
+                    prec = np.repeat((prec_chol**2)[:, None], D, axis=1)
+                quad.append(np.concatenate([-0.5 * prec, prec * a], axis=1).T)
+                const_d.append(log_w + log_det - 0.5 * D * _LOG_2PI - 0.5 * (prec * a * a).sum(axis=1))
+        Kf = layout.n_full
+        return cls(
+            layout=layout,
+            factors=np.ascontiguousarray(np.concatenate(factors, axis=1) if factors else np.zeros((D, 0))),
+            offsets=np.concatenate(offsets) if offsets else np.zeros(0),
+            const_f=np.concatenate(const_f) if const_f else np.zeros(0),
+            quad=np.ascontiguousarray(np.concatenate(quad, axis=1) if quad else np.zeros((2 * D, 0))),
+            const_d=np.concatenate(const_d) if const_d else np.zeros(0),
+            rows=sub_block_rows(Kf, D, "full") if Kf else 4096,
+        )
+
+
+def _shared_e_step(X: np.ndarray, plan: _Plan, loglik_only: bool = False) -> Stats:
+    """The shared members' sums over one block, stacked, about the shared centre.
+
+    Returns ``shared/sum_resp`` (Ktot,), ``shared/sum_x`` (Ktot, D),
+    ``shared/sum_xxT`` (Kf, D, D), ``shared/sum_xx`` (Kd, D),
+    ``shared/loglik`` and ``shared/n`` (one per shared member), and
+    ``n_first`` (the first member's ``n``) and ``n_invalid`` for the block.
+
+    Rows are treated as each member's own E-step treats them: a row whose
+    log-likelihood is not finite under a member adds nothing to that
+    member's sums; if its values are finite (densities that overflow) the
+    member's log-likelihood becomes ``-inf``. Non-finite values are counted
+    once per block.
+    """
+    layout = plan.layout
+    M = len(layout.members)
+    Kf = layout.n_full
+    Ktot = int(layout.bounds[-1])
+    Kd = Ktot - Kf
+    D = layout.center.shape[0]
+    rows = min(plan.rows, max(X.shape[0], 1))
+    # [y*y | y | 1]: the diag log-densities read the first 2D columns, the
+    # first-moment product the last D + 1 (the ones give sum_resp).
+    YY = np.empty((rows, 2 * D + 1))
+    YY[:, 2 * D] = 1.0
+    Y2_all, Y_all, Y1_all = YY[:, :D], YY[:, D : 2 * D], YY[:, D:]
+    Z_all = np.empty((rows, Kf * D))
+    W_all = np.empty((rows, Kf * D))
+    G_all = np.empty((rows, Kd))
+    lp_all = np.empty((rows, Ktot))
+    rl_all = np.empty((rows, M))
+    sum_x1 = np.zeros((Ktot, D + 1))
+    sum_xx = np.zeros((Kd, D))
+    sum_xxT = np.zeros((Kf * D, D))
+    loglik = np.zeros(M)
+    n_bad_rows = np.zeros(M)
+    n_invalid = 0
+    # Non-finite values and overflowing densities are counted, not warned about.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, X.shape[0], rows):
+            part = X[start : start + rows]
+            n = part.shape[0]
+            Y, Y2, Y1 = Y_all[:n], Y2_all[:n], Y1_all[:n]
+            np.subtract(part, layout.center, out=Y)
+            if Kd:
+                np.multiply(Y, Y, out=Y2)
+                np.matmul(YY[:n, : 2 * D], plan.quad, out=G_all[:n])
+            if Kf:
+                np.matmul(Y, plan.factors, out=Z_all[:n])
+            lp = lp_all[:n]
+            _log_prob_grid(Z_all[:n], plan.offsets, plan.const_f, G_all[:n], plan.const_d, lp)
+            row_loglik = rl_all[:n]
+            if _normalize_segments(lp, layout.bounds, row_loglik):
+                bad = ~np.isfinite(row_loglik)  # (n, M)
+                bad_any = bad.any(axis=1)
+                nonfinite = ~np.isfinite(part[bad_any])
+                n_invalid += int(nonfinite.sum())
+                overflow = ~nonfinite.any(axis=1)  # finite rows with non-finite densities
+                for j in range(M):
+                    bad_j = bad[:, j]
+                    if bad_j.any():
+                        lp[bad_j, layout.bounds[j] : layout.bounds[j + 1]] = 0.0
+                        if overflow[bad_j[bad_any]].any():
+                            loglik[j] = -np.inf
+                n_bad_rows += bad.sum(axis=0)
+                # rows no member keeps (non-finite values, or densities that
+                # overflow for every member) are zeroed: keeps 0 * inf out of the sums
+                drop = bad.all(axis=1)
+                drop[np.flatnonzero(bad_any)[~overflow]] = True
+                YY[:n][drop, : 2 * D] = 0.0
+                row_loglik = np.where(bad, 0.0, row_loglik)
+            loglik += row_loglik.sum(axis=0)
+            if loglik_only:
+                continue
+            sum_x1 += lp.T @ Y1
+            if Kd:
+                sum_xx += lp[:, Kf:].T @ Y2
+            if Kf:
+                W = W_all[:n]
+                _weigh_rows_grid(lp, Y, W)
+                sum_xxT += W.T @ Y
+    n_valid = X.shape[0] - n_bad_rows
+    out: Stats = {
+        "shared/loglik": loglik,
+        "shared/n": n_valid,
+        "n_first": np.array(float(n_valid[0])),
+        "n_invalid": np.array(n_invalid),
+    }
+    if not loglik_only:
+        out["shared/sum_resp"] = sum_x1[:, D].copy()
+        out["shared/sum_x"] = np.ascontiguousarray(sum_x1[:, :D])
+        out["shared/sum_xx"] = sum_xx
+        out["shared/sum_xxT"] = sum_xxT.reshape(Kf, D, D)
+    return out
+
+
+@numba.njit(cache=True, fastmath=_FAST, nogil=True)
+def _log_prob_grid(Z, offsets, const_f, G, const_d, out):  # pragma: no cover - compiled
+    """Stacked log-probabilities: out[i, k] for the Kf full components from
+    their whitened rows Z (as the members' own kernel), then const_d + G for
+    the diag/spherical ones."""
+    n = out.shape[0]
+    Kf = const_f.shape[0]
+    Kd = const_d.shape[0]
+    D = Z.shape[1] // Kf if Kf else 0
+    for i in range(n):
+        for k in range(Kf):
+            base = k * D
+            s = 0.0
+            for j in range(D):
+                v = Z[i, base + j] - offsets[base + j]
+                s += v * v
+            out[i, k] = const_f[k] - 0.5 * s
+        for k in range(Kd):
+            out[i, Kf + k] = const_d[k] + G[i, k]
+
+
+@numba.njit(cache=True, nogil=True)
+def _normalize_segments(log_prob, bounds, row_loglik):  # pragma: no cover - compiled
+    """Each member's columns ``bounds[m]:bounds[m + 1]`` normalised on their own,
+    as the members' own ``_normalize``; returns how many rows have a
+    non-finite log-likelihood under some member (left for the caller)."""
+    n = log_prob.shape[0]
+    M = bounds.shape[0] - 1
+    n_bad = 0
+    for i in range(n):
+        row_bad = False
+        for m in range(M):
+            lo = bounds[m]
+            hi = bounds[m + 1]
+            top = -np.inf
+            for k in range(lo, hi):
+                if log_prob[i, k] > top:
+                    top = log_prob[i, k]
+            if not np.isfinite(top):
+                row_loglik[i, m] = np.nan
+                row_bad = True
+                continue
+            total = 0.0
+            for k in range(lo, hi):
+                d = log_prob[i, k] - top
+                # as in the members' kernel: no subnormal responsibilities
+                e = np.exp(d) if d > -700.0 else 0.0
+                log_prob[i, k] = e
+                total += e
+            inv = 1.0 / total
+            for k in range(lo, hi):
+                log_prob[i, k] *= inv
+            value = np.log(total) + top
+            row_loglik[i, m] = value
+            if not np.isfinite(value):
+                row_bad = True
+        if row_bad:
+            n_bad += 1
+    return n_bad
+
+
+@numba.njit(cache=True, nogil=True)
+def _weigh_rows_grid(resp, Y, W):  # pragma: no cover - compiled
+    """W[i, kD + j] = resp[i, k] * Y[i, j] for the first W.shape[1] / D columns
+    of resp (the full components)."""
+    n, D = Y.shape
+    Kf = W.shape[1] // D
+    for i in range(n):
+        for k in range(Kf):
+            r = resp[i, k]
+            for j in range(D):
+                W[i, k * D + j] = r * Y[i, j]
 
 
 @dataclass
@@ -313,21 +643,21 @@ def select(
         stacked = StackedModel(tuple(m.model for m in members))
         n_passes = 0
 
-        def run_pass() -> Stats:
+        def run_pass(model: StackedModel) -> tuple[Stats, tuple[Any, ...]]:
             nonlocal n_passes
             params = tuple(m.params if m.active else None for m in members)
             n_passes += 1
-            return expected_stats(stacked, blocks, params, active, split_every)
+            return expected_stats(model, blocks, params, active, split_every), params
 
         iteration = 0
         while any(m.active for m in members):
             tick = time.perf_counter()
-            stats = run_pass()
+            stats, params = run_pass(stacked)
             iteration += 1
             for i, member in enumerate(members):
                 if not member.active:
                     continue
-                own = member_stats(stats, i)
+                own = stacked.own_stats(stats, params, i)
                 loglik = float(own["loglik"])
                 if not math.isfinite(loglik):
                     member.active, member.error = False, "the log-likelihood is not finite (a collapsed component)"
@@ -345,14 +675,16 @@ def select(
                 print(f"select: iteration {iteration:4d}  {running:3d} of {len(members)} models still running  "
                       f"{time.perf_counter() - tick:6.2f} s", file=sys.stderr, flush=True)
 
-        # One more shared pass scores every member's final parameters.
+        # One more shared pass scores every member's final parameters; it
+        # needs the log-likelihoods only, not the statistics.
         for member in members:
             member.active = member.error is None
         if any(m.active for m in members):
-            stats = run_pass()
+            scoring = StackedModel(stacked.members, loglik_only=True)
+            stats, params = run_pass(scoring)
             for i, member in enumerate(members):
                 if member.active:
-                    member.loglik = float(member_stats(stats, i)["loglik"])
+                    member.loglik = float(scoring.own_stats(stats, params, i)["loglik"])
                     if not math.isfinite(member.loglik):
                         member.error = "the log-likelihood of the final parameters is not finite"
 

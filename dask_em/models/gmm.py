@@ -20,17 +20,30 @@ A component whose responsibilities sum to less than :data:`EMPTY_MASS`
 (it has lost all its points) keeps its previous mean and covariance and
 its weight becomes ``10 * eps / n_samples``, about zero, so it never turns
 into NaN; it can win points back if the data moves towards it.
+
+With a conjugate prior (any ``*_prior`` field set) the M-step is the
+maximum a posteriori (MAP) one of Fraley & Raftery (2007), "Bayesian
+regularization for normal mixture estimation and model-based clustering",
+Journal of Classification 24, 155-181: a Dirichlet prior on the weights and
+a normal-inverse-Wishart prior on each component (normal-inverse-gamma per
+feature for ``diag``, on one variance for ``spherical``, one inverse-Wishart
+for the shared ``tied`` covariance). The E-step is the same; the prior only
+changes the M-step and adds the log prior density to the monitored
+objective (:meth:`GaussianMixtureModel.finish_stats`), so EM increases the
+log posterior. Every component then has a well-defined mean and covariance,
+also one with no points or a single point.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numba
 import numpy as np
 import scipy.linalg
+import scipy.special
 
 from ..errors import DaskEMError
 from .base import Stats
@@ -174,6 +187,119 @@ def precisions_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.
     return prec_chol**2
 
 
+#: The prior fields of :class:`GaussianMixtureModel` (scikit-learn's
+#: ``BayesianGaussianMixture`` names, with MAP meaning).
+PRIOR_FIELDS = (
+    "weight_concentration_prior",
+    "mean_precision_prior",
+    "mean_prior",
+    "degrees_of_freedom_prior",
+    "covariance_prior",
+)
+
+
+@dataclass(frozen=True)
+class _Prior:
+    """The prior's values as numbers and arrays."""
+
+    alpha: float
+    kappa: float
+    mean: np.ndarray
+    dof: float
+    scale: np.ndarray
+    proper: bool
+
+
+def _as_tuple(value: Any) -> Any:
+    """Nested tuples of floats (or a float) for an array-like: JSON-able, hashable, exact."""
+    array = np.asarray(value, np.float64)
+    if array.ndim == 0:
+        return float(array)
+    return tuple(_as_tuple(v) for v in array)
+
+
+def _check_prior_fields(model: Any) -> None:
+    """Check the prior fields that can be checked without the data and store arrays as tuples."""
+    for name in ("weight_concentration_prior", "mean_precision_prior"):
+        value = getattr(model, name)
+        if value is not None:
+            if not (isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+            object.__setattr__(model, name, float(value))
+    if model.degrees_of_freedom_prior is not None:
+        value = model.degrees_of_freedom_prior
+        if not (isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value)):
+            raise ValueError(f"degrees_of_freedom_prior must be a finite number, got {value!r}")
+        object.__setattr__(model, "degrees_of_freedom_prior", float(value))
+    if model.mean_prior is not None:
+        mean = np.asarray(model.mean_prior, np.float64)
+        if mean.ndim != 1 or not np.isfinite(mean).all():
+            raise ValueError(f"mean_prior must be a finite vector of length n_features, got {model.mean_prior!r}")
+        object.__setattr__(model, "mean_prior", _as_tuple(mean))
+    if model.covariance_prior is not None:
+        cov = np.asarray(model.covariance_prior, np.float64)
+        ct = model.covariance_type
+        ndim = {"full": 2, "tied": 2, "diag": 1, "spherical": 0}[ct]
+        if cov.ndim != ndim or not np.isfinite(cov).all():
+            what = {2: "a (n_features, n_features) matrix", 1: "a vector of n_features values", 0: "a number"}[ndim]
+            raise ValueError(f"covariance_prior for covariance_type={ct!r} must be {what}, got shape {cov.shape}")
+        if ndim == 2:
+            if cov.shape[0] != cov.shape[1] or not np.allclose(cov, cov.T):
+                raise ValueError("covariance_prior must be a symmetric positive-definite matrix")
+            try:
+                np.linalg.cholesky(cov)
+            except np.linalg.LinAlgError:
+                raise ValueError(
+                    "covariance_prior is not positive definite (a constant or collinear feature?); "
+                    "give a positive-definite covariance_prior or scale the data"
+                ) from None
+        elif np.any(~(cov > 0)):
+            raise ValueError(
+                "covariance_prior must be positive (a constant feature?); give positive values "
+                "or scale the data"
+            )
+        object.__setattr__(model, "covariance_prior", _as_tuple(cov))
+
+
+def data_moments(stats: Stats, center: np.ndarray, covariance_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of the data from mixture statistics (summed over components).
+
+    Works on the statistics of any responsibilities that sum to one per row
+    (hard assignments, random ones, an E-step), so the data-derived prior
+    defaults cost no pass of their own.
+
+    Returns
+    -------
+    mean : ndarray of shape (n_features,)
+    covariance : ndarray
+        (n_features, n_features) for full and tied; the variances
+        (n_features,) for diag and spherical. Denominator ``n - 1``.
+    """
+    n = float(np.asarray(stats["sum_resp"], np.float64).sum())
+    total = np.asarray(stats["sum_x"], np.float64).sum(axis=0)
+    offset = total / n
+    denominator = max(n - 1.0, 1.0)
+    if covariance_type in ("full", "tied"):
+        S = np.asarray(stats["sum_xxT"], np.float64)
+        S = S.sum(axis=0) if covariance_type == "full" else S
+        cov = (S - n * np.outer(offset, offset)) / denominator
+        return offset + center, 0.5 * (cov + cov.T)
+    S = np.asarray(stats["sum_xx"], np.float64).sum(axis=0)
+    return offset + center, (S - n * offset * offset) / denominator
+
+
+def sample_moments(sample: np.ndarray, covariance_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (as :func:`data_moments`) of the finite rows of an in-memory sample."""
+    sample = np.asarray(sample, np.float64)
+    sample = sample[np.isfinite(sample).all(axis=1)]
+    if len(sample) < 2:
+        raise ValueError("the data-derived prior defaults need at least two finite rows; give mean_prior and covariance_prior")
+    mean = sample.mean(axis=0)
+    if covariance_type in ("full", "tied"):
+        return mean, np.atleast_2d(np.cov(sample, rowvar=False))
+    return mean, sample.var(axis=0, ddof=1)
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """Per-iteration constants of the E-step (no data involved, cheap)."""
@@ -215,7 +341,37 @@ class GaussianMixtureModel:
     covariance_type : {"full", "tied", "diag", "spherical"}
         Form of the covariance matrices, as in scikit-learn.
     reg_covar : float
-        Non-negative regularisation added to the diagonal of covariances.
+        Non-negative regularisation added to the diagonal of covariances
+        (after the MAP formulas too, when there is a prior).
+    weight_concentration_prior : float, optional
+        alpha > 0 of a symmetric Dirichlet(alpha) prior on the weights
+        (None with a prior on: 1, a flat prior that leaves the weights
+        at their maximum-likelihood values).
+    mean_precision_prior : float, optional
+        kappa0 > 0: the prior on a component's mean is
+        N(mean_prior, covariance / kappa0) (None with a prior on: 0.01).
+    mean_prior : tuple of float of length n_features, optional
+        m0, the prior mean of the component means.
+    degrees_of_freedom_prior : float, optional
+        nu0 of the inverse-Wishart (full, tied) or of the inverse-gamma
+        (diag, spherical, shape nu0 / 2) prior (None with a prior on:
+        n_features + 2). Values that make the prior improper are accepted
+        as long as every MAP denominator stays positive (nu0 > -(D + 2)
+        for full and spherical, > -(D + K + 1) for tied, > -3 for diag):
+        they give the maximum-likelihood M-step in the limit; the log prior
+        then lacks its normalising constant.
+    covariance_prior : float or tuple, optional
+        Psi0, the scale of the inverse-Wishart: a (D, D) positive-definite
+        matrix (nested tuples) for full and tied, D positive values (the
+        inverse-gamma scales, twice their rate parameters) for diag, one
+        positive value for spherical.
+
+    The model has a prior when any ``*_prior`` field is set; it then
+    needs ``mean_prior`` and ``covariance_prior`` (see
+    :meth:`with_prior_defaults`, which fills them from data moments), and
+    the other fields default as above. Arrays given for the prior fields
+    are stored as tuples of floats, so the configuration stays JSON-able
+    and exact.
 
     Notes
     -----
@@ -233,6 +389,11 @@ class GaussianMixtureModel:
     n_components: int
     covariance_type: str = "full"
     reg_covar: float = 1e-6
+    weight_concentration_prior: float | None = None
+    mean_precision_prior: float | None = None
+    mean_prior: tuple[float, ...] | None = None
+    degrees_of_freedom_prior: float | None = None
+    covariance_prior: Any = None
 
     def __post_init__(self) -> None:
         if int(self.n_components) < 1:
@@ -241,6 +402,167 @@ class GaussianMixtureModel:
             raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}")
         if not self.reg_covar >= 0:
             raise ValueError(f"reg_covar must be non-negative, got {self.reg_covar}")
+        _check_prior_fields(self)
+
+    # -- the prior --------------------------------------------------------------
+
+    @property
+    def has_prior(self) -> bool:
+        """Whether any prior field is set (MAP-EM) or none (maximum likelihood)."""
+        return any(getattr(self, name) is not None for name in PRIOR_FIELDS)
+
+    @property
+    def prior_needs_data(self) -> bool:
+        """Whether the prior lacks ``mean_prior`` or ``covariance_prior``."""
+        return self.has_prior and (self.mean_prior is None or self.covariance_prior is None)
+
+    def with_prior_defaults(self, n_features: int, mean: Any = None, covariance: Any = None) -> GaussianMixtureModel:
+        """This model with every unset prior field at its default.
+
+        The defaults are those of mclust's ``priorControl`` (Fraley &
+        Raftery 2007): ``weight_concentration_prior`` 1 (flat),
+        ``mean_precision_prior`` 0.01, ``degrees_of_freedom_prior``
+        ``n_features + 2``, ``mean_prior`` the data mean, and
+        ``covariance_prior`` the data covariance divided by
+        ``n_components ** (2 / n_features)``: the full matrix for full and
+        tied, its diagonal for diag, the mean of its diagonal for spherical.
+
+        Parameters
+        ----------
+        n_features : int
+        mean : array-like of shape (n_features,), optional
+            The data mean (needed when ``mean_prior`` is unset).
+        covariance : array-like, optional
+            The data covariance (n_features, n_features), or the variances
+            (n_features,) for diag and spherical (needed when
+            ``covariance_prior`` is unset).
+
+        Returns
+        -------
+        GaussianMixtureModel
+            The same model when it has no prior.
+        """
+        if not self.has_prior:
+            return self
+        D, K = int(n_features), int(self.n_components)
+        changes: dict[str, Any] = {}
+        if self.weight_concentration_prior is None:
+            changes["weight_concentration_prior"] = 1.0
+        if self.mean_precision_prior is None:
+            changes["mean_precision_prior"] = 0.01
+        if self.degrees_of_freedom_prior is None:
+            changes["degrees_of_freedom_prior"] = float(D + 2)
+        if self.mean_prior is None:
+            if mean is None:
+                raise ValueError("mean_prior is unset: give the data mean to fill it")
+            changes["mean_prior"] = np.asarray(mean, np.float64).reshape(D)
+        if self.covariance_prior is None:
+            if covariance is None:
+                raise ValueError("covariance_prior is unset: give the data covariance to fill it")
+            cov = np.asarray(covariance, np.float64)
+            var = np.diag(cov) if cov.ndim == 2 else cov.reshape(D)
+            shrink = float(K) ** (2.0 / D)
+            if self.covariance_type in ("full", "tied"):
+                if cov.ndim != 2:
+                    raise ValueError("a full or tied covariance_prior default needs the (D, D) data covariance")
+                changes["covariance_prior"] = cov / shrink
+            elif self.covariance_type == "diag":
+                changes["covariance_prior"] = var / shrink
+            else:
+                changes["covariance_prior"] = float(var.mean() / shrink)
+        return replace(self, **changes) if changes else self
+
+    def _prior(self, D: int) -> _Prior:
+        """The prior's values as arrays, data-free defaults filled in and checked against D."""
+        if self.mean_prior is None or self.covariance_prior is None:
+            raise ValueError(
+                "the prior of this GaussianMixtureModel lacks mean_prior or covariance_prior; "
+                "give them, or fill them from data moments with with_prior_defaults(...)"
+            )
+        K, ct = int(self.n_components), self.covariance_type
+        alpha = 1.0 if self.weight_concentration_prior is None else float(self.weight_concentration_prior)
+        kappa = 0.01 if self.mean_precision_prior is None else float(self.mean_precision_prior)
+        nu = float(D + 2) if self.degrees_of_freedom_prior is None else float(self.degrees_of_freedom_prior)
+        m0 = np.asarray(self.mean_prior, np.float64)
+        if m0.shape != (D,):
+            raise ValueError(f"mean_prior must have n_features = {D} values, got shape {m0.shape}")
+        psi = np.asarray(self.covariance_prior, np.float64)
+        expected = {"full": (D, D), "tied": (D, D), "diag": (D,), "spherical": ()}[ct]
+        if psi.shape != expected:
+            raise ValueError(
+                f"covariance_prior for covariance_type={ct!r} must have shape {expected}, got {psi.shape}"
+            )
+        # the MAP denominators at n_k = 0 must be positive
+        offset = {"full": D + 2, "tied": D + K + 1, "diag": 3, "spherical": D + 2}[ct]
+        if not nu + offset > 0:
+            raise ValueError(
+                f"degrees_of_freedom_prior must exceed {-offset} for covariance_type={ct!r} with "
+                f"{D} features, got {nu}; the default is n_features + 2 = {D + 2}"
+            )
+        proper = nu > D - 1 if ct in ("full", "tied") else nu > 0
+        return _Prior(alpha=alpha, kappa=kappa, mean=m0, dof=nu, scale=psi, proper=proper)
+
+    def log_prior(self, params: GMMParams) -> float:
+        """Log density of the prior at ``params`` (0 without a prior).
+
+        The Dirichlet term sums over the positive weights only (a weight
+        set to zero by a concentration below 1 leaves the model). With an
+        improper ``degrees_of_freedom_prior`` the normalising constant of
+        the (inverse-)Wishart or gamma part is left out.
+        """
+        if not self.has_prior:
+            return 0.0
+        weights = np.asarray(params.weights, np.float64)
+        means = np.asarray(params.means, np.float64)
+        L = np.asarray(params.precisions_cholesky, np.float64)
+        K, D = means.shape
+        pr = self._prior(D)
+        positive = weights > 0
+        out = scipy.special.gammaln(K * pr.alpha) - K * scipy.special.gammaln(pr.alpha)
+        out += (pr.alpha - 1.0) * float(np.log(weights[positive]).sum())
+        diff = means - pr.mean
+        ct = self.covariance_type
+        half_log_kappa_2pi = 0.5 * (math.log(pr.kappa) - _LOG_2PI)
+        if ct in ("full", "tied"):
+            square = L if ct == "full" else L[None]
+            log_det_prec = 2.0 * np.log(np.diagonal(square, axis1=1, axis2=2)).sum(axis=1)  # log |Sigma^-1|
+            trace = np.einsum("ij,kil,kjl->k", pr.scale, square, square)  # tr(Psi Sigma^-1)
+            const = 0.0
+            if pr.proper:
+                sign, log_det_psi = np.linalg.slogdet(pr.scale)
+                const = 0.5 * pr.dof * log_det_psi - 0.5 * pr.dof * D * math.log(2.0)
+                const -= float(scipy.special.multigammaln(0.5 * pr.dof, D))
+            inverse_wishart = const + 0.5 * (pr.dof + D + 1) * log_det_prec - 0.5 * trace
+            maha = (np.einsum("ki,kil->kl", diff, np.broadcast_to(square, (K, D, D))) ** 2).sum(axis=1)
+            log_det_mean = np.broadcast_to(log_det_prec, (K,))
+            normal = D * half_log_kappa_2pi + 0.5 * log_det_mean - 0.5 * pr.kappa * maha
+            out += float(normal.sum() + inverse_wishart.sum())
+        else:
+            prec = L**2 if ct == "diag" else np.repeat((L**2)[:, None], D, axis=1)  # (K, D)
+            normal = half_log_kappa_2pi + 0.5 * np.log(prec) - 0.5 * pr.kappa * diff**2 * prec
+            shape = 0.5 * pr.dof
+            rate = 0.5 * np.broadcast_to(pr.scale, (D,)) if ct == "diag" else 0.5 * pr.scale
+            prec_gamma = prec if ct == "diag" else prec[:, 0]
+            const = shape * np.log(rate) - scipy.special.gammaln(shape) if pr.proper else np.zeros_like(rate)
+            inverse_gamma = const + (shape + 1.0) * np.log(prec_gamma) - rate * prec_gamma
+            out += float(normal.sum() + inverse_gamma.sum())
+        return float(out)
+
+    def finish_stats(self, stats: Stats, params: GMMParams) -> Stats:
+        """With a prior: ``loglik`` becomes the log posterior (plus :meth:`log_prior`).
+
+        The engine calls this on the summed statistics, so the monitored
+        value, the convergence test and the decrease warning all work on
+        the objective MAP-EM increases. The log-likelihood alone is kept
+        under ``"loglik_data"``. Without a prior the statistics pass through.
+        """
+        if not self.has_prior:
+            return stats
+        stats = dict(stats)
+        loglik = float(stats["loglik"])
+        stats["loglik_data"] = np.array(loglik)
+        stats["loglik"] = np.array(loglik + self.log_prior(params))
+        return stats
 
     # -- the contract -------------------------------------------------------
 
@@ -289,8 +611,16 @@ class GaussianMixtureModel:
         return stats
 
     def m_step(self, stats: Stats, params: GMMParams) -> GMMParams:
-        """New parameters by scikit-learn's formulas; empty components keep theirs."""
+        """New parameters by scikit-learn's formulas; empty components keep theirs.
+
+        With a prior, the MAP formulas (:meth:`_estimate_map`); every
+        component, empty or not, then has a well-defined mean and covariance.
+        """
         center = reference_point(params)
+        if self.has_prior:
+            weights, means, covariances = self._estimate_map(stats, center)
+            prec_chol = precisions_cholesky_from_covariances(covariances, self.covariance_type)
+            return GMMParams(weights=weights, means=means, covariances=covariances, precisions_cholesky=prec_chol)
         new = self._estimate(stats, center)
         weights, means, covariances = new
         empty = np.asarray(stats["sum_resp"]) < EMPTY_MASS
@@ -318,8 +648,13 @@ class GaussianMixtureModel:
 
         Components without points get the pooled within-component
         covariance (or ``previous``' values when given) and their mean is
-        left at ``previous.means`` or, without it, ``center``.
+        left at ``previous.means`` or, without it, ``center``. With a
+        prior, the MAP estimate (well-defined for empty components too).
         """
+        if self.has_prior:
+            weights, means, covariances = self._estimate_map(stats, np.asarray(center, np.float64))
+            prec_chol = precisions_cholesky_from_covariances(covariances, self.covariance_type)
+            return GMMParams(weights=weights, means=means, covariances=covariances, precisions_cholesky=prec_chol)
         weights, means, covariances = self._estimate(stats, np.asarray(center, np.float64))
         empty = np.asarray(stats["sum_resp"]) < EMPTY_MASS
         if empty.any():
@@ -363,6 +698,62 @@ class GaussianMixtureModel:
             if ct == "spherical":
                 cov = cov.mean(axis=1)
         weights = nk / nk.sum()
+        return weights, means, cov
+
+    def _estimate_map(self, stats: Stats, center: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The MAP M-step of Fraley & Raftery (2007, table 2) from sums about ``center``.
+
+        With ``n_k`` the responsibilities' sum, ``xbar_k`` the weighted
+        mean and ``W_k`` the weighted scatter about it:
+
+        - weights ``max(n_k + alpha - 1, 0)``, normalised (the Dirichlet
+          mode; with alpha < 1 a component with ``n_k < 1 - alpha`` gets
+          weight 0 and leaves the model);
+        - means ``(n_k xbar_k + kappa0 m0) / (n_k + kappa0)``;
+        - with ``B_k = W_k + kappa0 n_k / (kappa0 + n_k) (xbar_k - m0)(xbar_k - m0)^T``:
+          full ``(Psi0 + B_k) / (nu0 + n_k + D + 2)``; tied
+          ``(Psi0 + sum_k B_k) / (nu0 + n + D + K + 1)``; diag
+          ``(psi0_j + B_k[j, j]) / (nu0 + n_k + 3)``; spherical
+          ``(psi0 + tr B_k) / (nu0 + (n_k + 1) D + 2)``;
+
+        then ``reg_covar`` is added to the diagonal. ``B_k`` is computed as
+        the scatter about the new mean plus ``kappa0 (mean - m0)(mean - m0)^T``
+        (the same matrix), which needs no division by ``n_k``.
+        """
+        sum_resp = np.asarray(stats["sum_resp"], np.float64)
+        sum_x = np.asarray(stats["sum_x"], np.float64)
+        K, D = sum_x.shape
+        pr = self._prior(D)
+        nk = sum_resp
+        b = pr.mean - center  # prior mean about the reference point
+        a = (sum_x + pr.kappa * b) / (nk + pr.kappa)[:, None]  # MAP means about the reference point
+        means = a + center
+        d = a - b
+        ct = self.covariance_type
+        if ct in ("full", "tied"):
+            S = np.asarray(stats["sum_xxT"], np.float64)
+            cross = sum_x[:, :, None] * a[:, None, :]
+            outer = nk[:, None, None] * (a[:, :, None] * a[:, None, :])
+            outer += pr.kappa * (d[:, :, None] * d[:, None, :])
+            if ct == "full":
+                B = S - cross - cross.transpose(0, 2, 1) + outer
+                cov = (pr.scale + B) / (pr.dof + nk + D + 2)[:, None, None]
+                cov[:, np.arange(D), np.arange(D)] += self.reg_covar
+            else:
+                B = S - (cross + cross.transpose(0, 2, 1) - outer).sum(axis=0)
+                cov = (pr.scale + B) / (pr.dof + nk.sum() + D + K + 1)
+                cov[np.arange(D), np.arange(D)] += self.reg_covar
+            cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+        else:
+            S = np.asarray(stats["sum_xx"], np.float64)
+            B = S - 2 * a * sum_x + nk[:, None] * a * a + pr.kappa * d * d
+            if ct == "diag":
+                cov = (pr.scale + B) / (pr.dof + nk + 3)[:, None] + self.reg_covar
+            else:
+                cov = (pr.scale + B.sum(axis=1)) / (pr.dof + (nk + 1) * D + 2) + self.reg_covar
+        weights = np.maximum(nk + pr.alpha - 1.0, 0.0)
+        total = weights.sum()
+        weights = weights / total if total > 0 else (nk + _EPS10) / (nk + _EPS10).sum()
         return weights, means, cov
 
     def _zero_stats(self, D: int) -> Stats:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import warnings
@@ -19,6 +20,7 @@ from ..models.base import Stats
 from ..models.gmm_missing import GaussianMixtureMissingModel
 from ..models.gmm import (
     COVARIANCE_TYPES,
+    PRIOR_FIELDS,
     SUB_BLOCK_ROWS,
     GaussianMixtureModel,
     GMMParams,
@@ -26,10 +28,12 @@ from ..models.gmm import (
     _normalize,
     _Workspace,
     covariances_from_precisions_cholesky,
+    data_moments,
     kmeans_plusplus,
     precisions_cholesky_from_covariances,
     precisions_cholesky_from_precisions,
     precisions_from_cholesky,
+    sample_moments,
 )
 from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs
 
@@ -95,8 +99,31 @@ class GaussianMixture(EMEstimator):
         "em" gives the same fit as "raise". With "em", "kmeans" and
         "random" initialisations start from a sample whose NaN are
         replaced by column means.
-    split_every : int, default=8
-        Fan-in of the tree reduction of statistics.
+    weight_concentration_prior : float, optional
+        alpha > 0 of a symmetric Dirichlet prior on the weights. Default
+        (when another prior parameter is set): 1, a flat prior. With
+        alpha > 1 every weight is pulled towards 1 / n_components; with
+        alpha < 1 the M-step weight ``max(n_k + alpha - 1, 0)`` (normalised)
+        drops a component whose responsibilities sum to less than
+        ``1 - alpha`` to weight 0 for good, a way to prune components (the
+        prior density is unbounded there, so the log posterior can jump
+        when a component is dropped).
+    mean_precision_prior : float, optional
+        kappa0 > 0: a component's mean has the prior
+        N(mean_prior, covariance / kappa0). Default 0.01.
+    mean_prior : array-like of shape (n_features,), optional
+        m0. Default: the data mean.
+    degrees_of_freedom_prior : float, optional
+        nu0 of the inverse-Wishart prior on a full or tied covariance, or
+        of the inverse-gamma prior (shape nu0 / 2) on a diag variance or a
+        spherical variance. Default n_features + 2.
+    covariance_prior : float or array-like, optional
+        Psi0, the prior's scale: (n_features, n_features) positive definite
+        for full and tied, (n_features,) positive for diag, a positive
+        number for spherical. Default: the data covariance (denominator
+        n - 1) divided by ``n_components ** (2 / n_features)``: the whole
+        matrix for full and tied, its diagonal for diag, the mean of the
+        diagonal for spherical.
 
     Attributes
     ----------
@@ -110,9 +137,20 @@ class GaussianMixture(EMEstimator):
     n_iter_ : int
     lower_bound_ : float
         Mean log-likelihood per sample at the last iteration of the best
-        initialisation (under the parameters that entered it).
+        initialisation (under the parameters that entered it). With a
+        prior: the log posterior per sample, ``(log-likelihood + log
+        prior) / n_samples``, the objective MAP-EM increases (as
+        ``BayesianGaussianMixture.lower_bound_`` is its objective, not the
+        log-likelihood); ``score(X)`` gives the log-likelihood.
     lower_bounds_ : list of float
-        ``lower_bound_`` at every iteration of the best initialisation.
+        ``lower_bound_`` at every iteration of the best initialisation;
+        non-decreasing (up to rounding and ``reg_covar``), with or without
+        a prior. Convergence (``tol``) is tested on these values.
+    log_prior_ : float
+        With a prior: the log prior density of the fitted parameters.
+    weight_concentration_prior_, mean_precision_prior_, mean_prior_, degrees_of_freedom_prior_, covariance_prior_
+        With a prior: the values the fit used, defaults filled in (the
+        model configuration a checkpoint records).
     n_features_in_ : int
 
     Notes
@@ -123,6 +161,25 @@ class GaussianMixture(EMEstimator):
 
     With ``warm_start=True`` the convergence test starts afresh: the first
     iteration of a warm-started fit never counts as converged.
+
+    **MAP with a conjugate prior.** Setting any of the ``*_prior``
+    parameters (scikit-learn's ``BayesianGaussianMixture`` names) turns
+    the fit into maximum a posteriori EM, not variational inference: the
+    result is one point estimate, the mode of the posterior, with the
+    conjugate priors of Fraley & Raftery (2007), "Bayesian regularization
+    for normal mixture estimation and model-based clustering" (mclust's
+    ``priorControl``), and their defaults for unset values. The E-step is
+    unchanged; the M-step is the posterior mode (see
+    :meth:`dask_em.models.gmm.GaussianMixtureModel._estimate_map`), so
+    components with one point, repeated points or none keep a finite,
+    positive-definite covariance even with ``reg_covar=0``. The data-derived
+    defaults cost no pass of their own: they come from the statistics of
+    the initialisation pass ("kmeans", "random": exact over all the data)
+    or from its sample ("k-means++", "random_from_data"); with all three
+    ``*_init`` given, or a warm start, from a sample of up to 10,000 rows.
+    They are recorded in the checkpoint's model configuration, so a resumed
+    fit uses the same values bit for bit. ``missing="em"`` does not take a
+    prior.
     """
 
     _estimator_type = "density_estimator"
@@ -145,6 +202,11 @@ class GaussianMixture(EMEstimator):
         verbose: int = 0,
         missing: str = "raise",
         split_every: int = 8,
+        weight_concentration_prior: float | None = None,
+        mean_precision_prior: float | None = None,
+        mean_prior: Any = None,
+        degrees_of_freedom_prior: float | None = None,
+        covariance_prior: Any = None,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -161,6 +223,11 @@ class GaussianMixture(EMEstimator):
         self.verbose = verbose
         self.missing = missing
         self.split_every = split_every
+        self.weight_concentration_prior = weight_concentration_prior
+        self.mean_precision_prior = mean_precision_prior
+        self.mean_prior = mean_prior
+        self.degrees_of_freedom_prior = degrees_of_freedom_prior
+        self.covariance_prior = covariance_prior
 
     # -- checks ---------------------------------------------------------------
 
@@ -215,11 +282,21 @@ class GaussianMixture(EMEstimator):
             prec_chol = precisions_cholesky_from_precisions(precisions, self.covariance_type)
         return weights, means, prec_chol
 
+    def _prior_config(self) -> dict[str, Any]:
+        return {name: getattr(self, name, None) for name in PRIOR_FIELDS}
+
     def _model(self) -> GaussianMixtureModel | GaussianMixtureMissingModel:
         config = (int(self.n_components), self.covariance_type, float(self.reg_covar))
+        prior = self._prior_config()
         if getattr(self, "missing", "raise") == "em":
+            if any(v is not None for v in prior.values()):
+                raise ValueError(
+                    "a prior (weight_concentration_prior, mean_precision_prior, mean_prior, "
+                    "degrees_of_freedom_prior, covariance_prior) is not supported with missing='em'; "
+                    "unset the prior or use missing='raise'"
+                )
             return GaussianMixtureMissingModel(*config)
-        return GaussianMixtureModel(*config)
+        return GaussianMixtureModel(*config, **prior)
 
     # -- fitting --------------------------------------------------------------
 
@@ -277,17 +354,42 @@ class GaussianMixture(EMEstimator):
             do_init = not (self.warm_start and hasattr(self, "converged_"))
             n_init = int(self.n_init) if do_init else 1
             rngs = run_rngs(self.random_state, n_init)
-            best = None
+            if isinstance(model, GaussianMixtureModel) and model.has_prior and not model.prior_needs_data:
+                model._prior(n_features)  # check the prior's shapes before any pass
+            # a prior with data-derived defaults is completed once, by the first
+            # restart (from its initialisation pass or from its checkpoint)
+            resolved = None
+            best = best_model = None
             for run, rng in enumerate(rngs):
+                run_path = run_checkpoint(checkpoint, run) if n_init > 1 else checkpoint
+                run_model = model
                 if do_init:
 
-                    def start(rng: np.random.Generator = rng) -> GMMParams:
-                        return self._initial_params(model, blocks, inits, rng, active)
+                    def start(rng: np.random.Generator = rng, run_model: Any = model) -> GMMParams:
+                        return self._initial_params(run_model, blocks, inits, rng, active)[0]
 
                 else:
                     start = self._fitted_params  # type: ignore[assignment]
+                if isinstance(model, GaussianMixtureModel) and model.prior_needs_data:
+                    stored = _stored_prior(model, run_path, resume)
+                    if stored is not None:
+                        run_model = stored
+                    elif resolved is not None:
+                        run_model = resolved
+                    elif do_init and resume is not True:
+                        params0, run_model = self._initial_params(model, blocks, inits, rng, active)
+                        start = params0  # type: ignore[assignment]
+                    else:
+                        run_model = self._fill_prior_without_pass(model, blocks, rng)
+                    run_model._prior(n_features)
+                    resolved = resolved or run_model
+                    if do_init and not isinstance(start, GMMParams):
+
+                        def start(rng: np.random.Generator = rng, run_model: Any = run_model) -> GMMParams:
+                            return self._initial_params(run_model, blocks, inits, rng, active)[0]
+
                 result = fit_em(
-                    model,
+                    run_model,
                     blocks,
                     params=start,
                     max_iter=int(self.max_iter),
@@ -297,7 +399,7 @@ class GaussianMixture(EMEstimator):
                     client=active,
                     random_state=rng,
                     verbose=bool(self.verbose),
-                    checkpoint=run_checkpoint(checkpoint, run) if n_init > 1 else checkpoint,
+                    checkpoint=run_path,
                     checkpoint_every=checkpoint_every,
                     resume=resume,
                     force=force,
@@ -305,7 +407,7 @@ class GaussianMixture(EMEstimator):
                     warn_not_converged=False,
                 )
                 if best is None or result.lower_bound > best.lower_bound:
-                    best = result
+                    best, best_model = result, run_model
         assert best is not None
         if not best.converged and self.max_iter > 0:
             warnings.warn(
@@ -320,7 +422,42 @@ class GaussianMixture(EMEstimator):
         self.lower_bound_ = float(best.lower_bound)
         self.lower_bounds_ = [float(v) for v in best.history]
         self.n_features_in_ = n_features
+        self._set_prior_attributes(best_model, best.params)
         return self
+
+    def _set_prior_attributes(self, model: Any, params: GMMParams) -> None:
+        """The prior's values (defaults filled in) and its log density at ``params``, or none."""
+        for name in (*PRIOR_FIELDS, "log_prior"):
+            self.__dict__.pop(name + "_", None)
+        if not (isinstance(model, GaussianMixtureModel) and model.has_prior):
+            return
+        pr = model._prior(int(np.shape(params.means)[1]))
+        self.weight_concentration_prior_ = float(pr.alpha)
+        self.mean_precision_prior_ = float(pr.kappa)
+        self.mean_prior_ = np.array(pr.mean)
+        self.degrees_of_freedom_prior_ = float(pr.dof)
+        self.covariance_prior_ = float(pr.scale) if pr.scale.ndim == 0 else np.array(pr.scale)
+        self.log_prior_ = float(model.log_prior(params))
+
+    def _fill_prior_without_pass(
+        self, model: GaussianMixtureModel, blocks: Blocks, rng: np.random.Generator
+    ) -> GaussianMixtureModel:
+        """The data-derived prior defaults when no initialisation pass runs.
+
+        A warm start reuses the previous fit's values; otherwise they come
+        from a sample of the data.
+        """
+        n_features = int(blocks.array.shape[1])
+        previous = getattr(self, "mean_prior_", None), getattr(self, "covariance_prior_", None)
+        if previous[0] is not None and np.shape(previous[0]) == (n_features,):
+            filled = model
+            if model.mean_prior is None:
+                filled = dataclasses.replace(filled, mean_prior=previous[0])
+            if model.covariance_prior is None:
+                filled = dataclasses.replace(filled, covariance_prior=previous[1])
+            return filled.with_prior_defaults(n_features)
+        sample = blocks.sample(max(INIT_SAMPLE_ROWS, model.n_components), rng)
+        return model.with_prior_defaults(n_features, *sample_moments(sample, model.covariance_type))
 
     def fit_predict(self, X: Any, y: Any = None, **fit_kwargs: Any) -> Any:
         """Fit, then the most likely component of every row (lazy for Dask input)."""
@@ -350,15 +487,24 @@ class GaussianMixture(EMEstimator):
         inits: tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None],
         rng: np.random.Generator,
         client: Any,
-    ) -> GMMParams:
-        """Initial parameters as scikit-learn's ``_initialize_parameters`` gives them."""
+    ) -> tuple[GMMParams, Any]:
+        """Initial parameters as scikit-learn's ``_initialize_parameters`` gives them.
+
+        Returns the parameters and the model: a model whose prior needs
+        data-derived defaults comes back with them filled, from the
+        initialisation's statistics or sample (and then the initial
+        parameters are its MAP estimates).
+        """
         weights_init, means_init, prec_chol_init = inits
         K = model.n_components
         ct = model.covariance_type
         n_features = int(blocks.array.shape[1])
+        needs_data = isinstance(model, GaussianMixtureModel) and model.prior_needs_data
         if weights_init is not None and means_init is not None and prec_chol_init is not None:
             cov = covariances_from_precisions_cholesky(prec_chol_init, ct)
-            return GMMParams(weights_init, means_init, cov, prec_chol_init)
+            if needs_data:
+                model = self._fill_prior_without_pass(model, blocks, rng)
+            return GMMParams(weights_init, means_init, cov, prec_chol_init), model
         n_samples = blocks.n_samples
         if isinstance(model, GaussianMixtureMissingModel):
             # k-means and random responsibilities need complete rows: start
@@ -370,9 +516,13 @@ class GaussianMixture(EMEstimator):
                 stats, center = self._kmeans_stats(model, blocks, rng, client)
             else:
                 stats, center = self._random_stats(model, blocks, rng, client)
+            if needs_data:
+                model = model.with_prior_defaults(n_features, *data_moments(stats, center, ct))
             base = model.params_from_stats(stats, center)
             # scikit-learn divides the initial nk by n_samples, not by their sum
             weights = (np.asarray(stats["sum_resp"]) + 10 * np.finfo(np.float64).eps) / n_samples
+            if model.has_prior:
+                weights = base.weights
         else:
             sample = blocks.sample(max(INIT_SAMPLE_ROWS, K), rng)
             sample = np.asarray(sample, np.float64)
@@ -381,6 +531,8 @@ class GaussianMixture(EMEstimator):
                 raise InvalidDataError(model.describe_invalid(int((~np.isfinite(sample)).sum())))
             if len(sample) < K:
                 raise ValueError(f"the data has fewer than n_components={K} rows")
+            if needs_data:
+                model = model.with_prior_defaults(n_features, *sample_moments(sample, ct))
             if self.init_params == "k-means++":
                 means = kmeans_plusplus(sample, K, rng)
             else:
@@ -393,6 +545,9 @@ class GaussianMixture(EMEstimator):
                 "diag": np.full((K, n_features), reg),
                 "spherical": np.full(K, reg),
             }[ct]
+            if model.has_prior:
+                # the prior's mode, what the MAP M-step gives a component without points
+                cov = model._estimate_map(model._zero_stats(n_features), means.mean(axis=0))[2]
             base = GMMParams(np.full(K, 1.0 / K), means, cov, precisions_cholesky_from_covariances(cov, ct))
             weights = np.full(K, (1.0 + 10 * np.finfo(np.float64).eps) / n_samples)
         weights = weights if weights_init is None else weights_init
@@ -402,7 +557,7 @@ class GaussianMixture(EMEstimator):
         else:
             prec_chol = prec_chol_init
             cov = covariances_from_precisions_cholesky(prec_chol, ct)
-        return GMMParams(weights, means, cov, prec_chol)
+        return GMMParams(weights, means, cov, prec_chol), model
 
     def _kmeans_stats(
         self, model: GaussianMixtureModel, blocks: Blocks, rng: np.random.Generator, client: Any
@@ -532,6 +687,35 @@ class GaussianMixture(EMEstimator):
             ]
         y = np.concatenate([np.full(int(k), j, dtype=int) for j, k in enumerate(counts)])
         return np.vstack(parts), y
+
+
+def _stored_prior(model: GaussianMixtureModel, path: Any, resume: bool | None) -> GaussianMixtureModel | None:
+    """``model`` with the unset prior fields taken from the checkpoint it will resume, if any.
+
+    Only fields left unset are taken: a value the user gives must match the
+    checkpoint's, which :func:`dask_em.fit_em` checks. None when there is
+    nothing to resume or the checkpoint holds no such values.
+    """
+    if path is None or resume is False:
+        return None
+    from ..checkpoint import CheckpointError, from_jsonable, read_checkpoint
+
+    try:
+        state = read_checkpoint(path)
+    except CheckpointError:
+        return None
+    config = (state.info.get("model") or {}).get("config") or {}
+    changes = {}
+    for name in PRIOR_FIELDS:
+        if getattr(model, name) is None and config.get(name) is not None:
+            changes[name] = from_jsonable(config[name])
+    if not changes:
+        return None
+    try:
+        filled = dataclasses.replace(model, **changes)
+    except ValueError:
+        return None  # not a prior this model can take; fit_em reports the difference
+    return None if filled.prior_needs_data else filled
 
 
 def _rows_output(block: np.ndarray, model: GaussianMixtureModel, params: GMMParams, what: str) -> np.ndarray:

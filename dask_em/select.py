@@ -274,6 +274,10 @@ def _shared_e_step(X: np.ndarray, plan: _Plan, loglik_only: bool = False) -> Sta
     member's sums; if its values are finite (densities that overflow) the
     member's log-likelihood becomes ``-inf``. Non-finite values are counted
     once per block.
+
+    The stacked log-probabilities and responsibilities are held transposed,
+    (Ktot, rows), so that the normalisation runs along rows in SIMD lanes
+    whatever the members' sizes.
     """
     layout = plan.layout
     M = len(layout.members)
@@ -286,12 +290,13 @@ def _shared_e_step(X: np.ndarray, plan: _Plan, loglik_only: bool = False) -> Sta
     # first-moment product the last D + 1 (the ones give sum_resp).
     YY = np.empty((rows, 2 * D + 1))
     YY[:, 2 * D] = 1.0
-    Y2_all, Y_all, Y1_all = YY[:, :D], YY[:, D : 2 * D], YY[:, D:]
     Z_all = np.empty((rows, Kf * D))
     W_all = np.empty((rows, Kf * D))
     G_all = np.empty((rows, Kd))
-    lp_all = np.empty((rows, Ktot))
-    rl_all = np.empty((rows, M))
+    respT = np.empty((Ktot, rows))
+    top, total, spare = np.empty(rows), np.empty(rows), np.empty(rows)
+    scale_bits = np.empty(rows, np.int64)
+    bad_all = np.empty((M, rows), np.bool_)
     sum_x1 = np.zeros((Ktot, D + 1))
     sum_xx = np.zeros((Kd, D))
     sum_xxT = np.zeros((Kf * D, D))
@@ -299,48 +304,45 @@ def _shared_e_step(X: np.ndarray, plan: _Plan, loglik_only: bool = False) -> Sta
     n_bad_rows = np.zeros(M)
     n_invalid = 0
     # Non-finite values and overflowing densities are counted, not warned about.
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for start in range(0, X.shape[0], rows):
             part = X[start : start + rows]
             n = part.shape[0]
-            Y, Y2, Y1 = Y_all[:n], Y2_all[:n], Y1_all[:n]
+            Y, Y2, Y1 = YY[:n, D : 2 * D], YY[:n, :D], YY[:n, D:]
             np.subtract(part, layout.center, out=Y)
             if Kd:
                 np.multiply(Y, Y, out=Y2)
                 np.matmul(YY[:n, : 2 * D], plan.quad, out=G_all[:n])
             if Kf:
                 np.matmul(Y, plan.factors, out=Z_all[:n])
-            lp = lp_all[:n]
-            _log_prob_grid(Z_all[:n], plan.offsets, plan.const_f, G_all[:n], plan.const_d, lp)
-            row_loglik = rl_all[:n]
-            if _normalize_segments(lp, layout.bounds, row_loglik):
-                bad = ~np.isfinite(row_loglik)  # (n, M)
-                bad_any = bad.any(axis=1)
+            _log_prob_grid(Z_all, plan.offsets, plan.const_f, G_all, plan.const_d, respT, n)
+            resp = respT[:, :n]
+            if _normalize_columns(respT, n, layout.bounds, top, total, scale_bits, spare, bad_all, loglik):
+                bad = bad_all[:, :n]  # (M, n)
+                bad_any = bad.any(axis=0)
                 nonfinite = ~np.isfinite(part[bad_any])
                 n_invalid += int(nonfinite.sum())
                 overflow = ~nonfinite.any(axis=1)  # finite rows with non-finite densities
                 for j in range(M):
-                    bad_j = bad[:, j]
+                    bad_j = bad[j]
                     if bad_j.any():
-                        lp[bad_j, layout.bounds[j] : layout.bounds[j + 1]] = 0.0
+                        resp[layout.bounds[j] : layout.bounds[j + 1], bad_j] = 0.0
                         if overflow[bad_j[bad_any]].any():
                             loglik[j] = -np.inf
-                n_bad_rows += bad.sum(axis=0)
+                n_bad_rows += bad.sum(axis=1)
                 # rows no member keeps (non-finite values, or densities that
                 # overflow for every member) are zeroed: keeps 0 * inf out of the sums
-                drop = bad.all(axis=1)
+                drop = bad.all(axis=0)
                 drop[np.flatnonzero(bad_any)[~overflow]] = True
                 YY[:n][drop, : 2 * D] = 0.0
-                row_loglik = np.where(bad, 0.0, row_loglik)
-            loglik += row_loglik.sum(axis=0)
             if loglik_only:
                 continue
-            sum_x1 += lp.T @ Y1
+            sum_x1 += resp @ Y1
             if Kd:
-                sum_xx += lp[:, Kf:].T @ Y2
+                sum_xx += resp[Kf:] @ Y2
             if Kf:
                 W = W_all[:n]
-                _weigh_rows_grid(lp, Y, W)
+                _weigh_rows_grid(respT, Y, W)
                 sum_xxT += W.T @ Y
     n_valid = X.shape[0] - n_bad_rows
     out: Stats = {
@@ -358,11 +360,10 @@ def _shared_e_step(X: np.ndarray, plan: _Plan, loglik_only: bool = False) -> Sta
 
 
 @numba.njit(cache=True, fastmath=_FAST, nogil=True)
-def _log_prob_grid(Z, offsets, const_f, G, const_d, out):  # pragma: no cover - compiled
-    """Stacked log-probabilities: out[i, k] for the Kf full components from
-    their whitened rows Z (as the members' own kernel), then const_d + G for
-    the diag/spherical ones."""
-    n = out.shape[0]
+def _log_prob_grid(Z, offsets, const_f, G, const_d, outT, n):  # pragma: no cover - compiled
+    """Stacked log-probabilities of the first ``n`` rows, transposed:
+    outT[k, i] for the Kf full components from their whitened rows Z (as
+    the members' own kernel), then const_d + G for the diag/spherical ones."""
     Kf = const_f.shape[0]
     Kd = const_d.shape[0]
     D = Z.shape[1] // Kf if Kf else 0
@@ -373,60 +374,117 @@ def _log_prob_grid(Z, offsets, const_f, G, const_d, out):  # pragma: no cover - 
             for j in range(D):
                 v = Z[i, base + j] - offsets[base + j]
                 s += v * v
-            out[i, k] = const_f[k] - 0.5 * s
-        for k in range(Kd):
-            out[i, Kf + k] = const_d[k] + G[i, k]
+            outT[k, i] = const_f[k] - 0.5 * s
+    for k in range(Kd):
+        c = const_d[k]
+        for i in range(n):
+            outT[Kf + k, i] = c + G[i, k]
 
 
-@numba.njit(cache=True, nogil=True)
-def _normalize_segments(log_prob, bounds, row_loglik):  # pragma: no cover - compiled
-    """Each member's columns ``bounds[m]:bounds[m + 1]`` normalised on their own,
-    as the members' own ``_normalize``; returns how many rows have a
-    non-finite log-likelihood under some member (left for the caller)."""
-    n = log_prob.shape[0]
+# 1.5 * 2^52: adding it rounds a double to an integer held in its low bits.
+_ROUND = 6755399441055744.0
+_ROUND_BITS = 0x4338000000000000
+
+
+@numba.njit(cache=True, fastmath={"contract"}, nogil=True, error_model="numpy")
+def _normalize_columns(respT, n, bounds, top, total, scale_bits, spare, bad, loglik):  # pragma: no cover - compiled
+    """Each member's log-probabilities ``respT[bounds[m]:bounds[m + 1], :n]``
+    turned into responsibilities, as the members' own ``_normalize``.
+
+    Adds each member's log-likelihood of its rows to ``loglik[m]``; a row
+    whose log-probabilities under a member are all -inf or NaN is flagged in
+    ``bad[m, i]`` (left for the caller, outside the sum). Returns the number
+    of flags. ``top``, ``total``, ``scale_bits`` and ``spare`` are scratch of
+    ``n`` entries.
+
+    Written to vectorise along rows: ``exp`` is a Cody-Waite reduction and
+    a degree-13 Taylor polynomial on ``|r| <= ln 2 / 2`` (relative error
+    about 2e-16), with ``2^k`` built from its bits; differences below -700
+    give 0, as in the members' kernel. The log-likelihood takes one log per
+    32 rows, of the product of their totals (each in [1, K]).
+    """
     M = bounds.shape[0] - 1
+    scale = scale_bits.view(np.float64)
+    t_bits = spare.view(np.int64)
     n_bad = 0
-    for i in range(n):
-        row_bad = False
-        for m in range(M):
-            lo = bounds[m]
-            hi = bounds[m + 1]
-            top = -np.inf
-            for k in range(lo, hi):
-                if log_prob[i, k] > top:
-                    top = log_prob[i, k]
-            if not np.isfinite(top):
-                row_loglik[i, m] = np.nan
-                row_bad = True
+    for m in range(M):
+        lo = bounds[m]
+        hi = bounds[m + 1]
+        for i in range(n):
+            top[i] = -np.inf
+            total[i] = 0.0
+        for k in range(lo, hi):
+            for i in range(n):
+                v = respT[k, i]
+                top[i] = v if v > top[i] else top[i]  # NaN never wins, as in the members' kernel
+        top_sum = 0.0
+        for i in range(n):
+            ok = np.isfinite(top[i])
+            bad[m, i] = not ok
+            top[i] = top[i] if ok else 0.0
+            top_sum += top[i]
+        for k in range(lo, hi):
+            for i in range(n):
+                d = respT[k, i] - top[i]
+                keep = d > -700.0
+                dc = max(d, -708.0) if keep else 0.0
+                t = dc * 1.4426950408889634 + _ROUND
+                kf = t - _ROUND
+                r = (dc - kf * 6.93147180369123816490e-01) - kf * 1.90821492927058770002e-10
+                p = 1.0 / 6227020800.0
+                p = p * r + 1.0 / 479001600.0
+                p = p * r + 1.0 / 39916800.0
+                p = p * r + 1.0 / 3628800.0
+                p = p * r + 1.0 / 362880.0
+                p = p * r + 1.0 / 40320.0
+                p = p * r + 1.0 / 5040.0
+                p = p * r + 1.0 / 720.0
+                p = p * r + 1.0 / 120.0
+                p = p * r + 1.0 / 24.0
+                p = p * r + 1.0 / 6.0
+                p = p * r + 0.5
+                p = p * r + 1.0
+                p = p * r + 1.0
+                respT[k, i] = p if keep else 0.0
+                spare[i] = t
+            for i in range(n):
+                scale_bits[i] = (t_bits[i] - _ROUND_BITS + 1023) << 52
+            for i in range(n):
+                e = respT[k, i] * scale[i]
+                respT[k, i] = e
+                total[i] += e
+        for i in range(n):
+            top[i] = 1.0 / total[i]  # top is spent: it holds the inverse now
+        for k in range(lo, hi):
+            for i in range(n):
+                respT[k, i] *= top[i]
+        acc = 0.0
+        prod = 1.0
+        count = 0
+        for i in range(n):
+            if bad[m, i]:
+                n_bad += 1
                 continue
-            total = 0.0
-            for k in range(lo, hi):
-                d = log_prob[i, k] - top
-                # as in the members' kernel: no subnormal responsibilities
-                e = np.exp(d) if d > -700.0 else 0.0
-                log_prob[i, k] = e
-                total += e
-            inv = 1.0 / total
-            for k in range(lo, hi):
-                log_prob[i, k] *= inv
-            value = np.log(total) + top
-            row_loglik[i, m] = value
-            if not np.isfinite(value):
-                row_bad = True
-        if row_bad:
-            n_bad += 1
+            prod *= total[i]
+            count += 1
+            if count == 32:
+                acc += np.log(prod)
+                prod = 1.0
+                count = 0
+        loglik[m] += top_sum + acc + np.log(prod)
     return n_bad
 
 
 @numba.njit(cache=True, nogil=True)
-def _weigh_rows_grid(resp, Y, W):  # pragma: no cover - compiled
-    """W[i, kD + j] = resp[i, k] * Y[i, j] for the first W.shape[1] / D columns
-    of resp (the full components)."""
-    n, D = Y.shape
+def _weigh_rows_grid(respT, Y, W):  # pragma: no cover - compiled
+    """W[i, kD + j] = respT[k, i] * Y[i, j] for the first W.shape[1] / D
+    components (the full ones) and the first W.shape[0] rows."""
+    n = W.shape[0]
+    D = Y.shape[1]
     Kf = W.shape[1] // D
     for i in range(n):
         for k in range(Kf):
-            r = resp[i, k]
+            r = respT[k, i]
             for j in range(D):
                 W[i, k * D + j] = r * Y[i, j]
 

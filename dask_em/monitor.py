@@ -58,7 +58,8 @@ class ConvergenceMonitor:
             if value < previous - self.decrease_rtol * max(abs(previous), 1.0):
                 warnings.warn(
                     f"log-likelihood decreased from {previous!r} to {value!r} at iteration "
-                    f"{self.iter + 1}; EM never decreases it, so this points to a numerical "
+                    f"{self.iter + 1}. Plain EM never decreases it; regularisation (reg_covar, "
+                    "min_covar) can lower it slightly, and a larger decrease points to a numerical "
                     "problem (try a larger reg_covar or scaling the data)",
                     LikelihoodDecreaseWarning,
                     stacklevel=2,

@@ -15,8 +15,11 @@ from dask_em.models.mixtures import BernoulliMixtureModel, CategoricalMixtureMod
 EPS = 10 * np.finfo(float).eps
 
 
-def _reference_em(X, weights, comp, family, alpha, n_iter):
-    """Plain numpy EM, written out per family, independent of the library code."""
+def _reference_em(X, weights, comp, family, alpha, n_iter, concentration=1.0):
+    """Plain numpy EM, written out per family, independent of the library code.
+
+    ``concentration`` is a symmetric Dirichlet prior on the weights (MAP).
+    """
     for _ in range(n_iter):
         if family == "poisson":
             logp = np.stack([poisson.logpmf(X, c).sum(axis=1) for c in comp], axis=1)
@@ -28,7 +31,8 @@ def _reference_em(X, weights, comp, family, alpha, n_iter):
         joint = logp + np.log(weights)
         resp = np.exp(joint - logsumexp(joint, axis=1, keepdims=True))
         nk = resp.sum(axis=0) + EPS
-        weights = nk / nk.sum()
+        counts = nk if concentration == 1.0 else np.maximum(nk + concentration - 1, 0) + EPS
+        weights = counts / counts.sum()
         if family == "poisson":
             comp = (resp.T @ X + alpha) / (nk[:, None] + alpha)
         elif family == "bernoulli":
@@ -83,6 +87,41 @@ def test_matches_numpy_reference_from_same_start(family, client):
     np.testing.assert_allclose(est.weights_, weights, rtol=1e-10)
     np.testing.assert_allclose(getattr(est, comp_name + "_"), comp, rtol=1e-10)
     assert np.all(np.diff(est.lower_bounds_) >= -1e-12)
+
+
+@pytest.mark.parametrize("family", list(CASES))
+def test_dirichlet_prior_on_weights_is_map_em(family, client):
+    """weight_concentration_prior: the reference MAP-EM, and a log posterior that never decreases."""
+    cls, comp_name, make = CASES[family]
+    X, _, _ = make(np.random.default_rng(1), n=400)
+    K, D = 3, X.shape[1]
+    w0 = np.array([0.6, 0.3, 0.1])
+    c0 = np.random.default_rng(2).uniform(0.2, 0.8, size=(K, D))
+    if family == "poisson":
+        c0 = c0 * 5
+    elif family == "categorical":
+        c0 = c0 / c0.sum(axis=1, keepdims=True)
+    est = cls(K, alpha=0.5, weight_concentration_prior=40.0, max_iter=8, tol=0.0, weights_init=w0,
+              **{f"{comp_name}_init": c0})
+    with pytest.warns(UserWarning, match="did not converge"):
+        est.fit(X, client=client)
+    weights, comp = _reference_em(X, w0, c0, family, 0.5, 8, concentration=40.0)
+    np.testing.assert_allclose(est.weights_, weights, rtol=1e-10)
+    np.testing.assert_allclose(getattr(est, comp_name + "_"), comp, rtol=1e-10)
+    assert weights.min() > 39 / (len(X) + 3 * 39)  # the prior's pseudo-counts hold every weight up
+    assert np.all(np.diff(est.lower_bounds_) >= -1e-12)
+    # the objective is the log posterior: log-likelihood plus the log prior, per row
+    model = est._model()
+    params = model.params_class(weights=est.weights_, **{model.component_name: getattr(est, comp_name + "_")})
+    stats = model.finish_stats(model.e_step(X, params), params)
+    c = getattr(est, comp_name + "_")
+    component_prior = {"poisson": np.log(c) - c, "bernoulli": np.log(c) + np.log1p(-c), "categorical": np.log(c)}[family]
+    log_prior = 39.0 * np.log(est.weights_).sum() + 0.5 * component_prior.sum()
+    np.testing.assert_allclose(stats["loglik"] - stats["loglik_data"], log_prior, rtol=1e-10)
+    np.testing.assert_allclose(est.lower_bound_ * len(X), stats["loglik"], rtol=1e-3)  # one iteration apart
+    np.testing.assert_allclose(est.score(X) * len(X), stats["loglik_data"], rtol=1e-10)
+    with pytest.raises(ValueError, match="weight_concentration_prior"):
+        cls(2, weight_concentration_prior=0.0).fit(X, client=client)
 
 
 @pytest.mark.parametrize("family", list(CASES))

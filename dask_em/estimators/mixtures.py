@@ -38,7 +38,12 @@ class _MixtureEstimator(EMEstimator):
             raise ValueError(f"alpha must be non-negative, got {self.alpha}")
         if self.init_params not in ("random", "random_from_data"):
             raise ValueError(f"init_params must be 'random' or 'random_from_data', got {self.init_params!r}")
-        return self._model_class(n_components=int(self.n_components), alpha=float(self.alpha), init=self.init_params)
+        if not self.weight_concentration_prior > 0:
+            raise ValueError(f"weight_concentration_prior must be positive, got {self.weight_concentration_prior}")
+        return self._model_class(
+            n_components=int(self.n_components), alpha=float(self.alpha), init=self.init_params,
+            weight_concentration=float(self.weight_concentration_prior),
+        )
 
     def _start(self, model: _DiscreteMixture, blocks: Any, rng: np.random.Generator) -> Any:
         start = model.init_params(blocks.sample(10_000, rng), rng)
@@ -195,6 +200,12 @@ class PoissonMixture(_MixtureEstimator):
     alpha : float, default=1e-10
         Pseudo-count that keeps rates positive (a zero rate gives a count
         of one or more probability zero).
+    weight_concentration_prior : float, default=1.0
+        Concentration of a symmetric Dirichlet prior on the weights (MAP-EM):
+        weights are ``max(N_k + a - 1, 0)`` normalised, so a > 1 keeps small
+        components alive and a < 1 prunes them. With a prior (a != 1 or
+        ``alpha`` >= 1e-6) ``lower_bound_`` is the log posterior per row,
+        which is what EM then increases; ``score`` stays the log-likelihood.
     weights_init : array-like of shape (n_components,), optional
     lambdas_init : array-like of shape (n_components, n_features), optional
     random_state : int or Generator, optional
@@ -221,6 +232,7 @@ class PoissonMixture(_MixtureEstimator):
         n_init: int = 1,
         init_params: str = "random",
         alpha: float = 1e-10,
+        weight_concentration_prior: float = 1.0,
         weights_init: Any = None,
         lambdas_init: Any = None,
         random_state: Any = None,
@@ -248,6 +260,12 @@ class BernoulliMixture(_MixtureEstimator):
     init_params : {"random", "random_from_data"}, default="random"
     alpha : float, default=1e-10
         Pseudo-count that keeps probabilities strictly between 0 and 1.
+    weight_concentration_prior : float, default=1.0
+        Concentration of a symmetric Dirichlet prior on the weights (MAP-EM):
+        weights are ``max(N_k + a - 1, 0)`` normalised, so a > 1 keeps small
+        components alive and a < 1 prunes them. With a prior (a != 1 or
+        ``alpha`` >= 1e-6) ``lower_bound_`` is the log posterior per row,
+        which is what EM then increases; ``score`` stays the log-likelihood.
     weights_init : array-like of shape (n_components,), optional
     probabilities_init : array-like of shape (n_components, n_features), optional
     random_state : int or Generator, optional
@@ -274,6 +292,7 @@ class BernoulliMixture(_MixtureEstimator):
         n_init: int = 1,
         init_params: str = "random",
         alpha: float = 1e-10,
+        weight_concentration_prior: float = 1.0,
         weights_init: Any = None,
         probabilities_init: Any = None,
         random_state: Any = None,
@@ -302,6 +321,12 @@ class CategoricalMixture(_MixtureEstimator):
     alpha : float, default=1e-10
         Pseudo-count added to every category (word) of every component, so
         that no word has probability zero.
+    weight_concentration_prior : float, default=1.0
+        Concentration of a symmetric Dirichlet prior on the weights (MAP-EM):
+        weights are ``max(N_k + a - 1, 0)`` normalised, so a > 1 keeps small
+        components alive and a < 1 prunes them. With a prior (a != 1 or
+        ``alpha`` >= 1e-6) ``lower_bound_`` is the log posterior per row,
+        which is what EM then increases; ``score`` stays the log-likelihood.
     weights_init : array-like of shape (n_components,), optional
     probabilities_init : array-like of shape (n_components, n_features), optional
         Rows sum to 1.
@@ -332,6 +357,7 @@ class CategoricalMixture(_MixtureEstimator):
         n_init: int = 1,
         init_params: str = "random",
         alpha: float = 1e-10,
+        weight_concentration_prior: float = 1.0,
         weights_init: Any = None,
         probabilities_init: Any = None,
         random_state: Any = None,

@@ -62,6 +62,8 @@ class _DiscreteMixture:
     n_components: int = 1
     alpha: float = 1e-10
     init: str = "random"
+    #: Dirichlet concentration on the weights; 1 is flat (maximum likelihood).
+    weight_concentration: float = 1.0
 
     params_class: ClassVar[type]
     component_name: ClassVar[str]
@@ -81,6 +83,10 @@ class _DiscreteMixture:
 
     def describe_invalid(self, n: int) -> str:
         """The message for ``n`` values outside the support."""
+        raise NotImplementedError
+
+    def component_log_prior(self, component: np.ndarray) -> float:
+        """Log density, up to a constant, of the prior whose mode ``alpha`` gives."""
         raise NotImplementedError
 
     # -- shared ------------------------------------------------------------
@@ -138,9 +144,36 @@ class _DiscreteMixture:
         }
 
     def m_step(self, stats: Stats, params: Any) -> Any:
-        """Weights and component parameters; ``10 * eps`` keeps empty components finite."""
+        """Weights and component parameters; ``10 * eps`` keeps empty components finite.
+
+        With ``weight_concentration`` a != 1 the weights are the mode of
+        their Dirichlet posterior, ``max(N_k + a - 1, 0)`` normalised.
+        """
         nk = stats["sum_resp"] + _EPS
-        return self._make_params(nk / nk.sum(), self.new_components(stats["sum_x"], nk), stats)
+        counts = nk if self.weight_concentration == 1.0 else np.maximum(nk + self.weight_concentration - 1.0, 0.0) + _EPS
+        return self._make_params(counts / counts.sum(), self.new_components(stats["sum_x"], nk), stats)
+
+    @property
+    def has_prior(self) -> bool:
+        """Whether the pseudo-counts are large enough to count as a prior in the objective."""
+        return self.weight_concentration != 1.0 or self.alpha >= 1e-6
+
+    def log_prior(self, params: Any) -> float:
+        """Log density, up to a constant, of the Dirichlet on the weights and the components' prior."""
+        log_w = float(np.sum(_safe_log(params.weights)))
+        return (self.weight_concentration - 1.0) * log_w + self.component_log_prior(getattr(params, self.component_name))
+
+    def finish_stats(self, stats: Stats, params: Any) -> Stats:
+        """With a prior, ``loglik`` becomes the log posterior, the objective MAP-EM increases.
+
+        The data's log-likelihood alone is kept under ``"loglik_data"``.
+        """
+        if not self.has_prior or params is None:
+            return stats
+        stats = dict(stats)
+        stats["loglik_data"] = np.array(float(stats["loglik"]))
+        stats["loglik"] = np.array(float(stats["loglik"]) + self.log_prior(params))
+        return stats
 
     # -- per-row outputs (also used lazily by the estimators) ---------------
     def _checked_rows(self, block: np.ndarray) -> np.ndarray:
@@ -194,6 +227,10 @@ class PoissonMixtureModel(_DiscreteMixture):
     def new_components(self, sum_x: np.ndarray, nk: np.ndarray) -> np.ndarray:
         return (sum_x + self.alpha) / (nk[:, None] + self.alpha)
 
+    def component_log_prior(self, component: np.ndarray) -> float:
+        # Gamma(shape alpha + 1, rate alpha) on every rate: its M-step is new_components
+        return float(self.alpha * np.sum(_safe_log(component) - component))
+
     def describe_invalid(self, n: int) -> str:
         return _count_invalid_message(
             n, "Poisson mixture", "counts must be non-negative integers (no NaN or inf); round or drop them"
@@ -225,6 +262,10 @@ class BernoulliMixtureModel(_DiscreteMixture):
 
     def new_components(self, sum_x: np.ndarray, nk: np.ndarray) -> np.ndarray:
         return (sum_x + self.alpha) / (nk[:, None] + 2 * self.alpha)
+
+    def component_log_prior(self, component: np.ndarray) -> float:
+        # Beta(alpha + 1, alpha + 1) on every probability
+        return float(self.alpha * np.sum(_safe_log(component) + _safe_log(1.0 - component)))
 
     def describe_invalid(self, n: int) -> str:
         return _count_invalid_message(
@@ -261,6 +302,10 @@ class CategoricalMixtureModel(_DiscreteMixture):
     def new_components(self, sum_x: np.ndarray, nk: np.ndarray) -> np.ndarray:
         counts = sum_x + self.alpha
         return counts / counts.sum(axis=1, keepdims=True)
+
+    def component_log_prior(self, component: np.ndarray) -> float:
+        # Dirichlet(alpha + 1) on every component's category probabilities
+        return float(self.alpha * np.sum(_safe_log(component)))
 
     def _make_params(self, weights: np.ndarray, component: np.ndarray, stats: Stats | None) -> Any:
         total = float(stats["sum_x"].sum() / stats["n"]) if stats is not None else 1.0

@@ -588,9 +588,10 @@ def _lloyd_init(model: GaussianMixtureModel, sample: np.ndarray, rng: np.random.
     centers = kmeans_plusplus(sample, K, rng)
     for _ in range(INIT_LLOYD_ITERATIONS):
         labels, _ = nearest_center(sample, centers)
-        one_hot = (labels[:, None] == np.arange(K)).astype(np.float64)
-        counts = one_hot.sum(axis=0)
-        sums = one_hot.T @ sample  # np.add.at is ~10x slower
+        counts = np.bincount(labels, minlength=K).astype(np.float64)
+        # per-feature bincounts: np.add.at is ~10x slower, and a one-hot
+        # product would call the client's multithreaded BLAS
+        sums = np.stack([np.bincount(labels, sample[:, j], minlength=K) for j in range(sample.shape[1])], axis=1)
         keep = counts > 0
         new = centers.copy()
         new[keep] = sums[keep] / counts[keep, None]

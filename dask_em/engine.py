@@ -219,6 +219,24 @@ def _checked(model: EMModel, stats: Stats, params: Any = None) -> Stats:
     return stats
 
 
+def _check_picklable(model: EMModel, params: Any) -> None:
+    """Fail with a clear message if the model or parameters cannot travel to the workers.
+
+    Dask would otherwise report a failure to serialise its own graph object.
+    """
+    import cloudpickle  # what distributed falls back to for objects plain pickle refuses
+
+    for what, obj in (("model", model), ("parameters", params)):
+        try:
+            cloudpickle.dumps(obj)
+        except Exception as exc:
+            raise TypeError(
+                f"the {what} ({type(obj).__name__}) cannot be pickled to send to the Dask workers: "
+                f"{type(exc).__name__}: {exc}. Keep model fields to plain values (numbers, strings, "
+                "tuples) and parameters to numpy arrays; open files, locks or clients belong outside."
+            ) from exc
+
+
 def prepare_blocks(data: Any, client: Any, persist: bool | None = None) -> Blocks:
     """Blocks for ``data`` unless it already is :class:`Blocks`."""
     if isinstance(data, Blocks):
@@ -353,6 +371,8 @@ def fit_em(
         elif params is None:
             params = model.init_params(blocks.sample(10_000, rng), rng)
 
+        if active is not None:
+            _check_picklable(model, params)
         if verbose:
             from .progress import Progress
 

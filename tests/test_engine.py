@@ -67,3 +67,16 @@ def test_tree_reduce_equals_sequential_sum():
     assert total["n"] == 11
     with pytest.raises(ValueError, match="different keys"):
         add_stats({"a": 1}, {"b": 2})
+
+
+@dataclasses.dataclass(frozen=True)
+class LockedLinkage(Linkage):
+    """A model holding something that cannot travel to a worker."""
+
+    lock: object = dataclasses.field(default_factory=__import__("threading").Lock)
+
+
+def test_unpicklable_model_is_reported_before_any_pass(client):
+    data = np.array([[125, 18, 20, 34]] * 4, float)
+    with pytest.raises(TypeError, match="model .LockedLinkage. cannot be pickled.*_thread.lock"):
+        fit_em(LockedLinkage(), data, max_iter=3, client=client)

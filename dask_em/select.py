@@ -1,12 +1,20 @@
 """Model selection for Gaussian mixtures: a grid fitted in shared passes, ranked by BIC.
 
 Every model of the grid (``n_components`` x ``covariance_type`` x restarts)
-is a member of one stacked model whose E-step reads a block once and runs
-every member's E-step on it. An iteration of the whole grid is therefore
-one pass over the data, one ``compute``, and one tree reduction of all the
-members' statistics together. A member that has converged leaves the stack
-and costs nothing afterwards. After the last iteration one more shared
-pass scores every member's final parameters, which gives the BIC.
+is a member of one stacked model whose E-step reads a block once and
+shares the work between the members: the block is centred once, the
+log-densities of all ``full`` components come from one product with the
+side-by-side Cholesky factors of their precisions, those of all ``diag``
+and ``spherical`` components from one product of ``[x*x, x]`` with their
+stacked coefficients, each member's responsibilities are normalised on
+their own, and the statistics of all members come from three more
+products. ``tied`` members run their own E-step on the same block. An
+iteration of the whole grid is therefore one pass over the data, one
+``compute``, and one tree reduction of all the members' statistics
+together. A member that has converged leaves the stack and costs nothing
+afterwards. After the last iteration one more shared pass, computing
+log-likelihoods only, scores every member's final parameters, which gives
+the BIC.
 
 BIC follows scikit-learn's sign: ``-2 log L + p log n``, smaller is better
 (mclust reports the negative).

@@ -120,7 +120,20 @@ def expected_stats(
             for i in range(0, len(level), split_every)
         ]
     if client is not None:
-        stats = _compute(client, _fuse_block_reads(level[0], e_steps))
+        try:
+            stats = _compute(client, _fuse_block_reads(level[0], e_steps))
+        except RuntimeError as exc:
+            if "deserializ" not in str(exc):
+                raise
+            module = type(model).__module__
+            first = str(exc).split(". ")[0]
+            raise DaskEMError(
+                f"the Dask scheduler or workers could not load the task graph ({exc.__class__.__name__}: "
+                f"{first}). The model class {type(model).__name__} comes from module "
+                f"{module!r}: the cluster must be able to import it (install it there, or send it with "
+                f"client.upload_file('{module.replace('.', '/')}.py')), and run the same dask-em, dask and "
+                "numpy versions as this client."
+            ) from exc
     else:
         stats = level[0].compute(scheduler="threads", optimize_graph=False)
     return _checked(model, stats, params)

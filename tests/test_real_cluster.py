@@ -28,7 +28,10 @@ from _cluster_utils import (
     wait_for_pass,
 )
 
+from distributed import Client
+
 from dask_em import fit_em
+from dask_em.errors import DaskEMError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -296,3 +299,44 @@ def test_cli_exits_when_the_scheduler_dies_and_resumes_on_a_new_one(tmp_path, gm
     assert done.returncode == 0, done.stderr
     assert "resum" in done.stderr
     _assert_same_gmm(load(str(out)), gmm_reference)
+
+
+USER_MODULE = '''
+import dataclasses
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Theta:
+    theta: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Linkage:
+    def init_params(self, sample, rng):
+        return Theta(np.array(0.5))
+
+    def e_step(self, block, params):
+        t, y = float(params.theta), np.asarray(block).sum(axis=0)
+        p = np.array([0.5 + t / 4, (1 - t) / 4, (1 - t) / 4, t / 4])
+        return {"n": np.array(y.sum()), "loglik": np.array(y @ np.log(p)),
+                "counts": np.array([y[0] * (t / 4) / (0.5 + t / 4) + y[3], y[1] + y[2]])}
+
+    def m_step(self, stats, params):
+        return Theta(np.array(stats["counts"][0] / stats["counts"].sum()))
+'''
+
+
+def test_model_module_missing_on_the_cluster_is_named(tcp_cluster, tmp_path, monkeypatch):
+    """A plug-in model the cluster cannot import: the error names its module and the remedy."""
+    (tmp_path / "user_linkage_model.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import user_linkage_model
+
+    data = np.array([[125, 18, 20, 34]] * 4, float)
+    with Client(tcp_cluster.address) as client:
+        with pytest.raises(DaskEMError, match=r"module 'user_linkage_model'.*upload_file"):
+            fit_em(user_linkage_model.Linkage(), data, max_iter=5, client=client)
+        client.upload_file(str(tmp_path / "user_linkage_model.py"))
+        result = fit_em(user_linkage_model.Linkage(), data, max_iter=50, tol=1e-10, client=client)
+    assert round(float(result.params.theta), 4) == 0.6268

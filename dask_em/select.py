@@ -32,6 +32,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from ._kernels import normalize_columns
 from .errors import DaskEMError
 from .models.base import Stats
 from .models.gmm import (
@@ -325,7 +326,7 @@ def _shared_e_step(X: np.ndarray, plan: _Plan, loglik_only: bool = False) -> Sta
                 np.matmul(Y, plan.factors, out=Z_all[:n])
             _log_prob_grid(Z_all, plan.offsets, plan.const_f, G_all, plan.const_d, respT, n)
             resp = respT[:, :n]
-            if _normalize_columns(respT, n, layout.bounds, top, total, scale_bits, spare, bad_all, loglik):
+            if normalize_columns(respT, n, layout.bounds, top, total, scale_bits, spare, bad_all, loglik):
                 bad = bad_all[:, :n]  # (M, n)
                 bad_any = bad.any(axis=0)
                 nonfinite = ~np.isfinite(part[bad_any])
@@ -387,100 +388,6 @@ def _log_prob_grid(Z, offsets, const_f, G, const_d, outT, n):  # pragma: no cove
         c = const_d[k]
         for i in range(n):
             outT[Kf + k, i] = c + G[i, k]
-
-
-# 1.5 * 2^52: adding it rounds a double to an integer held in its low bits.
-_ROUND = 6755399441055744.0
-_ROUND_BITS = 0x4338000000000000
-
-
-@numba.njit(cache=True, fastmath={"contract"}, nogil=True, error_model="numpy")
-def _normalize_columns(respT, n, bounds, top, total, scale_bits, spare, bad, loglik):  # pragma: no cover - compiled
-    """Each member's log-probabilities ``respT[bounds[m]:bounds[m + 1], :n]``
-    turned into responsibilities, as the members' own ``_normalize``.
-
-    Adds each member's log-likelihood of its rows to ``loglik[m]``; a row
-    whose log-probabilities under a member are all -inf or NaN is flagged in
-    ``bad[m, i]`` (left for the caller, outside the sum). Returns the number
-    of flags. ``top``, ``total``, ``scale_bits`` and ``spare`` are scratch of
-    ``n`` entries.
-
-    Written to vectorise along rows: ``exp`` is a Cody-Waite reduction and
-    a degree-13 Taylor polynomial on ``|r| <= ln 2 / 2`` (relative error
-    about 2e-16), with ``2^k`` built from its bits; differences below -700
-    give 0, as in the members' kernel. The log-likelihood takes one log per
-    32 rows, of the product of their totals (each in [1, K]).
-    """
-    M = bounds.shape[0] - 1
-    scale = scale_bits.view(np.float64)
-    t_bits = spare.view(np.int64)
-    n_bad = 0
-    for m in range(M):
-        lo = bounds[m]
-        hi = bounds[m + 1]
-        for i in range(n):
-            top[i] = -np.inf
-            total[i] = 0.0
-        for k in range(lo, hi):
-            for i in range(n):
-                v = respT[k, i]
-                top[i] = v if v > top[i] else top[i]  # NaN never wins, as in the members' kernel
-        top_sum = 0.0
-        for i in range(n):
-            ok = np.isfinite(top[i])
-            bad[m, i] = not ok
-            top[i] = top[i] if ok else 0.0
-            top_sum += top[i]
-        for k in range(lo, hi):
-            for i in range(n):
-                d = respT[k, i] - top[i]
-                keep = d > -700.0
-                dc = max(d, -708.0) if keep else 0.0
-                t = dc * 1.4426950408889634 + _ROUND
-                kf = t - _ROUND
-                r = (dc - kf * 6.93147180369123816490e-01) - kf * 1.90821492927058770002e-10
-                p = 1.0 / 6227020800.0
-                p = p * r + 1.0 / 479001600.0
-                p = p * r + 1.0 / 39916800.0
-                p = p * r + 1.0 / 3628800.0
-                p = p * r + 1.0 / 362880.0
-                p = p * r + 1.0 / 40320.0
-                p = p * r + 1.0 / 5040.0
-                p = p * r + 1.0 / 720.0
-                p = p * r + 1.0 / 120.0
-                p = p * r + 1.0 / 24.0
-                p = p * r + 1.0 / 6.0
-                p = p * r + 0.5
-                p = p * r + 1.0
-                p = p * r + 1.0
-                respT[k, i] = p if keep else 0.0
-                spare[i] = t
-            for i in range(n):
-                scale_bits[i] = (t_bits[i] - _ROUND_BITS + 1023) << 52
-            for i in range(n):
-                e = respT[k, i] * scale[i]
-                respT[k, i] = e
-                total[i] += e
-        for i in range(n):
-            top[i] = 1.0 / total[i]  # top is spent: it holds the inverse now
-        for k in range(lo, hi):
-            for i in range(n):
-                respT[k, i] *= top[i]
-        acc = 0.0
-        prod = 1.0
-        count = 0
-        for i in range(n):
-            if bad[m, i]:
-                n_bad += 1
-                continue
-            prod *= total[i]
-            count += 1
-            if count == 32:
-                acc += np.log(prod)
-                prod = 1.0
-                count = 0
-        loglik[m] += top_sum + acc + np.log(prod)
-    return n_bad
 
 
 @numba.njit(cache=True, nogil=True)

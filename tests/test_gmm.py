@@ -340,3 +340,89 @@ def test_missing_em_equals_plain_fit_without_nan_and_fits_with_nan(client):
     assert np.isfinite(fitted.predict_proba(Xm)).all()
     with pytest.raises(ValueError, match="missing must be"):
         GaussianMixture(2, missing="drop").fit(X, client=client)
+
+
+def test_normalisation_exp_matches_numpy():
+    from dask_em._kernels import exp_minus_top
+
+    x = np.concatenate([
+        np.linspace(-745.0, 0.0, 200_001),
+        np.nextafter(-700.0, [0.0, -np.inf]),  # either side of the cut-off
+        [-700.0, -699.9999999, -708.0, -708.5, -744.5, -1e300, -0.0, -1e-300, -np.inf, np.nan],
+    ])
+    got = exp_minus_top(x, np.zeros_like(x))
+    with np.errstate(invalid="ignore"):
+        keep = x > -700.0
+    assert (got[~keep] == 0.0).all()  # at or below the cut-off, -inf and NaN: exactly 0
+    want = np.exp(x[keep])
+    np.testing.assert_array_less(np.abs(got[keep] - want), 1e-15 * want)
+    assert got[keep].min() > 1e-305  # no subnormals above the cut-off
+    # the difference is what is cut: exp(x - top)
+    got = exp_minus_top(np.array([0.0, -5.0, np.inf]), np.array([750.0, -4.0, np.inf]))
+    assert got[0] == 0.0 and abs(got[1] - np.exp(-1.0)) < 1e-15 * np.exp(-1.0) and got[2] == 0.0
+
+
+def _reference_e_step(X, params, covariance_type):
+    """The E-step in plain numpy, row by row layout (n, K)."""
+    model = GaussianMixtureModel(len(params.weights), covariance_type)
+    Xf = X[np.isfinite(X).all(axis=1)]
+    log_prob = model.weighted_log_prob(Xf, params)
+    top = log_prob.max(axis=1, keepdims=True)
+    diff = log_prob - top
+    e = np.where(diff > -700.0, np.exp(diff), 0.0)
+    total = e.sum(axis=1, keepdims=True)
+    resp = e / total
+    Y = Xf - (params.weights @ params.means)
+    stats = {"sum_resp": resp.sum(axis=0), "sum_x": resp.T @ Y}
+    if covariance_type == "full":
+        stats["sum_xxT"] = np.einsum("ik,ij,il->kjl", resp, Y, Y)
+    elif covariance_type == "tied":
+        stats["sum_xxT"] = Y.T @ Y
+    else:
+        stats["sum_xx"] = resp.T @ (Y * Y)
+    stats["loglik"] = float((np.log(total[:, 0]) + top[:, 0]).sum())
+    stats["n"] = float(len(Xf))
+    return stats
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_e_step_matches_numpy_reference_with_bad_rows(covariance_type):
+    rng = np.random.default_rng(3)
+    X = make_data(n=9_000, d=4)
+    X[[5, 4100, 8999], 1] = np.nan  # in the first, a middle and the last sub-block
+    X[77, 0] = np.inf
+    X[78, :2] = -np.inf
+    params = GMMParams(**_params_kwargs(X, covariance_type, rng))
+    model = GaussianMixtureModel(K, covariance_type)
+    stats = model.e_step(X, params)
+    want = _reference_e_step(X, params, covariance_type)
+    assert int(stats["n_invalid"]) == 6
+    assert float(stats["n"]) == want["n"]
+    np.testing.assert_allclose(float(stats["loglik"]), want["loglik"], rtol=1e-13)
+    for key in want:
+        if key not in ("loglik", "n"):
+            np.testing.assert_allclose(stats[key], want[key], rtol=1e-12, atol=1e-9)
+    # finite rows whose densities overflow: loglik -inf, the rest as before
+    X[200] = 1e200
+    stats = model.e_step(X, params)
+    assert float(stats["loglik"]) == -np.inf and int(stats["n_invalid"]) == 6
+
+
+def _params_kwargs(X, covariance_type, rng):
+    Xf = X[np.isfinite(X).all(axis=1)]
+    D = X.shape[1]
+    means = Xf[rng.choice(len(Xf), K, replace=False)]
+    var = Xf.var(axis=0)
+    cov = {
+        "full": np.repeat(np.diag(var)[None], K, axis=0) * rng.uniform(0.5, 1.5, size=(K, 1, 1)),
+        "tied": np.diag(var),
+        "diag": np.repeat(var[None], K, axis=0) * rng.uniform(0.5, 1.5, size=(K, D)),
+        "spherical": np.full(K, var.mean()) * rng.uniform(0.5, 1.5, size=K),
+    }[covariance_type]
+    weights = rng.uniform(0.5, 1.5, size=K)
+    return {
+        "weights": weights / weights.sum(),
+        "means": means,
+        "covariances": cov,
+        "precisions_cholesky": precisions_cholesky_from_covariances(cov, covariance_type),
+    }

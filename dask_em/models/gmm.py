@@ -45,6 +45,7 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
+from .._kernels import normalize_columns
 from ..errors import DaskEMError
 from .base import Stats
 
@@ -317,10 +318,16 @@ class _Workspace:
     Allocating them once matters inside Dask workers, whose allocator hands
     freed memory back to the system eagerly (``MALLOC_TRIM_THRESHOLD_``):
     fresh temporaries per sub-block there cost page faults on every use.
+
+    The E-step holds log-probabilities and responsibilities transposed,
+    (K, rows), in ``respT`` (:meth:`resp_t` gives the view for a sub-block
+    of ``n`` rows, contiguous whatever ``n``), so that the normalisation
+    runs along rows in SIMD lanes.
     """
 
     def __init__(self, rows: int, K: int, D: int, covariance_type: str) -> None:
         rows = max(rows, 1)
+        self.K = K
         self.Y = np.empty((rows, D))
         self.Y2 = np.empty((rows, D)) if covariance_type in ("diag", "spherical") else None
         self.log_prob = np.empty((rows, K))
@@ -328,6 +335,18 @@ class _Workspace:
         width = K * D if covariance_type == "full" else D
         self.Z = np.empty((rows, width)) if covariance_type in ("full", "tied") else None
         self.W = np.empty((rows, K * D)) if covariance_type == "full" else None
+        self.respT = np.empty(K * rows)
+        # scratch of normalize_columns
+        self.bounds = np.array([0, K], np.int64)
+        self.top = np.empty(rows)
+        self.total = np.empty(rows)
+        self.spare = np.empty(rows)
+        self.scale_bits = np.empty(rows, np.int64)
+        self.bad = np.empty((1, rows), np.bool_)
+
+    def resp_t(self, n: int) -> np.ndarray:
+        """The (K, n) transposed log-probability/responsibility buffer of ``n`` rows."""
+        return self.respT[: self.K * n].reshape(self.K, n)
 
 
 @dataclass(frozen=True)
@@ -575,38 +594,41 @@ class GaussianMixtureModel:
         return self.params_from_stats(hard.e_step(sample, None), centers)
 
     def e_step(self, block: Any, params: GMMParams) -> Stats:
-        """Sums of responsibilities and moments of one block (see class notes)."""
+        """Sums of responsibilities and moments of one block (see class notes).
+
+        Rows with NaN or infinite values are counted in ``n_invalid`` and
+        add nothing; finite rows whose densities overflow make ``loglik``
+        -inf (the engine reports it with what to try).
+        """
         X = np.asarray(block)
         prep = self.prepare(params)
         K, D = np.shape(params.means)
         stats = self._zero_stats(D)
         rows = sub_block_rows(K, D, self.covariance_type)
         work = _Workspace(min(rows, X.shape[0]), K, D, self.covariance_type)
-        loglik = 0.0
-        n_valid = 0
+        loglik = np.zeros(1)
+        overflow = False
+        n_bad = 0
         n_invalid = 0
         for start in range(0, X.shape[0], rows):
             part = X[start : start + rows]
-            Y = np.subtract(part, prep.center, out=work.Y[: part.shape[0]])
-            resp = self._log_prob_into(Y, prep, work)
-            row_loglik = work.row_loglik[: Y.shape[0]]
-            _normalize(resp, row_loglik)
-            bad = ~np.isfinite(row_loglik)
-            if bad.any():
+            n = part.shape[0]
+            Y = np.subtract(part, prep.center, out=work.Y[:n])
+            respT = self._log_prob_into(Y, prep, work)
+            if normalize_columns(
+                respT, n, work.bounds, work.top, work.total, work.scale_bits, work.spare, work.bad, loglik
+            ):
+                bad = work.bad[0, :n]
+                n_bad += int(bad.sum())
                 nonfinite = ~np.isfinite(part[bad])
                 n_invalid += int(nonfinite.sum())
                 if not nonfinite.any(axis=1).all():
-                    # finite rows so extreme that the densities overflow: make the
-                    # total -inf, which the engine reports with what to try
-                    loglik = -np.inf
-                resp[bad] = 0.0
+                    overflow = True
+                respT[:, bad] = 0.0
                 Y[bad] = 0.0
-                row_loglik = row_loglik[~bad]
-            loglik += float(row_loglik.sum())
-            n_valid += row_loglik.shape[0]
-            self._accumulate(stats, Y, resp, work)
-        stats["n"] = np.array(float(n_valid))
-        stats["loglik"] = np.array(loglik)
+            self._accumulate_t(stats, Y, respT, work)
+        stats["n"] = np.array(float(X.shape[0] - n_bad))
+        stats["loglik"] = np.array(-np.inf if overflow else float(loglik[0]))
         stats["n_invalid"] = np.array(n_invalid)
         return stats
 
@@ -798,38 +820,43 @@ class GaussianMixtureModel:
         return _Prepared(center, const, none, np.ascontiguousarray(a), np.ascontiguousarray(prec))
 
     def _log_prob_into(self, Y: np.ndarray, prep: _Prepared, work: _Workspace) -> np.ndarray:
-        """log(w_k) + log N(x | mu_k, Sigma_k) for centred rows ``Y``, written to
-        the workspace: a (n, K) view."""
+        """log(w_k) + log N(x | mu_k, Sigma_k) for centred rows ``Y``, written
+        transposed to the workspace: a contiguous (K, n) view."""
         n = Y.shape[0]
-        out = work.log_prob[:n]
+        outT = work.resp_t(n)
         ct = self.covariance_type
         if ct == "full":
             Z = work.Z[:n]
             np.matmul(Y, prep.factors, out=Z)
-            _log_prob_stacked(Z, prep.offsets, prep.const, out)
+            _log_prob_stacked(Z, prep.offsets, prep.const, outT)
         elif ct == "tied":
             Z = work.Z[:n]
             np.matmul(Y, prep.factors, out=Z)
-            _log_prob_shared(Z, prep.offsets, prep.scale, prep.const, out)
+            _log_prob_shared(Z, prep.offsets, prep.scale, prep.const, outT)
         else:
-            _log_prob_shared(Y, prep.offsets, prep.scale, prep.const, out)
-        return out
+            _log_prob_shared(Y, prep.offsets, prep.scale, prep.const, outT)
+        return outT
 
     def _accumulate(self, stats: Stats, Y: np.ndarray, resp: np.ndarray, work: _Workspace) -> None:
+        """Add the sums of rows ``Y`` with responsibilities ``resp`` (n, K)."""
+        self._accumulate_t(stats, Y, resp.T, work)
+
+    def _accumulate_t(self, stats: Stats, Y: np.ndarray, respT: np.ndarray, work: _Workspace) -> None:
+        """Add the sums of rows ``Y`` with transposed responsibilities ``respT`` (K, n)."""
         n, D = Y.shape
         K = self.n_components
-        stats["sum_resp"] += resp.sum(axis=0)
-        stats["sum_x"] += resp.T @ Y
+        stats["sum_resp"] += respT.sum(axis=1)
+        stats["sum_x"] += respT @ Y
         ct = self.covariance_type
         if ct == "full":
             W = work.W[:n]
-            _weigh_rows(resp, Y, W)
+            _weigh_rows(respT, Y, W)
             stats["sum_xxT"] += (W.T @ Y).reshape(K, D, D)
         elif ct == "tied":
             stats["sum_xxT"] += Y.T @ Y
         else:
             Y2 = np.multiply(Y, Y, out=work.Y2[:n]) if work.Y2 is not None else Y * Y
-            stats["sum_xx"] += resp.T @ Y2
+            stats["sum_xx"] += respT @ Y2
 
     def weighted_log_prob(self, X: np.ndarray, params: GMMParams) -> np.ndarray:
         """log(w_k) + log N(x | mu_k, Sigma_k) for every row: (n_samples, K).
@@ -850,7 +877,7 @@ class GaussianMixtureModel:
         for start in range(0, X.shape[0], rows):
             part = X[start : start + rows]
             Y = np.subtract(part, prep.center, out=work.Y[: part.shape[0]])
-            out[start : start + rows] = self._log_prob_into(Y, prep, work)
+            out[start : start + rows] = self._log_prob_into(Y, prep, work).T
         if not np.isfinite(out).all():
             bad = ~np.isfinite(out).all(axis=1)
             raise InvalidDataError(self.describe_invalid(int((~np.isfinite(X[bad])).sum())))
@@ -863,9 +890,9 @@ _FAST = {"reassoc", "contract"}
 
 
 @numba.njit(cache=True, fastmath=_FAST, nogil=True)
-def _log_prob_stacked(Z, offsets, const, out):  # pragma: no cover - compiled
-    """out[i, k] = const[k] - |Z[i, kD:(k+1)D] - offsets[kD:(k+1)D]|^2 / 2."""
-    n, K = out.shape
+def _log_prob_stacked(Z, offsets, const, outT):  # pragma: no cover - compiled
+    """outT[k, i] = const[k] - |Z[i, kD:(k+1)D] - offsets[kD:(k+1)D]|^2 / 2."""
+    K, n = outT.shape
     D = Z.shape[1] // K
     for i in range(n):
         for k in range(K):
@@ -874,13 +901,13 @@ def _log_prob_stacked(Z, offsets, const, out):  # pragma: no cover - compiled
             for j in range(D):
                 v = Z[i, base + j] - offsets[base + j]
                 s += v * v
-            out[i, k] = const[k] - 0.5 * s
+            outT[k, i] = const[k] - 0.5 * s
 
 
 @numba.njit(cache=True, fastmath=_FAST, nogil=True)
-def _log_prob_shared(Z, offsets, scale, const, out):  # pragma: no cover - compiled
-    """out[i, k] = const[k] - sum_j scale[k, j] (Z[i, j] - offsets[k, j])^2 / 2."""
-    n, K = out.shape
+def _log_prob_shared(Z, offsets, scale, const, outT):  # pragma: no cover - compiled
+    """outT[k, i] = const[k] - sum_j scale[k, j] (Z[i, j] - offsets[k, j])^2 / 2."""
+    K, n = outT.shape
     D = Z.shape[1]
     for i in range(n):
         for k in range(K):
@@ -888,7 +915,7 @@ def _log_prob_shared(Z, offsets, scale, const, out):  # pragma: no cover - compi
             for j in range(D):
                 v = Z[i, j] - offsets[k, j]
                 s += scale[k, j] * v * v
-            out[i, k] = const[k] - 0.5 * s
+            outT[k, i] = const[k] - 0.5 * s
 
 
 @numba.njit(cache=True, nogil=True)
@@ -922,13 +949,13 @@ def _normalize(log_prob, row_loglik):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _weigh_rows(resp, Y, W):  # pragma: no cover - compiled
-    """W[i, kD + j] = resp[i, k] * Y[i, j]: every component's weighted rows side by side."""
-    n, K = resp.shape
+def _weigh_rows(respT, Y, W):  # pragma: no cover - compiled
+    """W[i, kD + j] = respT[k, i] * Y[i, j]: every component's weighted rows side by side."""
+    K, n = respT.shape
     D = Y.shape[1]
     for i in range(n):
         for k in range(K):
-            r = resp[i, k]
+            r = respT[k, i]
             for j in range(D):
                 W[i, k * D + j] = r * Y[i, j]
 

@@ -314,3 +314,91 @@ def test_partitions_follow_storage_chunks():
     assert all(hi > lo for lo, hi in plan) and plan[-1][1] == len(uneven)
     blocks = sequence_blocks(da.zeros((100_000, 2), chunks=(3000, 2)), lengths, n_partitions=7)
     assert [int(p.sum()) for p in blocks.part_lengths][0] % 3000 == 0
+
+
+def _fused_case(emission, n_components, rng):
+    """Model, parameters, and data with one-step, NaN/invalid and 100,000-step sequences."""
+    from dask_em.models.hmm import (
+        CategoricalHMMModel, CategoricalHMMParams, GaussianHMMModel, GaussianHMMParams, PoissonHMMModel,
+        PoissonHMMParams,
+    )
+
+    Kc, D = n_components, 3
+    lengths = np.array([60, 1, 139, 100_000])
+    T = int(lengths.sum())
+    sp = rng.dirichlet(np.ones(Kc))
+    tm = 0.6 * np.eye(Kc) + 0.4 * rng.dirichlet(np.ones(Kc), size=Kc)
+    if emission == "categorical":
+        M = 5
+        X = rng.integers(0, M, size=T).reshape(-1, 1).astype(float)
+        X[70, 0], X[5, 0], X[300, 0] = np.nan, 1.5, M  # NaN, fractional, out of range
+        return CategoricalHMMModel(n_components=Kc, n_features=M), \
+            CategoricalHMMParams(sp, tm, rng.dirichlet(np.ones(M), size=Kc)), X, lengths, 3
+    if emission == "poisson":
+        lam = rng.uniform(0.5, 9.0, size=(Kc, D))
+        X = rng.poisson(lam[rng.integers(0, Kc, T)]).astype(float)
+        X[70, 1], X[8, 0] = np.nan, -1.0
+        X[9, 1] = 2000.0  # beyond the kernel's log-factorial table
+        return PoissonHMMModel(n_components=Kc), PoissonHMMParams(sp, tm, lam), X, lengths, 2
+    means = rng.normal(scale=2.0, size=(Kc, D))
+    A = rng.normal(size=(Kc, D, D))
+    covars = A @ A.transpose(0, 2, 1) + np.eye(D)
+    if emission == "tied":
+        covars = covars[0]
+    X = means[rng.integers(0, Kc, T)] + rng.normal(size=(T, D))
+    X[70, 1] = np.nan
+    X[200, :] = np.inf
+    return GaussianHMMModel(n_components=Kc, covariance_type=emission), \
+        GaussianHMMParams(sp, tm, means, covars), X, lengths, 2
+
+
+@pytest.mark.parametrize("emission", ["categorical", "poisson", "full", "tied"])
+@pytest.mark.parametrize("n_components", [3, 17])
+def test_fused_kernels_match_three_pass_path(emission, n_components):
+    """The fused E-steps of categorical, Poisson and full/tied Gaussian HMMs
+    (sizes as constants, and the generic build above 16 states) agree with
+    emission log-probabilities + forward-backward + statistics to 1e-12,
+    with one-step sequences, invalid steps and a 100,000-step sequence."""
+    from dask_em.models.hmm import _HMMBase
+
+    model, params, X, lengths, n_bad = _fused_case(emission, n_components, np.random.default_rng(11))
+    fused = model.e_step((X, lengths), params)
+    ref = _HMMBase.e_step(model, (X, lengths), params)
+    assert fused["n_invalid"] == ref["n_invalid"] == n_bad
+    assert np.isfinite(fused["loglik"])
+    if emission in ("full", "tied"):
+        # the three-pass path lets non-finite steps into the emission sums; the fused one skips them
+        gamma = model.posteriors((X, lengths), params)[0]
+        finite = np.isfinite(X).all(axis=1)[:, None]
+        ref.update(model.emission_stats(np.where(finite, X, 0.0), gamma, params))
+    assert set(fused) == set(ref)
+    for key in ref:
+        np.testing.assert_allclose(fused[key], ref[key], rtol=1e-12, atol=1e-14, err_msg=key)
+
+
+def test_fused_kernels_report_impossible_sequences():
+    """A symbol no state can emit, or a count a zero rate cannot produce:
+    -inf, as in the three-pass path."""
+    from dask_em.models.hmm import (
+        CategoricalHMMModel, CategoricalHMMParams, PoissonHMMModel, PoissonHMMParams, _HMMBase,
+    )
+
+    sp, tm = np.array([0.5, 0.5]), np.array([[0.9, 0.1], [0.2, 0.8]])
+    x = np.array([[0], [1], [2], [1]])
+    model = CategoricalHMMModel(n_components=2, n_features=3)
+    params = CategoricalHMMParams(sp, tm, np.array([[0.5, 0.5, 0.0], [0.3, 0.7, 0.0]]))
+    lengths = np.array([2, 2])
+    assert model.e_step((x, lengths), params)["loglik"] == _HMMBase.e_step(model, (x, lengths), params)["loglik"]
+    assert model.e_step((x, lengths), params)["loglik"] == -np.inf
+    model = PoissonHMMModel(n_components=2)
+    params = PoissonHMMParams(sp, tm, np.array([[0.0, 1.0], [0.0, 2.0]]))
+    counts = np.array([[0, 1], [0, 3], [1, 0]], dtype=float)
+    fused = model.e_step((counts, np.array([3])), params)
+    with np.errstate(invalid="ignore"):  # the three-pass path's posteriors of an impossible sequence
+        ref = _HMMBase.e_step(model, (counts, np.array([3])), params)
+    assert fused["loglik"] == -np.inf == ref["loglik"]
+    # zero counts under a zero rate are fine
+    fused = model.e_step((counts[:2], np.array([2])), params)
+    ref = _HMMBase.e_step(model, (counts[:2], np.array([2])), params)
+    for key in ref:
+        np.testing.assert_allclose(fused[key], ref[key], rtol=1e-12, atol=1e-14, err_msg=key)

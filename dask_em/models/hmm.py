@@ -6,14 +6,19 @@ sequences (shape (n_steps, n_features), or (n_steps,) for symbols) and
 ``lengths`` the length of each sequence. A sequence is never split between
 blocks, so the E-step of a block is exact.
 
-For diagonal and spherical Gaussian HMMs the E-step of a block is one
-compiled call (:func:`diag_e_step`) that fuses emission densities,
-forward-backward and the statistics, reusing per-sequence buffers. Other
-models compute the emission log-probabilities of the block, then run a
-scaled forward-backward compiled with numba (GIL released). In both, at
-each step the emission log-probabilities are shifted by their maximum before ``exp``
-and the forward variables are normalised to sum to one, so a sequence of a
-million steps neither underflows nor overflows. Transition statistics are
+The E-step of a block is one compiled call (numba, GIL released) that
+loops over its sequences and, per sequence, fuses the emission
+log-probabilities, the scaled forward-backward recursions and the
+statistics, reusing buffers sized for the longest sequence:
+:func:`diag_e_step` (diagonal and spherical Gaussian), :func:`full_e_step`
+(full and tied Gaussian), :func:`categorical_e_step` and
+:func:`poisson_e_step`. The three-pass path (emission log-probabilities of
+the whole block, :func:`forward_backward`, then the statistics) remains for
+posteriors, scores and as the reference the fused kernels are tested
+against. In both, at each step the emission log-probabilities are shifted
+by their maximum before ``exp`` and the forward variables are normalised to
+sum to one, so a sequence of a million steps neither underflows nor
+overflows. Transition statistics are
 accumulated step by step (no T x K x K array); the log-likelihood comes
 from the scale factors of the same pass.
 
@@ -522,6 +527,421 @@ def diag_e_step(X, lengths, startprob, transmat, means, precisions, log_norm,
             sum_trans[i, j] += transmat[i, j] * xi[i, j]
     return loglik, bad
 
+
+@njit(nogil=True, cache=True)
+def _shift_exp(ET, L, mx, k_tag):  # pragma: no cover - compiled
+    """Turn the log-probabilities ``ET[:, :L]`` into ``exp(ET - max_k ET)``; returns the summed maxima."""
+    K = len(k_tag) if len(k_tag) > 0 else ET.shape[0]
+    for t in range(L):
+        mx[t] = ET[0, t]
+    for k in range(1, K):
+        row = ET[k]
+        for t in range(L):
+            v = row[t]
+            mx[t] = v if v > mx[t] else mx[t]
+    shift = 0.0
+    for t in range(L):
+        shift += mx[t]
+    if not math.isfinite(shift):
+        return shift
+    for k in range(K):
+        row = ET[k]
+        for t in range(L):
+            row[t] = _exp_nonpos(row[t] - mx[t])
+    return shift
+
+
+@njit(nogil=True, cache=True)
+def _scaled_posteriors(ET, L, startprob, transmat, trans_T, AT, GT, scale, prev, cur, beta, tmp,
+                       xi, acc, k_tag):  # pragma: no cover - compiled
+    """Scaled forward-backward of one sequence from its shifted emission probabilities.
+
+    ``ET[:, :L]`` holds emission probabilities divided by a per-step
+    constant (time along the fast axis); on return ``GT[:, :L]`` holds
+    the posteriors, ``AT`` the normalised forward variables, and
+    ``ET[:, 1:L]`` the backward factors ``b_t beta_t / c_t``, whose
+    products with ``AT[:, :-1]`` are added to ``xi`` (times the transition
+    matrix: the expected transition counts). ``acc`` is ``[loglik, running
+    product of scale factors]``, updated. Returns False if the sequence is
+    impossible under the parameters.
+    """
+    K = len(k_tag) if len(k_tag) > 0 else ET.shape[0]
+    loglik = acc[0]
+    prod = acc[1]
+    # forward, normalised at every step
+    c = 0.0
+    for k in range(K):
+        a = startprob[k] * ET[k, 0]
+        prev[k] = a
+        c += a
+    if not c > 0.0:
+        return False
+    scale[0] = c
+    for k in range(K):
+        prev[k] /= c
+        AT[k, 0] = prev[k]
+    if c < 1e-100:
+        loglik += math.log(c)
+    else:
+        prod *= c
+    for t in range(1, L):
+        for j in range(K):
+            cur[j] = 0.0
+        for i in range(K):
+            a = prev[i]
+            for j in range(K):
+                cur[j] += a * transmat[i, j]
+        c = 0.0
+        for j in range(K):
+            v = cur[j] * ET[j, t]
+            cur[j] = v
+            c += v
+        if not c > 0.0:
+            return False
+        scale[t] = c
+        inv = 1.0 / c
+        for j in range(K):
+            v = cur[j] * inv
+            prev[j] = v
+            AT[j, t] = v
+        if c < 1e-100:
+            loglik += math.log(c)
+        else:
+            prod *= c
+            if prod < 1e-150 or prod > 1e150:
+                loglik += math.log(prod)
+                prod = 1.0
+    # backward; ET[:, t] becomes b_t * beta_t / c_t, the xi factor
+    for k in range(K):
+        beta[k] = 1.0
+        GT[k, L - 1] = AT[k, L - 1]
+    for t in range(L - 2, -1, -1):
+        inv = 1.0 / scale[t + 1]
+        for j in range(K):
+            v = ET[j, t + 1] * beta[j] * inv
+            tmp[j] = v
+            ET[j, t + 1] = v
+        for i in range(K):
+            beta[i] = 0.0
+        for j in range(K):
+            v = tmp[j]
+            for i in range(K):
+                beta[i] += trans_T[j, i] * v
+        norm = 0.0
+        for k in range(K):
+            v = AT[k, t] * beta[k]
+            GT[k, t] = v
+            norm += v
+        if norm > 0.0:
+            inv = 1.0 / norm
+            for k in range(K):
+                GT[k, t] *= inv
+    for k in range(K):
+        a = AT[k]
+        for j in range(K):
+            xi[k, j] += _dot(a, ET[j, 1:], L - 1)
+    acc[0] = loglik
+    acc[1] = prod
+    return True
+
+
+@njit(nogil=True, cache=True)
+def _max_length(lengths):  # pragma: no cover - compiled
+    m = 0
+    for s in range(lengths.shape[0]):
+        if lengths[s] > m:
+            m = lengths[s]
+    return m
+
+
+@njit(nogil=True, cache=True)
+def _finish(acc, transmat, xi, sum_trans):  # pragma: no cover - compiled
+    K = xi.shape[0]
+    for i in range(K):
+        for j in range(K):
+            sum_trans[i, j] += transmat[i, j] * xi[i, j]
+    return acc[0] + math.log(acc[1])
+
+
+@njit(nogil=True, cache=True)
+def categorical_e_step(x, lengths, startprob, transmat, log_emission, sum_start, sum_trans, sum_obs,
+                       k_tag):  # pragma: no cover - compiled
+    """Fused E-step of a categorical HMM over the sequences of one block.
+
+    The shifted emission probabilities depend only on the symbol, so they
+    come from a (n_components, n_features + 1) table built once per call
+    (the last column, all ones, for invalid symbols): no ``exp`` per step.
+
+    Parameters
+    ----------
+    x : ndarray of float64, shape (n_steps,)
+    lengths : ndarray of int64, shape (n_sequences,)
+    startprob : ndarray of shape (n_components,)
+    transmat : ndarray of shape (n_components, n_components)
+    log_emission : ndarray of shape (n_components, n_features)
+    sum_start : ndarray of shape (n_components,)
+    sum_trans : ndarray of shape (n_components, n_components)
+    sum_obs : ndarray of shape (n_components, n_features)
+        Accumulated (added to).
+    k_tag : tuple
+        Of length n_components to compile with that size as a constant; empty otherwise.
+
+    Returns
+    -------
+    loglik : float
+        Total log-likelihood of the block (-inf if some sequence is impossible).
+    n_invalid : int
+        Number of symbols that are not integers in 0..n_features-1 (their
+        emission probability is one in every state; they add nothing to ``sum_obs``).
+    """
+    K = len(k_tag) if len(k_tag) > 0 else log_emission.shape[0]
+    M = log_emission.shape[1]
+    max_len = _max_length(lengths)
+    table = np.ones((K, M + 1))
+    sym_max = np.zeros(M + 1)
+    for m in range(M):
+        mxm = log_emission[0, m]
+        for k in range(1, K):
+            if log_emission[k, m] > mxm:
+                mxm = log_emission[k, m]
+        sym_max[m] = mxm
+        for k in range(K):
+            table[k, m] = _exp_nonpos(log_emission[k, m] - mxm) if mxm > -np.inf else 0.0
+    sym = np.empty(max_len, dtype=np.int64)
+    ET = np.empty((K, max_len))
+    AT = np.empty((K, max_len))
+    GT = np.empty((K, max_len))
+    scale = np.empty(max_len)
+    prev, cur, beta, tmp = np.empty(K), np.empty(K), np.empty(K), np.empty(K)
+    trans_T = np.ascontiguousarray(transmat.T)
+    xi = np.zeros((K, K))
+    acc = np.array([0.0, 1.0])
+    bad = 0
+    start = 0
+    for s in range(lengths.shape[0]):
+        L = lengths[s]
+        shift = 0.0
+        for t in range(L):
+            v = x[start + t]
+            if v >= 0 and v < M and v == math.floor(v):
+                m = int(v)
+            else:
+                m = M
+                bad += 1
+            sym[t] = m
+            shift += sym_max[m]
+        if not math.isfinite(shift):
+            return -np.inf, bad
+        acc[0] += shift
+        for k in range(K):
+            row = ET[k]
+            probs = table[k]
+            for t in range(L):
+                row[t] = probs[sym[t]]
+        if not _scaled_posteriors(ET, L, startprob, transmat, trans_T, AT, GT, scale, prev, cur, beta, tmp,
+                                  xi, acc, k_tag):
+            return -np.inf, bad
+        for k in range(K):
+            g = GT[k]
+            obs = sum_obs[k]
+            sum_start[k] += g[0]
+            for t in range(L):
+                m = sym[t]
+                if m < M:
+                    obs[m] += g[t]
+        start += L
+    return _finish(acc, transmat, xi, sum_trans), bad
+
+
+@njit(nogil=True, cache=True)
+def poisson_e_step(X, lengths, startprob, transmat, log_lambdas, lambdas, sum_start, sum_trans, sum_post,
+                   sum_x, k_tag, d_tag):  # pragma: no cover - compiled
+    """Fused E-step of a Poisson HMM over the sequences of one block.
+
+    Returns (loglik, n_invalid). A step with a count that is negative,
+    fractional or not finite has probability one in every state; its
+    finite values still enter ``sum_x`` (non-finite ones as 0).
+    """
+    K = len(k_tag) if len(k_tag) > 0 else lambdas.shape[0]
+    D = len(d_tag) if len(d_tag) > 0 else X.shape[1]
+    max_len = _max_length(lengths)
+    # log(v!) of small counts from a table (the same lgamma values, computed once)
+    n_table = 1024
+    table = np.empty(n_table)
+    for v in range(n_table):
+        table[v] = math.lgamma(v + 1.0)
+    XT = np.empty((D, max_len))
+    lg = np.empty(max_len)
+    valid = np.empty(max_len, dtype=np.bool_)
+    ET = np.empty((K, max_len))
+    AT = np.empty((K, max_len))
+    GT = np.empty((K, max_len))
+    mx = np.empty(max_len)
+    scale = np.empty(max_len)
+    prev, cur, beta, tmp = np.empty(K), np.empty(K), np.empty(K), np.empty(K)
+    trans_T = np.ascontiguousarray(transmat.T)
+    xi = np.zeros((K, K))
+    acc = np.array([0.0, 1.0])
+    neg_sum = np.empty(K)
+    for k in range(K):
+        c = 0.0
+        for d in range(D):
+            c -= lambdas[k, d]
+        neg_sum[k] = c
+    bad = 0
+    start = 0
+    for s in range(lengths.shape[0]):
+        L = lengths[s]
+        n_bad = 0
+        for t in range(L):
+            ok = True
+            g = 0.0
+            for d in range(D):
+                v = X[start + t, d]
+                if v >= 0 and v == math.floor(v) and math.isfinite(v):
+                    if v < n_table:
+                        g += table[int(v)]
+                    else:
+                        g += math.lgamma(v + 1.0)
+                    XT[d, t] = v
+                else:
+                    ok = False
+                    XT[d, t] = v if math.isfinite(v) else 0.0
+            valid[t] = ok
+            lg[t] = g
+            if not ok:
+                n_bad += 1
+        for k in range(K):
+            row = ET[k]
+            c = neg_sum[k]
+            for t in range(L):
+                row[t] = c - lg[t]
+            for d in range(D):
+                ll = log_lambdas[k, d]
+                xd = XT[d]
+                if ll > -np.inf:
+                    for t in range(L):
+                        row[t] += xd[t] * ll
+                else:
+                    # zero rate: a positive count is impossible, a zero one costs nothing
+                    for t in range(L):
+                        if xd[t] > 0:
+                            row[t] = -np.inf
+        if n_bad:
+            bad += n_bad
+            for t in range(L):
+                if not valid[t]:
+                    for k in range(K):
+                        ET[k, t] = 0.0
+        shift = _shift_exp(ET, L, mx, k_tag)
+        if not math.isfinite(shift):
+            return -np.inf, bad
+        acc[0] += shift
+        if not _scaled_posteriors(ET, L, startprob, transmat, trans_T, AT, GT, scale, prev, cur, beta, tmp,
+                                  xi, acc, k_tag):
+            return -np.inf, bad
+        for k in range(K):
+            g = GT[k]
+            sum_start[k] += g[0]
+            sum_post[k] += _sum(g, L)
+            for d in range(D):
+                sum_x[k, d] += _dot(g, XT[d], L)
+        start += L
+    return _finish(acc, transmat, xi, sum_trans), bad
+
+
+@njit(nogil=True, cache=True)
+def full_e_step(X, lengths, startprob, transmat, whiten, centre, log_norm, sum_start, sum_trans, sum_post,
+                sum_x, sum_xxT, k_tag, d_tag):  # pragma: no cover - compiled
+    """Fused E-step of a full- or tied-covariance Gaussian HMM.
+
+    ``whiten[k]`` is the inverse of the lower Cholesky factor of state k's
+    covariance (lower triangular), ``centre[k] = whiten[k] @ means[k]``.
+    Returns (loglik, n_invalid). Steps with non-finite values have
+    probability one in every state and add nothing to the emission sums.
+    """
+    K = len(k_tag) if len(k_tag) > 0 else whiten.shape[0]
+    D = len(d_tag) if len(d_tag) > 0 else X.shape[1]
+    max_len = _max_length(lengths)
+    XT = np.empty((D, max_len))
+    Y = np.empty(max_len)
+    GX = np.empty(max_len)
+    valid = np.empty(max_len, dtype=np.bool_)
+    ET = np.empty((K, max_len))
+    AT = np.empty((K, max_len))
+    GT = np.empty((K, max_len))
+    mx = np.empty(max_len)
+    scale = np.empty(max_len)
+    prev, cur, beta, tmp = np.empty(K), np.empty(K), np.empty(K), np.empty(K)
+    trans_T = np.ascontiguousarray(transmat.T)
+    xi = np.zeros((K, K))
+    acc = np.array([0.0, 1.0])
+    bad = 0
+    start = 0
+    for s in range(lengths.shape[0]):
+        L = lengths[s]
+        n_bad = 0
+        for t in range(L):
+            ok = True
+            for d in range(D):
+                v = X[start + t, d]
+                XT[d, t] = v
+                if not math.isfinite(v):
+                    ok = False
+            valid[t] = ok
+            if not ok:
+                n_bad += 1
+                for d in range(D):
+                    XT[d, t] = 0.0
+        for k in range(K):
+            row = ET[k]
+            lk = log_norm[k]
+            for t in range(L):
+                row[t] = lk
+            # row -= 0.5 * |W_k x - W_k mu_k|^2, one whitened coordinate at a time
+            for d in range(D):
+                sd = -centre[k, d]
+                for t in range(L):
+                    Y[t] = sd
+                for e in range(d + 1):
+                    w = whiten[k, d, e]
+                    xe = XT[e]
+                    for t in range(L):
+                        Y[t] += w * xe[t]
+                for t in range(L):
+                    row[t] -= 0.5 * Y[t] * Y[t]
+        if n_bad:
+            bad += n_bad
+            for t in range(L):
+                if not valid[t]:
+                    for k in range(K):
+                        ET[k, t] = 0.0
+        shift = _shift_exp(ET, L, mx, k_tag)
+        if not math.isfinite(shift):
+            return -np.inf, bad
+        acc[0] += shift
+        if not _scaled_posteriors(ET, L, startprob, transmat, trans_T, AT, GT, scale, prev, cur, beta, tmp,
+                                  xi, acc, k_tag):
+            return -np.inf, bad
+        for k in range(K):
+            g = GT[k]
+            sum_start[k] += g[0]
+            sum_post[k] += _sum(g, L)
+            for d in range(D):
+                xd = XT[d]
+                for t in range(L):
+                    GX[t] = g[t] * xd[t]
+                sum_x[k, d] += _sum(GX, L)
+                for e in range(d + 1):
+                    sum_xxT[k, d, e] += _dot(GX, XT[e], L)
+        start += L
+    for k in range(K):
+        for d in range(D):
+            for e in range(d):
+                sum_xxT[k, e, d] = sum_xxT[k, d, e]
+    return _finish(acc, transmat, xi, sum_trans), bad
+
+
 @njit(nogil=True, cache=True)
 def _categorical_logpmf(x, log_emission, out):  # pragma: no cover - compiled
     """Symbol log-probabilities; returns the number of invalid symbols."""
@@ -795,12 +1215,11 @@ class GaussianHMMModel(_HMMBase):
     def e_step(self, block: Any, params: GaussianHMMParams) -> Stats:
         """Expected sufficient statistics of one partition.
 
-        Diagonal and spherical covariances run one fused compiled pass
-        (:func:`diag_e_step`); full and tied ones compute the emission
-        log-densities with BLAS, then forward-backward, then the statistics.
+        One fused compiled pass: :func:`diag_e_step` for diagonal and
+        spherical covariances, :func:`full_e_step` for full and tied ones.
         """
         if self.covariance_type not in ("diag", "spherical"):
-            return super().e_step(block, params)
+            return self._full_e_step(block, params)
         values, lengths = _block_parts(block)
         X = values if values.ndim == 2 else values.reshape(-1, 1)
         X = np.ascontiguousarray(X, dtype=np.float64)
@@ -824,6 +1243,41 @@ class GaussianHMMModel(_HMMBase):
             "sum_post": sum_post,
             "sum_x": sum_x,
             "sum_xx": sum_xx,
+        }
+
+    def _full_e_step(self, block: Any, params: GaussianHMMParams) -> Stats:
+        """Fused E-step of full and tied covariances (:func:`full_e_step`)."""
+        values, lengths = _block_parts(block)
+        X = values if values.ndim == 2 else values.reshape(-1, 1)
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        K, D = self.n_components, X.shape[1]
+        means = np.asarray(params.means, dtype=np.float64)
+        covs = self.full_covars(params.covars, D)
+        # per state: inverse Cholesky factor (whitening), whitened mean, log normalising constant
+        whiten = np.empty((K, D, D))
+        log_norm = np.empty(K)
+        for k in range(K):
+            chol = np.linalg.cholesky(covs[k])
+            whiten[k] = np.linalg.inv(chol)
+            log_norm[k] = -0.5 * (D * LOG_2PI) - np.log(np.diag(chol)).sum()
+        centre = np.einsum("kde,ke->kd", whiten, means)
+        sum_start, sum_post = np.zeros(K), np.zeros(K)
+        sum_trans = np.zeros((K, K))
+        sum_x, sum_xxT = np.zeros((K, D)), np.zeros((K, D, D))
+        loglik, bad = full_e_step(
+            X, lengths, np.ascontiguousarray(params.startprob, dtype=np.float64),
+            np.ascontiguousarray(params.transmat, dtype=np.float64), whiten, centre, log_norm,
+            sum_start, sum_trans, sum_post, sum_x, sum_xxT, *_size_tags(K, D),
+        )
+        return {
+            "n": np.array(float(len(X))),
+            "loglik": np.array(loglik),
+            "n_invalid": np.array(float(bad)),
+            "sum_start": sum_start,
+            "sum_trans": sum_trans,
+            "sum_post": sum_post,
+            "sum_x": sum_x,
+            "sum_xxT": sum_xxT,
         }
 
     def log_emission(self, values: np.ndarray, params: GaussianHMMParams) -> tuple[np.ndarray, int]:
@@ -949,11 +1403,38 @@ class CategoricalHMMModel(_HMMBase):
     emissionprob_prior: Any = 1.0
     params: tuple[str, ...] = ("startprob", "transmat", "emissionprob")
 
-    def log_emission(self, values: np.ndarray, params: CategoricalHMMParams) -> tuple[np.ndarray, int]:
+    @staticmethod
+    def _symbols(values: np.ndarray) -> np.ndarray:
         x = np.asarray(values)
         if x.ndim == 2:
             x = x[:, 0] if x.shape[1] == 1 else x.ravel()
-        x = np.ascontiguousarray(x, dtype=np.float64)
+        return np.ascontiguousarray(x, dtype=np.float64)
+
+    def e_step(self, block: Any, params: CategoricalHMMParams) -> Stats:
+        """Expected sufficient statistics of one partition, one fused pass (:func:`categorical_e_step`)."""
+        values, lengths = _block_parts(block)
+        x = self._symbols(values)
+        K = self.n_components
+        with np.errstate(divide="ignore"):
+            log_e = np.log(np.asarray(params.emissionprob, dtype=np.float64))
+        sum_start, sum_trans = np.zeros(K), np.zeros((K, K))
+        sum_obs = np.zeros((K, self.n_features))
+        loglik, bad = categorical_e_step(
+            x, lengths, np.ascontiguousarray(params.startprob, dtype=np.float64),
+            np.ascontiguousarray(params.transmat, dtype=np.float64), np.ascontiguousarray(log_e),
+            sum_start, sum_trans, sum_obs, _size_tags(K, 1)[0],
+        )
+        return {
+            "n": np.array(float(len(x))),
+            "loglik": np.array(loglik),
+            "n_invalid": np.array(float(bad)),
+            "sum_start": sum_start,
+            "sum_trans": sum_trans,
+            "sum_obs": sum_obs,
+        }
+
+    def log_emission(self, values: np.ndarray, params: CategoricalHMMParams) -> tuple[np.ndarray, int]:
+        x = self._symbols(values)
         with np.errstate(divide="ignore"):
             log_e = np.log(np.asarray(params.emissionprob, dtype=np.float64))
         out = np.empty((len(x), self.n_components))
@@ -1001,6 +1482,32 @@ class PoissonHMMModel(_HMMBase):
     lambdas_prior: Any = 0.0
     lambdas_weight: Any = 0.0
     params: tuple[str, ...] = ("startprob", "transmat", "lambdas")
+
+    def e_step(self, block: Any, params: PoissonHMMParams) -> Stats:
+        """Expected sufficient statistics of one partition, one fused pass (:func:`poisson_e_step`)."""
+        values, lengths = _block_parts(block)
+        X = values if values.ndim == 2 else values.reshape(-1, 1)
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        K, D = self.n_components, X.shape[1]
+        lam = np.ascontiguousarray(params.lambdas, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            log_lam = np.log(lam)
+        sum_start, sum_post = np.zeros(K), np.zeros(K)
+        sum_trans, sum_x = np.zeros((K, K)), np.zeros((K, D))
+        loglik, bad = poisson_e_step(
+            X, lengths, np.ascontiguousarray(params.startprob, dtype=np.float64),
+            np.ascontiguousarray(params.transmat, dtype=np.float64), log_lam, lam,
+            sum_start, sum_trans, sum_post, sum_x, *_size_tags(K, D),
+        )
+        return {
+            "n": np.array(float(len(X))),
+            "loglik": np.array(loglik),
+            "n_invalid": np.array(float(bad)),
+            "sum_start": sum_start,
+            "sum_trans": sum_trans,
+            "sum_post": sum_post,
+            "sum_x": sum_x,
+        }
 
     def log_emission(self, values: np.ndarray, params: PoissonHMMParams) -> tuple[np.ndarray, int]:
         X = values if values.ndim == 2 else values.reshape(-1, 1)
@@ -1119,7 +1626,10 @@ __all__ = [
     "PoissonHMMParams",
     "StackedHMM",
     "StackedParams",
+    "categorical_e_step",
     "diag_e_step",
     "forward_backward",
+    "full_e_step",
+    "poisson_e_step",
     "viterbi",
 ]

@@ -18,9 +18,9 @@ posteriors, scores and as the reference the fused kernels are tested
 against. In both, at each step the emission log-probabilities are shifted
 by their maximum before ``exp`` and the forward variables are normalised to
 sum to one, so a sequence of a million steps neither underflows nor
-overflows. Transition statistics are
-accumulated step by step (no T x K x K array); the log-likelihood comes
-from the scale factors of the same pass.
+overflows. Transition statistics are accumulated step by step (no
+T x K x K array); the log-likelihood comes from the scale factors of the
+same pass.
 
 The M-step follows hmmlearn's maximum a posteriori updates exactly
 (Dirichlet pseudo-counts ``startprob_prior``/``transmat_prior``,

@@ -11,7 +11,9 @@ model is chosen with ``--emission``:
 * ``poisson``: D=4 count features; hmmlearn ``PoissonHMM``.
 
 hmmlearn runs with ``implementation="log"`` (its default) and
-``"scaling"``; dask-em on a LocalCluster of one single-threaded worker
+``"scaling"``, and "scaling" again with BLAS limited to one thread (its
+full covariances make many small triangular solves that a multi-threaded
+BLAS slows down); dask-em on a LocalCluster of one single-threaded worker
 process per core.
 
     python benchmarks/bench_hmm.py [--emission gaussian-diag] [--n-seq 1000] [--length 1000] [--iters 10]
@@ -218,11 +220,14 @@ def main() -> None:
     X, lengths, init = make_case(emission, args.n_seq, args.length, K, D, M)
     rows = []
 
-    def ref(impl: str) -> tuple[float, object]:
+    def ref(impl: str, blas_threads: int | None = None) -> tuple[float, object]:
+        from threadpoolctl import threadpool_limits
+
         model = _reference(emission, K, n_iter, init, M, impl)
-        start = time.perf_counter()
-        model.fit(X, lengths)
-        return (time.perf_counter() - start) / n_iter, model
+        with threadpool_limits(limits=blas_threads, user_api="blas"):
+            start = time.perf_counter()
+            model.fit(X, lengths)
+            return (time.perf_counter() - start) / n_iter, model
 
     with local_cluster(n_workers=args.workers) as cluster, Client(cluster, set_as_default=False) as client:
         ours = _estimator(emission, K, n_iter, init, M)
@@ -239,6 +244,9 @@ def main() -> None:
     load_fit = _load()
     scaling, ref_scaling = ref("scaling")
     log, ref_log = ref("log")
+    # hmmlearn's full covariances make many small triangular solves, which a 2-thread BLAS
+    # on a busy 2-core machine makes several times slower: also time it with one BLAS thread
+    scaling_1, _ = ref("scaling", blas_threads=1)
     load_ref = _load()
     profile = [] if args.no_profile else kernel_profile(X, lengths, init, K, emission, M)
     load_profile = _load()
@@ -248,6 +256,7 @@ def main() -> None:
     rows.append((f"dask-em {cls} (2 workers)", per_iter))
     rows.append((f'hmmlearn {cls} implementation="scaling"', scaling))
     rows.append((f'hmmlearn {cls} implementation="log"', log))
+    rows.append((f'hmmlearn {cls} implementation="scaling", BLAS limited to 1 thread', scaling_1))
 
     print(f"command: python {' '.join(sys.argv)}")
     if emission.startswith("gaussian"):

@@ -647,6 +647,7 @@ def _scaled_posteriors(ET, L, startprob, transmat, trans_T, AT, GT, scale, prev,
 
 @njit(nogil=True, cache=True)
 def _max_length(lengths):  # pragma: no cover - compiled
+    """Length of the longest sequence: the size of the per-sequence buffers."""
     m = 0
     for s in range(lengths.shape[0]):
         if lengths[s] > m:
@@ -656,6 +657,7 @@ def _max_length(lengths):  # pragma: no cover - compiled
 
 @njit(nogil=True, cache=True)
 def _finish(acc, transmat, xi, sum_trans):  # pragma: no cover - compiled
+    """Add the expected transition counts ``transmat * xi``; return the block's log-likelihood."""
     K = xi.shape[0]
     for i in range(K):
         for j in range(K):
@@ -758,9 +760,30 @@ def poisson_e_step(X, lengths, startprob, transmat, log_lambdas, lambdas, sum_st
                    sum_x, k_tag, d_tag):  # pragma: no cover - compiled
     """Fused E-step of a Poisson HMM over the sequences of one block.
 
-    Returns (loglik, n_invalid). A step with a count that is negative,
-    fractional or not finite has probability one in every state; its
-    finite values still enter ``sum_x`` (non-finite ones as 0).
+    Parameters
+    ----------
+    X : ndarray of float64, shape (n_steps, n_features)
+    lengths : ndarray of int64, shape (n_sequences,)
+    startprob : ndarray of shape (n_components,)
+    transmat : ndarray of shape (n_components, n_components)
+    log_lambdas, lambdas : ndarray of shape (n_components, n_features)
+        Rates and their logarithms (-inf for a zero rate).
+    sum_start, sum_post : ndarray of shape (n_components,)
+    sum_trans : ndarray of shape (n_components, n_components)
+    sum_x : ndarray of shape (n_components, n_features)
+        Accumulated (added to).
+    k_tag, d_tag : tuple
+        As in :func:`diag_e_step`: sizes as compile-time constants, or empty.
+
+    Returns
+    -------
+    loglik : float
+        Total log-likelihood of the block (-inf if some sequence is impossible).
+    n_invalid : int
+        Number of steps with a count that is negative, fractional or not
+        finite. Such a step has probability one in every state; as in the
+        three-pass path its finite values still enter ``sum_x`` (non-finite
+        ones as 0).
     """
     K = len(k_tag) if len(k_tag) > 0 else lambdas.shape[0]
     D = len(d_tag) if len(d_tag) > 0 else X.shape[1]
@@ -853,12 +876,40 @@ def poisson_e_step(X, lengths, startprob, transmat, log_lambdas, lambdas, sum_st
 @njit(nogil=True, cache=True)
 def full_e_step(X, lengths, startprob, transmat, whiten, centre, log_norm, sum_start, sum_trans, sum_post,
                 sum_x, sum_xxT, k_tag, d_tag):  # pragma: no cover - compiled
-    """Fused E-step of a full- or tied-covariance Gaussian HMM.
+    """Fused E-step of a full- or tied-covariance Gaussian HMM over the sequences of one block.
 
-    ``whiten[k]`` is the inverse of the lower Cholesky factor of state k's
-    covariance (lower triangular), ``centre[k] = whiten[k] @ means[k]``.
-    Returns (loglik, n_invalid). Steps with non-finite values have
-    probability one in every state and add nothing to the emission sums.
+    The log-density of state k is ``log_norm[k] - 0.5 |whiten[k] x - centre[k]|^2``,
+    computed one whitened coordinate at a time over the steps of a sequence
+    (only the lower triangle of ``whiten[k]`` is read).
+
+    Parameters
+    ----------
+    X : ndarray of float64, shape (n_steps, n_features)
+    lengths : ndarray of int64, shape (n_sequences,)
+    startprob : ndarray of shape (n_components,)
+    transmat : ndarray of shape (n_components, n_components)
+    whiten : ndarray of shape (n_components, n_features, n_features)
+        Inverse of the lower Cholesky factor of each state's covariance
+        (the same matrix for every state when tied).
+    centre : ndarray of shape (n_components, n_features)
+        ``whiten[k] @ means[k]``.
+    log_norm : ndarray of shape (n_components,)
+        ``-0.5 D log(2 pi) - sum(log(diag(cholesky(covars[k]))))``.
+    sum_start, sum_post : ndarray of shape (n_components,)
+    sum_trans : ndarray of shape (n_components, n_components)
+    sum_x : ndarray of shape (n_components, n_features)
+    sum_xxT : ndarray of shape (n_components, n_features, n_features)
+        Accumulated (added to).
+    k_tag, d_tag : tuple
+        As in :func:`diag_e_step`: sizes as compile-time constants, or empty.
+
+    Returns
+    -------
+    loglik : float
+        Total log-likelihood of the block (-inf if some sequence is impossible).
+    n_invalid : int
+        Number of steps with non-finite values (probability one in every
+        state; nothing added to ``sum_x`` or ``sum_xxT``).
     """
     K = len(k_tag) if len(k_tag) > 0 else whiten.shape[0]
     D = len(d_tag) if len(d_tag) > 0 else X.shape[1]

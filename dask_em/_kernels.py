@@ -29,9 +29,10 @@ CUTOFF = -700.0
 
 
 @numba.njit(cache=True, fastmath={"contract"}, nogil=True, error_model="numpy", inline="always")
-def _exp_row(respT, k, top, n, scale_bits, spare):  # pragma: no cover - compiled
-    """``respT[k, i] = exp(respT[k, i] - top[i])`` for ``i < n``; 0 where the
-    difference is not above :data:`CUTOFF` (and for -inf and NaN).
+def _exp_row(respT, k, top, total, n, scale_bits, spare):  # pragma: no cover - compiled
+    """``respT[k, i] = exp(respT[k, i] - top[i])`` for ``i < n``, added to
+    ``total[i]``; 0 where the difference is not above :data:`CUTOFF` (and
+    for -inf and NaN).
 
     Written to vectorise along rows: a Cody-Waite reduction to
     ``|r| <= ln 2 / 2`` and a degree-13 Taylor polynomial (relative error
@@ -66,7 +67,9 @@ def _exp_row(respT, k, top, n, scale_bits, spare):  # pragma: no cover - compile
     for i in range(n):
         scale_bits[i] = (t_bits[i] - _ROUND_BITS + 1023) << 52
     for i in range(n):
-        respT[k, i] *= scale[i]
+        e = respT[k, i] * scale[i]
+        respT[k, i] = e
+        total[i] += e
 
 
 @numba.njit(cache=True, fastmath={"contract"}, nogil=True, error_model="numpy")
@@ -86,7 +89,7 @@ def exp_minus_top(x, top):  # pragma: no cover - compiled
     out = np.empty((1, n))
     for i in range(n):
         out[0, i] = x[i]
-    _exp_row(out, 0, top, n, np.empty(n, np.int64), np.empty(n))
+    _exp_row(out, 0, top, np.zeros(n), n, np.empty(n, np.int64), np.empty(n))
     return out[0]
 
 
@@ -128,9 +131,7 @@ def normalize_columns(respT, n, bounds, top, total, scale_bits, spare, bad, logl
             top[i] = top[i] if ok else 0.0
             top_sum += top[i]
         for k in range(lo, hi):
-            _exp_row(respT, k, top, n, scale_bits, spare)
-            for i in range(n):
-                total[i] += respT[k, i]
+            _exp_row(respT, k, top, total, n, scale_bits, spare)
         for i in range(n):
             top[i] = 1.0 / total[i]  # top is spent: it holds the inverse now
         for k in range(lo, hi):

@@ -43,6 +43,7 @@ from llvmlite import ir as llvm_ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from .._kernels import exp_reduced
 from .base import Stats
 
 COVARIANCE_TYPES = ("spherical", "diag", "full", "tied")
@@ -274,21 +275,7 @@ def _exp_nonpos(x):  # pragma: no cover - compiled
     ki = _f64_bits(kd)
     kd -= _ROUND_SHIFT
     r = x - kd * _LN2_HI - kd * _LN2_LO
-    p = 1.0 / 6227020800.0
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
-    y = p * _bits_f64((ki + 1023) << 52)
+    y = exp_reduced(r) * _bits_f64((ki + 1023) << 52)
     return y if x >= -708.0 else 0.0
 
 

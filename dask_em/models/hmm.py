@@ -349,10 +349,7 @@ def diag_e_step(X, lengths, startprob, transmat, means, precisions, log_norm,
     """
     K = len(k_tag) if len(k_tag) > 0 else means.shape[0]
     D = len(d_tag) if len(d_tag) > 0 else X.shape[1]
-    max_len = 0
-    for s in range(lengths.shape[0]):
-        if lengths[s] > max_len:
-            max_len = lengths[s]
+    max_len = _max_length(lengths)
     XT = np.empty((D, max_len))
     # emission log-densities, then shifted probabilities, then backward terms
     ET = np.empty((K, max_len))
@@ -368,9 +365,8 @@ def diag_e_step(X, lengths, startprob, transmat, means, precisions, log_norm,
     half_prec = -0.5 * precisions
     # sum over steps of alpha_t[i] * tmp_{t+1}[j]; times transmat[i, j] at the end
     xi = np.zeros((K, K))
-    loglik = 0.0
-    # product of scale factors, taken through log only when it leaves a safe range
-    prod = 1.0
+    # [log-likelihood, product of scale factors taken through log only when it leaves a safe range]
+    acc = np.array([0.0, 1.0])
     bad = 0
     start = 0
     for s in range(lengths.shape[0]):
@@ -411,91 +407,13 @@ def diag_e_step(X, lengths, startprob, transmat, means, precisions, log_norm,
                         XT[d, t] = 0.0
                     for k in range(K):
                         ET[k, t] = 0.0
-        for t in range(L):
-            mx[t] = ET[0, t]
-        for k in range(1, K):
-            row = ET[k]
-            for t in range(L):
-                v = row[t]
-                mx[t] = v if v > mx[t] else mx[t]
-        shift = 0.0
-        for t in range(L):
-            shift += mx[t]
+        shift = _shift_exp(ET, L, mx, k_tag)
         if not math.isfinite(shift):
             return -np.inf, bad
-        loglik += shift
-        for k in range(K):
-            row = ET[k]
-            for t in range(L):
-                row[t] = _exp_nonpos(row[t] - mx[t])
-        # ---- forward, normalised at every step
-        c = 0.0
-        for k in range(K):
-            a = startprob[k] * ET[k, 0]
-            prev[k] = a
-            c += a
-        if not c > 0.0:
+        acc[0] += shift
+        if not _scaled_posteriors(ET, L, startprob, transmat, trans_T, AT, GT, scale, prev, cur, beta, tmp,
+                                  xi, acc, k_tag):
             return -np.inf, bad
-        scale[0] = c
-        for k in range(K):
-            prev[k] /= c
-            AT[k, 0] = prev[k]
-        if c < 1e-100:
-            loglik += math.log(c)
-        else:
-            prod *= c
-        for t in range(1, L):
-            for j in range(K):
-                cur[j] = 0.0
-            for i in range(K):
-                a = prev[i]
-                for j in range(K):
-                    cur[j] += a * transmat[i, j]
-            c = 0.0
-            for j in range(K):
-                v = cur[j] * ET[j, t]
-                cur[j] = v
-                c += v
-            if not c > 0.0:
-                return -np.inf, bad
-            scale[t] = c
-            inv = 1.0 / c
-            for j in range(K):
-                v = cur[j] * inv
-                prev[j] = v
-                AT[j, t] = v
-            if c < 1e-100:
-                loglik += math.log(c)
-            else:
-                prod *= c
-                if prod < 1e-150 or prod > 1e150:
-                    loglik += math.log(prod)
-                    prod = 1.0
-        # ---- backward; ET[:, t] becomes b_t * beta_t / c_t, the xi factor
-        for k in range(K):
-            beta[k] = 1.0
-            GT[k, L - 1] = AT[k, L - 1]
-        for t in range(L - 2, -1, -1):
-            inv = 1.0 / scale[t + 1]
-            for j in range(K):
-                v = ET[j, t + 1] * beta[j] * inv
-                tmp[j] = v
-                ET[j, t + 1] = v
-            for i in range(K):
-                beta[i] = 0.0
-            for j in range(K):
-                v = tmp[j]
-                for i in range(K):
-                    beta[i] += trans_T[j, i] * v
-            norm = 0.0
-            for k in range(K):
-                v = AT[k, t] * beta[k]
-                GT[k, t] = v
-                norm += v
-            if norm > 0.0:
-                inv = 1.0 / norm
-                for k in range(K):
-                    GT[k, t] *= inv
         # ---- statistics, as sums over the steps of the sequence
         for k in range(K):
             g = GT[k]
@@ -504,15 +422,8 @@ def diag_e_step(X, lengths, startprob, transmat, means, precisions, log_norm,
             for d in range(D):
                 sum_x[k, d] += _dot(g, XT[d], L)
                 sum_xx[k, d] += _dot3(g, XT[d], XT[d], L)
-            a = AT[k]
-            for j in range(K):
-                xi[k, j] += _dot(a, ET[j, 1:], L - 1)
         start += L
-    loglik += math.log(prod)
-    for i in range(K):
-        for j in range(K):
-            sum_trans[i, j] += transmat[i, j] * xi[i, j]
-    return loglik, bad
+    return _finish(acc, transmat, xi, sum_trans), bad
 
 
 @njit(nogil=True, cache=True)

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 #: The kinds of constraint a parameter field may declare.
-CONSTRAINTS = ("real", "positive", "simplex", "spd", "derived", "fixed")
+CONSTRAINTS = ("real", "positive", "unit", "simplex", "spd", "derived", "fixed")
 
 #: Values below this are treated as this before taking logarithms (a
 #: probability or variance of exactly zero stays, in effect, zero).
@@ -59,6 +59,7 @@ def constraints_of(model: Any, params: Any) -> dict[str, str]:
 
     - ``"real"``: unconstrained;
     - ``"positive"``: elementwise positive (variances, rates);
+    - ``"unit"``: elementwise in (0, 1) (Bernoulli probabilities);
     - ``"simplex"``: non-negative, summing to one along the last axis;
     - ``"spd"``: symmetric positive-definite matrices in the last two axes;
     - ``"derived"``: computed from the others by the model's
@@ -85,6 +86,8 @@ def _forward(value: np.ndarray, kind: str) -> np.ndarray:
         return value.ravel()
     if kind in ("positive", "simplex"):
         return np.log(np.maximum(value, _TINY)).ravel()
+    if kind == "unit":
+        return (np.log(np.maximum(value, _TINY)) - np.log(np.maximum(1.0 - value, _TINY))).ravel()
     if kind == "spd":
         chol = np.linalg.cholesky(value)
         diag = np.arange(value.shape[-1])
@@ -106,6 +109,8 @@ def _backward(flat: np.ndarray, like: np.ndarray, kind: str) -> np.ndarray:
         return flat.reshape(like.shape)
     if kind == "positive":
         return np.exp(flat).reshape(like.shape)
+    if kind == "unit":
+        return (1.0 / (1.0 + np.exp(-flat))).reshape(like.shape)
     if kind == "simplex":
         logs = flat.reshape(like.shape)
         out = np.exp(logs - logs.max(axis=-1, keepdims=True))

@@ -16,9 +16,10 @@ class _Params:
     means: np.ndarray
     variances: np.ndarray
     covariances: np.ndarray
+    probabilities: np.ndarray
     count: np.ndarray
 
-    constraints = {"weights": "simplex", "variances": "positive", "covariances": "spd"}
+    constraints = {"weights": "simplex", "variances": "positive", "covariances": "spd", "probabilities": "unit"}
 
 
 def _params(rng: np.random.Generator) -> _Params:
@@ -28,6 +29,7 @@ def _params(rng: np.random.Generator) -> _Params:
         means=rng.normal(size=(3, 4)),
         variances=rng.gamma(2.0, size=(3, 4)),
         covariances=a @ np.swapaxes(a, -1, -2) + np.eye(4),
+        probabilities=rng.uniform(0.01, 0.99, size=(3, 4)),
         count=np.array(7),
     )
 
@@ -39,7 +41,7 @@ def test_the_map_round_trips_and_leaves_integers_alone():
         np.testing.assert_allclose(getattr(back, f.name), getattr(p, f.name), rtol=1e-12, atol=1e-14)
     assert back.count.dtype == p.count.dtype and int(back.count) == 7
     # 3 - 1 free weights are stored as 3 logs; 4 x 5 / 2 Cholesky entries per matrix
-    assert to_vector(None, p).size == 3 + 12 + 12 + 3 * 10
+    assert to_vector(None, p).size == 3 + 12 + 12 + 3 * 10 + 12
 
 
 def test_any_vector_maps_to_valid_parameters():
@@ -49,6 +51,7 @@ def test_any_vector_maps_to_valid_parameters():
         p = from_vector(None, rng.normal(scale=1.0, size=to_vector(None, like).size), like)
         assert np.all(p.weights >= 0) and np.isclose(p.weights.sum(), 1.0)
         assert np.all(p.variances > 0)
+        assert np.all((p.probabilities > 0) & (p.probabilities < 1))
         assert np.all(np.linalg.eigvalsh(p.covariances) > 0)
 
 

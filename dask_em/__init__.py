@@ -20,6 +20,8 @@ _LAZY = {
     "PPCA": "estimators.factor",
     "FactorAnalysis": "estimators.factor",
     "RandomEffects": "estimators.random_effects",
+    "MixtureOfExperts": "estimators.experts",
+    "MixtureOfLinearRegressions": "estimators.experts",
     "describe": "io",
     "load": "io",
     "save": "io",
@@ -42,6 +44,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .estimators.missing import MultivariateNormal
     from .estimators.factor import PPCA, FactorAnalysis
     from .estimators.random_effects import RandomEffects
+    from .estimators.experts import MixtureOfExperts, MixtureOfLinearRegressions
     from .io import describe, load, save
     from .estimators.mixtures import BernoulliMixture, CategoricalMixture, PoissonMixture
     from .models.base import EMModel, Stats
@@ -95,6 +98,8 @@ __all__ = [
     "FactorAnalysis",
     "PPCA",
     "RandomEffects",
+    "MixtureOfExperts",
+    "MixtureOfLinearRegressions",
     "EMModel",
     "EMResult",
     "GaussianHMM",

@@ -7,6 +7,7 @@ from .kmeans import KMeans, kmeans_centers
 from .missing import MultivariateNormal
 from .factor import PPCA, FactorAnalysis
 from .random_effects import RandomEffects
+from .experts import MixtureOfExperts, MixtureOfLinearRegressions
 from .mixtures import BernoulliMixture, CategoricalMixture, PoissonMixture
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "FactorAnalysis",
     "PPCA",
     "RandomEffects",
+    "MixtureOfExperts",
+    "MixtureOfLinearRegressions",
     "GaussianHMM",
     "GaussianMixture",
     "KMeans",

@@ -1,0 +1,382 @@
+"""``MixtureOfExperts`` and ``MixtureOfLinearRegressions``: mixtures of linear experts by EM.
+
+Both fit ``y`` from ``X``; the data reach the engine as one array whose
+last ``n_targets`` columns are the targets (:func:`xy_array`), so in-memory,
+Dask and Zarr inputs, streaming and checkpoints work as for any other model.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from ..cluster import get_client
+from ..data import as_dask_array, open_zarr_array
+from ..engine import EMResult, fit_em, prepare_blocks
+from ..errors import ConvergenceWarning, InvalidDataError
+from ..models.experts import ExpertsParams, MixtureOfExpertsModel
+from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs
+
+
+def _as_target_array(y: Any) -> Any:
+    """``y`` as a 2-D numeric (Dask or numpy) array, with a clear error for other dtypes."""
+    if isinstance(y, str) or hasattr(y, "__fspath__"):
+        y = open_zarr_array(str(y))
+    elif not isinstance(y, da.Array) and type(y).__module__.startswith("zarr"):
+        y = da.from_zarr(y)
+    elif not isinstance(y, da.Array):
+        y = np.asarray(y)
+    if y.ndim == 1:
+        y = y.reshape(-1, 1)
+    if y.ndim != 2:
+        raise InvalidDataError(f"y must have shape (n_samples,) or (n_samples, n_targets), got shape {y.shape}")
+    if np.dtype(y.dtype).kind not in "biuf":
+        raise InvalidDataError(
+            f"the targets y must be numeric, got dtype {np.dtype(y.dtype)!s}; a mixture of linear experts "
+            "regresses numbers (encode categories, or convert the column with astype(float))"
+        )
+    return y
+
+
+def xy_array(
+    X: Any, y: Any = None, *, target_columns: Sequence[int] | None = None, client: Any = None
+) -> tuple[da.Array, int]:
+    """Inputs and targets as one Dask array whose last ``n_targets`` columns are the targets.
+
+    Parameters
+    ----------
+    X : array-like, dask array, zarr array, or str
+        The inputs (n_samples, n_features); or, with ``y`` None, a Zarr
+        group (path or URL) holding arrays ``X`` and ``y``, or one array
+        holding both, with ``target_columns`` saying which columns are targets.
+    y : array-like of shape (n_samples,) or (n_samples, n_targets), optional
+        Targets, with row chunks matched to those of ``X``.
+    target_columns : sequence of int, optional
+        With ``y`` None: the columns of ``X`` that are targets (negative
+        indices count from the end); the others are the inputs.
+    client : distributed.Client, optional
+        In-memory input is scattered to its workers.
+
+    Returns
+    -------
+    (dask.array.Array, int)
+        The joined array and ``n_targets``.
+
+    Raises
+    ------
+    InvalidDataError
+        For non-numeric targets, mismatched rows, or missing targets.
+    """
+    if y is None and target_columns is None:
+        if not (isinstance(X, str) or hasattr(X, "__fspath__")):
+            raise InvalidDataError(
+                "no targets: give y, or target_columns (which columns of X are targets), "
+                "or a Zarr group holding arrays 'X' and 'y'"
+            )
+        X, y = open_zarr_array(str(X), "X"), open_zarr_array(str(X), "y")
+    if y is not None:
+        if target_columns is not None:
+            raise ValueError("give either y or target_columns, not both")
+        y = _as_target_array(y)
+        if not isinstance(X, (str, da.Array)) and not type(X).__module__.startswith("zarr") and not isinstance(y, da.Array):
+            X = np.asarray(X)
+            if X.ndim == 2 and X.shape[0] != y.shape[0]:
+                raise InvalidDataError(f"X has {X.shape[0]} rows but y has {y.shape[0]}; give one target row per input row")
+            if X.ndim == 2 and X.dtype.kind in "biuf":
+                joined = np.hstack([X.astype(np.float64, copy=False), y.astype(np.float64, copy=False)])
+                return as_dask_array(joined, client=client), int(y.shape[1])
+        X = as_dask_array(X, client=client)
+        if X.shape[0] != y.shape[0]:
+            raise InvalidDataError(f"X has {X.shape[0]} rows but y has {y.shape[0]}; give one target row per input row")
+        y = da.from_array(y, chunks=(X.chunks[0], -1)) if isinstance(y, np.ndarray) else y.rechunk((X.chunks[0], -1))
+        if y.dtype.kind in "biu":
+            y = y.astype(np.float64)
+        return da.concatenate([X, y.astype(np.result_type(X.dtype, y.dtype))], axis=1), int(y.shape[1])
+    A = as_dask_array(X, client=client)
+    width = A.shape[1]
+    try:
+        targets = sorted({int(c) % width if -width <= int(c) < width else _bad_column(c, width) for c in target_columns})
+    except TypeError:
+        raise ValueError(f"target_columns must be column indices, got {target_columns!r}") from None
+    if not targets or len(targets) == width:
+        raise InvalidDataError(
+            f"target_columns={list(target_columns)} leaves {width - len(targets)} input columns of {width}; "
+            "give at least one target and one input"
+        )
+    inputs = [j for j in range(width) if j not in targets]
+    if targets == list(range(width - len(targets), width)):
+        return A, len(targets)  # already inputs then targets
+    return A[:, inputs + targets], len(targets)
+
+
+def _bad_column(c: Any, width: int) -> int:
+    raise InvalidDataError(f"target column {c} is out of range for data with {width} columns")
+
+
+class MixtureOfExperts(EMEstimator):
+    """Gaussian-gated mixture of linear experts (Xu, Jordan & Hinton 1995), by EM.
+
+    Expert ``k`` predicts ``y = coef_[k] @ x + intercept_[k]`` with Gaussian
+    noise of variances ``noise_variance_[k]``; its gate is a Gaussian
+    bump ``weights_[k] N(x | means_[k], covariances_[k])`` normalised over
+    the experts. The prediction ``E[y | x]`` is a normalised
+    radial-basis-function network whose centres and widths are the gates'
+    means and covariances. EM maximises the joint likelihood of ``(x, y)``,
+    so every M-step is closed form: the Gaussian mixture M-step for the
+    gates and one weighted least-squares fit per expert, each iteration one
+    pass over the data.
+
+    Parameters
+    ----------
+    n_components : int, default=2
+        Number of experts.
+    covariance_type : {"full", "tied", "diag", "spherical"}, default="full"
+        Form of the gate covariances.
+    reg_covar : float, default=1e-6
+        Added to the diagonal of the gate covariances and to the noise variances.
+    max_iter : int, default=100
+    tol : float, default=1e-3
+        Stop when the mean log-likelihood per row changes by less than this.
+    n_init : int, default=1
+        Restarts; the one with the highest log-likelihood is kept.
+    init_params : {"kmeans", "random"}, default="kmeans"
+        Initial responsibilities from k-means++ clusters of the standardised
+        ``(x, y)`` rows of a sample, or random ones.
+    random_state : int or Generator, optional
+    verbose : bool, default=False
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_components,)
+    means_ : ndarray of shape (n_components, n_features)
+        Gate centres.
+    covariances_ : ndarray
+        Gate covariances, shaped by ``covariance_type`` as in ``GaussianMixture``.
+    precisions_cholesky_ : ndarray
+    coef_ : ndarray of shape (n_components, n_targets, n_features)
+    intercept_ : ndarray of shape (n_components, n_targets)
+    noise_variance_ : ndarray of shape (n_components, n_targets)
+    n_iter_, converged_, lower_bound_, lower_bounds_, n_features_in_, n_targets_
+
+    Notes
+    -----
+    ``score`` is the mean log-likelihood per row (of ``(x, y)`` here; of
+    ``y`` given ``x`` for :class:`MixtureOfLinearRegressions`), the quantity
+    EM increases, not scikit-learn's R^2 of regressors.
+    """
+
+    _estimator_type = "regressor"
+    _gating = "gaussian"
+
+    def __init__(
+        self,
+        n_components: int = 2,
+        *,
+        covariance_type: str = "full",
+        reg_covar: float = 1e-6,
+        max_iter: int = 100,
+        tol: float = 1e-3,
+        n_init: int = 1,
+        init_params: str = "kmeans",
+        random_state: Any = None,
+        verbose: bool = False,
+    ) -> None:
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_init = n_init
+        self.init_params = init_params
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _model(self, n_targets: int) -> MixtureOfExpertsModel:
+        if int(self.n_init) < 1:
+            raise ValueError(f"n_init must be at least 1, got {self.n_init}")
+        return MixtureOfExpertsModel(
+            n_components=int(self.n_components),
+            n_targets=int(n_targets),
+            covariance_type=getattr(self, "covariance_type", "full"),
+            reg_covar=float(self.reg_covar),
+            gating=self._gating,
+            init=self.init_params,
+        )
+
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        target_columns: Sequence[int] | None = None,
+        client: Any = None,
+        checkpoint: str | None = None,
+        checkpoint_every: int = 1,
+        resume: bool | None = None,
+        force: bool = False,
+    ) -> MixtureOfExperts:
+        """Fit the experts and their gates by EM, keeping the best of ``n_init`` restarts.
+
+        Parameters
+        ----------
+        X : array-like, dask array, zarr array or path, of shape (n_samples, n_features)
+            Inputs; or a Zarr group holding arrays ``X`` and ``y``; or one
+            array holding both, with ``target_columns``.
+        y : array-like of shape (n_samples,) or (n_samples, n_targets), optional
+            Targets (numpy, Dask or Zarr); their row chunks are matched to ``X``'s.
+        target_columns : sequence of int, optional
+            With ``y`` None, the columns of ``X`` that are the targets.
+        client : distributed.Client, optional
+        checkpoint, checkpoint_every, resume, force
+            Zarr snapshots; see :func:`dask_em.fit_em`.
+
+        Returns
+        -------
+        self
+        """
+        best: EMResult | None = None
+        with get_client(client, verbose=self.verbose) as active:
+            joined, n_targets = xy_array(X, y, target_columns=target_columns, client=active)
+            model = self._model(n_targets)
+            blocks = prepare_blocks(joined, active)
+            for run, rng in enumerate(run_rngs(self.random_state, int(self.n_init))):
+                result = fit_em(
+                    model,
+                    blocks,
+                    params=lambda rng=rng: model.init_params(blocks.sample(10_000, rng), rng),
+                    max_iter=self.max_iter,
+                    tol=self.tol,
+                    client=active,
+                    verbose=self.verbose,
+                    checkpoint=run_checkpoint(checkpoint, run) if self.n_init > 1 else checkpoint,
+                    checkpoint_every=checkpoint_every,
+                    resume=resume,
+                    force=force,
+                    checkpoint_meta=self.checkpoint_meta(),
+                    warn_not_converged=False,
+                )
+                if best is None or result.lower_bound > best.lower_bound:
+                    best = result
+        assert best is not None
+        if not best.converged and self.max_iter > 0:
+            warnings.warn(
+                f"best of {self.n_init} initialisation(s) did not converge in {self.max_iter} iterations; "
+                "increase max_iter or tol, or check the data",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        p = best.params
+        self.weights_ = np.asarray(p.weights)
+        self.means_ = np.asarray(p.means)
+        self.covariances_ = np.asarray(p.covariances)
+        self.precisions_cholesky_ = np.asarray(p.precisions_cholesky)
+        self.coef_ = np.asarray(p.coef)
+        self.intercept_ = np.asarray(p.intercept)
+        self.noise_variance_ = np.asarray(p.noise_variance)
+        self.n_iter_ = best.n_iter
+        self.converged_ = best.converged
+        self.lower_bound_ = best.lower_bound
+        self.lower_bounds_ = list(best.history)
+        self.n_targets_ = n_targets
+        self.n_features_in_ = int(joined.shape[1]) - n_targets
+        return self
+
+    # -- per-row outputs ------------------------------------------------------
+
+    def _params(self) -> ExpertsParams:
+        self._check_fitted("coef_")
+        return ExpertsParams(
+            self.weights_, self.means_, self.covariances_, self.precisions_cholesky_,
+            self.coef_, self.intercept_, self.noise_variance_,
+        )
+
+    def _inputs(self, X: Any) -> Any:
+        """``X`` checked against the fitted number of features (lazily for out-of-core input)."""
+        self._check_fitted("coef_")
+        width = np.shape(X)[1] if not isinstance(X, str) and len(np.shape(X)) == 2 else None
+        if width is not None and width != self.n_features_in_:
+            raise InvalidDataError(f"X has {width} features, but the model was fitted with {self.n_features_in_}")
+        return X
+
+    def predict(self, X: Any) -> Any:
+        """Conditional mean ``E[y | x]`` (the RBF network's output), shape (n_samples, n_targets).
+
+        Shape (n_samples,) when the model was fitted to a 1-D ``y``. Lazy for Dask, Zarr or path input.
+        """
+        out = map_rows(self._inputs(X), self._model(self.n_targets_).predict_block, self._params(),
+                       n_columns=int(self.n_targets_))
+        return out[:, 0] if self.n_targets_ == 1 else out
+
+    def predict_proba(self, X: Any, y: Any = None) -> Any:
+        """Gate values ``g_k(x)``, shape (n_samples, n_components); with ``y``, the posterior of each expert."""
+        model, params = self._model(self.n_targets_), self._params()
+        if y is None:
+            return map_rows(self._inputs(X), model.gates_block, params, n_columns=int(self.n_components))
+        joined, _ = xy_array(X, y)
+        return map_rows(joined, model.posterior_block, params, n_columns=int(self.n_components))
+
+    def score_samples(self, X: Any, y: Any) -> Any:
+        """Log-likelihood of each row, shape (n_samples,)."""
+        joined, _ = xy_array(X, y)
+        return map_rows(joined, self._model(self.n_targets_).score_samples_block, self._params(), n_columns=None)
+
+    def score(self, X: Any, y: Any) -> float:
+        """Mean log-likelihood per row (see the class notes)."""
+        values = self.score_samples(X, y)
+        return float(values.mean().compute() if hasattr(values, "compute") else values.mean())
+
+    def bic(self, X: Any, y: Any) -> float:
+        """Bayesian information criterion on ``(X, y)`` (lower is better)."""
+        values = self.score_samples(X, y)
+        total = float(values.sum().compute() if hasattr(values, "compute") else values.sum())
+        k = self._model(self.n_targets_).n_parameters(self.n_features_in_)
+        return -2.0 * total + k * math.log(values.shape[0])
+
+
+class MixtureOfLinearRegressions(MixtureOfExperts):
+    """Mixture of linear regressions with constant gates (latent-class regression, as R's flexmix).
+
+    Each row comes from regression ``k`` with probability ``weights_[k]``,
+    whatever its inputs: ``p(y | x) = sum_k w_k N(y | coef_k x + intercept_k,
+    diag(noise_variance_k))``. The same machinery as :class:`MixtureOfExperts`
+    (the same statistics and weighted least squares), without a model of the
+    inputs; the likelihood is the conditional one. ``means_`` are the mean
+    inputs of each regression's rows; ``covariances_`` is empty and
+    :meth:`predict_proba` without ``y`` returns the weights on every row.
+
+    Parameters
+    ----------
+    n_components : int, default=2
+    reg_covar : float, default=1e-6
+        Added to the noise variances.
+    max_iter, tol, n_init, init_params, random_state, verbose
+        As in :class:`MixtureOfExperts`.
+    """
+
+    _gating = "constant"
+
+    def __init__(
+        self,
+        n_components: int = 2,
+        *,
+        reg_covar: float = 1e-6,
+        max_iter: int = 100,
+        tol: float = 1e-3,
+        n_init: int = 1,
+        init_params: str = "kmeans",
+        random_state: Any = None,
+        verbose: bool = False,
+    ) -> None:
+        self.n_components = n_components
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_init = n_init
+        self.init_params = init_params
+        self.random_state = random_state
+        self.verbose = verbose

@@ -1,0 +1,226 @@
+"""MixtureOfExperts and MixtureOfLinearRegressions: reference EM, recovery, chunking, out of core, contract."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+import dask_em
+from dask_em.errors import InvalidDataError
+from dask_em.models.experts import ExpertsParams, MixtureOfExpertsModel
+from dask_em.testing import assert_resume_bit_identical, check_model
+
+
+def piecewise(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """y = 2x + 1 left of 0, 1 - x right of it, small noise; x uniform on [-3, 3]."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-3, 3, (n, 1))
+    y = np.where(x < 0, 2 * x + 1, 1 - x) + 0.1 * rng.normal(size=(n, 1))
+    return x, y[:, 0]
+
+
+def two_targets(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 2)) + np.where(rng.random(n) < 0.4, 3.0, -1.0)[:, None]
+    side = X[:, 0] > 1
+    y = np.stack([np.where(side, X @ [1.0, -1.0] + 2, X @ [0.5, 0.3] - 1),
+                  np.where(side, 3 - X[:, 1], X[:, 0])], axis=1)
+    return X, y + 0.2 * rng.normal(size=y.shape)
+
+
+# -- a plain numpy reference EM, uncentred, straight from the formulas ----------------------
+
+
+def _log_normal_full(X, mean, cov):
+    D = X.shape[1]
+    diff = X - mean
+    sol = np.linalg.solve(cov, diff.T).T
+    return -0.5 * (np.einsum("ij,ij->i", diff, sol) + np.linalg.slogdet(cov)[1] + D * np.log(2 * np.pi))
+
+
+def reference_em(X, y, p: ExpertsParams, n_iter: int, gating: str, reg: float) -> tuple[ExpertsParams, list[float]]:
+    weights, means, covs = p.weights.copy(), p.means.copy(), p.covariances.copy()
+    coef, intercept, noise = p.coef.copy(), p.intercept.copy(), p.noise_variance.copy()
+    K, T, D = coef.shape
+    n = len(X)
+    Z = np.hstack([np.ones((n, 1)), X])
+    history = []
+    for _ in range(n_iter):
+        logp = np.empty((n, K))
+        for k in range(K):
+            mu = intercept[k] + X @ coef[k].T
+            logp[:, k] = np.log(weights[k]) - 0.5 * (((y - mu) ** 2) / noise[k] + np.log(2 * np.pi * noise[k])).sum(axis=1)
+            if gating == "gaussian":
+                logp[:, k] += _log_normal_full(X, means[k], covs[k])
+        top = logp.max(axis=1, keepdims=True)
+        norm = top[:, 0] + np.log(np.exp(logp - top).sum(axis=1))
+        history.append(norm.sum())
+        R = np.exp(logp - norm[:, None])
+        nk = R.sum(axis=0) + 10 * np.finfo(float).eps
+        weights = nk / nk.sum()
+        for k in range(K):
+            r = R[:, k]
+            means[k] = r @ X / nk[k]
+            if gating == "gaussian":
+                diff = X - means[k]
+                covs[k] = (r[:, None] * diff).T @ diff / nk[k] + reg * np.eye(D)
+            beta = np.linalg.solve(Z.T @ (r[:, None] * Z), Z.T @ (r[:, None] * y))
+            intercept[k], coef[k] = beta[0], beta[1:].T
+            noise[k] = (r[:, None] * (y - Z @ beta) ** 2).sum(axis=0) / nk[k] + reg
+    return ExpertsParams(weights, means, covs, p.precisions_cholesky, coef, intercept, noise), history
+
+
+@pytest.mark.parametrize("gating", ["gaussian", "constant"])
+def test_matches_numpy_reference_em_after_1_5_20_iterations(client, gating):
+    X, y = two_targets(1500)
+    model = MixtureOfExpertsModel(3, n_targets=2, gating=gating, reg_covar=1e-6)
+    A = np.hstack([X, y])
+    start = model.init_params(A, np.random.default_rng(3))
+    for n_iter in (1, 5, 20):
+        result = dask_em.fit_em(model, da.from_array(A, chunks=(400, -1)), start, max_iter=n_iter, tol=0.0,
+                                client=client, warn_not_converged=False)
+        ref, history = reference_em(X, y, start, n_iter, gating, 1e-6)
+        got = result.params
+        names = ["weights", "means", "coef", "intercept", "noise_variance"]
+        names += ["covariances"] if gating == "gaussian" else []
+        for name in names:
+            np.testing.assert_allclose(getattr(got, name), getattr(ref, name), rtol=1e-10, atol=1e-12,
+                                       err_msg=f"{name} after {n_iter} iterations ({gating})")
+        np.testing.assert_allclose(np.array(result.history) * len(A), history, rtol=1e-10)
+
+
+def test_recovers_piecewise_linear_function(client):
+    x, y = piecewise(4000)
+    est = dask_em.MixtureOfExperts(2, max_iter=200, tol=1e-8, random_state=0).fit(x, y, client=client)
+    order = np.argsort(est.means_[:, 0])  # left expert first
+    np.testing.assert_allclose(est.coef_[order, 0, 0], [2.0, -1.0], atol=0.03)
+    np.testing.assert_allclose(est.intercept_[order, 0], [1.0, 1.0], atol=0.05)
+    np.testing.assert_allclose(est.noise_variance_[:, 0], 0.01, rtol=0.15)
+    assert est.coef_.shape == (2, 1, 1) and est.intercept_.shape == (2, 1)
+    grid = np.linspace(-2.5, 2.5, 11)[:, None]
+    truth = np.where(grid < 0, 2 * grid + 1, 1 - grid)[:, 0]
+    prediction = est.predict(grid)
+    assert prediction.shape == (11,)
+    far = np.abs(grid[:, 0]) > 1.0  # the gates blend the experts near the kink
+    np.testing.assert_allclose(prediction[far], truth[far], atol=0.05)
+    gates = est.predict_proba(grid)
+    np.testing.assert_allclose(gates.sum(axis=1), 1.0)
+    assert gates[0, order[0]] > 0.99 and gates[-1, order[1]] > 0.99
+    assert np.isfinite(est.score(x, y)) and np.isfinite(est.bic(x, y))
+
+
+def test_chunking_invariance_and_dask_y(client):
+    X, y = two_targets(1200)
+    kwargs = dict(max_iter=6, tol=0.0, random_state=1)
+    fits = []
+    for rows in (1200, 250, 97):
+        with pytest.warns(dask_em.errors.ConvergenceWarning):
+            fits.append(dask_em.MixtureOfExperts(3, **kwargs).fit(
+                da.from_array(X, chunks=(rows, -1)), da.from_array(y, chunks=(rows // 2 + 1, -1)), client=client))
+    # the initial sample is whole blocks: start all from the first fit's sample by fitting the
+    # same model with fixed parameters instead
+    model = MixtureOfExpertsModel(3, n_targets=2)
+    A = np.hstack([X, y])
+    start = model.init_params(A, np.random.default_rng(0))
+    results = [dask_em.fit_em(model, da.from_array(A, chunks=(r, -1)), start, max_iter=6, tol=0.0, client=client,
+                              warn_not_converged=False) for r in (1200, 250, 97)]
+    for other in results[1:]:
+        for name in ("weights", "means", "covariances", "coef", "intercept", "noise_variance"):
+            np.testing.assert_allclose(getattr(other.params, name), getattr(results[0].params, name), rtol=1e-10, atol=1e-13)
+    assert all(f.coef_.shape == (3, 2, 2) for f in fits)
+
+
+def test_out_of_core_zarr_group_and_target_columns(client, tmp_path):
+    x, y = piecewise(3000)
+    path = str(tmp_path / "xy.zarr")
+    root = zarr.open_group(path, mode="w")
+    root.create_array("X", shape=x.shape, chunks=(500, 1), dtype="f8")[...] = x
+    root.create_array("y", shape=y.shape, chunks=(700,), dtype="f8")[...] = y
+    kwargs = dict(max_iter=30, tol=1e-8, random_state=0)
+    from_store = dask_em.MixtureOfExperts(2, **kwargs).fit(path, client=client)
+    # the same data in one array whose first column is the target
+    joined = str(tmp_path / "joined.zarr")
+    zarr.create_array(joined, shape=(3000, 2), chunks=(500, 2), dtype="f8")[...] = np.hstack([y[:, None], x])
+    from_columns = dask_em.MixtureOfExperts(2, **kwargs).fit(joined, target_columns=[0], client=client)
+    in_memory = dask_em.MixtureOfExperts(2, **kwargs).fit(da.from_array(x, chunks=(500, 1)), y, client=client)
+    for other in (from_columns, in_memory):
+        np.testing.assert_allclose(other.coef_, from_store.coef_, rtol=1e-10)
+        np.testing.assert_allclose(other.lower_bounds_, from_store.lower_bounds_, rtol=1e-12)
+    lazy = from_store.predict(da.from_zarr(path, component="X"))
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_allclose(lazy.compute(), from_store.predict(x))
+
+
+def test_latent_class_regression_recovers_crossing_lines(client):
+    """Two lines that cross: constant gates, as flexmix's classic example."""
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 10, 3000)
+    which = rng.random(3000) < 0.3
+    y = np.where(which, 5 + 2 * x, 20 - x) + rng.normal(size=3000)
+    est = dask_em.MixtureOfLinearRegressions(2, max_iter=300, tol=1e-9, n_init=2, random_state=0)
+    est.fit(x[:, None], y, client=client)
+    order = np.argsort(est.coef_[:, 0, 0])
+    np.testing.assert_allclose(est.coef_[order, 0, 0], [-1, 2], atol=0.05)
+    np.testing.assert_allclose(est.intercept_[order, 0], [20, 5], atol=0.3)
+    np.testing.assert_allclose(est.weights_[order], [0.7, 0.3], atol=0.03)
+    np.testing.assert_allclose(est.noise_variance_[:, 0], 1.0, rtol=0.15)
+    assert est.covariances_.shape == (0,)
+    post = est.predict_proba(x[:, None], y)
+    agree = (post[:, order[1]] > 0.5) == which
+    assert agree.mean() > 0.9
+    np.testing.assert_allclose(est.predict_proba(x[:5, None]), np.tile(est.weights_, (5, 1)))
+
+
+def test_contract_suite(client):
+    x, y = piecewise(1200)
+    for gating, cov in (("gaussian", "full"), ("gaussian", "diag"), ("constant", "full")):
+        model = MixtureOfExpertsModel(2, n_targets=1, gating=gating, covariance_type=cov)
+        check_model(model, np.hstack([x, y[:, None]]), client=client, n_iter=4, rtol=1e-9, resume=gating == "gaussian")
+
+
+def make_experts() -> dask_em.MixtureOfExperts:
+    return dask_em.MixtureOfExperts(2, max_iter=8, tol=0.0, random_state=0)
+
+
+def test_resume_after_sigkill_is_bit_identical(client, tmp_path):
+    x, y = piecewise(2000)
+    assert_resume_bit_identical(
+        "tests.test_experts:make_experts", np.hstack([x, y[:, None]]), client=client, tmp_path=tmp_path,
+        fit_kwargs={"target_columns": [-1]}, n_kills=2, seed=0,
+    )
+
+
+def test_save_load_round_trip(client, tmp_path):
+    x, y = piecewise(1000)
+    est = dask_em.MixtureOfExperts(2, covariance_type="diag", max_iter=20, random_state=0).fit(x, y, client=client)
+    dask_em.save(est, tmp_path / "moe.zarr")
+    back = dask_em.load(tmp_path / "moe.zarr")
+    assert type(back) is dask_em.MixtureOfExperts and back.get_params() == est.get_params()
+    np.testing.assert_array_equal(back.predict(x), est.predict(x))
+    np.testing.assert_array_equal(back.predict_proba(x), est.predict_proba(x))
+    lcr = dask_em.MixtureOfLinearRegressions(2, max_iter=5, random_state=0).fit(x, y, client=client)
+    dask_em.save(lcr, tmp_path / "lcr.zarr")
+    np.testing.assert_array_equal(dask_em.load(tmp_path / "lcr.zarr").predict(x), lcr.predict(x))
+
+
+def test_bad_input_errors(client):
+    x, y = piecewise(200)
+    est = dask_em.MixtureOfExperts(2, max_iter=3)
+    with pytest.raises(InvalidDataError, match="targets y must be numeric, got dtype <U"):
+        est.fit(x, np.array(["a"] * 200), client=client)
+    with pytest.raises(InvalidDataError, match="X has 200 rows but y has 199"):
+        est.fit(x, y[:199], client=client)
+    with pytest.raises(InvalidDataError, match="X has 200 rows but y has 199"):
+        est.fit(da.from_array(x, chunks=50), da.from_array(y[:199], chunks=50), client=client)
+    with pytest.raises(InvalidDataError, match="no targets"):
+        est.fit(x, client=client)
+    bad = y.copy()
+    bad[[3, 7]] = np.nan
+    with pytest.raises(InvalidDataError, match="contain 2 NaN or infinite values"):
+        est.fit(x, bad, client=client)
+    with pytest.raises(InvalidDataError, match="target column 5 is out of range"):
+        est.fit(np.hstack([x, y[:, None]]), target_columns=[5], client=client)
+    with pytest.raises(ValueError, match="init_params must be one of"):
+        dask_em.MixtureOfExperts(2, init_params="nope").fit(x, y, client=client)

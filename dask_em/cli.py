@@ -39,6 +39,8 @@ MODELS: dict[str, tuple[str, str | None]] = {
     "categorical-mixture": ("CategoricalMixture", "n_components"),
     "exponential-mixture": ("ExponentialMixture", "n_components"),
     "student-t-mixture": ("StudentTMixture", "n_components"),
+    "experts": ("MixtureOfExperts", "n_components"),
+    "linear-regressions": ("MixtureOfLinearRegressions", "n_components"),
 }
 
 
@@ -352,7 +354,7 @@ def _print_fit_text(estimator: Any, seconds: float, output: str | None) -> None:
         if hasattr(estimator, attr):
             print(f"  {attr:<14} {float(getattr(estimator, attr)):.8g}")
     with np.printoptions(precision=4, suppress=True, linewidth=100, threshold=60):
-        for attr in ("weights_", "startprob_", "means_", "cluster_centers_", "transmat_"):
+        for attr in ("weights_", "startprob_", "means_", "cluster_centers_", "transmat_", "coef_", "intercept_"):
             if hasattr(estimator, attr):
                 text = str(np.asarray(getattr(estimator, attr)))
                 print(f"  {attr:<14} " + text.replace("\n", "\n" + " " * 17))
@@ -450,6 +452,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         estimator._data_source = {"input": args.input, "columns": args.columns, "lengths": args.lengths}
     if args.lengths:
         fit_kwargs["lengths"] = _read_lengths(args.lengths)
+    if args.targets:
+        fit_kwargs["target_columns"] = _target_columns(cls, args.input, args.targets, args.columns)
+        if estimator._data_source:
+            estimator._data_source["targets"] = args.targets
     with _Session(args) as client:
         start = time.perf_counter()
         estimator.fit(X, client=client, **fit_kwargs)
@@ -461,6 +467,30 @@ def cmd_fit(args: argparse.Namespace) -> int:
     else:
         _print_fit_text(estimator, seconds, args.output)
     return 0
+
+
+def _target_columns(cls: type, spec: str, targets: str, columns: str | None) -> list[int]:
+    """Positions of the ``--targets`` columns (indices, or names of CSV/Parquet columns) in the input."""
+    import inspect
+
+    if "target_columns" not in inspect.signature(cls.fit).parameters:
+        raise UsageError(f"{cls.__name__} has no targets; drop --targets")
+    items = [t.strip() for t in targets.split(",") if t.strip()]
+    if all(t.lstrip("-").isdigit() for t in items):
+        return [int(t) for t in items]
+    if columns:
+        names = [c.strip() for c in columns.split(",")]
+    elif _input_kind(spec) in ("csv", "parquet"):
+        import dask.dataframe as dd
+
+        read = dd.read_csv if _input_kind(spec) == "csv" else dd.read_parquet
+        names = [str(c) for c in read(spec).select_dtypes(include="number").columns]
+    else:
+        raise UsageError(f"--targets {targets!r}: name columns only for CSV/Parquet input; give column indices")
+    missing = [t for t in items if t not in names]
+    if missing:
+        raise UsageError(f"--targets names {missing}, which are not numeric input columns {names}")
+    return [names.index(t) for t in items]
 
 
 def _read_lengths(spec: str) -> Any:
@@ -525,6 +555,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     lengths = source.get("lengths")
     if lengths:
         fit_kwargs["lengths"] = _read_lengths(lengths)
+    if source.get("targets"):
+        fit_kwargs["target_columns"] = _target_columns(type(estimator), args.input, source["targets"], args.columns)
     X = read_input(args.input, columns=args.columns)
     _note(args, f"dask-em: resuming {type(estimator).__name__} from {args.checkpoint} "
                 f"(iteration {record.get('iteration', '?')})")
@@ -838,6 +870,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     _input_options(p)
     p.add_argument("--lengths", default=None, help="sequence lengths of an HMM input (.npy, .txt or Zarr)")
+    p.add_argument("--targets", default=None, metavar="COLS",
+                   help="experts, linear-regressions: the target columns (indices, or CSV/Parquet names); "
+                        "default: a Zarr group's array 'y'")
     p.add_argument("--checkpoint", default=None, metavar="PATH", help="Zarr path or URL for resumable snapshots")
     p.add_argument("--checkpoint-every", type=int, default=1, metavar="N")
     p.add_argument("-o", "--output", default=None, metavar="MODEL.zarr", help="where to save the fitted model")

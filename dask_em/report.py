@@ -9,7 +9,9 @@
   weight and covariance ellipses (1 and 2 standard deviations) projected
   onto the same plane;
 - for HMMs the transition matrix as a heat map and a decoded sample
-  sequence (Viterbi states shaded behind the observations).
+  sequence (Viterbi states shaded behind the observations);
+- for mixtures of linear experts each expert's fitted line over its gate,
+  the conditional mean, and the sample coloured by the most probable expert.
 
 The data sample is a few whole blocks read into memory (``sample_size``
 rows in all), never a pass over all the data.
@@ -395,6 +397,76 @@ def _bin_width(bins: Any, x: np.ndarray) -> float:
     return float(bins[1] - bins[0])
 
 
+def _is_experts(est: Any) -> bool:
+    """A mixture of linear experts (coefficients of shape (K, T, D))."""
+    return np.ndim(getattr(est, "coef_", None)) == 3
+
+
+def _experts_sample(est: Any, data: Any) -> Any:
+    """For a mixture of experts, a Zarr group of arrays ``X`` and ``y`` read as one table (targets last)."""
+    if isinstance(data, (str, os.PathLike)):
+        from .errors import InvalidDataError
+        from .estimators.experts import xy_array
+
+        try:
+            return xy_array(data)[0]
+        except InvalidDataError:  # one array: its last columns are the targets
+            pass
+    return data
+
+
+def plot_experts(est: Any, sample: np.ndarray | None = None) -> Any:
+    """Each expert's fitted line against the input feature whose slopes differ most, per target (up to 3).
+
+    Along that feature the other inputs are held at the expert's gate
+    centre; each line spans its gate (centre +/- 2 standard deviations, or
+    the sampled rows of the expert with constant gates). The sample is
+    ``[inputs, targets]`` rows coloured by the most probable expert given
+    both, with the conditional mean ``predict`` drawn over them when there
+    is one input.
+    """
+    coef, intercept = np.asarray(est.coef_, float), np.asarray(est.intercept_, float)
+    K, T, D = coef.shape
+    j = int(np.argmax(coef.std(axis=0).max(axis=0))) if K > 1 else 0
+    targets = list(range(min(T, 3)))
+    colors = _colors(K)
+    fig = _figure(6.0 * len(targets), 4.6)
+    axes = np.atleast_1d(fig.subplots(1, len(targets)))
+    labels = None
+    if sample is not None and sample.shape[1] == D + T:
+        labels = np.asarray(est.predict_proba(sample[:, :D], sample[:, D:])).argmax(axis=1)
+    means = np.asarray(est.means_, float)
+    cov = np.asarray(getattr(est, "covariances_", np.zeros(0)), float)
+    for ax, t in zip(axes, targets):
+        if labels is not None:
+            ax.scatter(sample[:, j], sample[:, D + t], s=4, c=[colors[k] for k in labels], alpha=0.35,
+                       linewidths=0, rasterized=True)
+        for k in range(K):
+            if cov.size:
+                sd = math.sqrt(float(_full_covariances(cov, est.covariance_type, K, D)[k][j, j]))
+                lo, hi = means[k, j] - 2 * sd, means[k, j] + 2 * sd
+            elif labels is not None and (labels == k).any():
+                lo, hi = float(sample[labels == k, j].min()), float(sample[labels == k, j].max())
+            else:
+                lo, hi = means[k, j] - 1.0, means[k, j] + 1.0
+            grid = np.linspace(lo, hi, 50)
+            base = intercept[k, t] + coef[k, t] @ means[k] - coef[k, t, j] * means[k, j]
+            ax.plot(grid, base + coef[k, t, j] * grid, color=colors[k], linewidth=2.2,
+                    label=f"expert {k} (weight {est.weights_[k]:.3f}): slope {coef[k, t, j]:.3g}")
+        if D == 1 and sample is not None:
+            grid = np.linspace(float(sample[:, 0].min()), float(sample[:, 0].max()), 200)
+            mean = np.asarray(est.predict(grid[:, None])).reshape(len(grid), -1)[:, t]
+            ax.plot(grid, mean, color="black", linewidth=1.2, linestyle="--", label="E[y | x]")
+        ax.set_xlabel(f"input {j}")
+        ax.set_ylabel(f"target {t}")
+        ax.grid(alpha=0.3)
+        if K <= 12:
+            ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    what = f"{len(sample):,} sampled rows" if labels is not None else "no data given: the lines only"
+    fig.suptitle(f"{type(est).__name__}: {K} experts; {what}", fontsize=10)
+    return fig
+
+
 def plot_transitions(est: Any) -> Any:
     """The transition matrix of an HMM as a heat map; None for other models."""
     transmat = getattr(est, "transmat_", None)
@@ -639,12 +711,18 @@ def make_report(
             if first > MAX_SEQUENCE_STEPS:
                 notes.append(f"The decoded sequence shows the first {MAX_SEQUENCE_STEPS} of {first} steps.")
         else:
+            if _is_experts(est):
+                data = _experts_sample(est, data)
             sample = _row_sample(data, sample_size, rng, client)
 
     pictures: list[tuple[str, Any, str]] = [
         ("convergence", plot_convergence(est), "Convergence: log-likelihood per iteration and its change"),
     ]
-    if not is_hmm or getattr(est, "covars_", None) is not None:
+    if _is_experts(est):
+        pictures.append(("experts", plot_experts(est, sample),
+                         "Each expert's fitted line (solid, over its gate) and the conditional mean (dashed), "
+                         "with the sample coloured by the most probable expert"))
+    elif not is_hmm or getattr(est, "covars_", None) is not None:
         caption = ("Data sample projected on two dimensions, coloured by the most likely component, with every "
                    "component's mean (size by weight) and covariance ellipses")
         pictures.append(("projection", plot_projection(est, sample, labels), caption))

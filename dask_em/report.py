@@ -453,7 +453,7 @@ def plot_experts(est: Any, sample: np.ndarray | None = None) -> Any:
             base = intercept[k, t] + coef[k, t] @ means[k] - coef[k, t, j] * means[k, j]
             ax.plot(grid, base + coef[k, t, j] * grid, color=colors[k], linewidth=2.2,
                     label=f"expert {k} (weight {est.weights_[k]:.3f}): slope {coef[k, t, j]:.3g}")
-        if D == 1 and sample is not None:
+        if D == 1 and sample is not None and cov.size:  # constant gates: no input-dependent mean worth drawing
             grid = np.linspace(float(sample[:, 0].min()), float(sample[:, 0].max()), 200)
             mean = np.asarray(est.predict(grid[:, None])).reshape(len(grid), -1)[:, t]
             ax.plot(grid, mean, color="black", linewidth=1.2, linestyle="--", label="E[y | x]")

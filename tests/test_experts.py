@@ -126,6 +126,7 @@ def test_chunking_invariance(client):
     np.testing.assert_allclose(results[1].history, results[0].history, rtol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore::dask_em.errors.ConvergenceWarning")
 def test_out_of_core_zarr_group_and_target_columns(client, tmp_path):
     x, y = piecewise(3000)
     path = str(tmp_path / "xy.zarr")
@@ -142,6 +143,18 @@ def test_out_of_core_zarr_group_and_target_columns(client, tmp_path):
     for other in (from_columns, in_memory):
         np.testing.assert_allclose(other.coef_, from_store.coef_, rtol=1e-10)
         np.testing.assert_allclose(other.lower_bounds_, from_store.lower_bounds_, rtol=1e-12)
+    # streamed from the store every iteration (never persisted), from the estimator's own start
+    from dask_em.data import array_blocks
+    from dask_em.estimators._base import run_rngs
+    from dask_em.estimators.experts import xy_array
+
+    joined_xy, n_targets = xy_array(path)
+    blocks = array_blocks(joined_xy, client, persist=False)
+    assert n_targets == 1 and blocks.array is joined_xy  # not persisted: read from Zarr in every pass
+    model, rng = MixtureOfExpertsModel(2, n_targets=1), run_rngs(0, 1)[0]
+    streamed = dask_em.fit_em(model, blocks, lambda: model.init_params(blocks.sample(10_000, rng), rng),
+                              max_iter=6, tol=0.0, client=client, warn_not_converged=False)
+    np.testing.assert_array_equal(streamed.params.coef, from_store.coef_)
     lazy = from_store.predict(da.from_zarr(path, component="X"))
     assert isinstance(lazy, da.Array)
     np.testing.assert_allclose(lazy.compute(), from_store.predict(x))
@@ -175,14 +188,14 @@ def test_contract_suite(client):
 
 
 def make_experts() -> dask_em.MixtureOfExperts:
-    return dask_em.MixtureOfExperts(2, max_iter=5, tol=0.0, random_state=0)
+    return dask_em.MixtureOfExperts(2, max_iter=4, tol=0.0, random_state=0)
 
 
 def test_resume_after_sigkill_is_bit_identical(client, tmp_path):
     x, y = piecewise(2000)
     assert_resume_bit_identical(
         "tests.test_experts:make_experts", np.hstack([x, y[:, None]]), client=client, tmp_path=tmp_path,
-        fit_kwargs={"target_columns": [-1]}, n_kills=2, seed=0,
+        fit_kwargs={"target_columns": [-1]}, kill_after=[2], seed=0,
     )
 
 

@@ -21,6 +21,7 @@ from ..engine import EMResult, fit_em, prepare_blocks
 from ..errors import ConvergenceWarning, InvalidDataError
 from ..models.experts import ExpertsParams, MixtureOfExpertsModel
 from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs
+from .mixtures import _set
 
 
 def _as_target_array(y: Any) -> Any:
@@ -96,7 +97,8 @@ def xy_array(
         y = da.from_array(y, chunks=(X.chunks[0], -1)) if isinstance(y, np.ndarray) else y.rechunk((X.chunks[0], -1))
         if y.dtype.kind in "biu":
             y = y.astype(np.float64)
-        return da.concatenate([X, y.astype(np.result_type(X.dtype, y.dtype))], axis=1), int(y.shape[1])
+        joined = da.concatenate([X, y.astype(np.result_type(X.dtype, y.dtype))], axis=1)
+        return joined.rechunk({1: -1}), int(y.shape[1])  # one block of columns: a row block holds x and y
     A = as_dask_array(X, client=client)
     width = A.shape[1]
     try:
@@ -186,15 +188,14 @@ class MixtureOfExperts(EMEstimator):
         random_state: Any = None,
         verbose: bool = False,
     ) -> None:
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.tol = tol
-        self.n_init = n_init
-        self.init_params = init_params
-        self.random_state = random_state
-        self.verbose = verbose
+        _set(self, locals())
+
+    def _check_params(self) -> None:
+        """The checks of a fit, without data (run on configurations read from files too)."""
+        check = getattr(super(), "_check_params", None)  # the shared rules, where the base class has them
+        if check is not None:
+            check()
+        self._model(1)
 
     def _model(self, n_targets: int) -> MixtureOfExpertsModel:
         if int(self.n_init) < 1:
@@ -372,11 +373,4 @@ class MixtureOfLinearRegressions(MixtureOfExperts):
         random_state: Any = None,
         verbose: bool = False,
     ) -> None:
-        self.n_components = n_components
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.tol = tol
-        self.n_init = n_init
-        self.init_params = init_params
-        self.random_state = random_state
-        self.verbose = verbose
+        _set(self, locals())

@@ -39,6 +39,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 
 from .._kernels import normalize_columns
@@ -209,6 +210,7 @@ class MixtureOfExpertsModel:
         rows = sub_block_rows(K, D, "full")
         work = _Workspace(min(rows, X.shape[0]), K, D, self.covariance_type)
         W = np.empty((min(rows, X.shape[0]), K * D))
+        P = np.empty((min(rows, X.shape[0]), stacked.shape[1]))  # every expert's slope term, side by side
         stats = self._zero_stats(D)
         loglik = np.zeros(1)
         n_bad = n_invalid = 0
@@ -223,8 +225,8 @@ class MixtureOfExpertsModel:
             else:
                 respT = work.resp_t(n)
                 respT[...] = 0.0
-            resid = V[:, None, :] - offset[None] - (U @ stacked).reshape(n, K, -1)
-            respT += (const[None] - 0.5 * np.einsum("ikt,kt->ik", resid * resid, precision)).T
+            np.matmul(U, stacked, out=P[:n])
+            _add_expert_log_prob(P[:n], V, offset, precision, const, respT)
             if normalize_columns(
                 respT, n, work.bounds, work.top, work.total, work.scale_bits, work.spare, work.bad, loglik
             ):
@@ -414,3 +416,20 @@ class MixtureOfExpertsModel:
             return experts + K - 1
         cov = {"full": K * D * (D + 1) // 2, "tied": D * (D + 1) // 2, "diag": K * D, "spherical": K}
         return experts + K - 1 + K * D + cov[self.covariance_type]
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, nogil=True)
+def _add_expert_log_prob(P, V, offset, precision, const, respT):  # pragma: no cover - compiled
+    """respT[k, i] += const[k] - sum_t precision[k, t] (V[i, t] - offset[k, t] - P[i, kT + t])^2 / 2.
+
+    One pass over the rows for all experts, with no (rows, K, T) temporaries.
+    """
+    K, n = respT.shape
+    T = V.shape[1]
+    for i in range(n):
+        for k in range(K):
+            s = 0.0
+            for t in range(T):
+                r = V[i, t] - offset[k, t] - P[i, k * T + t]
+                s += precision[k, t] * r * r
+            respT[k, i] += const[k] - 0.5 * s

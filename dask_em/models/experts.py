@@ -36,7 +36,7 @@ With ``u = x - c`` and ``v = y - r``, and responsibilities ``r_ik``:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numba
@@ -52,7 +52,7 @@ from .gmm import (
     _Workspace,
     _weigh_rows,
     kmeans_plusplus,
-    reference_point,
+    precisions_cholesky_from_covariances,
     sub_block_rows,
 )
 
@@ -253,6 +253,22 @@ class MixtureOfExpertsModel:
         """
         c, r = reference_points(params)
         return self._estimate(stats, c, r, params)
+
+    def param_constraints(self, params: ExpertsParams) -> dict[str, str]:
+        """Constraint of each parameter field, for accelerated EM (:mod:`dask_em.accelerate`)."""
+        if self.gating == "constant":
+            gates = {"covariances": "fixed", "precisions_cholesky": "fixed"}
+        else:
+            shape = "spd" if self.covariance_type in ("full", "tied") else "positive"
+            gates = {"covariances": shape, "precisions_cholesky": "derived"}
+        return {"weights": "simplex", "noise_variance": "positive", **gates}
+
+    def complete_params(self, params: ExpertsParams) -> ExpertsParams:
+        """``params`` with the gates' precision Cholesky factors recomputed from their covariances."""
+        if self.gating == "constant":
+            return params
+        prec_chol = precisions_cholesky_from_covariances(params.covariances, self.covariance_type)
+        return replace(params, precisions_cholesky=prec_chol)
 
     def describe_invalid(self, n_invalid: int) -> str:
         """The error message for ``n_invalid`` NaN or infinite values."""

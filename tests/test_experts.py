@@ -282,6 +282,14 @@ def test_cli_fit_targets_report_and_bad_input(client, tmp_path):
     images = json.loads(out)["images"]
     assert [os.path.basename(p) for p in images] == ["report-convergence.png", "report-experts.png"]
     assert all(os.path.getsize(p) > 1000 for p in images)
+    # a checkpointed fit resumes with the targets it recorded
+    ckpt = str(tmp_path / "ckpt.zarr")
+    code, out, err = call("fit", "experts", csv, "--targets", "y", "-k", "2", "--max-iter", "2", "--tol", "0",
+                          "--random-state", "0", "--checkpoint", ckpt, "--scheduler", address, "--quiet")
+    assert code == 0, err
+    code, out, err = call("resume", ckpt, "--max-iter", "4", "--scheduler", address, "--json", "--quiet")
+    assert code == 0, err
+    assert json.loads(out)["fitted"]["n_iter_"] == 4
     # bad input: exit 2 with the reason on standard error
     code, _, err = call("fit", "experts", csv, "--targets", "label", "-k", "2", "--scheduler", address, "--quiet")
     assert code == 2 and "not numeric input columns" in err

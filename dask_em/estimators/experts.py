@@ -307,7 +307,7 @@ class MixtureOfExperts(EMEstimator):
     def predict(self, X: Any) -> Any:
         """Conditional mean ``E[y | x]`` (the RBF network's output), shape (n_samples, n_targets).
 
-        Shape (n_samples,) when the model was fitted to a 1-D ``y``. Lazy for Dask, Zarr or path input.
+        Shape (n_samples,) with one target. Lazy for Dask, Zarr or path input.
         """
         out = map_rows(self._inputs(X), self._model(self.n_targets_).predict_block, self._params(),
                        n_columns=int(self.n_targets_))

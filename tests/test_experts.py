@@ -133,7 +133,7 @@ def test_out_of_core_zarr_group_and_target_columns(client, tmp_path):
     root = zarr.open_group(path, mode="w")
     root.create_array("X", shape=x.shape, chunks=(500, 1), dtype="f8")[...] = x
     root.create_array("y", shape=y.shape, chunks=(700,), dtype="f8")[...] = y
-    kwargs = dict(max_iter=6, tol=0.0, random_state=0)
+    kwargs = dict(max_iter=3, tol=0.0, random_state=0)
     from_store = dask_em.MixtureOfExperts(2, **kwargs).fit(path, client=client)
     # the same data in one array whose first column is the target
     joined = str(tmp_path / "joined.zarr")
@@ -153,7 +153,7 @@ def test_out_of_core_zarr_group_and_target_columns(client, tmp_path):
     assert n_targets == 1 and blocks.array is joined_xy  # not persisted: read from Zarr in every pass
     model, rng = MixtureOfExpertsModel(2, n_targets=1), run_rngs(0, 1)[0]
     streamed = dask_em.fit_em(model, blocks, lambda: model.init_params(blocks.sample(10_000, rng), rng),
-                              max_iter=6, tol=0.0, client=client, warn_not_converged=False)
+                              max_iter=3, tol=0.0, client=client, warn_not_converged=False)
     np.testing.assert_array_equal(streamed.params.coef, from_store.coef_)
     lazy = from_store.predict(da.from_zarr(path, component="X"))
     assert isinstance(lazy, da.Array)
@@ -318,3 +318,13 @@ def test_accelerated_em_round_trip_keeps_valid_parameters():
         back = from_vector(model, to_vector(model, params), params)
         for name in ("weights", "means", "covariances", "precisions_cholesky", "coef", "intercept", "noise_variance"):
             np.testing.assert_allclose(getattr(back, name), getattr(params, name), rtol=1e-12, atol=1e-14)
+
+
+def test_per_row_outputs_are_numpy_for_numpy_input(client):
+    x, y = piecewise(300)
+    est = dask_em.MixtureOfLinearRegressions(2, max_iter=5, random_state=0).fit(x, y, client=client)
+    for value in (est.predict(x), est.predict_proba(x), est.predict_proba(x, y), est.score_samples(x, y)):
+        assert isinstance(value, np.ndarray)
+    lazy = est.score_samples(da.from_array(x, chunks=100), da.from_array(y, chunks=100))
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_allclose(lazy.compute(), est.score_samples(x, y))

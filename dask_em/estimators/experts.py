@@ -116,6 +116,15 @@ def xy_array(
     return A[:, inputs + targets], len(targets)
 
 
+def _rows(X: Any, y: Any) -> Any:
+    """``[X, y]`` rows for per-row outputs: numpy for in-memory input (numpy out), else lazy."""
+    if isinstance(X, np.ndarray) and not isinstance(y, (str, da.Array)) and np.ndim(X) == 2:
+        y = _as_target_array(y)
+        if not isinstance(y, da.Array) and len(y) == len(X):
+            return np.hstack([X, np.asarray(y, np.float64)])
+    return xy_array(X, y)[0]
+
+
 def _bad_column(c: Any, width: int) -> int:
     raise InvalidDataError(f"target column {c} is out of range for data with {width} columns")
 
@@ -318,13 +327,11 @@ class MixtureOfExperts(EMEstimator):
         model, params = self._model(self.n_targets_), self._params()
         if y is None:
             return map_rows(self._inputs(X), model.gates_block, params, n_columns=int(self.n_components))
-        joined, _ = xy_array(X, y)
-        return map_rows(joined, model.posterior_block, params, n_columns=int(self.n_components))
+        return map_rows(_rows(X, y), model.posterior_block, params, n_columns=int(self.n_components))
 
     def score_samples(self, X: Any, y: Any) -> Any:
         """Log-likelihood of each row, shape (n_samples,)."""
-        joined, _ = xy_array(X, y)
-        return map_rows(joined, self._model(self.n_targets_).score_samples_block, self._params(), n_columns=None)
+        return map_rows(_rows(X, y), self._model(self.n_targets_).score_samples_block, self._params(), n_columns=None)
 
     def score(self, X: Any, y: Any) -> float:
         """Mean log-likelihood per row (see the class notes)."""

@@ -328,3 +328,7 @@ def test_per_row_outputs_are_numpy_for_numpy_input(client):
     lazy = est.score_samples(da.from_array(x, chunks=100), da.from_array(y, chunks=100))
     assert isinstance(lazy, da.Array)
     np.testing.assert_allclose(lazy.compute(), est.score_samples(x, y))
+    # without y: inputs then targets in one table, or a clear error
+    np.testing.assert_array_equal(est.score_samples(np.hstack([x, y[:, None]])), est.score_samples(x, y))
+    with pytest.raises(InvalidDataError, match="needs the targets: give y, or rows of 1 inputs followed by 1"):
+        est.score(x)

@@ -329,16 +329,31 @@ class MixtureOfExperts(EMEstimator):
             return map_rows(self._inputs(X), model.gates_block, params, n_columns=int(self.n_components))
         return map_rows(_rows(X, y), model.posterior_block, params, n_columns=int(self.n_components))
 
-    def score_samples(self, X: Any, y: Any) -> Any:
-        """Log-likelihood of each row, shape (n_samples,)."""
-        return map_rows(_rows(X, y), self._model(self.n_targets_).score_samples_block, self._params(), n_columns=None)
+    def score_samples(self, X: Any, y: Any = None) -> Any:
+        """Log-likelihood of each row, shape (n_samples,).
 
-    def score(self, X: Any, y: Any) -> float:
+        Without ``y``, ``X`` holds the inputs followed by the targets (the
+        layout of ``dask-em predict --what score`` on a table of both).
+        """
+        self._check_fitted("coef_")
+        if y is None:
+            width = self.n_features_in_ + self.n_targets_
+            rows = X if isinstance(X, str) else X if isinstance(X, da.Array) else np.asarray(X)
+            if isinstance(X, str) or np.ndim(rows) != 2 or np.shape(rows)[1] != width:
+                raise InvalidDataError(
+                    f"the log-likelihood needs the targets: give y, or rows of {self.n_features_in_} inputs "
+                    f"followed by {self.n_targets_} target(s) ({width} columns); got shape {np.shape(rows)}"
+                )
+        else:
+            rows = _rows(X, y)
+        return map_rows(rows, self._model(self.n_targets_).score_samples_block, self._params(), n_columns=None)
+
+    def score(self, X: Any, y: Any = None) -> float:
         """Mean log-likelihood per row (see the class notes)."""
         values = self.score_samples(X, y)
         return float(values.mean().compute() if hasattr(values, "compute") else values.mean())
 
-    def bic(self, X: Any, y: Any) -> float:
+    def bic(self, X: Any, y: Any = None) -> float:
         """Bayesian information criterion on ``(X, y)`` (lower is better)."""
         values = self.score_samples(X, y)
         total = float(values.sum().compute() if hasattr(values, "compute") else values.sum())

@@ -35,7 +35,6 @@ With ``u = x - c`` and ``v = y - r``, and responsibilities ``r_ik``:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -60,7 +59,6 @@ GATINGS = ("gaussian", "constant")
 INITS = ("kmeans", "random")
 
 _EPS10 = 10 * np.finfo(np.float64).eps
-_LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass(frozen=True)

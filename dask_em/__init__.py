@@ -12,6 +12,7 @@ _LAZY = {
     "expected_stats": "engine",
     "fit_em": "engine",
     "GaussianMixture": "estimators.gmm",
+    "DiscreteBayesianNetwork": "estimators.bayesnet",
     "CategoricalHMM": "estimators.hmm",
     "GaussianHMM": "estimators.hmm",
     "PoissonHMM": "estimators.hmm",
@@ -39,6 +40,7 @@ _LAZY = {
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .engine import EMResult, IterationInfo, expected_stats, fit_em
     from .estimators.gmm import GaussianMixture
+    from .estimators.bayesnet import DiscreteBayesianNetwork
     from .estimators.hmm import CategoricalHMM, GaussianHMM, PoissonHMM
     from .estimators.kmeans import KMeans
     from .estimators.missing import MultivariateNormal
@@ -95,6 +97,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CategoricalHMM",
+    "DiscreteBayesianNetwork",
     "FactorAnalysis",
     "PPCA",
     "RandomEffects",

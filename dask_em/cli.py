@@ -41,6 +41,7 @@ MODELS: dict[str, tuple[str, str | None]] = {
     "student-t-mixture": ("StudentTMixture", "n_components"),
     "experts": ("MixtureOfExperts", "n_components"),
     "linear-regressions": ("MixtureOfLinearRegressions", "n_components"),
+    "bayesnet": ("DiscreteBayesianNetwork", None),
 }
 
 
@@ -188,6 +189,8 @@ def read_input(spec: str, *, columns: str | None = None, chunk_rows: int | None 
             frame = dd.read_parquet(spec, columns=wanted)
     except (ValueError, KeyError) as exc:
         raise UsageError(f"cannot read {spec!r}: {exc}") from exc
+    if wanted is not None:
+        frame = frame[wanted]  # the order asked for (read_csv keeps the file's order)
     numeric = frame.select_dtypes(include="number")
     if wanted is None:
         frame = numeric
@@ -443,9 +446,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
     X = read_input(args.input, columns=args.columns)
     try:
         estimator = cls(**kwargs)
+        # Estimators whose hyper-parameters need more than a constructor check (a network's edges).
+        if hasattr(estimator, "validate_params"):
+            estimator.validate_params()
     except (TypeError, ValueError) as exc:
         raise UsageError(f"invalid parameters for {cls.__name__}: {exc}") from exc
     fit_kwargs: dict[str, Any] = {}
+    import inspect
+
+    if args.columns and "columns" in inspect.signature(estimator.fit).parameters:
+        fit_kwargs["columns"] = [c.strip() for c in args.columns.split(",")]  # names, for models that need them
     if args.checkpoint:
         fit_kwargs.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
         # Recorded in the snapshots, so `dask-em resume CHECKPOINT` finds the data again.

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -575,6 +576,26 @@ img { max-width: 100%; height: auto; border: 1px solid #eee; }
 """
 
 
+def _cpd_tables(est: Any) -> str:
+    """A Bayesian network's conditional probability tables: one row per state, one column per parent state."""
+    cpds, parents, cards = (getattr(est, k, None) for k in ("cpds_", "parents_", "cardinalities_"))
+    if not (isinstance(cpds, dict) and isinstance(parents, dict) and isinstance(cards, dict)):
+        return ""
+    esc = html.escape
+    out = ["<h3>Conditional probability tables</h3>"]
+    for name, table in cpds.items():
+        pa = parents.get(name, [])
+        configs = list(itertools.product(*(range(cards[p]) for p in pa)))  # the last parent varies fastest
+        head = "".join(f"<th>{esc(', '.join(f'{p}={s}' for p, s in zip(pa, c))) or 'P'}</th>" for c in configs)
+        body = "".join(
+            f"<tr><th>{esc(name)}={i}</th>" + "".join(f"<td>{v:.4g}</td>" for v in row) + "</tr>"
+            for i, row in enumerate(np.asarray(table))
+        )
+        given = f" | {', '.join(pa)}" if pa else ""
+        out.append(f"<p>P({esc(name)}{esc(given)})</p><table><tr><th></th>{head}</tr>{body}</table>")
+    return "".join(out)
+
+
 def _html(est: Any, title: str, images: list[tuple[str, str, str]], notes: list[str]) -> str:
     """The page: summary, pictures (src, caption, alt) and tables of parameters."""
     esc = html.escape
@@ -602,6 +623,7 @@ def _html(est: Any, title: str, images: list[tuple[str, str, str]], notes: list[
         for src, caption, alt in images
     )
     note_html = "".join(f"<p><em>{esc(n)}</em></p>" for n in notes)
+    figures += _cpd_tables(est)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

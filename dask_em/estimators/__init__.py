@@ -1,6 +1,7 @@
 """scikit-learn style estimators wrapping the pure models."""
 
 from ._base import EMEstimator
+from .bayesnet import DiscreteBayesianNetwork
 from .gmm import GaussianMixture
 from .hmm import CategoricalHMM, GaussianHMM, PoissonHMM
 from .kmeans import KMeans, kmeans_centers
@@ -14,6 +15,7 @@ __all__ = [
     "BernoulliMixture",
     "CategoricalHMM",
     "CategoricalMixture",
+    "DiscreteBayesianNetwork",
     "EMEstimator",
     "FactorAnalysis",
     "PPCA",

@@ -24,6 +24,7 @@ import functools
 import math
 from typing import Any
 
+import numba
 import numpy as np
 
 from .base import Stats
@@ -119,8 +120,7 @@ class BayesianNetworkModel:
         (n_values,): the expected number of rows in each cell of each CPD,
         flattened like the parameters.
         """
-        codes, n_bad = self._codes(block)
-        patterns, counts, _ = self._patterns(codes, inverse=False)
+        patterns, counts, _, n_bad = self._block_patterns(block, inverse=False)
         tables = self.split(params.values)
         compiled = _compile(self)
         log_z = np.empty(len(patterns))
@@ -135,7 +135,7 @@ class BayesianNetworkModel:
             for v in range(len(self.variables)):
                 family[v] += compiled.evaluate(compiled.families[v], tables, evidence, weight)
         return {
-            "n": np.array(float(len(codes))),
+            "n": np.array(float(counts.sum())),
             "loglik": np.array(float(counts @ log_z)),
             "counts": np.concatenate([f.ravel() for f in family]),
             "n_invalid": np.array(n_bad),
@@ -186,8 +186,7 @@ class BayesianNetworkModel:
     # -- per-row outputs ---------------------------------------------------------
     def score_samples_block(self, block: Any, params: BayesNetParams) -> np.ndarray:
         """Log-probability of each row's observed values, shape (n,)."""
-        codes = self._checked(block)
-        patterns, _, inverse = self._patterns(codes, inverse=True)
+        patterns, inverse = self._checked_patterns(block)
         tables, compiled = self.split(params.values), _compile(self)
         out = np.empty(len(patterns))
         for lo in range(0, len(patterns), _PATTERN_BATCH):
@@ -197,8 +196,7 @@ class BayesianNetworkModel:
 
     def predict_proba_block(self, block: Any, params: BayesNetParams, variable: int) -> np.ndarray:
         """Posterior of ``variable`` given each row's observed values, shape (n, card[variable])."""
-        codes = self._checked(block)
-        patterns, _, inverse = self._patterns(codes, inverse=True)
+        patterns, inverse = self._checked_patterns(block)
         tables, compiled = self.split(params.values), _compile(self)
         out = np.empty((len(patterns), self.cardinalities[variable]))
         for lo in range(0, len(patterns), _PATTERN_BATCH):
@@ -237,27 +235,56 @@ class BayesianNetworkModel:
         codes = np.where(missing | bad, cards, X).astype(np.int64)
         return codes, int(bad.sum())
 
-    def _checked(self, block: Any) -> np.ndarray:
+    def _checked_patterns(self, block: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct patterns of a block and each row's pattern; raises for invalid values."""
         from ..errors import InvalidDataError
 
-        codes, n_bad = self._codes(block)
+        patterns, _, inverse, n_bad = self._block_patterns(block, inverse=True)
         if n_bad:
             raise InvalidDataError(self.describe_invalid(n_bad))
-        return codes
+        assert inverse is not None
+        return patterns, inverse
+
+    def _radix(self) -> tuple[list[int], int]:
+        radix = [self.cardinalities[v] + 1 for v in self.columns]  # +1: the missing code
+        return radix, math.prod(radix)
+
+    def _block_patterns(self, block: Any, inverse: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+        """Distinct observed patterns of a block, their counts, each row's pattern if asked, and the invalid count.
+
+        When the patterns' integer keys fit in 62 bits, one compiled pass over
+        the block computes the keys and counts invalid values (no per-value
+        temporaries); otherwise the rows of codes are sorted.
+        """
+        radix, slots = self._radix()
+        X = np.asarray(block)
+        if slots >= 2**62 or X.ndim != 2 or X.shape[1] != len(self.columns) or X.shape[1] == 0:
+            codes, n_bad = self._codes(X)
+            patterns, counts, index = self._patterns(codes, inverse)
+            return patterns, counts, index, n_bad
+        weights = np.cumprod([1, *radix[:0:-1]])[::-1].astype(np.int64)  # first column most significant
+        missing = np.nan if self.missing_code is None else float(self.missing_code)
+        keys, n_bad = _pattern_keys(np.asarray(X, dtype=np.float64), np.asarray(radix, np.int64) - 1,
+                                    weights, missing)
+        patterns, counts, index = self._unique_keys(keys, radix, weights, slots, inverse)
+        return patterns, counts, index, int(n_bad)
 
     def _patterns(self, codes: np.ndarray, inverse: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Distinct rows of ``codes`` (sorted by key), their counts, and each row's pattern if asked."""
-        radix = [self.cardinalities[v] + 1 for v in self.columns]  # +1: the missing code
-        slots = math.prod(radix)
+        radix, slots = self._radix()
         if codes.shape[1] == 0:
             return codes[:1], np.array([float(len(codes))]), np.zeros(len(codes), dtype=np.int64)
         if slots >= 2**62:  # keys would overflow: sort the rows themselves
             rows, index, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
             return rows, counts.astype(np.float64), index.ravel() if inverse else None
         weights = np.cumprod([1, *radix[:0:-1]])[::-1].astype(np.int64)  # first column most significant
-        keys = codes @ weights
+        return self._unique_keys(codes @ weights, radix, weights, slots, inverse)
+
+    @staticmethod
+    def _unique_keys(keys: np.ndarray, radix: list[int], weights: np.ndarray, slots: int,
+                     inverse: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         index = None
-        if slots <= max(_BINCOUNT_SLOTS, 4 * len(codes)) and not inverse:
+        if slots <= max(_BINCOUNT_SLOTS, 4 * len(keys)) and not inverse:
             tally = np.bincount(keys, minlength=slots)
             unique = np.flatnonzero(tally)
             counts = tally[unique]
@@ -274,6 +301,31 @@ class BayesianNetworkModel:
             code = patterns[:, c]
             out.append(((code[:, None] == np.arange(card)) | (code[:, None] == card)[:, :1]).astype(np.float64))
         return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _pattern_keys(X: np.ndarray, cards: np.ndarray, weights: np.ndarray, missing: float) -> tuple[np.ndarray, int]:
+    """Integer key of each row's pattern (missing = the cardinality) and the number of invalid values.
+
+    An invalid value (not an integer state) counts as missing in the key;
+    the engine raises after the pass when the count is positive.
+    """
+    n, c = X.shape
+    keys = np.empty(n, dtype=np.int64)
+    n_bad = 0
+    for i in range(n):
+        key = 0
+        for j in range(c):
+            x = X[i, j]
+            code = cards[j]
+            if not (np.isnan(x) or x == missing):
+                if x >= 0 and x < cards[j] and x == np.floor(x):
+                    code = np.int64(x)
+                else:
+                    n_bad += 1
+            key += code * weights[j]
+        keys[i] = key
+    return keys, n_bad
 
 
 def _log(a: np.ndarray) -> np.ndarray:

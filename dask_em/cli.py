@@ -451,11 +451,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             estimator.validate_params()
     except (TypeError, ValueError) as exc:
         raise UsageError(f"invalid parameters for {cls.__name__}: {exc}") from exc
-    fit_kwargs: dict[str, Any] = {}
-    import inspect
-
-    if args.columns and "columns" in inspect.signature(estimator.fit).parameters:
-        fit_kwargs["columns"] = [c.strip() for c in args.columns.split(",")]  # names, for models that need them
+    fit_kwargs: dict[str, Any] = _column_names(estimator, args.columns)
     if args.checkpoint:
         fit_kwargs.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
         # Recorded in the snapshots, so `dask-em resume CHECKPOINT` finds the data again.
@@ -477,6 +473,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     else:
         _print_fit_text(estimator, seconds, args.output)
     return 0
+
+
+def _column_names(estimator: Any, columns: str | None) -> dict[str, Any]:
+    """``columns=`` for estimators whose ``fit`` names the variables of the columns (a Bayesian network)."""
+    import inspect
+
+    if columns and "columns" in inspect.signature(estimator.fit).parameters:
+        return {"columns": [c.strip() for c in columns.split(",")]}
+    return {}
 
 
 def _target_columns(cls: type, spec: str, targets: str, columns: str | None) -> list[int]:
@@ -561,7 +566,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         args.input, args.columns = source["input"], args.columns or source.get("columns")
     _check_exists(args.input)
     estimator._data_source = {**source, "input": args.input}
-    fit_kwargs: dict[str, Any] = {}
+    fit_kwargs: dict[str, Any] = _column_names(estimator, args.columns)
     lengths = source.get("lengths")
     if lengths:
         fit_kwargs["lengths"] = _read_lengths(lengths)

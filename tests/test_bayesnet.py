@@ -278,6 +278,14 @@ def test_command_line_fit_report_and_bad_input(client, tmp_path):
                                 "--param", 'latent={"L": 2}', "--max-iter", "5", "--random-state", "0",
                                 "--scheduler", scheduler, "-o", out, "-q")
     assert code == 0, stderr
+    # a checkpointed fit resumes from the command line with the recorded input and columns
+    checkpoint = str(tmp_path / "net-ck.zarr")
+    code, _, stderr = call("fit", "bayesnet", csv, "--columns", "A,B,C,D", "--param", f"edges={edges}",
+                           "--param", 'latent={"L": 2}', "--max-iter", "2", "--random-state", "0",
+                           "--checkpoint", checkpoint, "--scheduler", scheduler, "-q")
+    assert code == 0, stderr
+    code, _, stderr = call("resume", checkpoint, "--max-iter", "4", "--scheduler", scheduler, "-q", "--json")
+    assert code == 0, stderr
     code, _, stderr = call("report", out, "-o", str(tmp_path / "report.html"))
     assert code == 0, stderr
     page = (tmp_path / "report.html").read_text()

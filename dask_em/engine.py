@@ -232,6 +232,38 @@ def _checked(model: EMModel, stats: Stats, params: Any = None) -> Stats:
     return stats
 
 
+def _check_resumed_params(model: EMModel, blocks: Blocks, params: Any, checkpoint: Any) -> None:
+    """Refuse, on the client, a snapshot whose parameters this model cannot use.
+
+    ``force=True`` resumes despite changed settings; a changed shape (e.g.
+    the number of components) would otherwise fail inside a worker with a
+    numpy broadcast error. One E-step on the first block tells.
+    """
+    block = blocks.compute(blocks.parts[0])[0]
+    problem = None
+    try:
+        with np.errstate(all="ignore"):
+            stats = model.e_step(block, params)
+        model.m_step(_checked_shapes(stats), params)
+    except (ValueError, IndexError, TypeError, KeyError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem is not None:
+        from .errors import CheckpointError
+
+        raise CheckpointError(
+            f"the snapshot in {checkpoint} holds parameters this {type(model).__name__} cannot use "
+            f"({problem.splitlines()[0]}); force=True resumes despite changed data or settings, but not "
+            "a changed model shape (such as the number of components). Resume with the recorded settings "
+            "or start over with resume=False."
+        )
+
+
+def _checked_shapes(stats: Stats) -> Stats:
+    stats = dict(stats)
+    stats.pop("n_invalid", None)
+    return stats
+
+
 def _check_picklable(model: EMModel, params: Any) -> None:
     """Fail with a clear message if the model or parameters cannot travel to the workers.
 
@@ -347,6 +379,10 @@ def fit_em(
         raise ValueError(f"tol_on must be 'mean' or 'total', got {tol_on!r}")
     if max_iter < 0:
         raise ValueError(f"max_iter must be non-negative, got {max_iter}")
+    if not isinstance(checkpoint_every, (int, np.integer)) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
+        raise ValueError(
+            f"checkpoint_every must be an integer >= 1 (a snapshot every that many iterations), got {checkpoint_every!r}"
+        )
     with get_client(client, scheduler, verbose=verbose) as active:
         blocks = prepare_blocks(data, active)
         rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
@@ -373,6 +409,8 @@ def fit_em(
                 monitor.history = list(state.history)
                 monitor.stopped = bool(state.converged) and stop is not None
                 resumed_from = monitor.iter
+                if force:
+                    _check_resumed_params(model, blocks, params, checkpoint)
                 message = f"resumed from {checkpoint} at iteration {resumed_from}" + (
                     " (the fit had finished)" if monitor.done else ""
                 )

@@ -261,6 +261,16 @@ class _BaseHMM(EMEstimator):
         self.init_logliks_ = logliks
         return result.params.members[int(np.argmax(logliks))]
 
+    def _check_hyperparameters(self) -> None:
+        """Refuse numbers no fit can use, naming them (as the mixtures do)."""
+        for name, minimum in (("n_components", 1), ("n_init", 1), ("max_iter", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        tol = self.tol
+        if not (isinstance(tol, (int, float, np.floating)) and not isinstance(tol, bool) and tol >= 0):
+            raise ValueError(f"tol must be a non-negative number, got {tol!r}")
+
     # -- fit -----------------------------------------------------------------
     def fit(
         self,
@@ -295,6 +305,7 @@ class _BaseHMM(EMEstimator):
         -------
         self
         """
+        self._check_hyperparameters()
         max_iter = self._max_iter
         with get_client(client, verbose=self.verbose) as active:
             blocks = sequence_blocks(
@@ -658,6 +669,9 @@ class GaussianHMM(_BaseHMM):
     def _emission_init(self, model: Any, sample: np.ndarray, rng: np.random.Generator, blocks: SequenceBlocks, client: Any, run: int) -> dict[str, np.ndarray]:
         K = self.n_components
         X = np.asarray(sample, dtype=np.float64)
+        # Rows with NaN or inf are left out of the initial values; the first
+        # pass counts them and raises the HMM's own message (not k-means').
+        X = X[np.isfinite(X).all(axis=1)]
         out: dict[str, np.ndarray] = {}
         if self.means_init is None and "means" in self._names(self.init_params, "init_params"):
             means = None
@@ -669,7 +683,7 @@ class GaussianHMM(_BaseHMM):
                         blocks.values_blocks(), K, init="k-means++", max_iter=20, rng=rng, client=client,
                         split_every=self.split_every,
                     )
-                except ImportError:  # pragma: no cover - k-means not available
+                except (ImportError, InvalidDataError):  # k-means unavailable, or NaN in the data
                     means = None
             out["means"] = means if means is not None else _kmeans_sample(X, K, rng)
         if self.covars_init is None and "covars" in self._names(self.init_params, "init_params"):

@@ -99,12 +99,24 @@ def _moments_block(block: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     return n, mean, np.einsum("ij,ij->j", dev, dev)
 
 
+def _finite(block: np.ndarray) -> np.ndarray:
+    """``block``, refused when it holds NaN or inf (they would get a label and a nan inertia)."""
+    n_invalid = int(np.count_nonzero(~np.isfinite(block)))
+    if n_invalid:
+        raise _invalid_error(n_invalid)
+    return block
+
+
 def _labels(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    return nearest_center(block, centers)[0]
+    return nearest_center(_finite(block), centers)[0]
 
 
 def _min_sq_dist(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    return nearest_center(block, centers)[1]
+    return nearest_center(_finite(block), centers)[1]
+
+
+def _distances(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    return center_distances(_finite(block), centers)
 
 
 # ---------------------------------------------------------------------------
@@ -654,7 +666,7 @@ class KMeans(EMEstimator):
         ndarray or dask.array.Array of shape (n_samples, n_clusters)
         """
         self._check_input(X)
-        return map_rows(X, center_distances, self.cluster_centers_, n_columns=self.n_clusters)
+        return map_rows(X, _distances, self.cluster_centers_, n_columns=self.n_clusters)
 
     def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
         """Fit, then return ``transform(X)``."""

@@ -26,23 +26,42 @@ from typing import Any
 
 PROG = "dask-em"
 
-#: Short model names of ``dask-em fit``: (class in dask_em, name of its size parameter).
-MODELS: dict[str, tuple[str, str | None]] = {
-    "gmm": ("GaussianMixture", "n_components"),
-    "kmeans": ("KMeans", "n_clusters"),
-    "hmm": ("GaussianHMM", "n_components"),
-    "categorical-hmm": ("CategoricalHMM", "n_components"),
-    "poisson-hmm": ("PoissonHMM", "n_components"),
-    "mvn": ("MultivariateNormal", None),
-    "poisson-mixture": ("PoissonMixture", "n_components"),
-    "bernoulli-mixture": ("BernoulliMixture", "n_components"),
-    "categorical-mixture": ("CategoricalMixture", "n_components"),
-    "exponential-mixture": ("ExponentialMixture", "n_components"),
-    "student-t-mixture": ("StudentTMixture", "n_components"),
-    "experts": ("MixtureOfExperts", "n_components"),
-    "linear-regressions": ("MixtureOfLinearRegressions", "n_components"),
-    "bayesnet": ("DiscreteBayesianNetwork", None),
+#: Short names of common models; every other estimator class of dask_em is
+#: also reachable by its class name in kebab case (``poisson-mixture``).
+ALIASES: dict[str, str] = {
+    "gmm": "GaussianMixture",
+    "kmeans": "KMeans",
+    "hmm": "GaussianHMM",
+    "mvn": "MultivariateNormal",
+    "experts": "MixtureOfExperts",
+    "linear-regressions": "MixtureOfLinearRegressions",
+    "bayesnet": "DiscreteBayesianNetwork",
 }
+
+
+def _kebab(name: str) -> str:
+    import re
+
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", name).lower()
+
+
+def _models() -> dict[str, tuple[str, str | None]]:
+    """Model names of ``dask-em fit``, from the estimator classes dask_em exports (nothing else).
+
+    Read from the package's table of public names, so nothing is imported;
+    the size parameter is found from the class when it is used.
+    """
+    from dask_em import _LAZY
+
+    # RandomEffects needs a response and groups, which `dask-em fit` cannot give.
+    classes = [n for n, module in _LAZY.items() if module.startswith("estimators.") and n != "RandomEffects"]
+    models = {alias: (cls, None) for alias, cls in ALIASES.items() if cls in classes}
+    models.update((_kebab(cls), (cls, None)) for cls in classes if cls not in ALIASES.values())
+    return models
+
+
+#: Model names of ``dask-em fit``: (class in dask_em, name of its size parameter or None to look it up).
+MODELS: dict[str, tuple[str, str | None]] = _models()
 
 
 class UsageError(Exception):
@@ -169,6 +188,8 @@ def read_input(spec: str, *, columns: str | None = None, chunk_rows: int | None 
         shape, dtype = header.shape, header.dtype
         if len(shape) != 2:
             raise UsageError(f"{spec!r} holds an array of shape {shape}; expected (n_samples, n_features)")
+        if 0 in shape:
+            raise UsageError(f"{spec!r} holds an empty array of shape {shape}; expected rows and columns of data")
         rows = chunk_rows or max(1024, (16 * 2**20) // max(shape[1] * dtype.itemsize, 1))
         parts = [
             da.from_delayed(
@@ -184,14 +205,22 @@ def read_input(spec: str, *, columns: str | None = None, chunk_rows: int | None 
     wanted = [c.strip() for c in columns.split(",")] if columns else None
     try:
         if kind == "csv":
-            frame = dd.read_csv(spec, usecols=wanted, sep="\t" if spec.lower().endswith(".tsv") else ",")
+            frame = dd.read_csv(spec, sep="\t" if spec.lower().endswith(".tsv") else ",")
         else:
-            frame = dd.read_parquet(spec, columns=wanted)
+            frame = dd.read_parquet(spec)
     except (ValueError, KeyError) as exc:
-        raise UsageError(f"cannot read {spec!r}: {exc}") from exc
+        cause = exc.__cause__ or exc  # dask wraps pandas' parser error, which names the line
+        raise UsageError(f"cannot read {spec!r}: {str(cause).strip().splitlines()[0]}") from exc
     if wanted is not None:
+        unknown = [c for c in wanted if c not in frame.columns]
+        if unknown:
+            raise UsageError(
+                f"--columns: {spec!r} has no column {unknown[0]!r}; its columns are {', '.join(map(str, frame.columns))}"
+            )
         frame = frame[wanted]  # the order asked for (read_csv keeps the file's order)
     numeric = frame.select_dtypes(include="number")
+    if kind == "csv":
+        _check_text_in_numbers(frame, numeric, spec)
     if wanted is None:
         frame = numeric
     elif len(numeric.columns) != len(frame.columns):
@@ -202,6 +231,29 @@ def read_input(spec: str, *, columns: str | None = None, chunk_rows: int | None 
     # Row counts per partition make the chunks known (Parquet metadata or a
     # count of rows; the values are not parsed into memory together).
     return frame.to_dask_array(lengths=True).astype(np.float64)
+
+
+def _check_text_in_numbers(frame: Any, numeric: Any, spec: str) -> None:
+    """Exit 2 naming the value when a mostly numeric CSV column holds text (a bad row).
+
+    Pandas would read such a column as text and it would be dropped
+    silently. Only the rows dask read to infer the types are looked at.
+    """
+    import pandas as pd
+
+    text_columns = [c for c in frame.columns if c not in numeric.columns]
+    if not text_columns:
+        return
+    head = frame[text_columns].head(1000, npartitions=1, compute=True)
+    for column in text_columns:
+        values = head[column].dropna()
+        as_numbers = pd.to_numeric(values, errors="coerce")
+        bad = values[as_numbers.isna()]
+        if len(bad) and as_numbers.notna().sum() > len(bad):
+            raise UsageError(
+                f"{spec!r}: column {column!r} holds {str(bad.iloc[0])!r} in data row {int(bad.index[0]) + 1} "
+                "where numbers are expected; fix that row or leave the column out with --columns"
+            )
 
 
 def _as_dask_array(spec: str) -> Any:
@@ -232,12 +284,99 @@ def _estimator_class(name: str) -> tuple[type, str | None]:
                 f"{dask_em.__version__}"
             )
         raise UsageError(f"unknown model {name!r}; choose one of {', '.join(MODELS)} or a class name of dask_em")
-    if size is None and class_name == name:
+    if size is None:
         import inspect
 
         params = inspect.signature(cls.__init__).parameters
         size = next((p for p in ("n_components", "n_clusters") if p in params), None)
     return cls, size
+
+
+#: Command-line options that must be at least a minimum: (attribute, option, minimum, integer).
+_BOUNDS = (
+    ("n_components", "-k/--n-components", 1, True),
+    ("max_iter", "--max-iter", 0, True),
+    ("n_init", "--n-init", 1, True),
+    ("checkpoint_every", "--checkpoint-every", 1, True),
+    ("tol", "--tol", 0, False),
+    ("reg_covar", "--reg-covar", 0, False),
+    ("n_samples", "--n-samples", 1, True),
+    ("n_features", "--n-features", 1, True),
+    ("chunk_rows", "--chunk-rows", 1, True),
+)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Exit 2 at once, naming the option and its value, for numbers no fit can use."""
+    for attribute, option, minimum, _ in _BOUNDS:
+        value = getattr(args, attribute, None)
+        if isinstance(value, (int, float)) and not (value >= minimum):  # also catches NaN
+            kind = "an integer" if isinstance(value, int) else "a number"
+            raise UsageError(f"{option} must be {kind} >= {minimum}, got {value}")
+
+
+def _check_estimator(estimator: Any, n_samples: int | None, size: str | None) -> None:
+    """The estimator's own checks of its hyper-parameters, and K against the rows, before any pass."""
+    for hook in ("_check_parameters", "_validate", "_check_hyperparameters"):
+        check = getattr(estimator, hook, None)
+        if check is not None:
+            try:
+                check()
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"invalid parameters for {type(estimator).__name__}: {exc}") from exc
+    if n_samples is None:
+        return
+    k = getattr(estimator, size, None) if size else None
+    if n_samples < 2:
+        raise UsageError(f"the input has {n_samples} row(s); a fit needs at least 2")
+    if isinstance(k, int) and k > n_samples:
+        raise UsageError(f"-k {k} is more than the {n_samples} rows of the input; choose K <= {n_samples}")
+
+
+def _n_rows(X: Any) -> int | None:
+    """Rows of a command-line input (lazy Dask array or Zarr path), without reading its values."""
+    shape = getattr(X, "shape", None)
+    if shape is None and isinstance(X, str):
+        import zarr
+
+        try:
+            node = zarr.open(_local(X), mode="r")
+            shape = node.shape if isinstance(node, zarr.Array) else dict(node.arrays())["X"].shape
+        except Exception:  # a sequence store or unreadable: the fit reads it and says what is wrong
+            return None
+    if shape is None or not shape or not isinstance(shape[0], (int,)) and not hasattr(shape[0], "__index__"):
+        return None
+    return int(shape[0])
+
+
+def _check_output(output: str | None, overwrite: bool) -> None:
+    """Exit 2 before the fit when a local ``--output`` exists or cannot be written."""
+    if not output or _is_url(output):
+        return
+    path = os.path.abspath(_local(output))
+    if os.path.exists(path) and not overwrite:
+        raise UsageError(f"output {output!r} already exists; pass --overwrite to replace it")
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise UsageError(f"cannot write output {output!r}: {parent!r} is not an existing directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write output {output!r}: directory {parent!r} is not writable")
+
+
+def _check_address(address: str | None) -> None:
+    """Exit 2 at once for a scheduler address that cannot be one (no 60 s wait for a connection)."""
+    if not address:
+        return
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme in ("tcp", "tls"):
+            parse_host_port(location)
+    except ValueError as exc:
+        raise UsageError(
+            f"--scheduler {address!r} is not a scheduler address ({exc}); give one such as tcp://10.0.0.5:8786"
+        ) from None
 
 
 def _parse_value(text: str) -> Any:
@@ -291,6 +430,7 @@ class _Session:
         from .cluster import SCHEDULER_ENV, get_client
 
         address = getattr(self.args, "scheduler", None) or os.environ.get(SCHEDULER_ENV)
+        _check_address(address)
         quiet = getattr(self.args, "quiet", False)
         tls = [getattr(self.args, name, None) for name in ("tls_ca_file", "tls_cert", "tls_key")]
         if any(tls) and not (tls[0] and tls[1]):
@@ -380,7 +520,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise NotAvailableError("the demo needs dask_em.GaussianMixture, which is not in this installation")
     from .datasets import make_blobs_zarr
 
+    _check_options(args)
+    _check_address(args.scheduler)
     n, d, k = args.n_samples, args.n_features, args.n_components
+    if k > n:
+        raise UsageError(f"--n-components {k} is more than --n-samples {n}")
     chunk_rows = args.chunk_rows or max(1, -(-n // 8))
     with tempfile.TemporaryDirectory(prefix="dask-em-demo-") as tmp, _Session(args) as client:
         path = args.path or os.path.join(tmp, "blobs.zarr")
@@ -438,11 +582,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a model to INPUT and save it."""
+    _check_options(args)
+    _check_address(args.scheduler)
     _check_exists(args.input)
     cls, size = _estimator_class(args.model)
     kwargs = _estimator_kwargs(cls, size, args)
-    if args.output and not args.overwrite and not _is_url(args.output) and os.path.exists(_local(args.output)):
-        raise UsageError(f"output {args.output!r} already exists; pass --overwrite to replace it")
+    _check_output(args.output, args.overwrite)
     X = read_input(args.input, columns=args.columns)
     try:
         estimator = cls(**kwargs)
@@ -451,9 +596,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
             estimator.validate_params()
     except (TypeError, ValueError) as exc:
         raise UsageError(f"invalid parameters for {cls.__name__}: {exc}") from exc
+    _check_estimator(estimator, _n_rows(X) if not args.lengths else None, size)
     fit_kwargs: dict[str, Any] = _column_names(estimator, args.columns)
     if args.checkpoint:
-        fit_kwargs.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
+        # Absolute: snapshots are written and found again from this process's directory.
+        checkpoint = args.checkpoint if _is_url(args.checkpoint) else os.path.abspath(_local(args.checkpoint))
+        fit_kwargs.update(checkpoint=checkpoint, checkpoint_every=args.checkpoint_every)
         # Recorded in the snapshots, so `dask-em resume CHECKPOINT` finds the data again.
         estimator._data_source = {"input": args.input, "columns": args.columns, "lengths": args.lengths}
     if args.lengths:
@@ -538,6 +686,9 @@ def _estimator_from_record(record: dict[str, Any]) -> Any:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue a fit from its checkpoint."""
+    _check_options(args)
+    _check_address(args.scheduler)
+    _check_output(args.output, args.overwrite)
     _check_exists(args.checkpoint, "checkpoint")
     io = _require("io", "resuming")
     record = None
@@ -593,9 +744,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Write per-row predictions of a saved model to Zarr, out of core."""
     import dask.array as da
 
+    _check_address(args.scheduler)
+    _check_output(args.output, args.overwrite)
     estimator = _load_model(args.model)
-    if args.output and not args.overwrite and not _is_url(args.output) and os.path.exists(_local(args.output)):
-        raise UsageError(f"output {args.output!r} already exists; pass --overwrite to replace it")
+    # Workers write the chunks: a relative path would land in their own directory.
+    output = args.output if _is_url(args.output) else os.path.abspath(_local(args.output))
     # An HMM reads its Zarr sequence store (values + lengths) itself, partition by partition.
     sequences = hasattr(estimator, "transmat_")
     if sequences:
@@ -607,6 +760,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not hasattr(estimator, method):
         raise UsageError(f"{type(estimator).__name__} has no {method}; choose another --what")
     with _Session(args) as client:
+        from .data import check_visible_to_workers
+
+        if isinstance(X, str):
+            check_visible_to_workers(X, client)
+        check_visible_to_workers(os.path.dirname(output), client)
         X = _as_dask_array(X) if isinstance(X, str) and not sequences else X
         out = getattr(estimator, method)(X)
         if not isinstance(out, da.Array):
@@ -614,7 +772,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if len(set(out.chunks[0][:-1])) > 1:  # Zarr needs regular chunks
             out = out.rechunk({0: max(out.chunks[0])})
         start = time.perf_counter()
-        stored = da.to_zarr(out, args.output, overwrite=args.overwrite, compute=False)
+        stored = da.to_zarr(out, output, overwrite=args.overwrite, compute=False)
         client.compute(stored).result()
         seconds = time.perf_counter() - start
     result = {"output": args.output, "what": args.what, "shape": list(out.shape), "dtype": str(out.dtype),
@@ -721,9 +879,17 @@ def _print_tree(value: Any, indent: int = 0) -> None:
 def cmd_select(args: argparse.Namespace) -> int:
     """Fit a grid of mixtures in shared passes and rank them by BIC."""
     select = _require("select", "model selection")
-    X = read_input(args.input, columns=args.columns)
+    _check_options(args)
+    _check_address(args.scheduler)
+    _check_output(args.output, args.overwrite)
     components = _parse_int_list(args.n_components, "--n-components")
     types = [t.strip() for t in args.covariance_type.split(",") if t.strip()]
+    unknown = [t for t in types if t not in ("full", "tied", "diag", "spherical")]
+    if unknown or not types:
+        raise UsageError(
+            f"--covariance-type takes full, tied, diag or spherical (comma-separated), got {args.covariance_type!r}"
+        )
+    X = read_input(args.input, columns=args.columns)
     with _Session(args) as client:
         result = select.select(
             X, n_components=components, covariance_types=types, n_init=args.n_init, max_iter=args.max_iter,

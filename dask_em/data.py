@@ -6,6 +6,7 @@ Accepted: numpy arrays, Dask arrays, Zarr arrays, and Zarr paths or URLs
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +27,85 @@ BLOCK_MEMORY_FRACTION = 0.25
 TARGET_BLOCK_BYTES = 16 * 2**20
 
 
+def is_local_path(source: Any) -> bool:
+    """Whether ``source`` names a file on this machine (a path or a ``file://`` URL)."""
+    text = str(source)
+    return "://" not in text or text.startswith("file://")
+
+
+def absolute_path(source: Any) -> str:
+    """``source`` with a local path made absolute; URLs unchanged.
+
+    Graphs carry paths to workers, whose working directory is their own: a
+    relative path there names another (often missing) store.
+    """
+    text = str(source)
+    if not is_local_path(text):
+        return text
+    local = text[len("file://") :] if text.startswith("file://") else text
+    return os.path.abspath(os.path.expanduser(local))
+
+
+def check_chunks_present(array: Any, source: str) -> None:
+    """Refuse a Zarr array some of whose chunks are missing from its store.
+
+    Zarr reads a missing chunk as its fill value, so a deleted chunk file
+    (or a store the reader cannot fully see) would enter a fit as zeros.
+    One listing of the store on the client tells; nothing is read.
+    """
+    n_chunks, present = int(array.nchunks), int(array.nchunks_initialized)
+    if present >= n_chunks:
+        return
+    import itertools
+
+    from zarr.core.sync import collect_aiterator, sync
+
+    prefix = f"{array.path}/" if array.path else ""
+    keys = set(sync(collect_aiterator(array.store.list_prefix(prefix))))
+    missing = next(
+        (
+            key
+            for coords in itertools.product(*(range(n) for n in array.cdata_shape))
+            if (key := prefix + array.metadata.encode_chunk_key(coords)) not in keys
+        ),
+        None,
+    )
+    named = f"chunk {missing!r} is" if missing else f"{n_chunks - present} chunks are"
+    raise InvalidDataError(
+        f"{source!r}: {named} missing from the store ({present} of {n_chunks} chunks present); Zarr "
+        "would read it as the fill value, so the data would be silently wrong. Restore the store, or "
+        "if the chunk is truly all fill value, rewrite the array with zarr's write_empty_chunks=True."
+    )
+
+
+def check_visible_to_workers(source: Any, client: Any) -> None:
+    """Refuse a local path that some worker of ``client`` cannot see.
+
+    A worker on another machine (or in a container) reads a missing local
+    Zarr store as fill values; better to say so before any pass.
+    """
+    if client is None or not is_local_path(source):
+        return
+    path = absolute_path(source)
+    seen = client.run(os.path.exists, path)
+    blind = sorted(address for address, exists in seen.items() if not exists)
+    if blind:
+        raise InvalidDataError(
+            f"the Dask workers {', '.join(blind)} cannot see {path!r}, which exists here; put the data "
+            "where every worker can read it under the same path (a shared file system) or give an "
+            "object store URL (s3://, gs://, ...)"
+        )
+
+
 def open_zarr_array(source: str, component: str | None = None) -> da.Array:
-    """Open a Zarr array (or the only array of a Zarr group) as a Dask array."""
+    """Open a Zarr array (or the only array of a Zarr group) as a Dask array.
+
+    A local path is made absolute and every chunk must be in the store
+    (see :func:`check_chunks_present`).
+    """
     import zarr
 
+    source = absolute_path(source)
     try:
         node = zarr.open(source, mode="r", path=component) if component else zarr.open(source, mode="r")
     except Exception as exc:  # zarr raises several types for a missing store
@@ -43,6 +119,7 @@ def open_zarr_array(source: str, component: str | None = None) -> da.Array:
                 "(e.g. 'path/to/store.zarr' with component='X')"
             )
         node = arrays[name]
+    check_chunks_present(node, source)
     return da.from_zarr(node)
 
 
@@ -72,6 +149,7 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None, client: Any = None) 
             import zarr
 
             if isinstance(X, zarr.Array):
+                check_chunks_present(X, str(X.store))
                 X = da.from_zarr(X)
         except ImportError:  # pragma: no cover - zarr is a dependency
             pass
@@ -137,6 +215,16 @@ class Blocks:
     array: da.Array | None = None
     fingerprint: dict[str, Any] = field(default_factory=dict)
     client: Any = None
+
+    def refill(self, fresh: Blocks) -> Blocks:
+        """These blocks holding the parts of ``fresh`` (the same data, scattered again); returns self.
+
+        In place, so every holder of these blocks (an estimator's restarts,
+        its initialisation) sees the new parts after a worker was lost.
+        """
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(fresh, name))
+        return self
 
     def compute(self, *collections: Any) -> tuple[Any, ...]:
         """Compute Dask collections on the blocks' client."""

@@ -18,7 +18,7 @@ import dask
 import numpy as np
 
 from .cluster import get_client
-from .data import Blocks, array_blocks, as_dask_array
+from .data import Blocks, array_blocks, as_dask_array, check_visible_to_workers
 from .errors import ConvergenceWarning, DaskEMError, InvalidDataError, LostDataError, SchedulerLostError
 from .models.base import EMModel, Stats
 from .monitor import ConvergenceMonitor
@@ -286,7 +286,23 @@ def prepare_blocks(data: Any, client: Any, persist: bool | None = None) -> Block
     """Blocks for ``data`` unless it already is :class:`Blocks`."""
     if isinstance(data, Blocks):
         return data
-    return array_blocks(as_dask_array(data, client=client), client, persist=persist)
+    if isinstance(data, str) or hasattr(data, "__fspath__"):
+        check_visible_to_workers(data, client)
+    blocks = array_blocks(as_dask_array(data, client=client), client, persist=persist)
+    if client is not None and _in_memory(data):
+        # Scattered blocks die with their worker: give the engine a way to
+        # scatter them again, in place, so callers holding ``blocks`` heal too.
+        blocks.rebuild = lambda: blocks.refill(array_blocks(as_dask_array(data, client=client), client, persist))
+    return blocks
+
+
+def _in_memory(data: Any) -> bool:
+    """Whether ``data`` is scattered from this process (no recipe to recompute it)."""
+    import dask.array as da
+
+    module = type(data).__module__
+    return not (isinstance(data, (str, da.Array)) or hasattr(data, "__fspath__") or module.startswith("zarr"))
+
 
 
 def print_progress(info: IterationInfo) -> None:

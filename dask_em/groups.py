@@ -326,7 +326,7 @@ def grouped_blocks(
         "n_random": int(n_random),
         "partition_groups": [int(g1 - g0) for g0, g1 in ranges],
     }
-    return GroupedBlocks(
+    blocks = GroupedBlocks(
         parts=parts,
         n_samples=int(n),
         array=None,
@@ -341,6 +341,12 @@ def grouped_blocks(
         random_names=["Intercept"] if Z is None else [f"z{j}" for j in range(n_random)],
         label_dtype=labels.dtype,
     )
+    if not lazy and client is not None:
+        # Scattered blocks die with their worker: the engine scatters them again.
+        blocks.rebuild = lambda: blocks.refill(
+            grouped_blocks(X, y, groups, Z, client=client, n_partitions=n_partitions, persist=persist)
+        )
+    return blocks
 
 
 def _is_dataframe(X: Any) -> bool:

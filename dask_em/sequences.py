@@ -26,7 +26,7 @@ import dask
 import numpy as np
 from dask.delayed import Delayed
 
-from .data import PERSIST_FRACTION, Blocks
+from .data import PERSIST_FRACTION, Blocks, absolute_path, check_chunks_present, check_visible_to_workers
 from .errors import InvalidDataError
 
 #: Largest partition we aim for when choosing the partition count.
@@ -283,7 +283,7 @@ class SequenceBlocks(Blocks):
         blocks = _ValueBlocks(parts=parts, n_samples=self.n_samples, array=None, fingerprint=fp, client=self.client, source=self)
         rebuild = getattr(self, "rebuild", None)
         if rebuild is not None:
-            blocks.rebuild = lambda: rebuild().values_blocks()
+            blocks.rebuild = lambda: blocks.refill(rebuild().values_blocks())
         return blocks
 
     def map_parts(self, func: Any, *args: Any) -> list[Delayed]:
@@ -428,7 +428,7 @@ def sequence_blocks(
     )
     if client is not None:
         # Scattered parts die with their worker: the engine scatters them again.
-        blocks.rebuild = lambda: sequence_blocks(values, lengths, client=client, n_partitions=n, persist=persist)
+        blocks.rebuild = lambda: blocks.refill(sequence_blocks(values, lengths, client=client, n_partitions=n, persist=persist))
     return blocks
 
 
@@ -484,6 +484,7 @@ def _zarr_blocks(source: Any, lengths: Any, client: Any, n_partitions: int | Non
             "store with dask_em.to_zarr_sequences"
         )
     values = group["values"]
+    check_chunks_present(values, str(source))
     n_samples = int(values.shape[0])
     if lengths is None:
         lengths = group["lengths"][:] if "lengths" in names else [n_samples]
@@ -498,8 +499,9 @@ def _zarr_blocks(source: Any, lengths: Any, client: Any, n_partitions: int | Non
     )
     offsets = np.r_[0, np.cumsum(lengths)]
     # a string travels in the graph; an in-memory group is passed as is
-    src = source if isinstance(source, (str, os.PathLike)) else group
-    src = str(src) if isinstance(src, os.PathLike) else src
+    src = absolute_path(source) if isinstance(source, (str, os.PathLike)) else group
+    if isinstance(src, str):
+        check_visible_to_workers(src, client)
     parts = []
     for lo, hi in plan:
         part = dask.delayed(_read_zarr_part, pure=True)(src, int(offsets[lo]), int(offsets[hi]), lengths[lo:hi])

@@ -107,7 +107,23 @@ def expected_stats(
     The model and the parameters each enter the graph once, as one key;
     the per-block results are summed in groups of ``split_every`` in block
     order, so the result is the same whichever worker runs which task.
+    In-memory blocks lost with a worker are scattered again (in place,
+    through ``blocks.rebuild``) and the pass is redone: bit-identical, the
+    E-step is pure. A worker the scheduler has not yet seen die may take
+    some again, hence a few attempts.
     """
+    for attempt in range(MAX_RESCATTER + 1):
+        try:
+            return _one_pass(model, blocks, params, client, split_every)
+        except LostDataError:
+            rebuild = getattr(blocks, "rebuild", None)
+            if rebuild is None or attempt == MAX_RESCATTER:
+                raise
+            rebuild()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _one_pass(model: EMModel, blocks: Blocks, params: Any, client: Any, split_every: int) -> Stats:
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
     model_d = dask.delayed(model, traverse=False)
@@ -444,23 +460,9 @@ def fit_em(
             from .progress import Progress
 
             callbacks = [*callbacks, Progress()]  # live line in a terminal, plain lines elsewhere
-        rescattered = 0
         while not monitor.done:
             start = time.perf_counter()
-            while True:
-                try:
-                    stats = expected_stats(model, blocks, params, active, split_every)
-                    break
-                except LostDataError:
-                    # In-memory input lives only in scattered futures: scatter it
-                    # again (Blocks may say how with a ``rebuild()`` attribute) and
-                    # redo the iteration (bit-identical, the E-step is pure). A
-                    # worker the scheduler has not yet seen die may take some again.
-                    rebuild = getattr(blocks, "rebuild", None)
-                    if (isinstance(data, Blocks) and rebuild is None) or rescattered >= MAX_RESCATTER:
-                        raise
-                    rescattered += 1
-                    blocks = rebuild() if rebuild is not None else prepare_blocks(data, active)
+            stats = expected_stats(model, blocks, params, active, split_every)
             loglik = float(stats["loglik"])
             value = loglik / float(stats["n"]) if tol_on == "mean" else loglik
             previous = monitor.history[-1] if monitor.history else -math.inf

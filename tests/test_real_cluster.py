@@ -340,3 +340,26 @@ def test_model_module_missing_on_the_cluster_is_named(tcp_cluster, tmp_path, mon
         client.upload_file(str(tmp_path / "user_linkage_model.py"))
         result = fit_em(user_linkage_model.Linkage(), data, max_iter=50, tol=1e-10, client=client)
     assert round(float(result.params.theta), 4) == 0.6268
+
+
+@pytest.mark.parametrize("name", ["GaussianMixture", "KMeans"])
+def test_estimators_on_numpy_survive_a_killed_worker(tcp_cluster, client, name):
+    """In-memory blocks lost with a SIGKILLed worker are scattered again (issue 13, item 9)."""
+    import dask_em
+
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(80_000, 4)) + 6.0 * rng.integers(0, 3, size=(80_000, 1))
+    # n_init=2: the second restart must run on the blocks rebuilt during the first.
+    params = dict(n_init=2, max_iter=12, tol=0.0, random_state=0)
+    params["n_clusters" if name == "KMeans" else "n_components"] = 3
+    cls = getattr(dask_em, name)
+    reference = cls(**params).fit(X, client=client)
+    tcp_cluster.wait_for_workers(2)
+    with tcp_cluster.client() as cluster_client:
+        thread, outcome = _fit_in_thread(lambda: cls(**params).fit(X, client=cluster_client))
+        kill_worker_in_iteration(cluster_client, iteration=3)
+        thread.join(timeout=300)
+    assert outcome and not isinstance(outcome[0], BaseException), outcome
+    for attr in ("means_", "covariances_", "weights_", "cluster_centers_", "inertia_", "n_iter_"):
+        if hasattr(reference, attr):
+            assert np.array_equal(getattr(outcome[0], attr), getattr(reference, attr)), attr

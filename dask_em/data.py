@@ -58,10 +58,10 @@ def check_chunks_present(array: Any, source: str) -> None:
         return
     import itertools
 
-    from zarr.core.sync import collect_aiterator, sync
+    from zarr.core.sync import collect_aiterator
 
     prefix = f"{array.path}/" if array.path else ""
-    keys = set(sync(collect_aiterator(array.store.list_prefix(prefix))))
+    keys = set(collect_aiterator(array.store.list_prefix(prefix)))
     missing = next(
         (
             key

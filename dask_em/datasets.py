@@ -272,8 +272,12 @@ def make_blobs_zarr(
     factors = _cholesky_factors(truth)
 
     group = zarr.open_group(str(path), mode="w" if overwrite else "w-")
-    zX = group.create_array("X", shape=(n_samples, n_features), chunks=(chunk_rows, n_features), dtype=dtype)
-    zlabels = group.create_array("labels", shape=(n_samples,), chunks=(chunk_rows,), dtype="int32") if labels else None
+    # Every chunk is written (labels of one component are all 0): a missing chunk is refused on reading.
+    every_chunk = {"write_empty_chunks": True}
+    zX = group.create_array("X", shape=(n_samples, n_features), chunks=(chunk_rows, n_features), dtype=dtype,
+                            config=every_chunk)
+    zlabels = (group.create_array("labels", shape=(n_samples,), chunks=(chunk_rows,), dtype="int32",
+                                  config=every_chunk) if labels else None)
     truth_group = group.create_group("truth")
     for name in ("weights", "means", "covariances"):
         truth_group.create_array(name, data=np.asarray(truth[name], dtype=np.float64))

@@ -611,7 +611,9 @@ def to_zarr_sequences(
     rows = chunk_rows or max(1024, (8 * 2**20) // max(D * dt.itemsize, 1))
     rows = int(min(rows, max(blocks.n_samples, 1)))
     group = zarr.open_group(str(path), mode="w" if overwrite else "w-")
-    values = group.create_array("values", shape=(blocks.n_samples, D), chunks=(rows, D), dtype=dt)
+    # Every chunk is written, even all zeros: a missing chunk is refused on reading.
+    values = group.create_array("values", shape=(blocks.n_samples, D), chunks=(rows, D), dtype=dt,
+                                config={"write_empty_chunks": True})
     group.create_array("lengths", shape=all_lengths.shape, chunks=(max(len(all_lengths), 1),), dtype=np.int64)
     group["lengths"][:] = all_lengths
     start = 0

@@ -115,6 +115,11 @@ def _local(spec: str) -> str:
     return spec[len("file://") :] if spec.startswith("file://") else spec
 
 
+def _absolute(spec: str) -> str:
+    """A local path made absolute (workers and later commands run elsewhere); URLs unchanged."""
+    return spec if _is_url(spec) else os.path.abspath(_local(spec))
+
+
 def _check_exists(spec: str, what: str = "input") -> None:
     """Exit 2 with a clear message when a local path does not exist."""
     if _is_url(spec):
@@ -600,10 +605,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     fit_kwargs: dict[str, Any] = _column_names(estimator, args.columns)
     if args.checkpoint:
         # Absolute: snapshots are written and found again from this process's directory.
-        checkpoint = args.checkpoint if _is_url(args.checkpoint) else os.path.abspath(_local(args.checkpoint))
+        checkpoint = _absolute(args.checkpoint)
         fit_kwargs.update(checkpoint=checkpoint, checkpoint_every=args.checkpoint_every)
         # Recorded in the snapshots, so `dask-em resume CHECKPOINT` finds the data again.
-        estimator._data_source = {"input": args.input, "columns": args.columns, "lengths": args.lengths}
+        estimator._data_source = {"input": _absolute(args.input), "columns": args.columns,
+                                  "lengths": _absolute(args.lengths) if args.lengths else None}
     if args.lengths:
         fit_kwargs["lengths"] = _read_lengths(args.lengths)
     if args.targets:
@@ -716,7 +722,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             )
         args.input, args.columns = source["input"], args.columns or source.get("columns")
     _check_exists(args.input)
-    estimator._data_source = {**source, "input": args.input}
+    estimator._data_source = {**source, "input": _absolute(args.input)}
     fit_kwargs: dict[str, Any] = _column_names(estimator, args.columns)
     lengths = source.get("lengths")
     if lengths:
@@ -748,7 +754,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _check_output(args.output, args.overwrite)
     estimator = _load_model(args.model)
     # Workers write the chunks: a relative path would land in their own directory.
-    output = args.output if _is_url(args.output) else os.path.abspath(_local(args.output))
+    output = _absolute(args.output)
     # An HMM reads its Zarr sequence store (values + lengths) itself, partition by partition.
     sequences = hasattr(estimator, "transmat_")
     if sequences:

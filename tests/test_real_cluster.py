@@ -348,9 +348,9 @@ def test_estimators_on_numpy_survive_a_killed_worker(tcp_cluster, client, name):
     import dask_em
 
     rng = np.random.default_rng(11)
-    X = rng.normal(size=(80_000, 4)) + 6.0 * rng.integers(0, 3, size=(80_000, 1))
+    X = rng.normal(size=(40_000, 4)) + 6.0 * rng.integers(0, 3, size=(40_000, 1))
     # n_init=2: the second restart must run on the blocks rebuilt during the first.
-    params = dict(n_init=2, max_iter=12, tol=0.0, random_state=0)
+    params = dict(n_init=2, max_iter=8, tol=0.0, random_state=0)
     params["n_clusters" if name == "KMeans" else "n_components"] = 3
     cls = getattr(dask_em, name)
     reference = cls(**params).fit(X, client=client)

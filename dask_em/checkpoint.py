@@ -274,7 +274,7 @@ def check_values(values: Mapping[str, Any], where: str) -> None:
             if (array < 0).any() or not np.allclose(array.sum(axis=-1), 1.0, rtol=0, atol=1e-6):
                 raise CheckpointError(
                     f"{where}: {key} is not a probability vector (values must be >= 0 and sum to 1 "
-                    f"along the last axis; sums {np.round(array.sum(axis=-1), 6).tolist()[:8]})"
+                    f"along the last axis; sums {np.ravel(np.round(array.sum(axis=-1), 6)).tolist()[:8]})"
                 )
         if base in ("covariances", "precisions") and array.size:
             # (K, D, D) full, (K,) spherical, (K, D) diagonal, (D, D) tied: a 2-d array

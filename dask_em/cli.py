@@ -650,6 +650,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     except NotAvailableError:
         pass
     except Exception as exc:  # not a model or checkpoint: describe it as data below
+        from .checkpoint import Location
+
+        if Location(args.path).group_attrs() is not None:  # a dask-em file that is damaged or crafted
+            raise
         reason = f" ({exc})"
     if description is None:
         description = _describe_data(args.path)

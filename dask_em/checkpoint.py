@@ -5,6 +5,7 @@ Layout of a checkpoint (a Zarr group at a local path or any fsspec URL)::
     fit.zarr/
       zarr.json                  group; attributes {"dask_em": {"kind": "checkpoint", ...}}
       latest.json                the pointer: which snapshot is current (written last)
+      lease.json                 which process writes now (owner, host, pid, heartbeat)
       snapshots/
         000011-3fa9c2d1/         one snapshot, never overwritten
           zarr.json              attributes: iteration, model class and config,
@@ -17,9 +18,14 @@ A snapshot is written under a fresh prefix; only when all of it is written
 does the pointer move to it, and only then are older snapshots pruned. A
 crash at any moment therefore leaves the pointer on a complete snapshot.
 
-Nothing is ever unpickled. Classes named in a checkpoint are looked up,
-never imported, unless they belong to ``dask_em`` or were registered with
-:func:`register_class`: a checkpoint cannot make Python run new code.
+Nothing is ever unpickled. Estimator classes are rebuilt only from the
+registry (dask-em's own estimators register themselves; users call
+:func:`register_class`), in one function, :func:`estimator_from_record`,
+which checks the configuration as a fit does; parameter classes must be
+dataclasses of ``dask_em``, of the fitted model's module, or registered
+(:func:`resolve_class`); values are checked by :func:`check_values`.
+Names in the pointer are confined to ``snapshots/``. A writer holds a
+:class:`Lease`. A checkpoint cannot make Python run new code.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ Layout of a checkpoint (a Zarr group at a local path or any fsspec URL)::
     fit.zarr/
       zarr.json                  group; attributes {"dask_em": {"kind": "checkpoint", ...}}
       latest.json                the pointer: which snapshot is current (written last)
+      lease.json                 which process writes now (owner, host, pid, heartbeat)
       snapshots/
         000011-3fa9c2d1/         one snapshot, never overwritten
           zarr.json              attributes: iteration, model class and config,
@@ -17,9 +18,14 @@ A snapshot is written under a fresh prefix; only when all of it is written
 does the pointer move to it, and only then are older snapshots pruned. A
 crash at any moment therefore leaves the pointer on a complete snapshot.
 
-Nothing is ever unpickled. Classes named in a checkpoint are looked up,
-never imported, unless they belong to ``dask_em`` or were registered with
-:func:`register_class`: a checkpoint cannot make Python run new code.
+Nothing is ever unpickled. Estimator classes are rebuilt only from the
+registry (dask-em's own estimators register themselves; users call
+:func:`register_class`), in one function, :func:`estimator_from_record`,
+which checks the configuration as a fit does; parameter classes must be
+dataclasses of ``dask_em``, of the fitted model's module, or registered
+(:func:`resolve_class`); values are checked by :func:`check_values`.
+Names in the pointer are confined to ``snapshots/``. A writer holds a
+:class:`Lease`. A checkpoint cannot make Python run new code.
 """
 
 from __future__ import annotations
@@ -35,7 +41,10 @@ import math
 import os
 import re
 import secrets
+import socket
 import sys
+import threading
+import time
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -51,7 +60,11 @@ logger = logging.getLogger("dask_em")
 FORMAT_VERSION = 1
 #: Name of the pointer object at the root of a checkpoint.
 POINTER = "latest.json"
-_SNAPSHOT_NAME = re.compile(r"^[0-9]{6,}-[0-9a-f]+$")
+#: The only names a snapshot may have, under ``snapshots/`` (checked with fullmatch).
+_SNAPSHOT_NAME = re.compile(r"[0-9]{6,}-[0-9a-f]{8}")
+_SNAPSHOT_PATH = re.compile(r"snapshots/[0-9]{6,}-[0-9a-f]{8}")
+#: Name of the lease object: which process writes the checkpoint now.
+LEASE = "lease.json"
 #: Attribute key under which dask-em keeps its metadata in Zarr groups.
 ATTR_KEY = "dask_em"
 #: Estimator hyper-parameters that may change between a fit and its resume:
@@ -91,22 +104,42 @@ def _dotted(name: Mapping[str, str]) -> str:
     return f"{name.get('module')}.{name.get('qualname')}"
 
 
+def _ours(module: str) -> bool:
+    return module == "dask_em" or module.startswith("dask_em.")
+
+
 def register_class(cls: type) -> type:
     """Allow checkpoints and saved models to name ``cls``.
 
-    Classes of ``dask_em`` and of modules already imported are found
-    without registering. Register a class defined inside a function, or
-    one whose module should be imported on demand. Usable as a decorator.
+    dask-em's own estimators (subclasses of
+    :class:`~dask_em.estimators.EMEstimator` defined in ``dask_em``) are
+    registered when their class is created; a user's estimator class, or
+    a parameter class from outside the model being fitted, must be
+    registered to be rebuilt from a file. Usable as a decorator.
     """
     _REGISTRY[_dotted(class_name(cls))] = cls
     return cls
 
 
-def resolve_class(name: Any, *, what: str = "class") -> type:
+def _is_params_class(obj: Any) -> bool:
+    return isinstance(obj, type) and (
+        dataclasses.is_dataclass(obj) or (issubclass(obj, tuple) and hasattr(obj, "_fields"))
+    )
+
+
+def resolve_class(name: Any, *, what: str = "class", trusted_module: str | None = None) -> type:
     """The class a checkpoint names, without running code it could choose.
 
-    A class is found when it was registered, when its module is already
-    imported, or when its module is part of ``dask_em`` (then it is imported).
+    A checkpoint or saved model may name exactly these classes:
+
+    - a class in the registry: dask-em's own estimators, which register
+      themselves, and any class passed to :func:`register_class`;
+    - for ``what="parameter class"`` only, a dataclass or NamedTuple
+      defined in a ``dask_em`` module, or in ``trusted_module`` (the
+      module of the model being fitted, already imported by the caller).
+
+    Anything else is refused: a name is looked up, never imported from
+    outside ``dask_em``, and never called unless it is one of these.
 
     Raises
     ------
@@ -118,22 +151,23 @@ def resolve_class(name: Any, *, what: str = "class") -> type:
     ):
         raise CheckpointError(f"the {what} is recorded as {name!r}, not as {{'module': ..., 'qualname': ...}}")
     dotted = _dotted(name)
+    _register_builtin()
     if dotted in _REGISTRY:
         return _REGISTRY[dotted]
     module_name, qualname = name["module"], name["qualname"]
+    refusal = (
+        f"the {what} {dotted} is not one dask-em may rebuild from a file: only dask-em's own estimator "
+        "and parameter classes, and classes registered with dask_em.checkpoint.register_class, are. "
+        "If it is your own class, register it before loading."
+    )
+    if what != "parameter class" or not (_ours(module_name) or module_name == trusted_module):
+        raise CheckpointError(refusal)
     module = sys.modules.get(module_name)
-    if module is None:
-        if module_name == "dask_em" or module_name.startswith("dask_em."):
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError as exc:
-                raise CheckpointError(f"the {what} {dotted} does not exist in this dask-em version: {exc}") from None
-        else:
-            raise CheckpointError(
-                f"the {what} {dotted} comes from module {module_name!r}, which is not imported; "
-                f"import it first (or register the class with dask_em.checkpoint.register_class). "
-                "dask-em never imports code named by a file."
-            )
+    if module is None and _ours(module_name):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise CheckpointError(f"the {what} {dotted} does not exist in this dask-em version: {exc}") from None
     obj: Any = module
     for part in qualname.split("."):
         if part == "<locals>":
@@ -144,9 +178,122 @@ def resolve_class(name: Any, *, what: str = "class") -> type:
         obj = getattr(obj, part, None)
         if obj is None:
             raise CheckpointError(f"the {what} {dotted} does not exist (no {part!r} in {module_name})")
-    if not isinstance(obj, type):
-        raise CheckpointError(f"the {what} {dotted} is not a class")
+    if not _is_params_class(obj):
+        raise CheckpointError(refusal)
     return obj
+
+
+def _register_builtin() -> None:
+    """Import dask-em's estimators, which register themselves (a fixed import, not one a file names)."""
+    from . import estimators  # noqa: F401
+
+
+def estimator_from_record(name: Any, config: Any, *, where: str) -> Any:
+    """An unfitted estimator of the class and configuration recorded in a file.
+
+    The one place where saved models (:func:`dask_em.load`), checkpoints
+    and ``dask-em resume`` turn a record back into an estimator.
+
+    Parameters
+    ----------
+    name : dict or str
+        The class, as ``{"module": ..., "qualname": ...}`` or a dotted name;
+        it must be registered (see :func:`resolve_class`).
+    config : dict
+        Hyper-parameters in their JSON form; the keys must be the class's
+        own parameters, and the values pass the estimator's own checks
+        (``_check_params``, what a fit runs first) before it is returned.
+    where : str
+        What the record was read from, for messages.
+
+    Raises
+    ------
+    CheckpointError
+        When the class is not allowed, a key is not one of its parameters,
+        or a value is refused by its checks.
+    """
+    if isinstance(name, str):
+        module, _, qualname = name.rpartition(".")
+        name = {"module": module, "qualname": qualname}
+    cls = resolve_class(name, what="estimator class")
+    check = getattr(cls, "_check_params", None)
+    if not callable(check) or not callable(getattr(cls, "_param_names", None)):
+        raise CheckpointError(f"{where} names {_dotted(name)}, which is not a dask-em estimator")
+    params = from_jsonable(config if config is not None else {})
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{where}: the configuration is damaged (a {type(params).__name__}, not a dict)")
+    valid = set(cls._param_names())
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise CheckpointError(
+            f"{where} gives {cls.__qualname__} parameters {unknown} that it does not take "
+            f"(it takes {sorted(valid)}); the file is damaged or from another dask-em version"
+        )
+    for key, value in params.items():
+        if not _plain_value(value):
+            raise CheckpointError(f"{where}: parameter {key}={_short(to_jsonable(value))} is not a plain value")
+    estimator = cls(**params)
+    try:
+        estimator._check_params()
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{where}: its configuration is refused by {cls.__qualname__}: {exc}") from None
+    return estimator
+
+
+def _plain_value(value: Any) -> bool:
+    """Whether a configuration value is data: numbers, strings, arrays, lists and dicts of them."""
+    if value is None or isinstance(value, (bool, int, float, str, np.ndarray, np.generic)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain_value(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_value(v) for k, v in value.items())
+    return isinstance(value, (np.random.Generator, np.random.RandomState))
+
+
+def check_values(values: Mapping[str, Any], where: str) -> None:
+    """Refuse parameter values read from a file that no fit could have produced.
+
+    Every floating array must be free of NaN (and of infinities when it
+    has more than one element); by name, ``weights``/``startprob`` must be
+    on the simplex, ``transmat`` must have rows on the simplex, and
+    ``covariances``/``precisions`` must be positive (definite). Names may
+    end with ``_`` (fitted attributes) or not (parameter fields).
+
+    Raises
+    ------
+    CheckpointError
+        Naming the first value that is refused and why.
+    """
+    for key, value in values.items():
+        if not isinstance(value, (np.ndarray, np.generic, float)):
+            continue
+        array = np.asarray(value)
+        if array.dtype.kind not in "fc":
+            continue
+        if np.isnan(array).any():
+            raise CheckpointError(f"{where}: {key} holds NaN values; the file is damaged or the fit diverged")
+        if array.size > 1 and not np.isfinite(array).all():
+            raise CheckpointError(f"{where}: {key} holds infinite values; the file is damaged")
+        base = key.rstrip("_")
+        if base in ("weights", "startprob", "transmat") and array.size:
+            if (array < 0).any() or not np.allclose(array.sum(axis=-1), 1.0, rtol=0, atol=1e-6):
+                raise CheckpointError(
+                    f"{where}: {key} is not a probability vector (values must be >= 0 and sum to 1 "
+                    f"along the last axis; sums {np.ravel(np.round(array.sum(axis=-1), 6)).tolist()[:8]})"
+                )
+        if base in ("covariances", "precisions") and array.size:
+            # (K, D, D) full, (K,) spherical, (K, D) diagonal, (D, D) tied: a 2-d array
+            # with positive entries may be either of the last two; otherwise it is a matrix.
+            try:
+                if array.ndim >= 3 or (array.ndim == 2 and (array <= 0).any()):
+                    if not np.allclose(array, np.swapaxes(array, -1, -2)):
+                        raise np.linalg.LinAlgError
+                    np.linalg.cholesky(array)
+                elif (array <= 0).any():
+                    raise np.linalg.LinAlgError
+            except np.linalg.LinAlgError:
+                raise CheckpointError(f"{where}: {key} is not positive definite; the file is damaged") from None
 
 
 # --------------------------------------------------------------------------- JSON
@@ -411,8 +558,29 @@ class Location:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
+            _fsync_dir(os.path.dirname(target))
         else:
             self.fs.pipe_file(target, data)
+
+    def sync(self, path: str) -> None:
+        """Flush every file and directory under ``path`` to disk (local paths only).
+
+        Object stores make a PUT durable before it returns; a local file
+        system may keep written data in memory, so a snapshot's arrays are
+        synced before the pointer names them.
+        """
+        if not self.local:
+            return
+        top = self.key(path)
+        for directory, _, files in os.walk(top):
+            for name in files:
+                fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            _fsync_dir(directory)
+        _fsync_dir(os.path.dirname(top))
 
     def group_attrs(self, path: str = "") -> dict[str, Any] | None:
         """The ``dask_em`` attributes of the Zarr group at ``path``, or None."""
@@ -439,11 +607,43 @@ class Location:
         return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
     def remove(self, path: str) -> None:
-        """Delete everything under ``path`` (ignore if already gone)."""
+        """Delete everything under ``path`` (ignore if already gone).
+
+        Callers pass fixed names or names checked by :func:`_snapshot_path`.
+        """
         try:
             self.fs.rm(self.key(path), recursive=True)
         except FileNotFoundError:
             pass
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a rename or a new file in directory ``path`` durable (POSIX; a no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _snapshot_path(value: Any, where: str) -> str:
+    """``value`` if it is exactly ``snapshots/<iteration>-<8 hex digits>``; refuse anything else.
+
+    Pointers name snapshots that are read and pruned (deleted): a name
+    such as ``../elsewhere`` must never reach the storage layer.
+    """
+    if not isinstance(value, str) or not _SNAPSHOT_PATH.fullmatch(value):
+        raise CheckpointError(
+            f"{where}: {POINTER} names {value!r}, which is not a snapshot of this checkpoint "
+            "(snapshots/<iteration>-<8 hex digits>); the pointer is damaged or crafted. "
+            f"Delete {POINTER} to recover from the newest valid snapshot."
+        )
+    return value
 
 
 def _check_format(info: Mapping[str, Any], where: str) -> None:
@@ -557,9 +757,10 @@ def _params_entries(params: Any) -> tuple[dict[str, Any], dict[str, dict[str, An
     return class_name(cls), fields, arrays
 
 
-def _rebuild_params(info: Mapping[str, Any], arrays: dict[str, np.ndarray], where: str) -> Any:
+def _rebuild_params(info: Mapping[str, Any], arrays: dict[str, np.ndarray], where: str,
+                    trusted_module: str | None = None) -> Any:
     spec = info.get("params") or {}
-    cls = resolve_class(spec.get("class"), what="parameter class")
+    cls = resolve_class(spec.get("class"), what="parameter class", trusted_module=trusted_module)
     fields = spec.get("fields") or {}
     if dataclasses.is_dataclass(cls):
         names = [f.name for f in dataclasses.fields(cls) if f.init]
@@ -579,8 +780,12 @@ def _rebuild_params(info: Mapping[str, Any], arrays: dict[str, np.ndarray], wher
         raise CheckpointError(f"{where}: cannot rebuild {_dotted(class_name(cls))}: {exc}") from None
 
 
-def read_snapshot(location: Location, prefix: str, *, rebuild: bool = True) -> CheckpointState:
-    """Read and verify one snapshot.
+def read_snapshot(location: Location, prefix: str, *, rebuild: bool = True,
+                  trusted_module: str | None = None) -> CheckpointState:
+    """Read and verify one snapshot: checksums, shapes, and values a fit can produce.
+
+    ``trusted_module`` is the module of the model being fitted, whose
+    parameter class may be rebuilt (see :func:`resolve_class`).
 
     Raises
     ------
@@ -590,6 +795,7 @@ def read_snapshot(location: Location, prefix: str, *, rebuild: bool = True) -> C
     import zarr
 
     where = f"snapshot {location.url}/{prefix}"
+    prefix = _snapshot_path(prefix, where)
     info = location.group_attrs(prefix)
     if info is None:
         raise CheckpointError(f"{where} is missing or is not a dask-em snapshot")
@@ -615,7 +821,8 @@ def read_snapshot(location: Location, prefix: str, *, rebuild: bool = True) -> C
     history = read_checked_array(group, "history", history_entry, where)
     if history.dtype != np.float64 or history.shape != (iteration,):
         raise CheckpointError(f"{where}: the history has shape {history.shape}, expected ({iteration},)")
-    params = _rebuild_params(info, arrays, where) if rebuild else None
+    check_values(arrays, where)
+    params = _rebuild_params(info, arrays, where, trusted_module) if rebuild else None
     return CheckpointState(
         params=params,
         arrays=arrays,
@@ -638,7 +845,69 @@ def read_pointer(location: Location) -> dict[str, Any] | None:
     _check_format(pointer, where)
     if not isinstance(pointer.get("latest"), str) or not isinstance(pointer.get("snapshots"), list):
         raise CheckpointError(f"{where}: {POINTER} lacks 'latest' or 'snapshots'; it is damaged")
+    for name in [pointer["latest"], *pointer["snapshots"]]:
+        _snapshot_path(name, where)
     return pointer
+
+
+def _snapshots_on_disk(location: Location) -> list[str]:
+    """The snapshot prefixes present, oldest first (by iteration, then name)."""
+    names = [n for n in location.listdir("snapshots") if _SNAPSHOT_NAME.fullmatch(n)]
+    return [f"snapshots/{n}" for n in sorted(names, key=lambda n: (int(n.split("-")[0]), n))]
+
+
+def latest_state(location: Location, *, rebuild: bool = False,
+                 trusted_module: str | None = None) -> tuple[CheckpointState, list[str]] | None:
+    """The newest valid snapshot of a checkpoint, and the snapshots to keep with it.
+
+    The pointer's latest snapshot is read first; when it is damaged, the
+    previous snapshots the pointer keeps are tried, newest first, with a
+    warning. When the pointer is missing but snapshots exist (a crash, or
+    a deleted ``latest.json``), the newest valid one on disk is used, with
+    a warning; nothing is deleted here.
+
+    Returns
+    -------
+    (CheckpointState, list of str) or None
+        None when the checkpoint holds no snapshot at all.
+
+    Raises
+    ------
+    CheckpointError
+        When the pointer is malformed, or no snapshot is valid.
+    """
+    pointer = read_pointer(location)
+    where = f"checkpoint {location.url}"
+    if pointer is not None:
+        listed = [s for s in pointer["snapshots"] if s != pointer["latest"]] + [pointer["latest"]]
+        how = f"its {POINTER} names {pointer['latest']}"
+    else:
+        listed = _snapshots_on_disk(location)
+        if not listed:
+            return None
+        how = f"it has no {POINTER} (deleted, or lost in a crash)"
+    errors = []
+    for prefix in reversed(listed):
+        try:
+            state = read_snapshot(location, prefix, rebuild=False)
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            continue
+        if errors or pointer is None:
+            reasons = "; ".join(errors) or "no pointer"
+            warnings.warn(
+                f"{where}: {how}; using the newest valid snapshot {prefix} (iteration {state.iteration}) "
+                f"instead ({reasons})",
+                UserWarning,
+                stacklevel=3,
+            )
+        if rebuild:  # a refused class is not damage: no fallback for it
+            state.params = _rebuild_params(state.info, state.arrays, f"snapshot {state.path}", trusted_module)
+        return state, listed[: listed.index(prefix) + 1]
+    raise CheckpointError(
+        f"{where}: {how}, and no snapshot is valid: {'; '.join(errors)}. "
+        "Start over with resume=False (dask-em fit without --checkpoint at this path), or restore the files."
+    )
 
 
 def read_checkpoint(path: Any, *, rebuild: bool = False, storage_options: dict[str, Any] | None = None) -> CheckpointState:
@@ -653,10 +922,10 @@ def read_checkpoint(path: Any, *, rebuild: bool = False, storage_options: dict[s
         under the rules of :func:`resolve_class`).
     """
     location = Location(path, storage_options)
-    pointer = read_pointer(location)
-    if pointer is None:
+    found = latest_state(location, rebuild=rebuild)
+    if found is None:
         raise CheckpointError(f"there is no dask-em checkpoint at {location.url}")
-    return read_snapshot(location, pointer["latest"], rebuild=rebuild)
+    return found[0]
 
 
 def checkpoint_iteration(path: Any, storage_options: dict[str, Any] | None = None) -> int | None:
@@ -678,6 +947,151 @@ def _model_record(model: Any) -> dict[str, Any]:
     return {"class": class_name(type(model)), "config": _normalise(config)}
 
 
+#: Seconds without a heartbeat after which a writer's lease is taken over
+#: (``$DASK_EM_LEASE_TIMEOUT`` overrides it).
+LEASE_TIMEOUT = 120.0
+
+
+class Lease:
+    """Which process writes a checkpoint: an owner id, its host and pid, a heartbeat.
+
+    A writer takes the lease when it opens a checkpoint, renews the
+    heartbeat from a background thread, checks it still holds the lease
+    before each pointer update, and removes it when it closes. A second
+    writer is refused with the holder's name, unless the holder is stale:
+    its heartbeat is older than ``timeout`` seconds, or it is a process of
+    this host that no longer runs. A stale lease is taken over with a
+    warning.
+
+    Parameters
+    ----------
+    location : Location
+        The checkpoint.
+    timeout : float, optional
+        Seconds; default ``$DASK_EM_LEASE_TIMEOUT`` or :data:`LEASE_TIMEOUT`.
+    """
+
+    def __init__(self, location: Location, timeout: float | None = None) -> None:
+        if timeout is None:
+            timeout = float(os.environ.get("DASK_EM_LEASE_TIMEOUT", LEASE_TIMEOUT))
+        if not timeout > 0:
+            raise ValueError(f"the lease timeout must be positive, got {timeout}")
+        self.location = location
+        self.timeout = float(timeout)
+        self.record = {"owner": secrets.token_hex(8), "host": socket.gethostname(), "pid": os.getpid()}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _now_record(self) -> dict[str, Any]:
+        return {**self.record, "heartbeat": time.time(), "timeout": self.timeout}
+
+    def _describe(self, holder: Mapping[str, Any]) -> str:
+        age = time.time() - float(holder.get("heartbeat", 0.0))
+        return (f"owner {holder.get('owner')!r} (pid {holder.get('pid')} on host {holder.get('host')!r}, "
+                f"last heartbeat {age:.0f} s ago)")
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            holder = self.location.read_json(LEASE)
+        except CheckpointError:
+            return {"owner": "unreadable", "heartbeat": 0.0}  # a damaged lease is stale
+        return holder if isinstance(holder, dict) else None
+
+    def _stale(self, holder: Mapping[str, Any]) -> str | None:
+        """Why ``holder`` may be taken over, or None when it is live."""
+        try:
+            age = time.time() - float(holder.get("heartbeat"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return "its heartbeat is unreadable"
+        if age > self.timeout:
+            return f"its heartbeat is {age:.0f} s old (timeout {self.timeout:g} s)"
+        if holder.get("host") == self.record["host"] and isinstance(holder.get("pid"), int):
+            if holder["pid"] == self.record["pid"]:
+                return "it is an earlier fit of this process"
+            try:
+                os.kill(holder["pid"], 0)
+            except ProcessLookupError:
+                return "its process no longer runs"
+            except OSError:
+                pass
+        return None
+
+    def acquire(self) -> None:
+        """Take the lease, or raise :class:`CheckpointError` naming the live holder."""
+        where = f"checkpoint {self.location.url}"
+        created = self._create()
+        if not created:
+            holder = self._read()
+            if holder is not None and holder.get("owner") != self.record["owner"]:
+                reason = self._stale(holder)
+                if reason is None:
+                    raise CheckpointError(
+                        f"{where} is being written by another fit: {self._describe(holder)}. "
+                        "Wait for it to finish or stop it, or choose another checkpoint path; a lease "
+                        f"without a heartbeat for {self.timeout:g} s ($DASK_EM_LEASE_TIMEOUT) is taken over."
+                    )
+                if reason != "it is an earlier fit of this process":
+                    warnings.warn(f"{where}: taking over the lease of {self._describe(holder)}: {reason}",
+                                  UserWarning, stacklevel=4)
+            self.location.write_json(LEASE, self._now_record())
+        holder = self._read()
+        if not holder or holder.get("owner") != self.record["owner"]:  # another writer won a race
+            raise CheckpointError(f"{where}: another fit took the lease at the same moment: {self._describe(holder or {})}")
+        self._thread = threading.Thread(target=self._beat, name="dask-em-lease", daemon=True)
+        self._thread.start()
+
+    def _create(self) -> bool:
+        """Write the lease if there is none, atomically where the file system allows."""
+        if not self.location.local:
+            if self._read() is not None:
+                return False
+            self.location.write_json(LEASE, self._now_record())
+            return True
+        target = self.location.key(LEASE)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(self._now_record(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(10.0, self.timeout / 4)):
+            try:
+                holder = self._read()
+                if not holder or holder.get("owner") != self.record["owner"]:
+                    return  # taken over: check() reports it at the next snapshot
+                self.location.write_json(LEASE, self._now_record())
+            except Exception as exc:  # a storage hiccup: the next beat tries again
+                logger.warning("renewing the lease of %s failed: %s", self.location.url, exc)
+
+    def check(self) -> None:
+        """Raise :class:`CheckpointError` if another writer has taken the lease over."""
+        holder = self._read()
+        if not holder or holder.get("owner") != self.record["owner"]:
+            raise CheckpointError(
+                f"checkpoint {self.location.url}: this fit lost its lease to "
+                f"{self._describe(holder) if holder else 'nobody (the lease was deleted)'}; "
+                "it stops writing so the two fits do not mix their snapshots"
+            )
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lease if this fit still holds it."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        try:
+            holder = self._read()
+            if holder and holder.get("owner") == self.record["owner"]:
+                self.location.fs.rm(self.location.key(LEASE))
+        except Exception as exc:
+            logger.warning("removing the lease of %s failed: %s", self.location.url, exc)
+
+
 class Checkpoint:
     """Snapshots of one fit, written as it runs and read to resume it.
 
@@ -688,8 +1102,11 @@ class Checkpoint:
     """
 
     def __init__(self, location: Location, *, record: dict[str, Any], state: CheckpointState | None,
-                 kept: list[str], keep: int, background: bool) -> None:
+                 kept: list[str], keep: int, background: bool, lease: Lease | None = None) -> None:
         self.location = location
+        self.lease = lease
+        # A fit that fails drops its Checkpoint without close(): let the lease go with it.
+        self._finalizer = weakref.finalize(self, lease.release) if lease is not None else None
         self.record = record
         self.state = state
         self.keep = keep
@@ -717,8 +1134,12 @@ class Checkpoint:
         keep: int = 2,
         background: bool = True,
         storage_options: dict[str, Any] | None = None,
+        lease_timeout: float | None = None,
     ) -> Checkpoint:
-        """Open the checkpoint of a fit, checking it matches when resuming.
+        """Open the checkpoint of a fit for writing, checking it matches when resuming.
+
+        The fit takes the checkpoint's lease (see :class:`Lease`) for as
+        long as it is open: a second writer gets an error naming the holder.
 
         Parameters
         ----------
@@ -750,12 +1171,15 @@ class Checkpoint:
             Write snapshots in a background thread.
         storage_options : dict, optional
             fsspec options for URLs.
+        lease_timeout : float, optional
+            Seconds without a heartbeat after which another writer's lease
+            is taken over (default :data:`LEASE_TIMEOUT`).
 
         Raises
         ------
         CheckpointError
-            When resuming is asked for and impossible, or the checkpoint
-            does not match the fit.
+            When resuming is asked for and impossible, the checkpoint does
+            not match the fit, or another process writes it.
         """
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
@@ -772,7 +1196,6 @@ class Checkpoint:
             "rng_state": _normalise(rng_state),
         }
         root = location.group_attrs()
-        pointer = None
         if root is not None:
             if root.get("kind") != "checkpoint":
                 raise CheckpointError(
@@ -780,19 +1203,34 @@ class Checkpoint:
                     "choose another checkpoint path"
                 )
             _check_format(root, f"checkpoint {location.url}")
-            pointer = read_pointer(location)
         elif location.exists() and not _only_runs(location):
             raise CheckpointError(
                 f"{location.url} exists and is not a dask-em checkpoint; choose another path "
                 "(dask-em does not overwrite other data)"
             )
+        lease = Lease(location, lease_timeout)
+        lease.acquire()  # before reading: the snapshot read must not be pruned under us
+        try:
+            return cls._opened(location, lease, root, record, model, resume, force, keep, background)
+        except BaseException:
+            lease.release()
+            raise
+
+    @classmethod
+    def _opened(cls, location: Location, lease: Lease, root: Any, record: dict[str, Any], model: Any,
+                resume: bool | None, force: bool, keep: int, background: bool) -> Checkpoint:
+        def make(state: CheckpointState | None, kept: list[str]) -> Checkpoint:
+            return cls(location, record=record, state=state, kept=kept, keep=keep, background=background, lease=lease)
+
         if resume is False:
-            return cls(location, record=record, state=None, kept=[], keep=keep, background=background)
-        if pointer is None:
+            return make(None, [])
+        trusted = type(model).__module__ if model is not None else None
+        found = latest_state(location, trusted_module=trusted) if root is not None else None
+        if found is None:
             if resume:
                 raise CheckpointError(f"resume=True but there is no checkpoint to resume at {location.url}")
-            return cls(location, record=record, state=None, kept=[], keep=keep, background=background)
-        state = read_snapshot(location, pointer["latest"], rebuild=False)
+            return make(None, [])
+        state, kept = found
         differences = _compare(state.info, record)
         if differences:
             listing = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
@@ -803,9 +1241,8 @@ class Checkpoint:
                     "or resume=False to start over."
                 )
             warnings.warn(f"resuming {location.url} despite differences (force=True): {listing}", UserWarning, stacklevel=3)
-        state.params = _rebuild_params(state.info, state.arrays, f"snapshot {state.path}")
-        kept = [s for s in pointer["snapshots"] if isinstance(s, str)]
-        return cls(location, record=record, state=state, kept=kept, keep=keep, background=background)
+        state.params = _rebuild_params(state.info, state.arrays, f"snapshot {state.path}", trusted)
+        return make(state, kept)
 
     # -- reading
 
@@ -861,6 +1298,9 @@ class Checkpoint:
         group.attrs.put({ATTR_KEY: info})
         write_arrays(group, {f"params/{name}": array for name, array in arrays.items()})
         write_arrays(group, {"history": history})
+        location.sync(prefix)  # the arrays are on disk before the pointer names them
+        if self.lease is not None:
+            self.lease.check()
         kept = (self._kept + [prefix])[-self.keep :]
         pointer = {
             "format_version": FORMAT_VERSION,
@@ -879,11 +1319,11 @@ class Checkpoint:
             dropped = [
                 f"snapshots/{name}"
                 for name in location.listdir("snapshots")
-                if _SNAPSHOT_NAME.match(name) and f"snapshots/{name}" not in kept
+                if _SNAPSHOT_NAME.fullmatch(name) and f"snapshots/{name}" not in kept
             ]
             self._cleaned = True
         for old in dropped:
-            location.remove(old)
+            location.remove(_snapshot_path(old, f"checkpoint {location.url}"))
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -899,12 +1339,50 @@ class Checkpoint:
                 ) from exc
 
     def close(self) -> None:
-        """Wait for the last write, raising its error if it failed."""
+        """Wait for the last write, raising its error if it failed, and give up the lease."""
         try:
             self._wait()
         finally:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
+            if self._finalizer is not None:
+                self._finalizer()
+
+    def check_blocks(self, hashes: list[str], *, force: bool = False) -> None:
+        """Compare per-block content hashes of this fit's first pass with the snapshot's.
+
+        Called with the hashes computed inside the first pass (before its
+        M-step is applied); they are then recorded in every later
+        snapshot. A snapshot written without them is not compared.
+
+        Raises
+        ------
+        CheckpointError
+            Naming the first block whose content differs, unless ``force``
+            (then a warning).
+        """
+        stored = (self.state.info.get("blocks") if self.state is not None else None) or None
+        self.record["blocks"] = list(hashes)
+        if stored is None:
+            return
+        changed = [i for i, (a, b) in enumerate(zip(stored, hashes)) if a != b]
+        if len(stored) != len(hashes):
+            message = f"the data has {len(hashes)} blocks, the checkpoint's {len(stored)}"
+        elif changed:
+            message = (
+                f"block {changed[0]} (of {len(hashes)}) holds other data than when the checkpoint was written"
+                + (f", and {len(changed) - 1} more blocks" if len(changed) > 1 else "")
+            )
+        else:
+            return
+        if force:
+            warnings.warn(f"resuming {self.location.url} despite different data (force=True): {message}",
+                          UserWarning, stacklevel=3)
+            return
+        raise CheckpointError(
+            f"the checkpoint at {self.location.url} was written for different data: {message}. "
+            "Resume with the same data, pass force=True (--force) to resume anyway, or resume=False to start over."
+        )
 
     def abort(self) -> None:
         """Wait for the last write and ignore its outcome (the fit failed)."""
@@ -915,9 +1393,9 @@ class Checkpoint:
 
 
 def _only_runs(location: Location) -> bool:
-    """Whether a directory only holds per-restart checkpoints (``run-<i>``) and a saved model."""
+    """Whether a directory only holds per-restart checkpoints (``run-<i>``), a saved model, a lease."""
     names = location.listdir("")
-    return all(name.startswith("run-") or name == "model" for name in names)
+    return all(name.startswith("run-") or name in ("model", LEASE) for name in names)
 
 
 def _compare(stored: Mapping[str, Any], live: Mapping[str, Any]) -> list[str]:

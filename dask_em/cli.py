@@ -675,21 +675,6 @@ def _read_lengths(spec: str) -> Any:
     return np.asarray(zarr.open_array(spec, mode="r")[...])
 
 
-def _estimator_from_record(record: dict[str, Any]) -> Any:
-    """An unfitted estimator of the class and configuration recorded in a checkpoint."""
-    import importlib
-
-    dotted = str(record.get("estimator") or "")
-    module_name, _, class_name = dotted.rpartition(".")
-    if not module_name.startswith("dask_em."):  # only our own classes; nothing is unpickled
-        raise UsageError(f"the checkpoint records estimator {dotted!r}, which is not a dask-em estimator")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise NotAvailableError(f"estimator {dotted!r} of the checkpoint is not available: {exc}") from exc
-    return cls(**dict(record.get("config") or {}))
-
-
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue a fit from its checkpoint."""
     _check_options(args)
@@ -708,7 +693,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
         record = None
     if record is None:
         raise UsageError(f"{args.checkpoint!r} is not a dask-em checkpoint")
-    estimator = _estimator_from_record(record)
+    from .checkpoint import estimator_from_record  # the one rebuild, shared with load
+
+    estimator = estimator_from_record(record.get("estimator"), record.get("config"),
+                                      where=f"checkpoint {args.checkpoint}")
     if args.max_iter is not None:
         estimator.set_params(max_iter=args.max_iter)
     if "verbose" in estimator.get_params():
@@ -826,6 +814,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     except NotAvailableError:
         pass
     except Exception as exc:  # not a model or checkpoint: describe it as data below
+        from .checkpoint import Location
+
+        if Location(args.path).group_attrs() is not None:  # a dask-em file that is damaged or crafted
+            raise
         reason = f" ({exc})"
     if description is None:
         description = _describe_data(args.path)

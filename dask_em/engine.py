@@ -99,8 +99,27 @@ def _run_e_step(model: EMModel, block: Any, params: Any) -> Stats:
     return model.e_step(block, params)
 
 
+#: Key under which :func:`expected_stats` returns per-block content hashes when asked.
+BLOCK_HASHES = "block_hashes"
+
+
+def _run_e_step_hashed(model: EMModel, block: Any, params: Any, index: int) -> tuple[Stats, dict[int, str]]:
+    """The E-step and the content hash of the block it has just read (no second read)."""
+    from .checkpoint import _hash_block
+
+    return model.e_step(block, params), {index: _hash_block(block)}
+
+
+def _add_hashed(*parts: tuple[Stats, dict[int, str]]) -> tuple[Stats, dict[int, str]]:
+    """:func:`add_stats` in the same order, carrying the block hashes along."""
+    hashes: dict[int, str] = {}
+    for _, h in parts:
+        hashes.update(h)
+    return add_stats(*[stats for stats, _ in parts]), hashes
+
+
 def expected_stats(
-    model: EMModel, blocks: Blocks, params: Any, client: Any, split_every: int = 8
+    model: EMModel, blocks: Blocks, params: Any, client: Any, split_every: int = 8, hash_blocks: bool = False
 ) -> Stats:
     """One pass over the data: the summed E-step statistics under ``params``.
 
@@ -111,10 +130,13 @@ def expected_stats(
     through ``blocks.rebuild``) and the pass is redone: bit-identical, the
     E-step is pure. A worker the scheduler has not yet seen die may take
     some again, hence a few attempts.
+    With ``hash_blocks``, each E-step task also hashes the block it read,
+    and the result holds the list of hashes, in block order, under
+    :data:`BLOCK_HASHES` (checkpoints compare them on resume).
     """
     for attempt in range(MAX_RESCATTER + 1):
         try:
-            return _one_pass(model, blocks, params, client, split_every)
+            return _one_pass(model, blocks, params, client, split_every, hash_blocks)
         except LostDataError:
             rebuild = getattr(blocks, "rebuild", None)
             if rebuild is None or attempt == MAX_RESCATTER:
@@ -123,16 +145,21 @@ def expected_stats(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _one_pass(model: EMModel, blocks: Blocks, params: Any, client: Any, split_every: int) -> Stats:
+def _one_pass(model: EMModel, blocks: Blocks, params: Any, client: Any, split_every: int, hash_blocks: bool) -> Stats:
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
     model_d = dask.delayed(model, traverse=False)
     params_d = dask.delayed(params, traverse=False)
-    level = [dask.delayed(_run_e_step, pure=True)(model_d, part, params_d) for part in blocks.parts]
+    if hash_blocks:
+        level = [dask.delayed(_run_e_step_hashed, pure=True)(model_d, part, params_d, i)
+                 for i, part in enumerate(blocks.parts)]
+    else:
+        level = [dask.delayed(_run_e_step, pure=True)(model_d, part, params_d) for part in blocks.parts]
     e_steps = [(e.key, part.key) for e, part in zip(level, blocks.parts)]
+    combine = _add_hashed if hash_blocks else add_stats
     while len(level) > 1:
         level = [
-            dask.delayed(add_stats, pure=True)(*level[i : i + split_every])
+            dask.delayed(combine, pure=True)(*level[i : i + split_every])
             for i in range(0, len(level), split_every)
         ]
     if client is not None:
@@ -152,6 +179,9 @@ def _one_pass(model: EMModel, blocks: Blocks, params: Any, client: Any, split_ev
             ) from exc
     else:
         stats = level[0].compute(scheduler="threads", optimize_graph=False)
+    if hash_blocks:
+        stats, hashes = stats
+        return {**_checked(model, stats, params), BLOCK_HASHES: [hashes[i] for i in range(len(blocks.parts))]}
     return _checked(model, stats, params)
 
 
@@ -462,7 +492,11 @@ def fit_em(
             callbacks = [*callbacks, Progress()]  # live line in a terminal, plain lines elsewhere
         while not monitor.done:
             start = time.perf_counter()
-            stats = expected_stats(model, blocks, params, active, split_every)
+            # The first pass with a checkpoint hashes every block as it reads it.
+            stats = expected_stats(model, blocks, params, active, split_every,
+                                   hash_blocks=store is not None and "blocks" not in store.record)
+            if BLOCK_HASHES in stats:  # compared before this pass's M-step is applied
+                store.check_blocks(stats.pop(BLOCK_HASHES), force=force)
             loglik = float(stats["loglik"])
             value = loglik / float(stats["n"]) if tol_on == "mean" else loglik
             previous = monitor.history[-1] if monitor.history else -math.inf

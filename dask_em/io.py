@@ -9,8 +9,10 @@ A saved model is a Zarr group (local path or fsspec URL)::
 
 The root attributes are written last, so a save interrupted half-way is
 not mistaken for a model. Nothing is pickled; the estimator class must be
-part of ``dask_em``, already imported, or registered with
-:func:`dask_em.checkpoint.register_class`.
+one of dask-em's own or registered with
+:func:`dask_em.checkpoint.register_class`, and its configuration and
+fitted values are checked as a fit checks them
+(:func:`dask_em.checkpoint.estimator_from_record`).
 """
 
 from __future__ import annotations
@@ -30,12 +32,11 @@ from .checkpoint import (
     _now,
     _value_entry,
     _value_from_entry,
+    check_values,
     class_name,
-    from_jsonable,
+    estimator_from_record,
+    latest_state,
     read_checked_array,
-    read_pointer,
-    read_snapshot,
-    resolve_class,
     to_jsonable,
     write_arrays,
 )
@@ -111,8 +112,6 @@ def load(path: Any, *, storage_options: dict[str, Any] | None = None) -> Any:
     """
     import zarr
 
-    from .estimators import EMEstimator
-
     location = Location(path, storage_options)
     info = location.group_attrs()
     if info is None or info.get("kind") != "model":
@@ -123,30 +122,23 @@ def load(path: Any, *, storage_options: dict[str, Any] | None = None) -> Any:
         cls_name, config, fitted = info["estimator"], info["config"], dict(info["fitted"])
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"model {location.url} lacks the key {exc}; it is damaged") from None
-    cls = resolve_class(cls_name, what="estimator class")
-    if not issubclass(cls, EMEstimator):
-        raise CheckpointError(f"model {location.url} names {cls.__qualname__}, which is not a dask-em estimator")
-    params = from_jsonable(config)
-    if not isinstance(params, dict):
-        raise CheckpointError(f"model {location.url}: its configuration is damaged")
-    valid = set(cls._param_names())
-    unknown = sorted(set(params) - valid)
-    if unknown:
-        raise CheckpointError(
-            f"model {location.url} has parameters {unknown} that {cls.__qualname__} does not take; "
-            "it was saved by another dask-em version"
-        )
-    estimator = cls(**params)
+    estimator = estimator_from_record(cls_name, config, where=f"model {location.url}")
     try:
         group = zarr.open_group(location.store, mode="r")
     except Exception as exc:
         raise CheckpointError(f"model {location.url} cannot be opened ({type(exc).__name__}: {exc})") from None
     where = f"model {location.url}"
+    values = {}
     for name, entry in fitted.items():
-        if not (isinstance(name, str) and name.endswith("_")) or not isinstance(entry, dict) or "kind" not in entry:
+        if not (isinstance(name, str) and name.endswith("_") and name.isidentifier()) or not isinstance(entry, dict) or "kind" not in entry:
             raise CheckpointError(f"{where}: the fitted attribute {name!r} is damaged")
+        if entry["kind"] not in ("none", "array", "numpy_scalar", "list", "bool", "int", "float"):
+            raise CheckpointError(f"{where}: the fitted attribute {name!r} has unknown kind {entry['kind']!r}")
         array = None if entry["kind"] == "none" else read_checked_array(group, f"fitted/{name}", entry, where)
-        setattr(estimator, name, _value_from_entry(entry, array))
+        values[name] = _value_from_entry(entry, array)
+    check_values(values, where)  # before any of it reaches the estimator
+    for name, value in values.items():
+        setattr(estimator, name, value)
     restore = getattr(estimator, "_after_load", None)
     if callable(restore):
         restore()
@@ -192,9 +184,9 @@ def describe(path: Any, *, storage_options: dict[str, Any] | None = None) -> dic
             "library_version": info.get("library_version"),
             "created": info.get("created"),
         }
-    pointer = read_pointer(location) if info is not None else None
-    if pointer is not None:
-        state = read_snapshot(location, pointer["latest"], rebuild=False)
+    found = latest_state(location) if info is not None else None
+    if found is not None:
+        state, snapshots = found
         model = state.info.get("model") or {}
         meta = state.info.get("meta") or {}
         model_class = model.get("class") or {}
@@ -213,7 +205,7 @@ def describe(path: Any, *, storage_options: dict[str, Any] | None = None) -> dic
             "fingerprint": state.fingerprint,
             "settings": state.info.get("settings"),
             "monitor": state.info.get("monitor"),
-            "snapshots": pointer["snapshots"],
+            "snapshots": snapshots,
             "format_version": state.info.get("format_version"),
             "library_version": state.info.get("library_version"),
             "created": state.info.get("created"),

@@ -34,6 +34,7 @@ import pickle
 import random
 import signal
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -367,6 +368,8 @@ def _run_fit(obj: Any, data: str, checkpoint: str, fit_kwargs: Mapping[str, Any]
     """Fit a model (through fit_em) or an estimator; return what must be reproduced exactly."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        # the resumed fit takes over the lease of the fit that was killed
+        warnings.filterwarnings("ignore", message=r".*taking over the lease", category=UserWarning)
         if hasattr(obj, "e_step"):
             kwargs = {"max_iter": 10, "tol": 0.0, "random_state": 0, **fit_kwargs}
             result = _fit(obj, data, None, client, checkpoint=checkpoint, **kwargs)
@@ -380,6 +383,31 @@ def _run_fit(obj: Any, data: str, checkpoint: str, fit_kwargs: Mapping[str, Any]
         return dict(obj.fitted_state())
 
 
+def _block_after_snapshot(root: str, kill_after: int, ready: str) -> None:
+    """Make this process stop for good once ``root`` holds ``kill_after`` iterations.
+
+    The snapshot writer, right after moving a pointer, checks the progress;
+    at the kill point it writes ``ready`` (the progress, for the parent to
+    check) and waits forever, so every later write, and the end of the
+    fit, waits too. The parent kills the process when ``ready`` appears:
+    the kill point is where the child stands, never a race against a timer.
+    """
+    from . import checkpoint as ckpt
+
+    write = ckpt.Checkpoint._write
+
+    def write_then_block(self: Any, *args: Any) -> None:
+        write(self, *args)
+        progress = checkpoint_progress(root)
+        if progress >= kill_after:
+            tmp = f"{ready}.tmp"
+            pathlib.Path(tmp).write_text(str(progress))
+            os.replace(tmp, ready)
+            threading.Event().wait()  # until SIGKILL
+
+    ckpt.Checkpoint._write = write_then_block  # type: ignore[method-assign]
+
+
 def _child_main(payload: str | None = None, log_path: str | None = None) -> None:
     """Entry point of the subprocess: run one checkpointed fit until it is killed."""
     if log_path is not None:
@@ -389,6 +417,7 @@ def _child_main(payload: str | None = None, log_path: str | None = None) -> None
     from distributed import Client
 
     spec = json.loads(payload if payload is not None else sys.argv[1])
+    _block_after_snapshot(spec["checkpoint"], spec["kill_after"], spec["ready"])
     with Client(spec["scheduler"], set_as_default=False) as client:
         obj = _load_factory(spec["factory"])()
         _run_fit(obj, spec["data"], spec["checkpoint"], spec["fit_kwargs"], client)
@@ -447,8 +476,11 @@ def assert_resume_bit_identical(
 
     A reference fit runs in this process. Then, for each kill point, a
     subprocess starts the same fit with a checkpoint on the same Dask
-    cluster; once its checkpoint holds that many iterations (polled from
-    the pointer) and a random moment later, it is killed with SIGKILL.
+    cluster; right after the snapshot that brings its checkpoint to that
+    many iterations, the subprocess stops itself (its snapshot writer
+    waits forever) and says so in a file; then it is killed with SIGKILL.
+    The kill point is thus where the child stands, never a timer it could
+    outrun, and the harness cannot flake on timing.
     The fit is then resumed here, and its final checkpoint (parameters,
     log-likelihood history, iteration, convergence) and fitted state must
     be bit-identical to the reference.
@@ -477,9 +509,10 @@ def assert_resume_bit_identical(
     chunk_rows : int, optional
         Rows per chunk of the stored data (default: four chunks).
     seed : int, optional
-        Seed of the random kill points and delays.
+        Seed of the random kill points.
     timeout : float
-        Seconds to wait for a subprocess to reach its kill point.
+        Seconds to wait for a subprocess to reach its kill point (it fails
+        the assertion, with the subprocess's output, when exceeded).
 
     Returns
     -------
@@ -513,34 +546,37 @@ def assert_resume_bit_identical(
     children = []
     for k in kill_after:
         path = str(tmp / f"killed-after-{k}.zarr")
-        payload = json.dumps(
-            {"factory": spec, "data": data, "checkpoint": path, "fit_kwargs": fit_kwargs, "scheduler": scheduler}
-        )
+        ready = str(tmp / f"killed-after-{k}.ready")
+        payload = json.dumps({"factory": spec, "data": data, "checkpoint": path, "fit_kwargs": fit_kwargs,
+                              "scheduler": scheduler, "kill_after": k, "ready": ready})
         log = str(tmp / f"killed-after-{k}.log")
         children.append({"k": k, "path": path, "process": _start_child(payload, log), "log": log,
-                         "killed_at": None, "deadline": None})
+                         "ready": ready, "killed_at": None})
     try:
         start = time.monotonic()
         pending = list(children)
         while pending:
             for child in list(pending):
                 process = child["process"]
-                if child["deadline"] is None and checkpoint_progress(child["path"]) >= child["k"]:
-                    child["deadline"] = time.monotonic() + rng.uniform(0.0, 0.05)
-                if child["deadline"] is not None and time.monotonic() >= child["deadline"]:
+                if os.path.exists(child["ready"]):  # it waits for us at its kill point
                     os.kill(process.pid, signal.SIGKILL)
                     process.join(timeout=30)
                     child["killed_at"] = checkpoint_progress(child["path"])
+                    stood = int(pathlib.Path(child["ready"]).read_text())
+                    assert child["killed_at"] == stood, (
+                        f"the checkpoint of the fit killed after iteration {child['k']} holds "
+                        f"{child['killed_at']} iterations, but it stopped at {stood}"
+                    )
                     pending.remove(child)
                 elif not process.is_alive():
                     text = pathlib.Path(child["log"]).read_text(errors="replace")[-3000:] if os.path.exists(child["log"]) else ""
                     raise AssertionError(
                         f"the fit to be killed after iteration {child['k']} exited with code "
-                        f"{process.exitcode} first:\n{text}"
+                        f"{process.exitcode} before reaching its kill point:\n{text}"
                     )
             if time.monotonic() - start > timeout:
                 raise AssertionError(f"no subprocess reached its kill point within {timeout} s")
-            time.sleep(0.005)
+            time.sleep(0.01)
     finally:
         for child in children:
             if child["process"].is_alive():

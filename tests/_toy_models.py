@@ -10,9 +10,11 @@ import dataclasses
 
 import numpy as np
 
+from dask_em.checkpoint import register_class
 from dask_em.estimators import EMEstimator
 
 
+@register_class  # a class outside dask-em that checkpoints may name
 @dataclasses.dataclass(frozen=True)
 class MixParams:
     """Weights, means and variances of a 1-D Gaussian mixture, each of shape (n_components,)."""
@@ -73,6 +75,7 @@ def make_mixture():
     return Mixture1D(n_components=3)
 
 
+@register_class
 class ToyMixture(EMEstimator):
     """A minimal estimator around :class:`Mixture1D`, to test saving and resuming estimators."""
 

@@ -237,10 +237,10 @@ DAMAGE = {
     "flipped bits": (_damage_flip, "damaged"),
     "missing array": (_damage_missing_array, "'params/variances' is missing"),
     "missing key": (_damage_missing_key, "lacks the key 'history'"),
-    "foreign class": (_damage_foreign_class, "never imports code|not imported"),
-    "imported class that is no dataclass": (_damage_imported_non_dataclass, "is not a dataclass"),
+    "foreign class": (_damage_foreign_class, "not one dask-em may rebuild"),
+    "imported class that is no dataclass": (_damage_imported_non_dataclass, "not one dask-em may rebuild"),
     "wrong class": (_damage_wrong_class, "has fields"),
-    "not a class": (_damage_not_a_class, "not a class"),
+    "not a class": (_damage_not_a_class, "not one dask-em may rebuild"),
     "newer snapshot format": (_damage_newer_snapshot, "format version 99.*Upgrade"),
     "newer pointer format": (_damage_newer_pointer, "format version 99.*Upgrade"),
     "garbage pointer": (_damage_pointer_garbage, "not valid JSON"),
@@ -260,7 +260,9 @@ def test_damaged_or_foreign_checkpoints_give_a_clear_error(X, client, good_check
     path = tmp_path / "fit.zarr"
     shutil.copytree(good_checkpoint, path)
     edit, message = DAMAGE[damage]
-    edit(_latest(path))
+    pointer = json.loads((path / "latest.json").read_text())
+    for snapshot in pointer["snapshots"]:  # every kept snapshot: no valid one to fall back to
+        edit(path / snapshot)
     with pytest.raises(CheckpointError, match=message) as info:
         fit(X, client, str(path))
     # the error is ours, raised without a chain into zarr internals
@@ -359,11 +361,11 @@ def test_load_refuses_foreign_classes(client, tmp_path):
     dask_em.save(gm, str(path))
     _edit_json(path / "zarr.json", lambda d: d["attributes"]["dask_em"].update(
         estimator={"module": "shutil", "qualname": "rmtree"}))
-    with pytest.raises(CheckpointError, match="never imports code|not imported|not a class"):
+    with pytest.raises(CheckpointError, match="not one dask-em may rebuild"):
         dask_em.load(str(path))
     _edit_json(path / "zarr.json", lambda d: d["attributes"]["dask_em"].update(
         estimator={"module": "dask_em.engine", "qualname": "EMResult"}))
-    with pytest.raises(CheckpointError, match="not a dask-em estimator"):
+    with pytest.raises(CheckpointError, match="not one dask-em may rebuild"):
         dask_em.load(str(path))
 
 

@@ -6,11 +6,33 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import numbers
+
 import dask.array as da
 import numpy as np
 
+from ..checkpoint import register_class
 from ..data import _check_array_meta, as_dask_array
 from ..errors import NotFittedError
+
+#: Rules for hyper-parameters many estimators share: (kind, minimum, None allowed).
+#: ``_check_params`` applies those an estimator has; its own checks add the rest.
+_COMMON_PARAMS: dict[str, tuple[str, float, bool]] = {
+    "n_components": ("int", 1, False),
+    "n_clusters": ("int", 1, False),
+    "n_init": ("int", 1, False),
+    "n_mix": ("int", 1, False),
+    "max_iter": ("int", 0, False),
+    "n_iter": ("int", 0, True),
+    "init_max_iter": ("int", 1, False),
+    "init_sample": ("int", 1, False),
+    "split_every": ("int", 2, False),
+    "verbose_interval": ("int", 1, False),
+    "tol": ("real", 0, False),
+    "reg_covar": ("real", 0, False),
+    "min_covar": ("real", 0, False),
+    "alpha": ("real", 0, False),
+}
 
 
 class EMEstimator:
@@ -24,6 +46,48 @@ class EMEstimator:
 
     #: scikit-learn's kind of estimator ("clusterer", "density_estimator", ...).
     _estimator_type: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Register dask-em's own public estimators, the classes files may name.
+
+        A subclass defined outside ``dask_em`` is registered only when its
+        author calls :func:`dask_em.checkpoint.register_class`.
+        """
+        super().__init_subclass__(**kwargs)
+        if (cls.__module__ == "dask_em" or cls.__module__.startswith("dask_em.")) and not cls.__name__.startswith("_"):
+            register_class(cls)
+
+    def _check_params(self) -> None:
+        """Refuse hyper-parameter values no fit accepts, before anything runs.
+
+        Applies the shared rules of :data:`_COMMON_PARAMS` (type and range of
+        ``n_components``, ``tol``, ``max_iter``, ...) and ``random_state``;
+        estimators extend it with their own checks. :func:`dask_em.load` and
+        ``dask-em resume`` run it on every configuration read from a file.
+
+        Raises
+        ------
+        ValueError
+            Naming the parameter, its value and what is allowed.
+        """
+        params = self.get_params()
+        for name, (kind, minimum, none_ok) in _COMMON_PARAMS.items():
+            if name not in params or (none_ok and params[name] is None):
+                continue
+            value = params[name]
+            if kind == "int":
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+                wanted = f"an integer >= {minimum:g}"
+            else:
+                ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                      and np.isfinite(value) and value >= minimum)
+                wanted = f"a finite number >= {minimum:g}"
+            if not ok:
+                raise ValueError(f"{name} must be {wanted}, got {value!r}")
+        state = params.get("random_state")
+        if not (state is None or isinstance(state, (np.random.Generator, np.random.RandomState))
+                or (isinstance(state, numbers.Integral) and not isinstance(state, bool) and state >= 0)):
+            raise ValueError(f"random_state must be None, a non-negative integer or a numpy Generator, got {state!r}")
 
     def __sklearn_tags__(self) -> Any:
         """scikit-learn's estimator tags (``clone`` and ``Pipeline`` ask for them)."""

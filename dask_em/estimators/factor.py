@@ -34,6 +34,10 @@ class _FactorBase(EMEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
+    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
+        super()._check_params()
+        self._model()  # its checks are those of a fit
+
     def _model(self) -> FactorModel:
         return FactorModel(n_components=int(self.n_components), noise=self._noise)
 

@@ -231,6 +231,10 @@ class GaussianMixture(EMEstimator):
 
     # -- checks ---------------------------------------------------------------
 
+    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
+        super()._check_params()
+        self._check_parameters()
+
     def _check_parameters(self) -> None:
         if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
             raise ValueError(f"n_components must be an integer >= 1, got {self.n_components!r}")

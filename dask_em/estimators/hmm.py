@@ -179,6 +179,12 @@ class _BaseHMM(EMEstimator):
         return blocks.n_features
 
     # -- parameters ----------------------------------------------------------
+    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
+        super()._check_params()
+        self._names(self.init_params, "init_params")
+        n_features = getattr(self, "n_features", None)
+        self._make_model(int(n_features) if isinstance(n_features, int) and n_features > 0 else 1)
+
     def _names(self, value: Any, what: str) -> tuple[str, ...]:
         if value is None:
             return self._all_params

@@ -503,6 +503,10 @@ class KMeans(EMEstimator):
         self.oversampling_factor = oversampling_factor
         self.init_max_iter = init_max_iter
 
+    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
+        super()._check_params()
+        self._validate()
+
     def _validate(self) -> int:
         def positive_int(name: str, value: Any, minimum: int) -> None:
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:

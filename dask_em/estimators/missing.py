@@ -80,6 +80,10 @@ class MultivariateNormal(EMEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
+    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
+        super()._check_params()
+        self._model()  # its checks are those of a fit
+
     def _model(self) -> MVNMissingModel:
         if self.reg_covar < 0:
             raise ValueError(f"reg_covar must be non-negative, got {self.reg_covar}")

@@ -29,6 +29,10 @@ class _MixtureEstimator(EMEstimator):
     _component_attr: str  # fitted attribute of the component parameters, e.g. "lambdas_"
     _init_attr: str  # hyper-parameter with initial component parameters, e.g. "lambdas_init"
 
+    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
+        super()._check_params()
+        self._model()  # its checks are those of a fit
+
     def _model(self) -> _DiscreteMixture:
         if int(self.n_components) < 1:
             raise ValueError(f"n_components must be at least 1, got {self.n_components}")

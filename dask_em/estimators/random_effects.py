@@ -73,6 +73,10 @@ class RandomEffects(EMEstimator):
         self.tol = tol
         self.verbose = verbose
 
+    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
+        super()._check_params()
+        self._model()  # its checks are those of a fit
+
     def _model(self) -> RandomEffectsModel:
         return RandomEffectsModel(method=str(self.method).lower())
 

@@ -11,7 +11,7 @@ import numpy as np
 from ..cluster import get_client
 from ..data import Blocks, _check_array_meta
 from ..engine import expected_stats, fit_em, prepare_blocks
-from ..errors import ConvergenceWarning
+from ..errors import ConvergenceWarning, InvalidDataError, InvalidParameterError
 from ..models.base import Stats
 from ..models.gmm import COVARIANCE_TYPES, GaussianMixtureModel, HardAssignment, _Workspace, data_moments
 from ..models.gmm import precisions_from_cholesky
@@ -166,26 +166,26 @@ class BayesianGaussianMixture(EMEstimator):
 
     def _check_parameters(self) -> None:
         if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
-            raise ValueError(f"n_components must be an integer >= 1, got {self.n_components!r}")
+            raise InvalidParameterError(f"n_components must be an integer >= 1, got {self.n_components!r}")
         if self.covariance_type not in COVARIANCE_TYPES:
-            raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}")
+            raise InvalidParameterError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}")
         if self.weight_concentration_prior_type not in WEIGHT_PRIOR_TYPES:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"weight_concentration_prior_type must be one of {WEIGHT_PRIOR_TYPES}, "
                 f"got {self.weight_concentration_prior_type!r}"
             )
         if self.init_params not in INIT_PARAMS:
-            raise ValueError(f"init_params must be one of {INIT_PARAMS}, got {self.init_params!r}")
+            raise InvalidParameterError(f"init_params must be one of {INIT_PARAMS}, got {self.init_params!r}")
         if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
-            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
+            raise InvalidParameterError(f"tol must be a non-negative number, got {self.tol!r}")
         if not (isinstance(self.reg_covar, (int, float)) and self.reg_covar >= 0):
-            raise ValueError(f"reg_covar must be a non-negative number, got {self.reg_covar!r}")
+            raise InvalidParameterError(f"reg_covar must be a non-negative number, got {self.reg_covar!r}")
         if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 0:
-            raise ValueError(f"max_iter must be an integer >= 0, got {self.max_iter!r}")
+            raise InvalidParameterError(f"max_iter must be an integer >= 0, got {self.max_iter!r}")
         if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
-            raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
+            raise InvalidParameterError(f"n_init must be an integer >= 1, got {self.n_init!r}")
         if not isinstance(self.split_every, (int, np.integer)) or self.split_every < 2:
-            raise ValueError(f"split_every must be an integer >= 2, got {self.split_every!r}")
+            raise InvalidParameterError(f"split_every must be an integer >= 2, got {self.split_every!r}")
 
     def _model(self) -> BayesianGaussianMixtureModel:
         return BayesianGaussianMixtureModel(
@@ -229,8 +229,8 @@ class BayesianGaussianMixture(EMEstimator):
         ------
         InvalidDataError
             For data that is not 2-D and numeric, or holds NaN or infinite values.
-        ValueError
-            For invalid hyper-parameters or priors.
+        InvalidParameterError
+            For invalid hyper-parameters or priors (a ``ValueError``).
         """
         self._check_parameters()
         if isinstance(X, (np.ndarray, list, tuple)):
@@ -242,7 +242,7 @@ class BayesianGaussianMixture(EMEstimator):
             blocks = prepare_blocks(X, active)
             n_samples, n_features = (int(s) for s in blocks.array.shape)
             if n_samples < max(K, 2):
-                raise ValueError(
+                raise InvalidDataError(
                     f"expected n_samples >= n_components (and at least 2), got n_components={K}, "
                     f"n_samples={n_samples}; decrease n_components or give more data"
                 )

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import scipy.special
 
+from ..errors import InvalidParameterError
 from .base import Stats
 from .gmm import (
     COVARIANCE_TYPES,
@@ -177,17 +178,20 @@ class BayesianGaussianMixtureModel:
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
-            raise ValueError(f"n_components must be an integer >= 1, got {self.n_components!r}")
+            raise InvalidParameterError(f"n_components must be an integer >= 1, got {self.n_components!r}")
         if self.covariance_type not in COVARIANCE_TYPES:
-            raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}")
+            raise InvalidParameterError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}")
         if self.weight_concentration_prior_type not in WEIGHT_PRIOR_TYPES:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"weight_concentration_prior_type must be one of {WEIGHT_PRIOR_TYPES}, "
                 f"got {self.weight_concentration_prior_type!r}"
             )
         if not (isinstance(self.reg_covar, (int, float, np.number)) and self.reg_covar >= 0):
-            raise ValueError(f"reg_covar must be a non-negative number, got {self.reg_covar!r}")
-        _check_prior_fields(self)
+            raise InvalidParameterError(f"reg_covar must be a non-negative number, got {self.reg_covar!r}")
+        try:
+            _check_prior_fields(self)
+        except ValueError as exc:
+            raise InvalidParameterError(str(exc)) from None
 
     # -- the prior --------------------------------------------------------------
 
@@ -221,16 +225,16 @@ class BayesianGaussianMixtureModel:
         changes: dict[str, Any] = {}
         if self.mean_prior is None:
             if mean is None:
-                raise ValueError("mean_prior is unset: give the data mean to fill it")
+                raise InvalidParameterError("mean_prior is unset: give the data mean to fill it")
             changes["mean_prior"] = np.asarray(mean, np.float64).reshape(D)
         if self.covariance_prior is None:
             if covariance is None:
-                raise ValueError("covariance_prior is unset: give the data covariance to fill it")
+                raise InvalidParameterError("covariance_prior is unset: give the data covariance to fill it")
             cov = np.asarray(covariance, np.float64)
             var = np.diag(cov) if cov.ndim == 2 else cov.reshape(D)
             if self.covariance_type in ("full", "tied"):
                 if cov.ndim != 2:
-                    raise ValueError("a full or tied covariance_prior default needs the (D, D) data covariance")
+                    raise InvalidParameterError("a full or tied covariance_prior default needs the (D, D) data covariance")
                 changes["covariance_prior"] = np.atleast_2d(cov)
             elif self.covariance_type == "diag":
                 changes["covariance_prior"] = var
@@ -242,7 +246,7 @@ class BayesianGaussianMixtureModel:
         """The prior's values with the data-free defaults, checked against ``n_features``."""
         D = int(n_features)
         if self.prior_needs_data:
-            raise ValueError(
+            raise InvalidParameterError(
                 "this BayesianGaussianMixtureModel lacks mean_prior or covariance_prior; give them, "
                 "or fill them from data moments with with_prior_defaults(...)"
             )
@@ -251,17 +255,17 @@ class BayesianGaussianMixtureModel:
         kappa = 1.0 if self.mean_precision_prior is None else float(self.mean_precision_prior)
         nu = float(D) if self.degrees_of_freedom_prior is None else float(self.degrees_of_freedom_prior)
         if not nu > D - 1:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"degrees_of_freedom_prior must be greater than n_features - 1 = {D - 1}, got {nu}; "
                 f"the default is n_features = {D}"
             )
         m0 = np.asarray(self.mean_prior, np.float64)
         if m0.shape != (D,):
-            raise ValueError(f"mean_prior must have n_features = {D} values, got shape {m0.shape}")
+            raise InvalidParameterError(f"mean_prior must have n_features = {D} values, got shape {m0.shape}")
         psi = np.asarray(self.covariance_prior, np.float64)
         expected = {"full": (D, D), "tied": (D, D), "diag": (D,), "spherical": ()}[ct]
         if psi.shape != expected:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"covariance_prior for covariance_type={ct!r} must have shape {expected}, got {psi.shape}"
             )
         return _Prior(alpha=alpha, kappa=kappa, mean=m0, dof=nu, scale=psi)

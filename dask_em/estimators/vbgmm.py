@@ -13,9 +13,9 @@ from ..data import Blocks, _check_array_meta
 from ..engine import expected_stats, fit_em, prepare_blocks
 from ..errors import ConvergenceWarning, InvalidDataError, InvalidParameterError
 from ..models.base import Stats
-from ..models.gmm import COVARIANCE_TYPES, GaussianMixtureModel, HardAssignment, _Workspace, data_moments
+from ..models.gmm import GaussianMixtureModel, HardAssignment, _Workspace, data_moments
 from ..models.gmm import precisions_from_cholesky
-from ..models.vbgmm import PRIOR_FIELDS, WEIGHT_PRIOR_TYPES, BayesianGaussianMixtureModel, VBGMMParams
+from ..models.vbgmm import PRIOR_FIELDS, BayesianGaussianMixtureModel, VBGMMParams
 from ._base import EMEstimator, run_checkpoint, run_rngs
 from .gmm import INIT_PARAMS, GaussianMixture, _stored_prior
 
@@ -165,21 +165,11 @@ class BayesianGaussianMixture(EMEstimator):
     # -- checks ---------------------------------------------------------------
 
     def _check_parameters(self) -> None:
-        if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
-            raise InvalidParameterError(f"n_components must be an integer >= 1, got {self.n_components!r}")
-        if self.covariance_type not in COVARIANCE_TYPES:
-            raise InvalidParameterError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}")
-        if self.weight_concentration_prior_type not in WEIGHT_PRIOR_TYPES:
-            raise InvalidParameterError(
-                f"weight_concentration_prior_type must be one of {WEIGHT_PRIOR_TYPES}, "
-                f"got {self.weight_concentration_prior_type!r}"
-            )
+        """The fit's own parameters; the model's (:meth:`_model`) check themselves."""
         if self.init_params not in INIT_PARAMS:
             raise InvalidParameterError(f"init_params must be one of {INIT_PARAMS}, got {self.init_params!r}")
         if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
             raise InvalidParameterError(f"tol must be a non-negative number, got {self.tol!r}")
-        if not (isinstance(self.reg_covar, (int, float)) and self.reg_covar >= 0):
-            raise InvalidParameterError(f"reg_covar must be a non-negative number, got {self.reg_covar!r}")
         if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 0:
             raise InvalidParameterError(f"max_iter must be an integer >= 0, got {self.max_iter!r}")
         if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
@@ -189,9 +179,9 @@ class BayesianGaussianMixture(EMEstimator):
 
     def _model(self) -> BayesianGaussianMixtureModel:
         return BayesianGaussianMixtureModel(
-            int(self.n_components),
+            self.n_components,
             self.covariance_type,
-            float(self.reg_covar),
+            self.reg_covar,
             self.weight_concentration_prior_type,
             **{name: getattr(self, name) for name in PRIOR_FIELDS},
         )
@@ -233,11 +223,11 @@ class BayesianGaussianMixture(EMEstimator):
             For invalid hyper-parameters or priors (a ``ValueError``).
         """
         self._check_parameters()
+        model = self._model()
         if isinstance(X, (np.ndarray, list, tuple)):
             X = np.asarray(X)
             _check_array_meta(X.shape, X.dtype)
         K = int(self.n_components)
-        model = self._model()
         with get_client(client, verbose=bool(self.verbose)) as active:
             blocks = prepare_blocks(X, active)
             n_samples, n_features = (int(s) for s in blocks.array.shape)

@@ -186,8 +186,11 @@ class BayesianGaussianMixtureModel:
                 f"weight_concentration_prior_type must be one of {WEIGHT_PRIOR_TYPES}, "
                 f"got {self.weight_concentration_prior_type!r}"
             )
-        if not (isinstance(self.reg_covar, (int, float, np.number)) and self.reg_covar >= 0):
+        if not (isinstance(self.reg_covar, (int, float, np.number)) and math.isfinite(self.reg_covar) and self.reg_covar >= 0):
             raise InvalidParameterError(f"reg_covar must be a non-negative number, got {self.reg_covar!r}")
+        # plain numbers: the configuration goes to JSON in checkpoints
+        object.__setattr__(self, "n_components", int(self.n_components))
+        object.__setattr__(self, "reg_covar", float(self.reg_covar))
         try:
             _check_prior_fields(self)
         except ValueError as exc:

@@ -164,6 +164,14 @@ class BayesianGaussianMixture(EMEstimator):
 
     # -- checks ---------------------------------------------------------------
 
+    def _check_params(self) -> None:
+        """The checks of a fit, without data (run on configurations read from files too)."""
+        check = getattr(super(), "_check_params", None)  # the shared rules, where the base class has them
+        if check is not None:
+            check()
+        self._check_parameters()
+        self._model()
+
     def _check_parameters(self) -> None:
         """The fit's own parameters; the model's (:meth:`_model`) check themselves."""
         if self.init_params not in INIT_PARAMS:

@@ -13,6 +13,7 @@ _LAZY = {
     "fit_em": "engine",
     "GaussianMixture": "estimators.gmm",
     "DiscreteBayesianNetwork": "estimators.bayesnet",
+    "BayesianGaussianMixture": "estimators.vbgmm",
     "CategoricalHMM": "estimators.hmm",
     "GaussianHMM": "estimators.hmm",
     "PoissonHMM": "estimators.hmm",
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .engine import EMResult, IterationInfo, expected_stats, fit_em
     from .estimators.gmm import GaussianMixture
     from .estimators.bayesnet import DiscreteBayesianNetwork
+    from .estimators.vbgmm import BayesianGaussianMixture
     from .estimators.hmm import CategoricalHMM, GaussianHMM, PoissonHMM
     from .estimators.kmeans import KMeans
     from .estimators.missing import MultivariateNormal
@@ -96,6 +98,7 @@ sys.modules[__name__].__class__ = _Package
 __version__ = "0.1.0"
 
 __all__ = [
+    "BayesianGaussianMixture",
     "CategoricalHMM",
     "DiscreteBayesianNetwork",
     "FactorAnalysis",

@@ -30,6 +30,7 @@ PROG = "dask-em"
 #: also reachable by its class name in kebab case (``poisson-mixture``).
 ALIASES: dict[str, str] = {
     "gmm": "GaussianMixture",
+    "vbgmm": "BayesianGaussianMixture",
     "kmeans": "KMeans",
     "hmm": "GaussianHMM",
     "mvn": "MultivariateNormal",

@@ -11,6 +11,12 @@ class InvalidDataError(DaskEMError, ValueError):
     """The data is outside what the model accepts (NaN, wrong shape or support)."""
 
 
+class InvalidParameterError(DaskEMError, ValueError):
+    """A hyper-parameter or prior value no fit accepts (exit code 2 on the command line)."""
+
+    exit_code = 2
+
+
 class NotFittedError(DaskEMError, AttributeError):
     """A method that needs a fitted model was called before ``fit``."""
 

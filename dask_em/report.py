@@ -8,6 +8,8 @@
   coloured by the most likely component, with every component's mean,
   weight and covariance ellipses (1 and 2 standard deviations) projected
   onto the same plane;
+- for variational mixtures (``BayesianGaussianMixture``) the expected
+  weight of every component, the active ones coloured;
 - for HMMs the transition matrix as a heat map and a decoded sample
   sequence (Viterbi states shaded behind the observations);
 - for mixtures of linear experts each expert's fitted line over its gate,
@@ -87,6 +89,8 @@ def _colors(n: int) -> list[Any]:
 
 def _convergence(est: Any) -> tuple[np.ndarray, str] | None:
     """The log-likelihood per iteration and what it is, or None."""
+    if getattr(est, "weight_concentration_", None) is not None and len(getattr(est, "lower_bounds_", ())):
+        return np.asarray(est.lower_bounds_, dtype=float), "lower bound (ELBO, total)"
     if getattr(est, "lower_bounds_", None) is not None and len(est.lower_bounds_):
         return np.asarray(est.lower_bounds_, dtype=float), "log-likelihood per sample"
     if getattr(est, "history_", None) is not None and len(est.history_):
@@ -468,6 +472,32 @@ def plot_experts(est: Any, sample: np.ndarray | None = None) -> Any:
     return fig
 
 
+#: A variational mixture's component is active when its expected weight is at least this.
+ACTIVE_WEIGHT = 1e-3
+
+
+def plot_active_components(est: Any) -> Any:
+    """Expected weights of a variational mixture's components, the active ones coloured; None for other models."""
+    if getattr(est, "weight_concentration_", None) is None or getattr(est, "weights_", None) is None:
+        return None
+    weights = np.asarray(est.weights_, dtype=float)
+    K = len(weights)
+    active = weights >= ACTIVE_WEIGHT
+    colors = _colors(K)
+    fig = _figure(min(3.0 + 0.35 * K, 10.0), 3.4)
+    ax = fig.subplots()
+    ax.bar(np.arange(K), np.maximum(weights, 1e-300), color=[colors[k] if active[k] else "0.75" for k in range(K)])
+    ax.axhline(ACTIVE_WEIGHT, color="0.4", linestyle="--", linewidth=1, label=f"active: weight >= {ACTIVE_WEIGHT:g}")
+    ax.set_yscale("log")
+    ax.set_ylim(max(min(float(weights.min()), ACTIVE_WEIGHT) / 10, 1e-12), 1.5)
+    ax.set_xlabel("component")
+    ax.set_ylabel("expected weight")
+    ax.legend(loc="upper right", fontsize=8, frameon=False)
+    kind = getattr(est, "weight_concentration_prior_type", "")
+    ax.set_title(f"{type(est).__name__}: {int(active.sum())} of {K} components active ({kind})", fontsize=10)
+    return fig
+
+
 def plot_transitions(est: Any) -> Any:
     """The transition matrix of an HMM as a heat map; None for other models."""
     transmat = getattr(est, "transmat_", None)
@@ -669,7 +699,8 @@ def make_report(
     output : str or os.PathLike
         The HTML file to write (``report.html``). The pictures are written
         beside it as ``report-convergence.png``, ``report-projection.png``,
-        ``report-transitions.png`` and ``report-sequence.png``, as far as
+        ``report-components.png``, ``report-transitions.png`` and
+        ``report-sequence.png``, as far as
         they apply to the model; existing files are replaced.
     data : array-like, dask array, Zarr path or sequences, optional
         The data (or similar data) the model was fitted to. A sample of
@@ -748,6 +779,8 @@ def make_report(
         caption = ("Data sample projected on two dimensions, coloured by the most likely component, with every "
                    "component's mean (size by weight) and covariance ellipses")
         pictures.append(("projection", plot_projection(est, sample, labels), caption))
+    pictures.append(("components", plot_active_components(est),
+                     f"Expected weight of every component (log scale); those at or above {ACTIVE_WEIGHT:g} are active"))
     if is_hmm:
         pictures.append(("transitions", plot_transitions(est), "Transition matrix: row = from state, column = to state"))
         if sequence is not None:

@@ -3,6 +3,7 @@
 from ._base import EMEstimator
 from .bayesnet import DiscreteBayesianNetwork
 from .gmm import GaussianMixture
+from .vbgmm import BayesianGaussianMixture
 from .hmm import CategoricalHMM, GaussianHMM, PoissonHMM
 from .kmeans import KMeans, kmeans_centers
 from .missing import MultivariateNormal
@@ -12,6 +13,7 @@ from .experts import MixtureOfExperts, MixtureOfLinearRegressions
 from .mixtures import BernoulliMixture, CategoricalMixture, PoissonMixture
 
 __all__ = [
+    "BayesianGaussianMixture",
     "BernoulliMixture",
     "CategoricalHMM",
     "CategoricalMixture",

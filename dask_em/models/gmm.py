@@ -133,13 +133,18 @@ def precisions_cholesky_from_covariances(covariances: np.ndarray, covariance_typ
     if covariance_type in ("full", "tied"):
         square = covariances if covariance_type == "full" else covariances[None]
         out = np.empty_like(square)
-        eye = np.eye(square.shape[-1])
         for k, cov in enumerate(square):
             try:
                 chol = scipy.linalg.cholesky(cov, lower=True)
             except np.linalg.LinAlgError:
                 raise IllConditionedCovarianceError(covariance_error_message()) from None
-            out[k] = scipy.linalg.solve_triangular(chol, eye, lower=True).T
+            # LAPACK's triangular inverse, not solve_triangular: that one is a
+            # threaded BLAS call whose thread wake-up took 10-200 ms per small
+            # matrix on a busy machine, against microseconds for the work.
+            inverse, info = scipy.linalg.lapack.dtrtri(chol, lower=1)
+            if info != 0:
+                raise IllConditionedCovarianceError(covariance_error_message())
+            out[k] = inverse.T
         return out if covariance_type == "full" else out[0]
     if np.any(~(covariances > 0.0)):
         raise IllConditionedCovarianceError(covariance_error_message())
@@ -604,9 +609,14 @@ class GaussianMixtureModel:
         add nothing; finite rows whose densities overflow make ``loglik``
         -inf (the engine reports it with what to try).
         """
+        return self.e_step_prepared(block, self.prepare(params))
+
+    def e_step_prepared(self, block: Any, prep: _Prepared) -> Stats:
+        """:meth:`e_step` with the constants of :meth:`prepare` given (for
+        models that change the per-component constants, such as the
+        variational mixture of :mod:`dask_em.models.vbgmm`)."""
         X = np.asarray(block)
-        prep = self.prepare(params)
-        K, D = np.shape(params.means)
+        K, D = self.n_components, prep.center.shape[0]
         stats = self._zero_stats(D)
         rows = sub_block_rows(K, D, self.covariance_type)
         work = _Workspace(min(rows, X.shape[0]), K, D, self.covariance_type)
@@ -793,8 +803,13 @@ class GaussianMixtureModel:
             stats["sum_xx"] = np.zeros((K, D))
         return stats
 
-    def prepare(self, params: GMMParams) -> _Prepared:
-        """Constants of the E-step under ``params`` (cheap: no data involved)."""
+    def prepare(self, params: GMMParams, log_weights: np.ndarray | None = None) -> _Prepared:
+        """Constants of the E-step under ``params`` (cheap: no data involved).
+
+        ``log_weights`` (K,), when given, replaces ``log(params.weights)``
+        in the per-component constants; the statistics stay centred on
+        :func:`reference_point` of ``params``.
+        """
         weights = np.asarray(params.weights, np.float64)
         means = np.asarray(params.means, np.float64)
         prec_chol = np.asarray(params.precisions_cholesky, np.float64)
@@ -802,8 +817,11 @@ class GaussianMixtureModel:
         center = reference_point(params)
         a = means - center
         ct = self.covariance_type
-        with np.errstate(divide="ignore"):
-            log_w = np.log(weights)
+        if log_weights is not None:
+            log_w = np.asarray(log_weights, np.float64)
+        else:
+            with np.errstate(divide="ignore"):
+                log_w = np.log(weights)
         none = np.zeros((0, 0))
         if ct == "full":
             log_det = np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
@@ -870,11 +888,14 @@ class GaussianMixtureModel:
         InvalidDataError
             If ``X`` has NaN or infinite values.
         """
+        return self.weighted_log_prob_prepared(X, self.prepare(params))
+
+    def weighted_log_prob_prepared(self, X: np.ndarray, prep: _Prepared) -> np.ndarray:
+        """:meth:`weighted_log_prob` with the constants of :meth:`prepare` given."""
         from ..errors import InvalidDataError
 
         X = np.asarray(X)
-        prep = self.prepare(params)
-        K, D = np.shape(params.means)
+        K, D = self.n_components, prep.center.shape[0]
         out = np.empty((X.shape[0], self.n_components))
         rows = sub_block_rows(K, D, self.covariance_type)
         work = _Workspace(min(rows, X.shape[0]), K, D, self.covariance_type)

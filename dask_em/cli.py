@@ -425,7 +425,7 @@ def _estimator_kwargs(cls: type, size_param: str | None, args: argparse.Namespac
 
 
 class _Session:
-    """The Dask client of one command, with its dashboard link printed once."""
+    """Where one command runs (None: this process), said in one line unless quiet."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -433,28 +433,39 @@ class _Session:
         self.client: Any = None
 
     def __enter__(self) -> Any:
-        from .cluster import SCHEDULER_ENV, get_client
+        from .cluster import SCHEDULER_ENV, session_client
+        from .executor import where
 
         address = getattr(self.args, "scheduler", None) or os.environ.get(SCHEDULER_ENV)
         _check_address(address)
         quiet = getattr(self.args, "quiet", False)
+        workers = getattr(self.args, "workers", None)
         tls = [getattr(self.args, name, None) for name in ("tls_ca_file", "tls_cert", "tls_key")]
         if any(tls) and not (tls[0] and tls[1]):
             raise UsageError("give --tls-ca-file and --tls-cert (and --tls-key if the key is a separate file)")
         security = tuple(tls) if any(tls) else None
-        self._context = get_client(None, address, security=security, verbose=not quiet and not address)
+        if workers is not None and address:
+            raise UsageError(f"give --workers or --scheduler, not both (got --workers {workers} and {address!r})")
+        if workers is not None and workers < 0:
+            raise UsageError(f"--workers must be 0 (one per core) or more, got {workers}")
+        client = session_client(workers) if workers is not None else None
+        # the input is sized (Zarr metadata only) so data too large for this process gets workers
+        data = getattr(self.args, "input", None)
+        self._context = where(client, address, data=data, security=security, verbose=not quiet)
         try:
             self.client = self._context.__enter__()
         except OSError as exc:
             raise UsageError(f"cannot connect to the scheduler at {address!r}: {exc}") from exc
-        if address:
-            from .progress import dashboard_message
-
-            _note(self.args, dashboard_message(self.client))
         return self.client
 
     def __exit__(self, *exc: Any) -> None:
         self._context.__exit__(*exc)
+
+
+def _compute(client: Any, *collections: Any) -> tuple[Any, ...]:
+    from .executor import compute
+
+    return compute(client, *collections)
 
 
 def _require(module: str, what: str) -> Any:
@@ -768,7 +779,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             out = out.rechunk({0: max(out.chunks[0])})
         start = time.perf_counter()
         stored = da.to_zarr(out, output, overwrite=args.overwrite, compute=False)
-        client.compute(stored).result()
+        _compute(client, stored)
         seconds = time.perf_counter() - start
     result = {"output": args.output, "what": args.what, "shape": list(out.shape), "dtype": str(out.dtype),
               "seconds": seconds}
@@ -790,7 +801,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             X = X if not isinstance(X, str) else _as_dask_array(X)
             per_row = estimator.score_samples(X)
             if isinstance(per_row, da.Array):
-                total, n = client.compute([per_row.sum(), per_row.shape[0]], sync=True)
+                total, n = _compute(client, per_row.sum(), per_row.shape[0])
             else:
                 total, n = float(per_row.sum()), per_row.shape[0]
             score = float(total) / n
@@ -969,7 +980,10 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 def _common(p: argparse.ArgumentParser, *, scheduler: bool = True, json_output: bool = True) -> None:
     if scheduler:
         p.add_argument("--scheduler", metavar="ADDR", default=None,
-                       help="address of a Dask scheduler (default: $DASK_EM_SCHEDULER, else a LocalCluster)")
+                       help="address of a Dask scheduler (default: $DASK_EM_SCHEDULER, else this process)")
+        p.add_argument("--workers", metavar="N", type=int, default=None,
+                       help="run on a LocalCluster of N worker processes (0: one per core) instead of in "
+                            "this process (default: $DASK_EM_WORKERS, else this process on a thread pool)")
         tls = "PEM file for a tls:// scheduler (default: $DASK_EM_TLS_%s, else dask's distributed.comm.tls config)"
         p.add_argument("--tls-ca-file", metavar="PATH", default=None, help="CA certificate " + tls % "CA_FILE")
         p.add_argument("--tls-cert", metavar="PATH", default=None, help="client certificate " + tls % "CERT")

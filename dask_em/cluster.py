@@ -1,11 +1,17 @@
-"""Which Dask client a fit runs on."""
+"""Which Dask client a fit runs on: one given, the current one, an address,
+or this process's own LocalCluster, started only when asked and kept until exit.
+
+Whether a fit needs a client at all is :mod:`dask_em.executor`'s decision.
+"""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -112,6 +118,84 @@ def local_cluster(n_workers: int | None = None, memory_limit: str | float | None
     )
 
 
+#: Environment variable asking for a LocalCluster of this many worker processes.
+WORKERS_ENV = "DASK_EM_WORKERS"
+
+_session: tuple[LocalCluster, Client] | None = None
+_session_lock = threading.Lock()
+
+
+def requested_workers() -> int | None:
+    """Worker processes asked for by configuration, or None to run in this process.
+
+    Read from ``$DASK_EM_WORKERS`` or Dask's ``dask-em.workers`` setting
+    (``dask.config.set({"dask-em.workers": 4})``); 0 means "one per core".
+    """
+    value = os.environ.get(WORKERS_ENV) or dask.config.get("dask-em.workers", None)
+    if value is None or value == "":
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"${WORKERS_ENV} / dask-em.workers must be a whole number of worker processes, got {value!r}") from None
+    if n < 0:
+        raise ValueError(f"${WORKERS_ENV} / dask-em.workers must be 0 (one per core) or more, got {n}")
+    return n
+
+
+def session_client(n_workers: int | None = None, *, verbose: bool = False) -> Client:
+    """The client of this Python process's LocalCluster, started at the first call.
+
+    The cluster is kept for the rest of the process (starting one costs
+    several seconds) and closed quietly at exit. A later call asking for a
+    different number of workers gets the running cluster.
+
+    Parameters
+    ----------
+    n_workers : int, optional
+        Worker processes of a new cluster (0 or None: one per core, at most 8).
+    verbose : bool
+        Print the dashboard link when a cluster is started.
+    """
+    global _session
+    with _session_lock:
+        if _session is not None and _session[1].status == "running":
+            return _session[1]
+        cluster = local_cluster(n_workers or None)
+        client = Client(cluster, set_as_default=False)
+        if _session is None:
+            atexit.register(_close_session)
+        _session = (cluster, client)
+    if verbose:
+        print(f"dask-em: started a LocalCluster of {len(cluster.workers)} workers, dashboard at {client.dashboard_link}", file=sys.stderr)
+    return client
+
+
+def _close_session() -> None:
+    """Close the session cluster before interpreter shutdown, without log noise."""
+    global _session
+    if _session is None:
+        return
+    cluster, client = _session
+    _session = None
+    with contextlib.suppress(Exception):
+        client.close(timeout=10)
+    with contextlib.suppress(Exception):
+        cluster.close(timeout=10)
+
+
+def connect(address: str, security: Any = None) -> Client:
+    """A client of the scheduler at ``address`` (not set as Dask's default)."""
+    return Client(address, security=resolve_security(security), set_as_default=False)
+
+
+def scheduler_address(scheduler: str | None = None) -> str | None:
+    """``scheduler``, else ``$DASK_EM_SCHEDULER``, else Dask's ``scheduler-address``."""
+    # Dask's own setting last: the Kubernetes operator's DaskJob and other
+    # deployments name the scheduler in $DASK_SCHEDULER_ADDRESS.
+    return scheduler or os.environ.get(SCHEDULER_ENV) or dask.config.get("scheduler-address", None)
+
+
 @contextlib.contextmanager
 def get_client(
     client: Client | None = None,
@@ -120,12 +204,13 @@ def get_client(
     security: Any = None,
     verbose: bool = False,
 ) -> Iterator[Client]:
-    """Yield the client to run on, closing only what this call started.
+    """Yield a distributed client, closing only a connection this call opened.
 
     The order is: ``client`` if given; the current distributed client;
     ``scheduler``, ``$DASK_EM_SCHEDULER`` or Dask's ``scheduler-address``
-    setting (``$DASK_SCHEDULER_ADDRESS``) as an address; a new
-    LocalCluster on 127.0.0.1 whose dashboard link is printed.
+    setting (``$DASK_SCHEDULER_ADDRESS``) as an address; this process's
+    LocalCluster (:func:`session_client`). Fits do not need a client:
+    see :func:`dask_em.executor.where`, which runs them in this process.
 
     Parameters
     ----------
@@ -146,17 +231,12 @@ def get_client(
     if current is not None and scheduler is None:
         yield current
         return
-    # Dask's own setting last: the Kubernetes operator's DaskJob and other
-    # deployments name the scheduler in $DASK_SCHEDULER_ADDRESS.
-    address = scheduler or os.environ.get(SCHEDULER_ENV) or dask.config.get("scheduler-address", None)
+    address = scheduler_address(scheduler)
     if address:
-        with Client(address, security=resolve_security(security), set_as_default=False) as started:
+        with connect(address, security) as started:
             yield started
         return
-    with local_cluster() as cluster, Client(cluster, set_as_default=False) as started:
-        if verbose:
-            print(f"dask-em: started a LocalCluster, dashboard at {started.dashboard_link}", file=sys.stderr)
-        yield started
+    yield session_client(requested_workers(), verbose=verbose)
 
 
 def _memory_limits(client: Client) -> list[float]:

@@ -157,7 +157,7 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None, client: Any = None) 
         X = np.asarray(X)
         _check_array_meta(X.shape, X.dtype)
         rows = chunk_rows or _default_chunk_rows(X.shape[0], X.shape[1] * max(X.dtype.itemsize, 8))
-        X = _scatter(X, rows, client) if client is not None else da.from_array(X, chunks=(rows, -1))
+        X = _scatter(X, rows, client) if client is not None else _in_process(X, rows)
     _check_array_meta(X.shape, X.dtype)
     if X.dtype.kind in "biu":
         X = X.astype(np.float64)
@@ -173,6 +173,21 @@ def _scatter(X: np.ndarray, rows: int, client: Any) -> da.Array:
     futures = client.scatter(pieces, hash=False)
     parts = [da.from_delayed(dask.delayed(f), shape=p.shape, dtype=p.dtype) for f, p in zip(futures, pieces)]
     return da.concatenate(parts, axis=0)
+
+
+def _in_process(X: np.ndarray, rows: int) -> da.Array:
+    """``X`` as a Dask array whose blocks are row slices of it, already computed.
+
+    The same blocks as scattered to a cluster; nothing to persist, and a
+    pass in this process maps them without a task graph.
+    """
+    import uuid
+
+    name = f"in-memory-{uuid.uuid4().hex}"
+    starts = range(0, len(X), rows)
+    graph = {(name, i, 0): X[start : start + rows] for i, start in enumerate(starts)}
+    chunks = (tuple(min(rows, len(X) - start) for start in starts), (X.shape[1],))
+    return da.Array(graph, name, chunks, dtype=X.dtype)
 
 
 def _default_chunk_rows(n_samples: int, row_bytes: int) -> int:
@@ -230,7 +245,9 @@ class Blocks:
         """Compute Dask collections on the blocks' client."""
         if self.client is not None:
             return tuple(self.client.gather(self.client.compute(list(collections))))
-        return dask.compute(*collections)
+        from .executor import local_scheduler
+
+        return dask.compute(*collections, scheduler=local_scheduler())
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """A random in-memory subset of about ``n`` rows, read from a few blocks.
@@ -262,19 +279,25 @@ def array_blocks(X: da.Array, client: Any = None, persist: bool | None = None) -
     X : dask.array.Array
         Data with one chunk along the feature axis.
     client : distributed.Client, optional
-        Used to size the cluster's memory for the persist decision.
+        Used to size the cluster's memory for the persist decision; without
+        it, lazy data is held in this process when it fits its memory.
     persist : bool, optional
         Force persisting (True) or streaming from the source (False).
     """
     if client is not None:
         _warn_large_blocks(X, client)
+    if persist is None and client is None and X.name.startswith("in-memory-"):
+        persist = False  # already in this process
     if persist is None:
         from .cluster import cluster_memory
+        from .executor import memory_budget
 
-        memory = cluster_memory(client) if client is not None else 0.0
+        memory = cluster_memory(client) if client is not None else memory_budget()
         persist = memory > 0 and X.nbytes < PERSIST_FRACTION * memory
     if persist:
-        X = client.persist(X) if client is not None else X.persist()
+        from .executor import local_scheduler
+
+        X = client.persist(X) if client is not None else X.persist(scheduler=local_scheduler())
     fingerprint = {
         "shape": list(X.shape),
         "dtype": str(X.dtype),

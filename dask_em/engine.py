@@ -17,12 +17,12 @@ from typing import Any
 import dask
 import numpy as np
 
-from .cluster import get_client
 from .data import Blocks, array_blocks, as_dask_array, check_visible_to_workers
+from .executor import compute, local_map, local_scheduler, where
 from .errors import ConvergenceWarning, DaskEMError, InvalidDataError, LostDataError, SchedulerLostError
 from .models.base import EMModel, Stats
 from .monitor import ConvergenceMonitor
-from .stats import add_stats
+from .stats import add_stats, tree_reduce
 
 
 @dataclass
@@ -133,6 +133,17 @@ def expected_stats(
     With ``hash_blocks``, each E-step task also hashes the block it read,
     and the result holds the list of hashes, in block order, under
     :data:`BLOCK_HASHES` (checkpoints compare them on resume).
+    Without a client, blocks already in this process's memory are mapped on
+    its thread pool and summed by the same tree without building a graph.
+
+    The result is bit-identical for the same blocks, ``split_every``,
+    parameters and library versions wherever it runs, provided the E-step's
+    machine code is the same: numba compiles the kernels for the CPU they
+    run on, and kernels compiled with ``fastmath`` reassociation (GMM
+    responsibilities, HMM emissions) or BLAS kernels chosen per CPU may
+    order additions differently on another CPU kind. Workers of mixed CPU
+    kinds agree to rounding; ``NUMBA_CPU_NAME=generic`` and one
+    ``OPENBLAS_CORETYPE`` everywhere make them agree bit for bit.
     """
     for attempt in range(MAX_RESCATTER + 1):
         try:
@@ -148,6 +159,11 @@ def expected_stats(
 def _one_pass(model: EMModel, blocks: Blocks, params: Any, client: Any, split_every: int, hash_blocks: bool) -> Stats:
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
+    if client is None and not hash_blocks:
+        values = _in_memory(blocks.parts)
+        per_block = None if values is None else local_map(lambda block: model.e_step(block, params), values)
+        if per_block is not None:  # the same tree, without building a graph
+            return _checked(model, tree_reduce(per_block, split_every), params)
     model_d = dask.delayed(model, traverse=False)
     params_d = dask.delayed(params, traverse=False)
     if hash_blocks:
@@ -178,11 +194,61 @@ def _one_pass(model: EMModel, blocks: Blocks, params: Any, client: Any, split_ev
                 "numpy versions as this client."
             ) from exc
     else:
-        stats = level[0].compute(scheduler="threads", optimize_graph=False)
+        stats = level[0].compute(scheduler=local_scheduler(), optimize_graph=False)
     if hash_blocks:
         stats, hashes = stats
         return {**_checked(model, stats, params), BLOCK_HASHES: [hashes[i] for i in range(len(blocks.parts))]}
     return _checked(model, stats, params)
+
+
+def map_parts(func: Callable[..., Any], blocks: Blocks, client: Any, *args: Any, index: bool = False) -> list[Any]:
+    """``[func(block, *args) for block in blocks]`` (with the block's index last when ``index``).
+
+    Each argument enters a Dask graph once; blocks already in this process's
+    memory are mapped on its thread pool without a graph (see
+    :func:`dask_em.executor.local_map`).
+    """
+    where_ = client if client is not None else blocks.client
+    if where_ is None:
+        values = _in_memory(blocks.parts)
+        if values is not None:
+            out = local_map(lambda item: func(item[1], *args, *((item[0],) if index else ())), list(enumerate(values)))
+            if out is not None:
+                return out
+    args_d = [dask.delayed(a, traverse=False) for a in args]
+    tasks = [
+        dask.delayed(func, pure=True)(part, *args_d, *((i,) if index else ())) for i, part in enumerate(blocks.parts)
+    ]
+    return list(compute(where_, *tasks))
+
+
+def in_memory_blocks(blocks: Blocks) -> list[Any] | None:
+    """The values of ``blocks`` when they are all held in this process, else None."""
+    return _in_memory(blocks.parts) if blocks.client is None else None
+
+
+def _in_memory(parts: Sequence[Any]) -> list[Any] | None:
+    """The blocks' values when every part is already computed in this process, else None."""
+    from dask._task_spec import DataNode, GraphNode
+    from dask.core import istask
+
+    values = []
+    for part in parts:
+        graph = part.__dask_graph__()
+        value = graph.get(part.key)
+        if isinstance(value, DataNode):
+            value = value.value
+        if value is None or isinstance(value, GraphNode) or istask(value) or _is_key(value, graph):
+            return None
+        values.append(value)
+    return values
+
+
+def _is_key(value: Any, graph: Any) -> bool:
+    try:
+        return value in graph  # an alias of another key
+    except TypeError:  # unhashable: data
+        return False
 
 
 def _fuse_block_reads(result: Any, e_steps: list[tuple[Any, Any]]) -> Any:
@@ -407,7 +473,8 @@ def fit_em(
     split_every : int
         Fan-in of the tree reduction of statistics.
     client, scheduler
-        Where to run; see :func:`dask_em.cluster.get_client`.
+        Where to run; see :func:`dask_em.executor.where` (by default this
+        process, on a thread pool).
     random_state : int or Generator, optional
         Seed for ``init_params``.
     callbacks : sequence of callables
@@ -445,7 +512,7 @@ def fit_em(
         raise ValueError(
             f"checkpoint_every must be an integer >= 1 (a snapshot every that many iterations), got {checkpoint_every!r}"
         )
-    with get_client(client, scheduler, verbose=verbose) as active:
+    with where(client, scheduler, data=data, verbose=verbose) as active:
         blocks = prepare_blocks(data, active)
         rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
         monitor = ConvergenceMonitor(tol=tol, max_iter=max_iter)

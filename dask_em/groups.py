@@ -200,13 +200,12 @@ def _n_workers(client: Any) -> int:
 
 def _persist_decision(nbytes: float, client: Any, persist: bool | None) -> bool:
     if persist is not None:
-        return bool(persist) and client is not None
-    if client is None:
-        return False
+        return bool(persist)
     from .cluster import cluster_memory
     from .data import PERSIST_FRACTION
+    from .executor import memory_budget
 
-    memory = cluster_memory(client)
+    memory = cluster_memory(client) if client is not None else memory_budget()
     return memory > 0 and nbytes < PERSIST_FRACTION * memory
 
 
@@ -317,7 +316,9 @@ def grouped_blocks(
             )
         parts = source
         if _persist_decision(n * row_bytes, client, persist):
-            parts = list(client.persist(source))
+            from .sequences import _persist  # on the client, or in this process
+
+            parts = _persist(source, client)
     fingerprint = {
         "kind": "groups",
         "n_samples": int(n),
@@ -434,6 +435,6 @@ def _n_rows(block: GroupedBlock) -> int:
 
 
 def _compute_list(values: list[Any], client: Any) -> list[Any]:
-    if client is not None:
-        return list(client.gather(client.compute(values)))
-    return list(dask.compute(*values))
+    from .executor import compute
+
+    return list(compute(client, *values))

@@ -166,11 +166,9 @@ def _components(est: Any) -> _Components | None:
 
 
 def _compute(client: Any, *collections: Any) -> list[Any]:
-    if client is not None:
-        return list(client.gather(client.compute(list(collections))))
-    import dask
+    from .executor import compute
 
-    return list(dask.compute(*collections))
+    return list(compute(client, *collections))
 
 
 def _row_sample(data: Any, n: int, rng: np.random.Generator, client: Any) -> np.ndarray:

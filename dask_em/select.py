@@ -558,7 +558,7 @@ def select(
     split_every : int
         Fan-in of the tree reduction.
     client, scheduler
-        Where to run; see :func:`dask_em.cluster.get_client`.
+        Where to run; see :func:`dask_em.executor.where`.
     verbose : bool
         Print one progress line per shared iteration on standard error.
 
@@ -580,8 +580,8 @@ def select(
     >>> result = dask_em.select("data.zarr", n_components=range(1, 7))  # doctest: +SKIP
     >>> print(result.summary())  # doctest: +SKIP
     """
-    from .cluster import get_client
     from .engine import expected_stats, prepare_blocks
+    from .executor import where
 
     start_time = time.perf_counter()
     ks = sorted({int(k) for k in n_components})
@@ -600,7 +600,7 @@ def select(
     ]
     member_seeds = seeds.spawn(len(members) + 1)
 
-    with get_client(client, scheduler, verbose=verbose) as active:
+    with where(client, scheduler, data=X, verbose=verbose) as active:
         blocks = prepare_blocks(X, active)
         n_samples = blocks.n_samples
         if ks[-1] > n_samples:

@@ -339,7 +339,9 @@ def _persist_decision(persist: bool | None, nbytes: float, client: Any) -> bool:
 def _persist(parts: list[Delayed], client: Any) -> list[Delayed]:
     if client is not None:
         return list(client.persist(parts))
-    return list(dask.persist(*parts, scheduler="threads"))
+    from .executor import local_scheduler
+
+    return list(dask.persist(*parts, scheduler=local_scheduler()))
 
 
 def sequence_blocks(
@@ -566,9 +568,9 @@ def _bag_blocks(bag: Any, client: Any, n_partitions: int | None, persist: bool |
 
 
 def _compute(client: Any, collections: list[Any]) -> list[Any]:
-    if client is not None:
-        return list(client.gather(client.compute(collections)))
-    return list(dask.compute(*collections, scheduler="threads"))
+    from .executor import compute
+
+    return list(compute(client, *collections))
 
 
 def to_zarr_sequences(

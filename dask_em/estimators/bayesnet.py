@@ -9,9 +9,9 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from ..cluster import get_client
 from ..engine import fit_em, prepare_blocks
 from ..errors import InvalidDataError
+from ..executor import where
 from ..models.bayesnet import MAX_VARIABLES, BayesianNetworkModel, BayesNetParams, topological_order
 from ._base import EMEstimator, map_rows
 
@@ -305,7 +305,7 @@ class DiscreteBayesianNetwork(EMEstimator):
         model = self._model(names, X)
         rng = np.random.default_rng(self.random_state) if not isinstance(self.random_state, np.random.Generator) \
             else self.random_state
-        with get_client(client, verbose=self.verbose) as active:
+        with where(client, data=X, verbose=self.verbose) as active:
             blocks = prepare_blocks(X, active)
             result = fit_em(
                 model, blocks, params=lambda: self._start(model, rng), max_iter=self.max_iter, tol=self.tol,

@@ -15,10 +15,10 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from ..cluster import get_client
 from ..data import as_dask_array, open_zarr_array
 from ..engine import EMResult, fit_em, prepare_blocks
 from ..errors import ConvergenceWarning, InvalidDataError
+from ..executor import where
 from ..models.experts import ExpertsParams, MixtureOfExpertsModel
 from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs
 from .mixtures import _set
@@ -250,7 +250,7 @@ class MixtureOfExperts(EMEstimator):
         self
         """
         best: EMResult | None = None
-        with get_client(client, verbose=self.verbose) as active:
+        with where(client, data=X, verbose=self.verbose) as active:
             joined, n_targets = xy_array(X, y, target_columns=target_columns, client=active)
             model = self._model(n_targets)
             blocks = prepare_blocks(joined, active)

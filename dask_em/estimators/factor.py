@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cluster import get_client
+from ..executor import where
 from ..engine import fit_em, prepare_blocks
 from ..models.factor import FactorModel, FactorParams, score_block, transform_block
 from ._base import EMEstimator, map_rows, run_rngs
@@ -60,7 +60,7 @@ class _FactorBase(EMEstimator):
             The data. NaN marks a missing value; infinite values are an error.
         y : ignored
         client : distributed.Client, optional
-            Where to run (see :func:`dask_em.cluster.get_client`).
+            Where to run (see :func:`dask_em.executor.where`); by default this process.
         checkpoint, checkpoint_every, resume, force
             Zarr snapshots of the fit; see :func:`dask_em.fit_em`.
 
@@ -69,7 +69,7 @@ class _FactorBase(EMEstimator):
         self
         """
         model = self._model()
-        with get_client(client, verbose=self.verbose) as active:
+        with where(client, data=X, verbose=self.verbose) as active:
             blocks = prepare_blocks(X, active)
             n_features = int(blocks.array.shape[1])
             if model.n_components > n_features:

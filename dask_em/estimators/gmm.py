@@ -12,7 +12,7 @@ from typing import Any
 import dask
 import numpy as np
 
-from ..cluster import get_client
+from ..executor import where
 from ..data import Blocks, _check_array_meta, as_dask_array
 from ..engine import expected_stats, fit_em, prepare_blocks
 from ..errors import ConvergenceWarning, InvalidDataError
@@ -323,7 +323,7 @@ class GaussianMixture(EMEstimator):
             The data (float32 or float64; integers are converted).
         y : ignored
         client : distributed.Client, optional
-            Where to run (see :func:`dask_em.cluster.get_client`).
+            Where to run (see :func:`dask_em.executor.where`); by default this process.
         checkpoint, checkpoint_every, resume, force
             Zarr snapshots of the fit; see :func:`dask_em.fit_em`. With
             ``n_init > 1`` each initialisation has its own sub-group.
@@ -346,7 +346,7 @@ class GaussianMixture(EMEstimator):
             _check_array_meta(X.shape, X.dtype)
         K = int(self.n_components)
         model = self._model()
-        with get_client(client, verbose=bool(self.verbose)) as active:
+        with where(client, data=X, verbose=bool(self.verbose)) as active:
             blocks = prepare_blocks(X, active)
             n_samples, n_features = (int(s) for s in blocks.array.shape)
             if n_samples < max(K, 2):

@@ -32,7 +32,7 @@ from typing import Any
 import dask
 import numpy as np
 
-from ..cluster import get_client
+from ..executor import where
 from ..engine import fit_em
 from ..errors import InvalidDataError
 from ..models.hmm import (
@@ -301,7 +301,7 @@ class _BaseHMM(EMEstimator):
             Lengths of the sequences of a concatenated ``X``; their sum must
             be ``n_samples``. By default ``X`` is one sequence.
         client : distributed.Client, optional
-            Where to run; by default the current client or a new LocalCluster.
+            Where to run (see :func:`dask_em.executor.where`); by default this process.
         checkpoint : str, optional
             Zarr path or URL for snapshots; a fit resumes from it.
         checkpoint_every, resume, force
@@ -313,7 +313,7 @@ class _BaseHMM(EMEstimator):
         """
         self._check_hyperparameters()
         max_iter = self._max_iter
-        with get_client(client, verbose=self.verbose) as active:
+        with where(client, data=X, verbose=self.verbose) as active:
             blocks = sequence_blocks(
                 X, lengths, client=active, n_partitions=self.n_partitions, dtype=self._values_dtype
             )

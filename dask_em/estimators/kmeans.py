@@ -8,12 +8,11 @@ import sys
 import warnings
 from typing import Any
 
-import dask
 import numpy as np
 
-from ..cluster import get_client
 from ..data import Blocks
-from ..engine import expected_stats, fit_em, prepare_blocks
+from ..engine import expected_stats, fit_em, in_memory_blocks, map_parts, prepare_blocks
+from ..executor import compute, where
 from ..errors import ConvergenceWarning, InvalidDataError
 from ..models.kmeans import (
     KMeansModel,
@@ -124,18 +123,16 @@ def _distances(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _compute(blocks: Blocks, client: Any, tasks: list[Any]) -> list[Any]:
-    if client is not None:
-        return list(client.gather(client.compute(tasks, optimize_graph=False)))
-    if blocks.client is not None:
-        return list(blocks.client.gather(blocks.client.compute(tasks, optimize_graph=False)))
-    return list(dask.compute(*tasks, scheduler="threads", optimize_graph=False))
-
-
 def _rows(blocks: Blocks, client: Any, index: np.ndarray) -> np.ndarray:
     """Rows ``index`` (sorted) of the data, reading only the blocks that hold them."""
     assert blocks.array is not None
-    (rows,) = _compute(blocks, client, [blocks.array[np.sort(index)]])
+    values = in_memory_blocks(blocks) if client is None else None
+    if values is not None:  # no graph for a few rows of data in this process
+        index = np.sort(index)
+        starts = np.cumsum((0, *blocks.array.chunks[0][:-1]))
+        which = np.searchsorted(starts, index, side="right") - 1
+        return np.array([values[b][i - starts[b]] for b, i in zip(which, index)], dtype=np.float64)
+    (rows,) = compute(client if client is not None else blocks.client, blocks.array[np.sort(index)])
     return np.asarray(rows, dtype=np.float64)
 
 
@@ -215,12 +212,7 @@ def kmeans_parallel_init(
         candidates = np.zeros_like(candidates)  # the first round counts and reports the bad values
     oversampling = float(oversampling_factor) * n_clusters
     for round_ in range(n_rounds):
-        cand_d = dask.delayed(candidates, traverse=False)
-        tasks = [
-            dask.delayed(_oversample_block, pure=True)(part, cand_d, oversampling, seed, round_, i)
-            for i, part in enumerate(blocks.parts)
-        ]
-        results = _compute(blocks, client, tasks)
+        results = map_parts(_oversample_block, blocks, client, candidates, oversampling, seed, round_, index=True)
         n_invalid = sum(r[3] for r in results)
         if n_invalid:
             raise _invalid_error(n_invalid)
@@ -230,8 +222,7 @@ def kmeans_parallel_init(
         threshold = oversampling / phi
         new = [r[1][r[2] < threshold] for r in results]
         candidates = np.concatenate([candidates, *new], axis=0)
-    cand_d = dask.delayed(candidates, traverse=False)
-    counts = _compute(blocks, client, [dask.delayed(_count_nearest, pure=True)(p, cand_d) for p in blocks.parts])
+    counts = map_parts(_count_nearest, blocks, client, candidates)
     weights = np.sum(counts, axis=0)
     if np.count_nonzero(weights) < n_clusters:
         # Fewer distinct candidates than clusters (tiny or repetitive data):
@@ -298,7 +289,7 @@ def mean_variance(blocks: Blocks, client: Any = None) -> float:
     Block moments are merged on the client in block order (Chan et al.'s
     pairwise update), so the result does not depend on scheduling.
     """
-    parts = _compute(blocks, client, [dask.delayed(_moments_block, pure=True)(p) for p in blocks.parts])
+    parts = map_parts(_moments_block, blocks, client)
     n, mean, m2 = 0, None, None
     for nb, mb, m2b in parts:
         if nb == 0:
@@ -555,7 +546,7 @@ class KMeans(EMEstimator):
             Training data.
         y : ignored
         client : distributed.Client, optional
-            Where to run; by default the current client or a new LocalCluster.
+            Where to run (see :func:`dask_em.executor.where`); by default this process.
         checkpoint : str, optional
             Zarr path or URL for resumable snapshots (one sub-group per run
             when ``n_init > 1``).
@@ -572,7 +563,7 @@ class KMeans(EMEstimator):
         """
         n_init = self._validate()
         rngs = run_rngs(self.random_state, n_init)
-        with get_client(client, verbose=self.verbose) as active:
+        with where(client, data=X, verbose=self.verbose) as active:
             blocks = prepare_blocks(X, active)
             n_features = int(blocks.array.shape[1]) if blocks.array is not None else None
             if blocks.n_samples < self.n_clusters:

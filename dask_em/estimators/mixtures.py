@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cluster import get_client
+from ..executor import where
 from ..engine import EMResult, fit_em, prepare_blocks
 from ..errors import ConvergenceWarning
 from ..models.mixtures import (
@@ -93,7 +93,7 @@ class _MixtureEstimator(EMEstimator):
         """
         model = self._model()
         best: EMResult | None = None
-        with get_client(client, verbose=self.verbose) as active:
+        with where(client, data=X, verbose=self.verbose) as active:
             blocks = prepare_blocks(X, active)
             for run, rng in enumerate(run_rngs(self.random_state, int(self.n_init))):
                 result = fit_em(

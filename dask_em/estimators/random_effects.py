@@ -7,7 +7,7 @@ from typing import Any
 import dask
 import numpy as np
 
-from ..cluster import get_client
+from ..executor import where
 from ..engine import expected_stats, fit_em
 from ..groups import GroupedBlocks, grouped_blocks
 from ..models.random_effects import RandomEffectsModel, RandomEffectsParams, blup_block
@@ -111,7 +111,7 @@ class RandomEffects(EMEstimator):
         Z : array-like of shape (n_samples, n_random), list of str, or None
             Random-effect design; None is a random intercept.
         client : distributed.Client, optional
-            Where to run (see :func:`dask_em.cluster.get_client`).
+            Where to run (see :func:`dask_em.executor.where`); by default this process.
         n_partitions : int, optional
             Number of blocks of whole groups (default: about 16 MiB each,
             at least two per worker).
@@ -127,7 +127,7 @@ class RandomEffects(EMEstimator):
         elif y is None or groups is None:
             raise ValueError("RandomEffects.fit needs y and groups (arrays, or column names of a DataFrame)")
         model = self._model()
-        with get_client(client, verbose=self.verbose) as active:
+        with where(client, data=X, verbose=self.verbose) as active:
             blocks = grouped_blocks(X, y, groups, Z, client=active, n_partitions=n_partitions)
 
             def init() -> RandomEffectsParams:

@@ -1,0 +1,154 @@
+"""Where a fit runs: in this process by default, on a cluster only when asked."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import dask
+import dask.array as da
+import numpy as np
+import psutil
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, cross_val_score
+
+import dask_em
+from dask_em.executor import describe, local_scheduler, where
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, _, _ = dask_em.datasets.make_blobs(4_000, 3, 3, random_state=0, separation=4.0)
+    return np.asarray(X)
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def test_fit_without_client_starts_no_process(blobs, capsys):
+    before = _children()
+    gmm = dask_em.GaussianMixture(3, random_state=0, max_iter=5, tol=0.0, verbose=1).fit(blobs)
+    km = dask_em.KMeans(3, random_state=0, n_init=1, max_iter=5).fit(blobs)
+    assert _children() <= before
+    assert gmm.n_iter_ == 5 and km.cluster_centers_.shape == (3, 3)
+    assert "dask-em: running in this process on" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("estimator", [
+    dask_em.GaussianMixture(3, covariance_type="full", random_state=0, max_iter=4, tol=0.0),
+    dask_em.KMeans(3, random_state=0, n_init=1, max_iter=4, tol=0.0),
+])
+def test_in_process_equals_cluster_bit_for_bit(estimator, blobs, client):
+    X = da.from_array(blobs, chunks=(700, -1))  # 6 blocks, a two-level tree with split_every=4
+    estimator.set_params(split_every=4)
+    here = clone(estimator).fit(X)
+    there = clone(estimator).fit(X, client=client)
+    names = ["weights_", "means_", "covariances_", "lower_bound_"] if hasattr(here, "weights_") else [
+        "cluster_centers_", "inertia_"]
+    for name in names:
+        np.testing.assert_array_equal(getattr(here, name), getattr(there, name), err_msg=name)
+    # numpy input: the same blocks in this process as scattered to the workers
+    np.testing.assert_array_equal(clone(estimator).fit(blobs).predict(blobs),
+                                  clone(estimator).fit(blobs, client=client).predict(blobs))
+
+
+def test_dask_config_scheduler_is_honoured_even_with_a_current_client(blobs, client):
+    calls = []
+
+    def counting_get(*args, **kwargs):
+        calls.append(1)
+        return dask.get(*args, **kwargs)
+
+    with client.as_current(), dask.config.set(scheduler=counting_get):
+        assert local_scheduler() is counting_get
+        with where() as active:
+            assert active is None and "scheduler" in describe(active)
+        dask_em.GaussianMixture(2, random_state=0, max_iter=3, tol=0.0).fit(blobs)
+    assert len(calls) >= 3  # one pass per iteration, plus initialisation
+    with dask.config.set(scheduler="synchronous"), where() as active:
+        assert active is None
+    with client.as_current(), where() as active:  # without the setting, the current client
+        assert active is client
+
+
+def test_blocks_on_a_cluster_stay_there(blobs, client):
+    from dask_em.engine import prepare_blocks
+
+    blocks = prepare_blocks(blobs, client)
+    with where(data=blocks) as active:
+        assert active is client
+
+
+def _run_script(tmp_path, body: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(body))
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=240,
+        env={**os.environ, **(env or {})}, cwd=tmp_path,
+    )
+
+
+def test_plain_script_without_main_guard_runs_with_clean_stderr(tmp_path):
+    proc = _run_script(tmp_path, """
+        import numpy as np
+        import dask_em
+        X = np.random.default_rng(0).normal(size=(300, 2))
+        gmm = dask_em.GaussianMixture(2, random_state=0).fit(X)
+        print(gmm.n_iter_, len(dask_em.KMeans(2, random_state=0).fit(X).labels_))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.split()[1] == "300"
+
+
+def test_asked_for_cluster_is_kept_for_the_process_and_closed_quietly(tmp_path):
+    proc = _run_script(tmp_path, """
+        import numpy as np
+        import dask_em
+        from dask_em.cluster import session_client
+
+        if __name__ == "__main__":
+            X = np.random.default_rng(0).normal(size=(300, 2))
+            dask_em.GaussianMixture(2, random_state=0).fit(X)
+            first = session_client()
+            dask_em.KMeans(2, random_state=0, n_init=1).fit(X)
+            assert session_client() is first
+            print(len(first.scheduler_info()["workers"]))
+    """, env={"DASK_EM_WORKERS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"
+    assert proc.stderr == ""
+
+
+def test_model_selection_with_joblib_processes(blobs):
+    X = blobs[:600]
+    search = GridSearchCV(dask_em.GaussianMixture(random_state=0, max_iter=20), {"n_components": [2, 3]},
+                          n_jobs=2, cv=2)
+    search.fit(X)
+    assert search.best_params_["n_components"] in (2, 3)
+    scores = cross_val_score(dask_em.KMeans(3, random_state=0, n_init=1), X, cv=3, n_jobs=2)
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("cls", [dask_em.GaussianMixture, dask_em.KMeans, dask_em.GaussianHMM])
+def test_estimators_pickle_and_clone(cls, blobs):
+    fitted = cls(2, random_state=0, max_iter=3).fit(blobs[:400])
+    again = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(again.predict(blobs[:50]), fitted.predict(blobs[:50]))
+    fresh = clone(fitted)
+    assert fresh.get_params() == cls(2, random_state=0, max_iter=3).get_params()
+    assert not any(name.endswith("_") and not name.startswith("_") for name in vars(fresh))
+
+
+def test_cli_workers_and_scheduler_together_is_a_usage_error(blobs, tmp_path):
+    from test_cli import call
+
+    np.save(tmp_path / "x.npy", blobs[:100])
+    code, _, err = call("fit", "gmm", str(tmp_path / "x.npy"), "-k", "2", "--workers", "1",
+                        "--scheduler", "tcp://127.0.0.1:1")
+    assert code == 2 and "--workers or --scheduler" in err

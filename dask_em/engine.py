@@ -160,7 +160,7 @@ def _one_pass(model: EMModel, blocks: Blocks, params: Any, client: Any, split_ev
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
     if client is None and not hash_blocks:
-        values = _in_memory(blocks.parts)
+        values = _computed_values(blocks.parts)
         per_block = None if values is None else local_map(lambda block: model.e_step(block, params), values)
         if per_block is not None:  # the same tree, without building a graph
             return _checked(model, tree_reduce(per_block, split_every), params)
@@ -210,7 +210,7 @@ def map_parts(func: Callable[..., Any], blocks: Blocks, client: Any, *args: Any,
     """
     where_ = client if client is not None else blocks.client
     if where_ is None:
-        values = _in_memory(blocks.parts)
+        values = _computed_values(blocks.parts)
         if values is not None:
             out = local_map(lambda item: func(item[1], *args, *((item[0],) if index else ())), list(enumerate(values)))
             if out is not None:
@@ -224,10 +224,10 @@ def map_parts(func: Callable[..., Any], blocks: Blocks, client: Any, *args: Any,
 
 def in_memory_blocks(blocks: Blocks) -> list[Any] | None:
     """The values of ``blocks`` when they are all held in this process, else None."""
-    return _in_memory(blocks.parts) if blocks.client is None else None
+    return _computed_values(blocks.parts) if blocks.client is None else None
 
 
-def _in_memory(parts: Sequence[Any]) -> list[Any] | None:
+def _computed_values(parts: Sequence[Any]) -> list[Any] | None:
     """The blocks' values when every part is already computed in this process, else None."""
     from dask._task_spec import DataNode, GraphNode
     from dask.core import istask

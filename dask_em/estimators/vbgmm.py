@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from ..cluster import get_client
 from ..data import Blocks, _check_array_meta
 from ..engine import expected_stats, fit_em, prepare_blocks
 from ..errors import ConvergenceWarning, InvalidDataError, InvalidParameterError
+from ..executor import where
 from ..models.base import Stats
 from ..models.gmm import GaussianMixtureModel, HardAssignment, _Workspace, data_moments
 from ..models.gmm import precisions_from_cholesky
@@ -214,7 +214,7 @@ class BayesianGaussianMixture(EMEstimator):
         X : array-like, dask array, zarr array or path, of shape (n_samples, n_features)
         y : ignored
         client : distributed.Client, optional
-            Where to run (see :func:`dask_em.cluster.get_client`).
+            Where to run (see :func:`dask_em.executor.where`); by default this process.
         checkpoint, checkpoint_every, resume, force
             Zarr snapshots of the fit; see :func:`dask_em.fit_em`. With
             ``n_init > 1`` each initialisation has its own sub-group.
@@ -236,7 +236,7 @@ class BayesianGaussianMixture(EMEstimator):
             X = np.asarray(X)
             _check_array_meta(X.shape, X.dtype)
         K = int(self.n_components)
-        with get_client(client, verbose=bool(self.verbose)) as active:
+        with where(client, data=X, verbose=bool(self.verbose)) as active:
             blocks = prepare_blocks(X, active)
             n_samples, n_features = (int(s) for s in blocks.array.shape)
             if n_samples < max(K, 2):

@@ -328,6 +328,7 @@ class _BaseHMM(EMEstimator):
                 max_iter=max_iter,
                 tol=self.tol,
                 tol_on="total",
+                signed_change=True,
                 split_every=self.split_every,
                 client=active,
                 verbose=self.verbose,
@@ -515,7 +516,10 @@ def _common_doc() -> str:
     max_iter : int, default=100
         Maximum number of EM iterations (``n_iter`` is accepted as an alias).
     tol : float, default=1e-2
-        Stop when the total log-likelihood changes by less than this.
+        Stop when the total log-likelihood gains less than this in an
+        iteration. As in hmmlearn the change is signed: an iteration that
+        lowers the log-likelihood also stops the fit, so fits from the same
+        start stop at the same iteration as hmmlearn's.
     random_state : int, Generator or None
         Seed of the initialisation.
     params, init_params : tuple of str, optional

@@ -287,7 +287,7 @@ class _BaseHMM(EMEstimator):
         ):
             raise ValueError(f"transmat_init must have shape ({K}, {K}) with rows summing to 1")
 
-    def _initial_params(self, model: Any, blocks: SequenceBlocks, client: Any, given: dict[str, np.ndarray]) -> Any:
+    def _initial_params(self, model: Any, blocks: SequenceBlocks, client: Any, given: dict[str, np.ndarray], max_iter: int) -> Any:
         needs_random = any(name not in given for name in self._all_params)
         n_runs = max(1, int(self.n_init)) if needs_random else 1
         rngs = run_rngs(self.random_state, n_runs)
@@ -295,7 +295,7 @@ class _BaseHMM(EMEstimator):
         candidates = [self._candidate(model, given, sample, rngs[r], blocks, client, r) for r in range(n_runs)]
         self.init_logliks_ = None
         # max_iter=0 initialises only (hmmlearn's n_iter=0): no EM, not even the restarts'
-        if n_runs == 1 or self.n_init_iter <= 0 or self._max_iter == 0:
+        if n_runs == 1 or self.n_init_iter <= 0 or max_iter == 0:
             return candidates[0]
         result = fit_em(
             StackedHMM(model), blocks, StackedParams(tuple(candidates)), max_iter=int(self.n_init_iter),
@@ -350,8 +350,16 @@ class _BaseHMM(EMEstimator):
         -------
         self
         """
+        return self._fit(X, lengths, self._max_iter, client=client, checkpoint=checkpoint,
+                         checkpoint_every=checkpoint_every, resume=resume, force=force)
+
+    def _init(self, X: Any, lengths: Any = None) -> None:
+        """Initialise the parameters from ``X`` as ``fit`` does, without EM (hmmlearn's name)."""
+        self._fit(X, lengths, 0)
+
+    def _fit(self, X: Any, lengths: Any, max_iter: int, *, client: Any = None, checkpoint: Any = None,
+             checkpoint_every: int = 1, resume: bool | None = None, force: bool = False) -> _BaseHMM:
         self._check_hyperparameters()
-        max_iter = self._max_iter
         self._check_implementation()
         with get_client(client, verbose=self.verbose) as active:
             blocks = sequence_blocks(
@@ -364,7 +372,7 @@ class _BaseHMM(EMEstimator):
             result = fit_em(
                 model,
                 blocks,
-                lambda: self._initial_params(model, blocks, active, given),
+                lambda: self._initial_params(model, blocks, active, given, max_iter),
                 max_iter=max_iter,
                 tol=self.tol,
                 tol_on="total",

@@ -88,7 +88,7 @@ def test_full_covariances_on_twelve_steps(client, constant_feature):
         X = np.random.default_rng(seed).normal(size=(12, 3))
         if constant_feature:
             X[:, 2] = 1.0
-        model = GaussianHMM(3, covariance_type="full", random_state=seed, max_iter=10, n_init=1)
+        model = GaussianHMM(3, covariance_type="full", random_state=seed, max_iter=4, n_init=1)
         model.fit(X, client=client)
         n_fitted += bool(np.all(np.isfinite(model.covars_)))
     assert n_fitted == 20

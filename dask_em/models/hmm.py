@@ -447,17 +447,6 @@ def diag_e_step(X, lengths, startprob, transmat, means, precisions, log_norm,
 
 
 @njit(nogil=True, cache=True)
-def _centre(XT, mean, L, out):  # pragma: no cover - compiled
-    """``out[d, :L] = XT[d, :L] - mean[d]``: one state's differences, time along the fast axis."""
-    for d in range(mean.shape[0]):
-        m = mean[d]
-        xd = XT[d]
-        od = out[d]
-        for t in range(L):
-            od[t] = xd[t] - m
-
-
-@njit(nogil=True, cache=True)
 def _valid_weights(g, valid, L, n_bad, out):  # pragma: no cover - compiled
     """``g`` with the weights of invalid steps set to zero (into ``out``); ``g`` itself when all are valid."""
     if n_bad == 0:
@@ -819,9 +808,9 @@ def full_e_step(X, lengths, startprob, transmat, whiten, means, log_norm, sum_st
 
     The log-density of state k is ``log_norm[k] - 0.5 |whiten[k] (x - means[k])|^2``,
     computed one whitened coordinate at a time over the steps of a sequence
-    (only the lower triangle of ``whiten[k]`` is read). Differences from
-    each state's mean are taken first, for the densities and the
-    statistics alike, so data far from the origin loses no precision.
+    (only the lower triangle of ``whiten[k]`` is read). The statistics are
+    centred on each state's mean, so data far from the origin loses no
+    precision in them.
 
     Parameters
     ----------
@@ -857,7 +846,6 @@ def full_e_step(X, lengths, startprob, transmat, whiten, means, log_norm, sum_st
     D = len(d_tag) if len(d_tag) > 0 else X.shape[1]
     max_len = _max_length(lengths)
     XT = np.empty((D, max_len))
-    XC = np.empty((D, max_len))
     Y = np.empty(max_len)
     GX = np.empty(max_len)
     GV = np.empty(max_len)
@@ -893,14 +881,17 @@ def full_e_step(X, lengths, startprob, transmat, whiten, means, log_norm, sum_st
             lk = log_norm[k]
             for t in range(L):
                 row[t] = lk
-            _centre(XT, means[k], L, XC)
-            # row -= 0.5 * |W_k (x - mu_k)|^2, one whitened coordinate at a time
+            # row -= 0.5 * |W_k x - W_k mu_k|^2, one whitened coordinate at a time (the
+            # whitened difference loses only |W_k x| eps: no pass to centre x first)
             for d in range(D):
+                sd = 0.0
+                for e in range(d + 1):
+                    sd -= whiten[k, d, e] * means[k, e]
                 for t in range(L):
-                    Y[t] = 0.0
+                    Y[t] = sd
                 for e in range(d + 1):
                     w = whiten[k, d, e]
-                    xe = XC[e]
+                    xe = XT[e]
                     for t in range(L):
                         Y[t] += w * xe[t]
                 for t in range(L):
@@ -923,14 +914,17 @@ def full_e_step(X, lengths, startprob, transmat, whiten, means, log_norm, sum_st
             sum_start[k] += g[0]
             sum_post[k] += _sum(g, L)
             g = _valid_weights(g, valid, L, n_bad, GV)
-            _centre(XT, means[k], L, XC)
             for d in range(D):
-                xd = XC[d]
+                xd = XT[d]
+                m = means[k, d]
                 for t in range(L):
-                    GX[t] = g[t] * xd[t]
-                sum_dx[k, d] += _sum(GX, L)
+                    GX[t] = g[t] * (xd[t] - m)
+                s1 = _sum(GX, L)
+                sum_dx[k, d] += s1
+                # sum GX (x_e - m_e) without a pass to centre x_e: GX is already
+                # centred, so the subtraction loses only about |m_e| / sd eps
                 for e in range(d + 1):
-                    sum_dxdxT[k, d, e] += _dot(GX, XC[e], L)
+                    sum_dxdxT[k, d, e] += _dot(GX, XT[e], L) - means[k, e] * s1
         start += L
     for k in range(K):
         for d in range(D):

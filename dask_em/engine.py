@@ -436,6 +436,7 @@ def fit_em(
     max_iter: int = 100,
     tol: float = 1e-3,
     tol_on: str = "mean",
+    signed_change: bool = False,
     split_every: int = 8,
     client: Any = None,
     scheduler: str | None = None,
@@ -470,6 +471,9 @@ def fit_em(
     tol_on : {"mean", "total"}
         Monitor the log-likelihood per sample (scikit-learn) or in total
         (hmmlearn).
+    signed_change : bool
+        Stop when the change itself, not its absolute value, is below
+        ``tol``, so that a decrease also stops the fit (hmmlearn's rule).
     split_every : int
         Fan-in of the tree reduction of statistics.
     client, scheduler
@@ -515,7 +519,7 @@ def fit_em(
     with where(client, scheduler, data=data, verbose=verbose) as active:
         blocks = prepare_blocks(data, active)
         rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
-        monitor = ConvergenceMonitor(tol=tol, max_iter=max_iter)
+        monitor = ConvergenceMonitor(tol=tol, max_iter=max_iter, signed=signed_change)
         store = None
         resumed_from = 0
         if checkpoint is not None:

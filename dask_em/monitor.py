@@ -16,11 +16,15 @@ class ConvergenceMonitor:
     ----------
     tol : float
         EM has converged when the absolute change of the monitored value
-        between two iterations is below ``tol``.
+        between two iterations is below ``tol`` (with ``signed``: when the
+        change itself is, so that a decrease also stops the fit).
     max_iter : int
         Stop after this many iterations whatever the change.
     decrease_rtol : float
         A decrease larger than this, relative to the value, is warned about.
+    signed : bool
+        Compare the signed change with ``tol`` (hmmlearn's rule) instead of
+        its absolute value (scikit-learn's).
 
     Attributes
     ----------
@@ -32,6 +36,7 @@ class ConvergenceMonitor:
     tol: float
     max_iter: int
     decrease_rtol: float = 1e-9
+    signed: bool = False
     history: list[float] = field(default_factory=list)
     #: Set when a model-specific stopping rule (``fit_em(stop=...)``) was met.
     stopped: bool = False
@@ -44,7 +49,12 @@ class ConvergenceMonitor:
     @property
     def converged(self) -> bool:
         """Whether the last change was below ``tol`` or a stopping rule was met."""
-        return self.stopped or (len(self.history) >= 2 and abs(self.history[-1] - self.history[-2]) < self.tol)
+        if self.stopped:
+            return True
+        if len(self.history) < 2:
+            return False
+        change = self.history[-1] - self.history[-2]
+        return (change if self.signed else abs(change)) < self.tol
 
     @property
     def done(self) -> bool:

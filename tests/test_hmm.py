@@ -227,12 +227,9 @@ def test_fused_diag_kernel_matches_three_pass_path(n_components, n_features):
     fused = model.e_step((X, lengths), params)
     ref = _HMMBase.e_step(model, (X, lengths), params)
     assert fused["n_invalid"] == ref["n_invalid"] == 1
-    for key in ("n", "loglik", "sum_start", "sum_trans", "sum_post"):
-        np.testing.assert_allclose(fused[key], ref[key], rtol=1e-12, atol=1e-14, err_msg=key)
-    # the three-pass path lets the NaN step into the emission sums; the fused one skips the step
-    gamma = model.posteriors((X, lengths), params)[0]
-    ref = model.emission_stats(np.where(np.isfinite(X).all(axis=1)[:, None], X, 0.0), gamma, params)
-    for key in ("sum_x", "sum_xx"):
+    # both paths leave the NaN step out of the emission sums
+    assert set(fused) == set(ref)
+    for key in ref:
         np.testing.assert_allclose(fused[key], ref[key], rtol=1e-12, atol=1e-14, err_msg=key)
 
 
@@ -366,11 +363,6 @@ def test_fused_kernels_match_three_pass_path(emission, n_components):
     ref = _HMMBase.e_step(model, (X, lengths), params)
     assert fused["n_invalid"] == ref["n_invalid"] == n_bad
     assert np.isfinite(fused["loglik"])
-    if emission in ("full", "tied"):
-        # the three-pass path lets non-finite steps into the emission sums; the fused one skips them
-        gamma = model.posteriors((X, lengths), params)[0]
-        finite = np.isfinite(X).all(axis=1)[:, None]
-        ref.update(model.emission_stats(np.where(finite, X, 0.0), gamma, params))
     assert set(fused) == set(ref)
     for key in ref:
         np.testing.assert_allclose(fused[key], ref[key], rtol=1e-12, atol=1e-14, err_msg=key)

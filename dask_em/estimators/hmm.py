@@ -26,6 +26,7 @@ and a uniform-Dirichlet draw.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Any
 
@@ -50,6 +51,10 @@ from ._base import EMEstimator, run_rngs
 
 #: Steps read to initialise the parameters.
 INIT_SAMPLE = 20_000
+#: hmmlearn's forward-backward variants; both name the same scaled recursion here.
+IMPLEMENTATIONS = ("log", "scaling")
+
+_log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------
@@ -150,20 +155,33 @@ class _BaseHMM(EMEstimator):
     """What the three HMM estimators share (see the module docstring)."""
 
     _all_params: tuple[str, ...] = ("startprob", "transmat")
+    #: hmmlearn's one-letter codes of the parameters (``params="stmc"``).
+    _letters: dict[str, str] = {"s": "startprob", "t": "transmat"}
+    #: The fitted attribute that gives ``n_features``.
+    _emission_attribute: str = ""
     _values_dtype: Any = np.float64
 
     # -- hooks ---------------------------------------------------------------
     def _after_load(self) -> None:
-        """Restore ``n_features`` (not a fitted attribute) from the emission parameters."""
-        for name in ("means_", "emissionprob_", "lambdas_"):
-            value = getattr(self, name, None)
-            if value is not None and getattr(self, "n_features", None) is None:
-                self.n_features = int(np.shape(value)[1])
+        """Restore ``n_features`` (not a fitted attribute) from the emission parameters.
+
+        Also used for parameters set by hand (hmmlearn's tutorial pattern:
+        set ``startprob_``, ``transmat_`` and the emission parameters, then
+        ``sample``, ``score`` or ``decode`` without ``fit``).
+        """
+        name = self._emission_attribute
+        value = getattr(self, name, None)
+        if value is None or getattr(self, "n_features", None) is not None:
+            return
+        shape = np.shape(value)
+        if len(shape) != 2:
+            raise ValueError(f"{name} must have shape (n_components, n_features), got shape {shape}")
+        self.n_features = int(shape[1])
 
     def _make_model(self, n_features: int) -> Any:
         raise NotImplementedError
 
-    def _emission_init(self, model: Any, sample: np.ndarray, rng: np.random.Generator, blocks: SequenceBlocks, client: Any, run: int) -> dict[str, np.ndarray]:
+    def _emission_init(self, model: Any, sample: np.ndarray, rng: np.random.Generator, blocks: SequenceBlocks, client: Any, run: int, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
     def _given_emission(self) -> dict[str, Any]:
@@ -186,18 +204,31 @@ class _BaseHMM(EMEstimator):
         self._make_model(int(n_features) if isinstance(n_features, int) and n_features > 0 else 1)
 
     def _names(self, value: Any, what: str) -> tuple[str, ...]:
+        """Parameter names from full names or hmmlearn's letter string (``"stmc"``, ``""``)."""
         if value is None:
             return self._all_params
         if isinstance(value, str):
-            value = (value,)
+            if value in self._all_params:
+                value = (value,)
+            elif set(value) <= set(self._letters):
+                value = tuple(name for code, name in self._letters.items() if code in value)
+            else:
+                raise ValueError(
+                    f"unknown {what} {value!r}; {type(self).__name__} has parameters {list(self._all_params)} "
+                    f"(full names, or hmmlearn's letters {''.join(self._letters)!r})"
+                )
         names = tuple(value)
         unknown = sorted(set(names) - set(self._all_params))
         if unknown:
             raise ValueError(
                 f"unknown {what} {unknown}; {type(self).__name__} has parameters {list(self._all_params)} "
-                "(full names, not hmmlearn's letters)"
+                f"(full names, or hmmlearn's letters {''.join(self._letters)!r})"
             )
         return names
+
+    def _check_implementation(self) -> None:
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {self.implementation!r}")
 
     @property
     def _max_iter(self) -> int:
@@ -209,18 +240,25 @@ class _BaseHMM(EMEstimator):
         return meta
 
     def _given(self) -> dict[str, Any]:
-        """User-given initial values, from ``*_init`` or (when not in init_params) the fitted attribute."""
+        """User-given initial values, from ``*_init`` or (when not in init_params) the attribute.
+
+        As in hmmlearn, a parameter in ``init_params`` overwrites its
+        attribute (with a logged warning), and one neither in
+        ``init_params`` nor set is initialised all the same.
+        """
         init_names = self._names(self.init_params, "init_params")
         given = {"startprob": self.startprob_init, "transmat": self.transmat_init}
         given.update(self._given_emission())
         for name in self._all_params:
-            if given.get(name) is None and name not in init_names:
-                attr = getattr(self, f"{name}_", None)
-                if attr is None:
-                    raise ValueError(
-                        f"{name!r} is not in init_params and neither {name}_init nor {name}_ is set; "
-                        f"give {name}_init or add {name!r} to init_params"
-                    )
+            attr = getattr(self, f"{name}_", None)
+            if given.get(name) is not None or attr is None:
+                continue
+            if name in init_names:
+                _log.warning(
+                    "Even though the '%s_' attribute is set, it will be overwritten during initialization "
+                    "because 'init_params' contains %r", name, name,
+                )
+            else:
                 given[name] = attr
         return {k: np.asarray(v, dtype=np.float64) for k, v in given.items() if v is not None}
 
@@ -232,7 +270,7 @@ class _BaseHMM(EMEstimator):
             values["transmat"] = given["transmat"]
         else:
             values["transmat"] = 0.5 * np.eye(K) + 0.5 * rng.dirichlet(np.ones(K), size=K)
-        emission = self._emission_init(model, sample, rng, blocks, client, run) if run >= 0 else {}
+        emission = self._emission_init(model, sample, rng, blocks, client, run, given) if run >= 0 else {}
         for name, value in emission.items():
             values[name] = given.get(name, value)
         for name in self._all_params:
@@ -249,14 +287,15 @@ class _BaseHMM(EMEstimator):
         ):
             raise ValueError(f"transmat_init must have shape ({K}, {K}) with rows summing to 1")
 
-    def _initial_params(self, model: Any, blocks: SequenceBlocks, client: Any, given: dict[str, np.ndarray]) -> Any:
+    def _initial_params(self, model: Any, blocks: SequenceBlocks, client: Any, given: dict[str, np.ndarray], max_iter: int) -> Any:
         needs_random = any(name not in given for name in self._all_params)
         n_runs = max(1, int(self.n_init)) if needs_random else 1
         rngs = run_rngs(self.random_state, n_runs)
         sample = blocks.sample(INIT_SAMPLE, rngs[0]) if needs_random else np.empty((0, blocks.n_features))
         candidates = [self._candidate(model, given, sample, rngs[r], blocks, client, r) for r in range(n_runs)]
         self.init_logliks_ = None
-        if n_runs == 1 or self.n_init_iter <= 0:
+        # max_iter=0 initialises only (hmmlearn's n_iter=0): no EM, not even the restarts'
+        if n_runs == 1 or self.n_init_iter <= 0 or max_iter == 0:
             return candidates[0]
         result = fit_em(
             StackedHMM(model), blocks, StackedParams(tuple(candidates)), max_iter=int(self.n_init_iter),
@@ -311,8 +350,17 @@ class _BaseHMM(EMEstimator):
         -------
         self
         """
+        return self._fit(X, lengths, self._max_iter, client=client, checkpoint=checkpoint,
+                         checkpoint_every=checkpoint_every, resume=resume, force=force)
+
+    def _init(self, X: Any, lengths: Any = None) -> None:
+        """Initialise the parameters from ``X`` as ``fit`` does, without EM (hmmlearn's name)."""
+        self._fit(X, lengths, 0)
+
+    def _fit(self, X: Any, lengths: Any, max_iter: int, *, client: Any = None, checkpoint: Any = None,
+             checkpoint_every: int = 1, resume: bool | None = None, force: bool = False) -> _BaseHMM:
         self._check_hyperparameters()
-        max_iter = self._max_iter
+        self._check_implementation()
         with where(client, data=X, verbose=self.verbose) as active:
             blocks = sequence_blocks(
                 X, lengths, client=active, n_partitions=self.n_partitions, dtype=self._values_dtype
@@ -324,10 +372,11 @@ class _BaseHMM(EMEstimator):
             result = fit_em(
                 model,
                 blocks,
-                lambda: self._initial_params(model, blocks, active, given),
+                lambda: self._initial_params(model, blocks, active, given, max_iter),
                 max_iter=max_iter,
                 tol=self.tol,
                 tol_on="total",
+                signed_change=True,
                 split_every=self.split_every,
                 client=active,
                 verbose=self.verbose,
@@ -350,11 +399,42 @@ class _BaseHMM(EMEstimator):
 
     # -- inference ----------------------------------------------------------
     def _model_and_params(self) -> tuple[Any, Any]:
+        """The model and its parameters from the attributes, fitted or set by hand (checked)."""
         self._check_fitted("startprob_")
+        self._check_fitted(self._emission_attribute)
+        self._check_implementation()
+        self._after_load()
         model = self._make_model(int(self.n_features))
         values = {"startprob": np.asarray(self.startprob_, float), "transmat": np.asarray(self.transmat_, float)}
         values.update(self._current_emission(model))
+        self._check_given(model, values, int(self.n_features))
         return model, self._params_cls(**values)
+
+    def _check(self) -> None:
+        """Validate the parameters set on the estimator (hmmlearn's name); raise ValueError if invalid."""
+        self._model_and_params()
+
+    def _n_fit_scalars(self) -> int:
+        """Number of free scalars of the parameters in ``params`` (hmmlearn's count)."""
+        K = self.n_components
+        counts = {"startprob": K - 1, "transmat": K * (K - 1)}
+        counts.update(self._emission_scalars())
+        return int(sum(counts[name] for name in self._names(self.params, "params")))
+
+    def _emission_scalars(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def _n_steps(self, X: Any, lengths: Any) -> int:
+        block = self._in_memory(X, lengths)
+        return len(block[0]) if block is not None else int(self._lazy_blocks(X, lengths).n_samples)
+
+    def aic(self, X: Any, lengths: Any = None) -> float:
+        """Akaike information criterion of ``X``: ``-2 log L + 2 p`` (p: free scalars of ``params``)."""
+        return -2 * self.score(X, lengths) + 2 * self._n_fit_scalars()
+
+    def bic(self, X: Any, lengths: Any = None) -> float:
+        """Bayesian information criterion of ``X``: ``-2 log L + p log(n_samples)``."""
+        return -2 * self.score(X, lengths) + self._n_fit_scalars() * math.log(self._n_steps(X, lengths))
 
     def _in_memory(self, X: Any, lengths: Any) -> tuple[np.ndarray, np.ndarray] | None:
         """``(values, lengths)`` for in-memory input, None for lazy input."""
@@ -487,9 +567,12 @@ class _BaseHMM(EMEstimator):
         state_sequence : ndarray of shape (n_samples,)
         """
         model, params = self._model_and_params()
-        rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(
-            self.random_state if random_state is None and isinstance(self.random_state, int) else random_state
-        )
+        if random_state is None:
+            random_state = self.random_state
+        if isinstance(random_state, np.random.RandomState):
+            # hmmlearn's tests pass a RandomState: draw this sample's seed from it
+            random_state = int(random_state.randint(2**31))
+        rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
         K = self.n_components
         states = np.empty(n_samples, dtype=np.int64)
         state = rng.choice(K, p=params.startprob) if currstate is None else int(currstate)
@@ -512,17 +595,28 @@ def _common_doc() -> str:
         the expected counts, as in hmmlearn).
     algorithm : {"viterbi", "map"}, default="viterbi"
         Decoder of ``decode``/``predict``.
+    implementation : {"log", "scaling"}, default="log"
+        Accepted for hmmlearn compatibility: both run the same scaled
+        forward-backward, whose emission probabilities are shifted by their
+        per-step maximum, so it neither underflows nor needs logarithms.
     max_iter : int, default=100
-        Maximum number of EM iterations (``n_iter`` is accepted as an alias).
+        Maximum number of EM iterations (``n_iter`` is accepted as an alias);
+        0 initialises the parameters without any EM iteration.
     tol : float, default=1e-2
-        Stop when the total log-likelihood changes by less than this.
+        Stop when the total log-likelihood gains less than this in an
+        iteration. As in hmmlearn the change is signed: an iteration that
+        lowers the log-likelihood also stops the fit, so fits from the same
+        start stop at the same iteration as hmmlearn's.
     random_state : int, Generator or None
         Seed of the initialisation.
-    params, init_params : tuple of str, optional
+    params, init_params : tuple of str or str, optional
         Parameters updated by EM / initialised by ``fit`` (default: all),
-        as full names such as ``("startprob", "transmat")``. A parameter
+        as full names such as ``("startprob", "transmat")`` or hmmlearn's
+        letters (``"stmc"``, ``"ste"``, ``"stl"``, ``""``). A parameter
         not in ``init_params`` comes from its ``*_init`` or from the
-        attribute already set (``startprob_`` ...).
+        attribute already set (``startprob_`` ...), and is initialised
+        when neither is set (as hmmlearn); an attribute that is set but
+        in ``init_params`` is overwritten, with a logged warning.
     startprob_init, transmat_init : array-like, optional
         User-given initial values.
     n_init : int, default=4
@@ -568,6 +662,8 @@ class GaussianHMM(_BaseHMM):
     """
 
     _all_params = ("startprob", "transmat", "means", "covars")
+    _letters = {"s": "startprob", "t": "transmat", "m": "means", "c": "covars"}
+    _emission_attribute = "means_"
     _params_cls = GaussianHMMParams
     _values_dtype = np.float64
 
@@ -583,6 +679,7 @@ class GaussianHMM(_BaseHMM):
         covars_prior: Any = 1e-2,
         covars_weight: Any = 1.0,
         algorithm: str = "viterbi",
+        implementation: str = "log",
         random_state: Any = None,
         max_iter: int = 100,
         tol: float = 1e-2,
@@ -609,6 +706,7 @@ class GaussianHMM(_BaseHMM):
         self.covars_prior = covars_prior
         self.covars_weight = covars_weight
         self.algorithm = algorithm
+        self.implementation = implementation
         self.random_state = random_state
         self.max_iter = max_iter
         self.tol = tol
@@ -660,6 +758,9 @@ class GaussianHMM(_BaseHMM):
         compact = {"spherical": (K,), "diag": (K, D), "full": (K, D, D), "tied": (D, D)}[ct]
         if covars.shape == compact:
             return covars
+        if ct == "spherical" and covars.size == K:
+            # hmmlearn accepts one variance per state in any shape, e.g. (K, 1) or (K, 1, 1)
+            return covars.reshape(K)
         if covars.shape == (K, D, D):
             if ct == "diag":
                 return np.array([np.diag(c) for c in covars])
@@ -672,14 +773,14 @@ class GaussianHMM(_BaseHMM):
             f"{K} components and {D} features; expected {compact}"
         )
 
-    def _emission_init(self, model: Any, sample: np.ndarray, rng: np.random.Generator, blocks: SequenceBlocks, client: Any, run: int) -> dict[str, np.ndarray]:
+    def _emission_init(self, model: Any, sample: np.ndarray, rng: np.random.Generator, blocks: SequenceBlocks, client: Any, run: int, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         K = self.n_components
         X = np.asarray(sample, dtype=np.float64)
         # Rows with NaN or inf are left out of the initial values; the first
         # pass counts them and raises the HMM's own message (not k-means').
         X = X[np.isfinite(X).all(axis=1)]
         out: dict[str, np.ndarray] = {}
-        if self.means_init is None and "means" in self._names(self.init_params, "init_params"):
+        if "means" not in given:
             means = None
             if run == 0:
                 try:
@@ -692,7 +793,7 @@ class GaussianHMM(_BaseHMM):
                 except (ImportError, InvalidDataError):  # k-means unavailable, or NaN in the data
                     means = None
             out["means"] = means if means is not None else _kmeans_sample(X, K, rng)
-        if self.covars_init is None and "covars" in self._names(self.init_params, "init_params"):
+        if "covars" not in given:
             D = X.shape[1]
             cv = np.atleast_2d(np.cov(X.T)) + self.min_covar * np.eye(D)
             ct = self.covariance_type
@@ -703,6 +804,11 @@ class GaussianHMM(_BaseHMM):
                 "tied": cv,
             }[ct]
         return out
+
+    def _emission_scalars(self) -> dict[str, int]:
+        K, D = self.n_components, int(self.n_features)
+        covars = {"spherical": K, "diag": K * D, "full": K * D * (D + 1) // 2, "tied": D * (D + 1) // 2}
+        return {"means": K * D, "covars": covars[self.covariance_type]}
 
     def _set_emission_attributes(self, params: GaussianHMMParams, model: GaussianHMMModel) -> None:
         self.means_ = np.asarray(params.means)
@@ -736,6 +842,8 @@ class CategoricalHMM(_BaseHMM):
     """
 
     _all_params = ("startprob", "transmat", "emissionprob")
+    _letters = {"s": "startprob", "t": "transmat", "e": "emissionprob"}
+    _emission_attribute = "emissionprob_"
     _params_cls = CategoricalHMMParams
     _values_dtype = None
 
@@ -747,6 +855,7 @@ class CategoricalHMM(_BaseHMM):
         emissionprob_prior: Any = 1.0,
         n_features: int | None = None,
         algorithm: str = "viterbi",
+        implementation: str = "log",
         random_state: Any = None,
         max_iter: int = 100,
         tol: float = 1e-2,
@@ -768,6 +877,7 @@ class CategoricalHMM(_BaseHMM):
         self.emissionprob_prior = emissionprob_prior
         self.n_features = n_features
         self.algorithm = algorithm
+        self.implementation = implementation
         self.random_state = random_state
         self.max_iter = max_iter
         self.tol = tol
@@ -823,7 +933,7 @@ class CategoricalHMM(_BaseHMM):
                 f"emissionprob_init must have shape ({self.n_components}, {n_features}), got {given['emissionprob'].shape}"
             )
 
-    def _emission_init(self, model: Any, sample: np.ndarray, rng: np.random.Generator, blocks: SequenceBlocks, client: Any, run: int) -> dict[str, np.ndarray]:
+    def _emission_init(self, model: Any, sample: np.ndarray, rng: np.random.Generator, blocks: SequenceBlocks, client: Any, run: int, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         M = model.n_features
         x = np.asarray(sample).ravel()
         x = x[np.isfinite(x) & (x >= 0) & (x < M) & (x == np.floor(x))].astype(np.int64)
@@ -831,6 +941,9 @@ class CategoricalHMM(_BaseHMM):
         freq /= freq.sum()
         # data frequencies, perturbed so that the states differ
         return {"emissionprob": _normalize_rows(freq * rng.uniform(0.25, 1.75, size=(self.n_components, M)))}
+
+    def _emission_scalars(self) -> dict[str, int]:
+        return {"emissionprob": self.n_components * (int(self.n_features) - 1)}
 
     def _set_emission_attributes(self, params: CategoricalHMMParams, model: Any) -> None:
         self.emissionprob_ = np.asarray(params.emissionprob)
@@ -871,6 +984,8 @@ class PoissonHMM(_BaseHMM):
     """
 
     _all_params = ("startprob", "transmat", "lambdas")
+    _letters = {"s": "startprob", "t": "transmat", "l": "lambdas"}
+    _emission_attribute = "lambdas_"
     _params_cls = PoissonHMMParams
     _values_dtype = np.float64
 
@@ -882,6 +997,7 @@ class PoissonHMM(_BaseHMM):
         lambdas_prior: Any = 0.0,
         lambdas_weight: Any = 0.0,
         algorithm: str = "viterbi",
+        implementation: str = "log",
         random_state: Any = None,
         max_iter: int = 100,
         tol: float = 1e-2,
@@ -903,6 +1019,7 @@ class PoissonHMM(_BaseHMM):
         self.lambdas_prior = lambdas_prior
         self.lambdas_weight = lambdas_weight
         self.algorithm = algorithm
+        self.implementation = implementation
         self.random_state = random_state
         self.max_iter = max_iter
         self.tol = tol
@@ -941,12 +1058,15 @@ class PoissonHMM(_BaseHMM):
                 f"expected ({self.n_components}, {n_features})"
             )
 
-    def _emission_init(self, model: Any, sample: np.ndarray, rng: np.random.Generator, blocks: SequenceBlocks, client: Any, run: int) -> dict[str, np.ndarray]:
+    def _emission_init(self, model: Any, sample: np.ndarray, rng: np.random.Generator, blocks: SequenceBlocks, client: Any, run: int, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         X = np.asarray(sample, dtype=np.float64)
         X = X[np.isfinite(X).all(axis=1)]
         mean = np.maximum(X.mean(axis=0), 1e-3) if len(X) else np.ones(blocks.n_features)
         var = np.maximum(X.var(axis=0), 1e-3) if len(X) else np.ones(blocks.n_features)
         return {"lambdas": rng.gamma(shape=mean**2 / var, scale=var / mean, size=(self.n_components, len(mean)))}
+
+    def _emission_scalars(self) -> dict[str, int]:
+        return {"lambdas": self.n_components * int(self.n_features)}
 
     def _set_emission_attributes(self, params: PoissonHMMParams, model: Any) -> None:
         self.lambdas_ = np.asarray(params.lambdas)

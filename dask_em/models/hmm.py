@@ -44,12 +44,16 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from .._kernels import exp_reduced
+from ..errors import InvalidDataError
 from .base import Stats
 
 COVARIANCE_TYPES = ("spherical", "diag", "full", "tied")
 LOG_2PI = math.log(2.0 * math.pi)
 #: Rows per sub-block for the BLAS parts of the E-step (cache-sized).
 SUB_BLOCK = 4096
+#: Added to the diagonal of a full covariance whose Cholesky factorisation
+#: fails (a state left with too few steps), as hmmlearn does.
+CHOLESKY_JITTER = 1e-7
 
 
 # --------------------------------------------------------------------------
@@ -228,16 +232,24 @@ def _diag_logpdf(X, means, precisions, log_norm, out):  # pragma: no cover - com
 
 
 @njit(nogil=True, cache=True)
-def _diag_sums(X, gamma, sum_x, sum_xx):  # pragma: no cover - compiled
+def _diag_sums(X, gamma, means, sum_dx, sum_dx2):  # pragma: no cover - compiled
+    """Centred diagonal statistics of the three-pass path; rows with non-finite values are skipped."""
     T, D = X.shape
     K = gamma.shape[1]
     for t in range(T):
+        ok = True
+        for d in range(D):
+            if not math.isfinite(X[t, d]):
+                ok = False
+        if not ok:
+            continue
         for k in range(K):
             g = gamma[t, k]
             for d in range(D):
-                v = g * X[t, d]
-                sum_x[k, d] += v
-                sum_xx[k, d] += v * X[t, d]
+                dx = X[t, d] - means[k, d]
+                v = g * dx
+                sum_dx[k, d] += v
+                sum_dx2[k, d] += v * dx
 
 
 
@@ -299,16 +311,21 @@ def _dot(a, b, n):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def _dot3(a, b, c, n):  # pragma: no cover - compiled
-    acc = 0.0
+def _centred_moments(g, x, m, n):  # pragma: no cover - compiled
+    """``sum_t g[t] (x[t] - m)`` and ``sum_t g[t] (x[t] - m)**2``."""
+    s1 = 0.0
+    s2 = 0.0
     for t in range(n):
-        acc += a[t] * b[t] * c[t]
-    return acc
+        dx = x[t] - m
+        v = g[t] * dx
+        s1 += v
+        s2 += v * dx
+    return s1, s2
 
 
 @njit(nogil=True, cache=True)
 def diag_e_step(X, lengths, startprob, transmat, means, precisions, log_norm,
-                sum_start, sum_trans, sum_post, sum_x, sum_xx, k_tag, d_tag):  # pragma: no cover - compiled
+                sum_start, sum_trans, sum_post, sum_dx, sum_dx2, k_tag, d_tag):  # pragma: no cover - compiled
     """Fused E-step of a diagonal-Gaussian HMM over the sequences of one block.
 
     One compiled call per block loops over its sequences. For each
@@ -331,9 +348,11 @@ def diag_e_step(X, lengths, startprob, transmat, means, precisions, log_norm,
         ``-0.5 * (D log(2 pi) + sum_d log(covars[k, d]))``.
     sum_start, sum_post : ndarray of shape (n_components,)
     sum_trans : ndarray of shape (n_components, n_components)
-    sum_x, sum_xx : ndarray of shape (n_components, n_features)
-        Accumulated (added to). Steps with non-finite values contribute
-        nothing to ``sum_x`` and ``sum_xx``.
+    sum_dx, sum_dx2 : ndarray of shape (n_components, n_features)
+        Accumulated (added to): ``sum_t gamma[t, k] (x[t] - means[k])`` and
+        its square, centred on each state's mean so that data far from
+        the origin loses no precision. Steps with non-finite values
+        contribute nothing to them.
     k_tag, d_tag : tuple
         Tuples of length n_components and n_features: the kernel is
         compiled for these sizes as constants, so its small loops are
@@ -351,6 +370,8 @@ def diag_e_step(X, lengths, startprob, transmat, means, precisions, log_norm,
     D = len(d_tag) if len(d_tag) > 0 else X.shape[1]
     max_len = _max_length(lengths)
     XT = np.empty((D, max_len))
+    valid = np.empty(max_len, dtype=np.bool_)
+    GV = np.empty(max_len)
     # emission log-densities, then shifted probabilities, then backward terms
     ET = np.empty((K, max_len))
     AT = np.empty((K, max_len))
@@ -380,6 +401,7 @@ def diag_e_step(X, lengths, startprob, transmat, means, precisions, log_norm,
                 XT[d, t] = v
                 if not math.isfinite(v):
                     ok = False
+            valid[t] = ok
             if not ok:
                 n_bad += 1
         for k in range(K):
@@ -398,11 +420,7 @@ def diag_e_step(X, lengths, startprob, transmat, means, precisions, log_norm,
             # invalid steps: probability one in every state, no emission statistics
             bad += n_bad
             for t in range(L):
-                ok = True
-                for d in range(D):
-                    if not math.isfinite(XT[d, t]):
-                        ok = False
-                if not ok:
+                if not valid[t]:
                     for d in range(D):
                         XT[d, t] = 0.0
                     for k in range(K):
@@ -419,11 +437,23 @@ def diag_e_step(X, lengths, startprob, transmat, means, precisions, log_norm,
             g = GT[k]
             sum_start[k] += g[0]
             sum_post[k] += _sum(g, L)
+            g = _valid_weights(g, valid, L, n_bad, GV)
             for d in range(D):
-                sum_x[k, d] += _dot(g, XT[d], L)
-                sum_xx[k, d] += _dot3(g, XT[d], XT[d], L)
+                s1, s2 = _centred_moments(g, XT[d], means[k, d], L)
+                sum_dx[k, d] += s1
+                sum_dx2[k, d] += s2
         start += L
     return _finish(acc, transmat, xi, sum_trans), bad
+
+
+@njit(nogil=True, cache=True)
+def _valid_weights(g, valid, L, n_bad, out):  # pragma: no cover - compiled
+    """``g`` with the weights of invalid steps set to zero (into ``out``); ``g`` itself when all are valid."""
+    if n_bad == 0:
+        return g
+    for t in range(L):
+        out[t] = g[t] if valid[t] else 0.0
+    return out
 
 
 @njit(nogil=True, cache=True)
@@ -772,13 +802,15 @@ def poisson_e_step(X, lengths, startprob, transmat, log_lambdas, lambdas, sum_st
 
 
 @njit(nogil=True, cache=True)
-def full_e_step(X, lengths, startprob, transmat, whiten, centre, log_norm, sum_start, sum_trans, sum_post,
-                sum_x, sum_xxT, k_tag, d_tag):  # pragma: no cover - compiled
+def full_e_step(X, lengths, startprob, transmat, whiten, means, log_norm, sum_start, sum_trans, sum_post,
+                sum_dx, sum_dxdxT, k_tag, d_tag):  # pragma: no cover - compiled
     """Fused E-step of a full- or tied-covariance Gaussian HMM over the sequences of one block.
 
-    The log-density of state k is ``log_norm[k] - 0.5 |whiten[k] x - centre[k]|^2``,
+    The log-density of state k is ``log_norm[k] - 0.5 |whiten[k] (x - means[k])|^2``,
     computed one whitened coordinate at a time over the steps of a sequence
-    (only the lower triangle of ``whiten[k]`` is read).
+    (only the lower triangle of ``whiten[k]`` is read). The statistics are
+    centred on each state's mean, so data far from the origin loses no
+    precision in them.
 
     Parameters
     ----------
@@ -789,14 +821,15 @@ def full_e_step(X, lengths, startprob, transmat, whiten, centre, log_norm, sum_s
     whiten : ndarray of shape (n_components, n_features, n_features)
         Inverse of the lower Cholesky factor of each state's covariance
         (the same matrix for every state when tied).
-    centre : ndarray of shape (n_components, n_features)
-        ``whiten[k] @ means[k]``.
+    means : ndarray of shape (n_components, n_features)
     log_norm : ndarray of shape (n_components,)
         ``-0.5 D log(2 pi) - sum(log(diag(cholesky(covars[k]))))``.
     sum_start, sum_post : ndarray of shape (n_components,)
     sum_trans : ndarray of shape (n_components, n_components)
-    sum_x : ndarray of shape (n_components, n_features)
-    sum_xxT : ndarray of shape (n_components, n_features, n_features)
+    sum_dx : ndarray of shape (n_components, n_features)
+        ``sum_t gamma[t, k] (x[t] - means[k])``.
+    sum_dxdxT : ndarray of shape (n_components, n_features, n_features)
+        ``sum_t gamma[t, k] (x[t] - means[k]) (x[t] - means[k])^T``.
         Accumulated (added to).
     k_tag, d_tag : tuple
         As in :func:`diag_e_step`: sizes as compile-time constants, or empty.
@@ -807,7 +840,7 @@ def full_e_step(X, lengths, startprob, transmat, whiten, centre, log_norm, sum_s
         Total log-likelihood of the block (-inf if some sequence is impossible).
     n_invalid : int
         Number of steps with non-finite values (probability one in every
-        state; nothing added to ``sum_x`` or ``sum_xxT``).
+        state; nothing added to ``sum_dx`` or ``sum_dxdxT``).
     """
     K = len(k_tag) if len(k_tag) > 0 else whiten.shape[0]
     D = len(d_tag) if len(d_tag) > 0 else X.shape[1]
@@ -815,6 +848,7 @@ def full_e_step(X, lengths, startprob, transmat, whiten, centre, log_norm, sum_s
     XT = np.empty((D, max_len))
     Y = np.empty(max_len)
     GX = np.empty(max_len)
+    GV = np.empty(max_len)
     valid = np.empty(max_len, dtype=np.bool_)
     ET = np.empty((K, max_len))
     AT = np.empty((K, max_len))
@@ -847,9 +881,12 @@ def full_e_step(X, lengths, startprob, transmat, whiten, centre, log_norm, sum_s
             lk = log_norm[k]
             for t in range(L):
                 row[t] = lk
-            # row -= 0.5 * |W_k x - W_k mu_k|^2, one whitened coordinate at a time
+            # row -= 0.5 * |W_k x - W_k mu_k|^2, one whitened coordinate at a time (the
+            # whitened difference loses only |W_k x| eps: no pass to centre x first)
             for d in range(D):
-                sd = -centre[k, d]
+                sd = 0.0
+                for e in range(d + 1):
+                    sd -= whiten[k, d, e] * means[k, e]
                 for t in range(L):
                     Y[t] = sd
                 for e in range(d + 1):
@@ -876,18 +913,23 @@ def full_e_step(X, lengths, startprob, transmat, whiten, centre, log_norm, sum_s
             g = GT[k]
             sum_start[k] += g[0]
             sum_post[k] += _sum(g, L)
+            g = _valid_weights(g, valid, L, n_bad, GV)
             for d in range(D):
                 xd = XT[d]
+                m = means[k, d]
                 for t in range(L):
-                    GX[t] = g[t] * xd[t]
-                sum_x[k, d] += _sum(GX, L)
+                    GX[t] = g[t] * (xd[t] - m)
+                s1 = _sum(GX, L)
+                sum_dx[k, d] += s1
+                # sum GX (x_e - m_e) without a pass to centre x_e: GX is already
+                # centred, so the subtraction loses only about |m_e| / sd eps
                 for e in range(d + 1):
-                    sum_xxT[k, d, e] += _dot(GX, XT[e], L)
+                    sum_dxdxT[k, d, e] += _dot(GX, XT[e], L) - means[k, e] * s1
         start += L
     for k in range(K):
         for d in range(D):
             for e in range(d):
-                sum_xxT[k, e, d] = sum_xxT[k, d, e]
+                sum_dxdxT[k, e, d] = sum_dxdxT[k, d, e]
     return _finish(acc, transmat, xi, sum_trans), bad
 
 
@@ -1018,6 +1060,33 @@ def _size_tags(n_components: int, n_features: int) -> tuple[tuple[int, ...], tup
     return (), ()
 
 
+def _cholesky(cov: np.ndarray, state: int) -> np.ndarray:
+    """Lower Cholesky factor of a covariance, regularised as hmmlearn does.
+
+    A state left with fewer steps than features (short sequences, a
+    constant feature) has a singular covariance: as hmmlearn, retry with
+    :data:`CHOLESKY_JITTER` added to the diagonal, and say what to change
+    when even that fails.
+    """
+    try:
+        chol = np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        try:
+            chol = np.linalg.cholesky(cov + CHOLESKY_JITTER * np.eye(len(cov)))
+        except np.linalg.LinAlgError:
+            chol = None
+    if chol is None or not np.all(np.isfinite(chol)):
+        with np.errstate(invalid="ignore"):
+            eig = np.linalg.eigvalsh(cov).min() if np.all(np.isfinite(cov)) else np.nan
+        raise InvalidDataError(
+            f"the covariance of state {state} is not positive definite (smallest eigenvalue {eig:.3g}), "
+            f"even with {CHOLESKY_JITTER:g} added to its diagonal: the state explains too few "
+            "distinct observations. Try fewer n_components, a larger covars_prior, "
+            "covariance_type='diag', or more data."
+        )
+    return chol
+
+
 def _block_parts(block: Any) -> tuple[np.ndarray, np.ndarray]:
     values, lengths = block
     return np.asarray(values), np.asarray(lengths, dtype=np.int64)
@@ -1124,8 +1193,12 @@ class _HMMBase:
 class GaussianHMMModel(_HMMBase):
     """HMM with Gaussian emissions.
 
-    Statistics: ``sum_post (K,)``, ``sum_x (K, D)``, and ``sum_xx (K, D)``
-    (spherical, diag) or ``sum_xxT (K, D, D)`` (full, tied).
+    Statistics: ``sum_post (K,)``, ``sum_dx (K, D)``, and ``sum_dx2 (K, D)``
+    (spherical, diag) or ``sum_dxdxT (K, D, D)`` (full, tied): posterior
+    weighted sums of ``x - means[k]`` and of its squares or outer
+    products, centred on the means entering the iteration (as the mixtures
+    centre theirs on a reference point), so that data far from the origin,
+    such as an offset of 3e7, gives the same variances as centred data.
     """
 
     covariance_type: str = "diag"
@@ -1161,6 +1234,18 @@ class GaussianHMMModel(_HMMBase):
         log_norm = -0.5 * (D * LOG_2PI + np.log(cov).sum(axis=1))
         return np.ascontiguousarray(1.0 / cov), log_norm
 
+    def _whitening(self, params: GaussianHMMParams, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+        """Inverse lower Cholesky factors (K, D, D) and log normalising constants (K,) of full/tied covariances."""
+        K, D = self.n_components, n_features
+        covs = self.full_covars(params.covars, D)
+        whiten = np.empty((K, D, D))
+        log_norm = np.empty(K)
+        for k in range(K):
+            chol = _cholesky(covs[k], k)
+            whiten[k] = np.linalg.inv(chol)
+            log_norm[k] = -0.5 * (D * LOG_2PI) - np.log(np.diag(chol)).sum()
+        return whiten, log_norm
+
     def e_step(self, block: Any, params: GaussianHMMParams) -> Stats:
         """Expected sufficient statistics of one partition.
 
@@ -1176,12 +1261,12 @@ class GaussianHMMModel(_HMMBase):
         precisions, log_norm = self._diag_terms(params, D)
         sum_start, sum_post = np.zeros(K), np.zeros(K)
         sum_trans = np.zeros((K, K))
-        sum_x, sum_xx = np.zeros((K, D)), np.zeros((K, D))
+        sum_dx, sum_dx2 = np.zeros((K, D)), np.zeros((K, D))
         loglik, bad = diag_e_step(
             X, lengths, np.ascontiguousarray(params.startprob, dtype=np.float64),
             np.ascontiguousarray(params.transmat, dtype=np.float64),
             np.ascontiguousarray(params.means, dtype=np.float64), precisions, log_norm,
-            sum_start, sum_trans, sum_post, sum_x, sum_xx, *_size_tags(K, D),
+            sum_start, sum_trans, sum_post, sum_dx, sum_dx2, *_size_tags(K, D),
         )
         return {
             "n": np.array(float(len(X))),
@@ -1190,8 +1275,8 @@ class GaussianHMMModel(_HMMBase):
             "sum_start": sum_start,
             "sum_trans": sum_trans,
             "sum_post": sum_post,
-            "sum_x": sum_x,
-            "sum_xx": sum_xx,
+            "sum_dx": sum_dx,
+            "sum_dx2": sum_dx2,
         }
 
     def _full_e_step(self, block: Any, params: GaussianHMMParams) -> Stats:
@@ -1201,22 +1286,14 @@ class GaussianHMMModel(_HMMBase):
         X = np.ascontiguousarray(X, dtype=np.float64)
         K, D = self.n_components, X.shape[1]
         means = np.asarray(params.means, dtype=np.float64)
-        covs = self.full_covars(params.covars, D)
-        # per state: inverse Cholesky factor (whitening), whitened mean, log normalising constant
-        whiten = np.empty((K, D, D))
-        log_norm = np.empty(K)
-        for k in range(K):
-            chol = np.linalg.cholesky(covs[k])
-            whiten[k] = np.linalg.inv(chol)
-            log_norm[k] = -0.5 * (D * LOG_2PI) - np.log(np.diag(chol)).sum()
-        centre = np.einsum("kde,ke->kd", whiten, means)
+        whiten, log_norm = self._whitening(params, D)
         sum_start, sum_post = np.zeros(K), np.zeros(K)
         sum_trans = np.zeros((K, K))
-        sum_x, sum_xxT = np.zeros((K, D)), np.zeros((K, D, D))
+        sum_dx, sum_dxdxT = np.zeros((K, D)), np.zeros((K, D, D))
         loglik, bad = full_e_step(
             X, lengths, np.ascontiguousarray(params.startprob, dtype=np.float64),
-            np.ascontiguousarray(params.transmat, dtype=np.float64), whiten, centre, log_norm,
-            sum_start, sum_trans, sum_post, sum_x, sum_xxT, *_size_tags(K, D),
+            np.ascontiguousarray(params.transmat, dtype=np.float64), whiten, np.ascontiguousarray(means),
+            log_norm, sum_start, sum_trans, sum_post, sum_dx, sum_dxdxT, *_size_tags(K, D),
         )
         return {
             "n": np.array(float(len(X))),
@@ -1225,8 +1302,8 @@ class GaussianHMMModel(_HMMBase):
             "sum_start": sum_start,
             "sum_trans": sum_trans,
             "sum_post": sum_post,
-            "sum_x": sum_x,
-            "sum_xxT": sum_xxT,
+            "sum_dx": sum_dx,
+            "sum_dxdxT": sum_dxdxT,
         }
 
     def log_emission(self, values: np.ndarray, params: GaussianHMMParams) -> tuple[np.ndarray, int]:
@@ -1239,20 +1316,15 @@ class GaussianHMMModel(_HMMBase):
             precisions, log_norm = self._diag_terms(params, D)
             bad = _diag_logpdf(X, means, precisions, log_norm, out)
             return out, int(bad)
-        covs = self.full_covars(params.covars, D)
+        whiten, log_norm = self._whitening(params, D)
         finite = np.isfinite(X).all(axis=1)
         bad = int(len(X) - finite.sum())
         if bad:
             X = np.where(finite[:, None], X, 0.0)
         for k in range(K):
-            L = np.linalg.cholesky(covs[k])
-            Linv = np.linalg.inv(L)
-            log_norm = -0.5 * (D * LOG_2PI) - np.log(np.diag(L)).sum()
-            shift = Linv @ means[k]
             for lo in range(0, len(X), SUB_BLOCK):
-                Y = X[lo : lo + SUB_BLOCK] @ Linv.T
-                Y -= shift
-                out[lo : lo + SUB_BLOCK, k] = log_norm - 0.5 * np.einsum("ij,ij->i", Y, Y)
+                Y = (X[lo : lo + SUB_BLOCK] - means[k]) @ whiten[k].T
+                out[lo : lo + SUB_BLOCK, k] = log_norm[k] - 0.5 * np.einsum("ij,ij->i", Y, Y)
         if bad:
             out[~finite] = 0.0
         return out, bad
@@ -1261,40 +1333,57 @@ class GaussianHMMModel(_HMMBase):
         X = values if values.ndim == 2 else values.reshape(-1, 1)
         X = np.ascontiguousarray(X, dtype=np.float64)
         K, D = gamma.shape[1], X.shape[1]
+        means = np.asarray(params.means, dtype=np.float64)
         stats = {"sum_post": gamma.sum(axis=0)}
         if self.covariance_type in ("diag", "spherical"):
-            sum_x = np.zeros((K, D))
-            sum_xx = np.zeros((K, D))
-            _diag_sums(X, gamma, sum_x, sum_xx)
-            stats["sum_x"], stats["sum_xx"] = sum_x, sum_xx
-        else:
-            stats["sum_x"] = gamma.T @ X
-            sum_xxT = np.zeros((K, D, D))
-            for lo in range(0, len(X), SUB_BLOCK):
-                Xs, Gs = X[lo : lo + SUB_BLOCK], gamma[lo : lo + SUB_BLOCK]
-                for k in range(K):
-                    sum_xxT[k] += (Xs * Gs[:, k : k + 1]).T @ Xs
-            stats["sum_xxT"] = sum_xxT
+            sum_dx = np.zeros((K, D))
+            sum_dx2 = np.zeros((K, D))
+            _diag_sums(X, gamma, means, sum_dx, sum_dx2)
+            stats["sum_dx"], stats["sum_dx2"] = sum_dx, sum_dx2
+            return stats
+        # steps with non-finite values add nothing (as in the fused kernel)
+        finite = np.isfinite(X).all(axis=1)
+        sum_dx = np.zeros((K, D))
+        sum_dxdxT = np.zeros((K, D, D))
+        for lo in range(0, len(X), SUB_BLOCK):
+            ok = finite[lo : lo + SUB_BLOCK]
+            Xs, Gs = X[lo : lo + SUB_BLOCK][ok], gamma[lo : lo + SUB_BLOCK][ok]
+            for k in range(K):
+                dX = Xs - means[k]
+                G = dX * Gs[:, k : k + 1]
+                sum_dx[k] += G.sum(axis=0)
+                sum_dxdxT[k] += G.T @ dX
+        stats["sum_dx"], stats["sum_dxdxT"] = sum_dx, sum_dxdxT
         return stats
 
     def m_step(self, stats: Stats, params: GaussianHMMParams) -> GaussianHMMParams:
-        """hmmlearn's MAP update; states without posterior mass keep their parameters."""
+        """hmmlearn's MAP update; states without posterior mass keep their parameters.
+
+        hmmlearn's formulas, rewritten for statistics centred on the
+        previous means ``m0``: with ``delta = means - m0``,
+        ``sum gamma (x - means)^2 = sum_dx2 - 2 delta sum_dx + post delta^2``
+        (and the same with outer products), so no large raw moments are
+        subtracted from each other.
+        """
         out = self._markov_m_step(stats, params)
         post = stats["sum_post"]
         seen = post > 0
         mw, mp = np.asarray(self.means_weight), np.asarray(self.means_prior)
-        means = params.means
+        m0 = np.asarray(params.means, dtype=np.float64)
+        S1 = stats["sum_dx"]
+        means = m0
         if "means" in self.params:
             with np.errstate(divide="ignore", invalid="ignore"):
-                new = (mw * mp + stats["sum_x"]) / (mw + post[:, None])
-            means = np.where(seen[:, None], new, params.means)
+                new = m0 + (mw * (mp - m0) + S1) / (mw + post[:, None])
+            means = np.where(seen[:, None], new, m0)
+        delta = means - m0
         covars = params.covars
         if "covars" in self.params:
             cp, cw = np.asarray(self.covars_prior), np.asarray(self.covars_weight)
             meandiff = means - mp
             ct = self.covariance_type
             if ct in ("spherical", "diag"):
-                c_n = mw * meandiff**2 + stats["sum_xx"] - 2 * means * stats["sum_x"] + means**2 * post[:, None]
+                c_n = mw * meandiff**2 + stats["sum_dx2"] - 2 * delta * S1 + delta**2 * post[:, None]
                 c_d = np.maximum(cw - 1, 0) + post[:, None]
                 new = (cp + c_n) / np.maximum(c_d, 1e-5)
                 if ct == "spherical":
@@ -1306,13 +1395,13 @@ class GaussianHMMModel(_HMMBase):
                 D = means.shape[1]
                 c_n = np.empty((len(post), D, D))
                 for c in range(len(post)):
-                    obsmean = np.outer(stats["sum_x"][c], means[c])
+                    cross = np.outer(S1[c], delta[c])
                     c_n[c] = (
                         mw * np.outer(meandiff[c], meandiff[c])
-                        + stats["sum_xxT"][c]
-                        - obsmean
-                        - obsmean.T
-                        + np.outer(means[c], means[c]) * post[c]
+                        + stats["sum_dxdxT"][c]
+                        - cross
+                        - cross.T
+                        + np.outer(delta[c], delta[c]) * post[c]
                     )
                 cvweight = np.maximum(cw - D, 0)
                 if ct == "tied":
@@ -1321,6 +1410,9 @@ class GaussianHMMModel(_HMMBase):
                     with np.errstate(divide="ignore", invalid="ignore"):
                         new = (cp + c_n) / (cvweight + post[:, None, None])
                     covars = np.where(seen[:, None, None], new, params.covars)
+                # here, on the client, rather than as a worker's traceback in the next E-step
+                for k, cov in enumerate(self.full_covars(covars, D)):
+                    _cholesky(cov, k)
         return GaussianHMMParams(out["startprob"], out["transmat"], means, covars)
 
     def describe_invalid(self, n: int) -> str:

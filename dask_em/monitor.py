@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -35,6 +36,9 @@ class ConvergenceMonitor:
     history: list[float] = field(default_factory=list)
     #: Set when a model-specific stopping rule (``fit_em(stop=...)``) was met.
     stopped: bool = False
+    #: The value before the first iteration: a warm start compares its first
+    #: iteration with the previous fit's last value, as scikit-learn does.
+    start: float = -math.inf
 
     @property
     def iter(self) -> int:
@@ -44,7 +48,10 @@ class ConvergenceMonitor:
     @property
     def converged(self) -> bool:
         """Whether the last change was below ``tol`` or a stopping rule was met."""
-        return self.stopped or (len(self.history) >= 2 and abs(self.history[-1] - self.history[-2]) < self.tol)
+        if self.stopped or not self.history:
+            return self.stopped
+        previous = self.history[-2] if len(self.history) >= 2 else self.start
+        return abs(self.history[-1] - previous) < self.tol
 
     @property
     def done(self) -> bool:

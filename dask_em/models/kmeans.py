@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .base import Stats
+from .base import Stats, split_weights
 
 __all__ = [
     "KMeansModel",
@@ -122,7 +122,7 @@ def _argmin_row(G, r, cc):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, fastmath=False, cache=True)
-def _lloyd_block(X, C, counts, sum_x):  # pragma: no cover - compiled
+def _lloyd_block(X, w, C, counts, sum_x):  # pragma: no cover - compiled
     n, d = X.shape
     CT = np.ascontiguousarray(C.T)
     cc = _sq_norms(C)
@@ -139,18 +139,19 @@ def _lloyd_block(X, C, counts, sum_x):  # pragma: no cover - compiled
             if not valid[r]:
                 continue
             best = _argmin_row(G, r, cc)
-            counts[best] += 1.0
+            wi = w[start + r]
+            counts[best] += wi
             s = 0.0
             for j in range(d):
                 t = buf[r, j] - C[best, j]
                 s += t * t
-                sum_x[best, j] += buf[r, j]
-            inertia += s
+                sum_x[best, j] += wi * buf[r, j]
+            inertia += wi * s
     return inertia, n_invalid
 
 
 @njit(nogil=True, fastmath=False, cache=True)
-def _lloyd_block_f64(X, C, counts, sum_x):  # pragma: no cover - compiled
+def _lloyd_block_f64(X, w, C, counts, sum_x):  # pragma: no cover - compiled
     # float64 rows go to BLAS straight from the block, without a copy; a row
     # holding NaN/inf shows up as a non-finite distance and is skipped.
     n, d = X.shape
@@ -173,10 +174,11 @@ def _lloyd_block_f64(X, C, counts, sum_x):  # pragma: no cover - compiled
                 if bad:
                     n_invalid += bad
                     continue
-            counts[best] += 1.0
+            wi = w[i]
+            counts[best] += wi
             for j in range(d):
-                sum_x[best, j] += X[i, j]
-            inertia += s
+                sum_x[best, j] += wi * X[i, j]
+            inertia += wi * s
     return inertia, n_invalid
 
 
@@ -324,7 +326,7 @@ class KMeansModel:
     -----
     Statistics of one block (all sums; shapes with K clusters, D features):
 
-    - ``n`` : number of rows,
+    - ``n`` : number of rows (sum of their weights for weighted blocks),
     - ``loglik`` : minus the inertia of the block (what the engine monitors),
     - ``inertia`` : sum of squared distances to the nearest center,
     - ``counts (K,)`` : rows nearest to each center,
@@ -350,15 +352,23 @@ class KMeansModel:
         return KMeansParams.from_centers(kmeans_plusplus(sample, self.n_clusters, rng))
 
     def e_step(self, block: np.ndarray, params: KMeansParams) -> Stats:
-        """Assign the rows of ``block`` to their nearest center and sum them."""
-        X = _as_rows(block)
+        """Assign the rows of ``block`` to their nearest center and sum them.
+
+        ``block`` may be :class:`~dask_em.models.base.Weighted`: every row
+        then counts with its weight (in ``n``, ``counts``, ``sum_x`` and
+        ``inertia``).
+        """
+        rows, w = split_weights(block)
+        X = _as_rows(rows)
         k, d = params.cluster_centers.shape
         counts = np.zeros(k)
         sum_x = np.zeros((k, d))
         kernel = _lloyd_block_f64 if X.dtype == np.float64 else _lloyd_block
-        inertia, n_invalid = kernel(X, _centers(params.cluster_centers), counts, sum_x)
+        # unit weights multiply exactly, so an unweighted fit's sums are unchanged
+        weights = np.ones(X.shape[0]) if w is None else w
+        inertia, n_invalid = kernel(X, weights, _centers(params.cluster_centers), counts, sum_x)
         return {
-            "n": np.array(float(X.shape[0])),
+            "n": np.array(float(X.shape[0]) if w is None else float(w.sum())),
             "loglik": np.array(-inertia),
             "inertia": np.array(inertia),
             "counts": counts,

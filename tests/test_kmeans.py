@@ -134,16 +134,15 @@ def test_nan_and_inf_are_reported(client, data, init):
         est.fit(da.from_array(X, chunks=(500, -1)), client=client)
 
 
-def test_empty_cluster_keeps_its_center(client, data):
+def test_empty_cluster_is_relocated_as_scikit_learn(client, data):
     X, C0 = data
     C = C0.copy()
-    C[2] = 1e6  # nobody is ever nearest to this one
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no NaN warnings, no likelihood decrease
-        est = KMeans(6, init=C, max_iter=10, tol=0).fit(X, client=client)
-    np.testing.assert_array_equal(est.cluster_centers_[2], C[2])
-    assert np.isfinite(est.cluster_centers_).all()
-    assert 2 not in set(est.labels_.tolist())
+    C[2] = 1e6  # nobody is ever nearest to this one: it takes the farthest row instead
+    Xd = da.from_array(X, chunks=(700, -1))  # the farthest rows travel through the tree of sums
+    est = KMeans(6, init=C, max_iter=10, tol=0).fit(Xd, client=client)
+    ref = SKKMeans(6, init=C, n_init=1, max_iter=10, tol=0, algorithm="lloyd").fit(X)
+    np.testing.assert_allclose(est.cluster_centers_, ref.cluster_centers_, rtol=1e-10)
+    assert 2 in set(est.labels_.compute().tolist())
 
 
 def test_lazy_outputs_for_dask_input(client, data):

@@ -572,6 +572,12 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, EM
             raise ValueError(
                 f"algorithm must be one of {_ALGORITHMS}, got {self.algorithm!r} (both run Lloyd's algorithm)"
             )
+        if self.algorithm == "elkan" and self.n_clusters == 1:
+            warnings.warn(
+                "algorithm='elkan' doesn't make sense for a single cluster. Using 'lloyd' instead.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         if isinstance(self.init, str) and self.init not in _INITS:
             raise ValueError(
                 f"init must be one of {_INITS}, a callable or an array of shape (n_clusters, n_features), "

@@ -1,62 +1,76 @@
-"""Run a peer library's installed test module against dask-em's classes.
+"""Run a peer library's own test file against dask-em, with only its imports swapped.
 
-The test file is read from the installed package, a few import lines are
-swapped for dask-em's (each must be found exactly once, so a change in the
-peer's file fails loudly rather than silently testing the peer), and the
-result is executed as a fresh module compiled under the original file name,
-so tracebacks point at the peer's real lines. Nothing is copied into this
-repository; the skipped tests and their reasons are in ``skips.py``.
+The peers' test files are read from the installed packages (never copied
+into this repository), the import lines named in ``swaps`` are replaced
+line for line, and the module is executed under the peer's package name so
+its relative imports of test helpers still work. A test module then
+exposes the suite's tests to pytest with :func:`expose`.
+
+Tests that cannot apply (they call a peer's private functions) are listed
+with their reasons in :mod:`peer_skips` and marked skipped by
+``conftest.py``; nothing else is changed.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
 import types
-from pathlib import Path
+from typing import Any
 
 
-def load_peer_module(module: str, swaps: dict[str, str], name: str | None = None) -> types.ModuleType:
-    """Execute the installed test module ``module`` with its imports swapped.
+def load_suite(module_name: str, swaps: dict[str, str]) -> types.ModuleType:
+    """Load the installed test module ``module_name`` with whole import lines swapped.
 
     Parameters
     ----------
-    module : str
-        Dotted name of the peer's test module, e.g.
-        ``"sklearn.mixture.tests.test_gaussian_mixture"``.
+    module_name : str
+        Dotted name of the peer's test module, e.g. ``"hmmlearn.tests.test_gaussian_hmm"``.
     swaps : dict of str to str
-        Each key is a whole line of the peer's file (without its newline)
-        and each value the line that replaces it.
-    name : str, optional
-        Name of the new module (default: ``"peer_" + last part of module``).
-
-    Returns
-    -------
-    module
-        The executed module; its test functions and fixtures are what the
-        caller hands to pytest (``globals().update(vars(module))``).
+        Whole lines of the file and their replacements. Every line must be
+        found, so a changed peer release fails loudly instead of silently
+        testing the peer against itself.
     """
-    spec = importlib.util.find_spec(module)
+    spec = importlib.util.find_spec(module_name)
     if spec is None or spec.origin is None:
-        raise ImportError(f"cannot find the installed test module {module!r}; install the peer package")
-    path = Path(spec.origin)
-    lines = path.read_text().splitlines()
+        raise ModuleNotFoundError(f"the test module {module_name} is not installed")
+    with open(spec.origin, encoding="utf-8") as f:
+        source = f.read()
     for old, new in swaps.items():
-        hits = [i for i, line in enumerate(lines) if line == old]
-        if len(hits) != 1:
-            raise AssertionError(f"{path}: expected the line {old!r} once, found it {len(hits)} times")
-        lines[hits[0]] = new  # one line for one, so line numbers stay the peer's
-    new_module = types.ModuleType(name or "peer_" + module.rsplit(".", 1)[-1])
-    new_module.__file__ = str(path)
-    new_module.__package__ = module.rsplit(".", 1)[0]  # its relative imports still resolve
-    exec(compile("\n".join(lines) + "\n", str(path), "exec"), new_module.__dict__)
-    return new_module
+        source, n = re.subn(rf"^{re.escape(old)}$", new, source, flags=re.MULTILINE)
+        if n == 0:
+            raise LookupError(f"{spec.origin} has no line {old!r} to swap; update the adapter for this release")
+    module = types.ModuleType(module_name)
+    module.__file__ = spec.origin
+    module.__package__ = module_name.rpartition(".")[0]
+    exec(compile(source, spec.origin, "exec"), module.__dict__)  # noqa: S102 - the installed peer's own tests
+    return module
 
 
-def peer_tests(module: str, swaps: dict[str, str]) -> dict[str, object]:
-    """The names a test file of ours takes over from the peer's module (not its dunders).
+def expose(module: types.ModuleType, namespace: dict[str, Any]) -> list[str]:
+    """Copy the test classes and functions of ``module`` into ``namespace`` (a test module's globals)."""
+    names = [name for name in vars(module) if name.startswith(("Test", "test_"))]
+    for name in names:
+        namespace[name] = getattr(module, name)
+    return names
 
-    Use as ``globals().update(peer_tests(...))``: pytest then collects the
-    peer's test functions, classes and fixtures from our file.
+
+def skip_reason(nodeid: str, skips: dict[str, str]) -> str | None:
+    """The listed reason to skip a test, matched on ``Class::test``, ``test`` or either with its ``[param]``.
+
+    A key holding ``*`` is a pattern (``fnmatch``, ``*`` only) on the
+    test's name with its parameters, e.g. ``"*[*MiniBatchKMeans*"``.
     """
-    loaded = load_peer_module(module, swaps)
-    return {k: v for k, v in vars(loaded).items() if not (k.startswith("__") and k.endswith("__"))}
+    parts = nodeid.split("::")[1:]
+    name = parts[-1]
+    bare = name.split("[")[0]
+    candidates = [name, bare]
+    if len(parts) > 1:
+        candidates = [f"{parts[-2]}::{name}", f"{parts[-2]}::{bare}", *candidates]
+    for key in candidates:
+        if key in skips:
+            return skips[key]
+    for key, reason in skips.items():
+        if "*" in key and re.fullmatch(".*".join(map(re.escape, key.split("*"))), name):
+            return reason
+    return None

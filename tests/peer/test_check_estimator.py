@@ -12,6 +12,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import dask_em
 
+PEER = "scikit-learn"
+
 #: checks that fail for a reason stated here, reported as expected failures
 EXPECTED_FAILURES = {
     "KMeans": {

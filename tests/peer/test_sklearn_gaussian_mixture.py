@@ -1,10 +1,9 @@
 """scikit-learn's own GaussianMixture tests, run on ``dask_em.GaussianMixture``."""
 
-from _adapter import peer_tests
+from __future__ import annotations
 
-globals().update(
-    peer_tests(
-        "sklearn.mixture.tests.test_gaussian_mixture",
-        {"from sklearn.mixture import GaussianMixture": "from dask_em import GaussianMixture"},
-    )
-)
+from _adapter import expose, load_suite
+
+PEER = "scikit-learn"
+
+expose(load_suite("sklearn.mixture.tests.test_gaussian_mixture", {"from sklearn.mixture import GaussianMixture": "from dask_em import GaussianMixture"}), globals())

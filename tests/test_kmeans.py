@@ -81,8 +81,12 @@ def test_e_step_statistics_are_additive(data):
     model, params = KMeansModel(6), KMeansParams.from_centers(C0)
     whole = model.e_step(X, params)
     halves = add_stats(model.e_step(X[:1234], params), model.e_step(X[1234:], params))
+    far, far_halves = whole.pop("farthest"), halves.pop("farthest")
     for key in whole:
         np.testing.assert_allclose(whole[key], halves[key], rtol=1e-12)
+    for field in ("sq_dist", "rows", "weights", "labels"):  # the 5 farthest rows, whichever half held them
+        np.testing.assert_array_equal(getattr(far, field), getattr(far_halves, field))
+    assert len(far.sq_dist) == 5 and np.all(np.diff(far.sq_dist) <= 0)
     assert whole["loglik"] == -whole["inertia"]
     new = model.m_step(whole, params)
     assert new is not params and float(new.center_shift) > 0
@@ -179,7 +183,7 @@ def test_clone_get_params_and_n_init(client, blobs):
         ({"n_clusters": 0}, "n_clusters must be an integer >= 1"),
         ({"n_clusters": 5000}, "n_samples=3000 should be >= n_clusters=5000"),
         ({"init": "kmeans"}, "init must be one of"),
-        ({"init": np.zeros((6, 4))}, r"init array has shape \(6, 4\)"),
+        ({"init": np.zeros((6, 4))}, r"The shape of the initial centers \(6, 4\) does not match"),
         ({"tol": -1.0}, "tol must be a non-negative"),
     ],
 )

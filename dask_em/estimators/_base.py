@@ -14,7 +14,7 @@ from sklearn.base import BaseEstimator
 
 from ..checkpoint import register_class
 from ..data import _check_array_meta, as_dask_array
-from ..errors import NotFittedError
+from ..errors import InvalidDataError, NotFittedError
 
 #: Rules for hyper-parameters many estimators share: (kind, minimum, None allowed).
 #: ``_check_params`` applies those an estimator has; its own checks add the rest.
@@ -247,7 +247,12 @@ def validate_in_memory(estimator: Any, X: Any, *, reset: bool, **check: Any) -> 
         return X
     from sklearn.utils.validation import validate_data
 
-    return validate_data(estimator, X, reset=reset, dtype=[np.float64, np.float32], **check)
+    try:
+        return validate_data(estimator, X, reset=reset, dtype=[np.float64, np.float32], **check)
+    except InvalidDataError:
+        raise
+    except ValueError as exc:  # scikit-learn's message, as the library's own error type
+        raise InvalidDataError(str(exc)) from None
 
 
 def _is_zarr(X: Any) -> bool:

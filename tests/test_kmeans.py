@@ -222,3 +222,10 @@ def test_fit_predict_and_verbose_progress(client, data, capsys):
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("kmeans  iter")]
     assert len(lines) == est.n_iter_ and "inertia" in err
+
+
+def test_one_cluster_is_the_weighted_mean(client, data):
+    X, _ = data
+    w = np.arange(len(X)) % 3
+    est = KMeans(1, init=X[:1]).fit(X, sample_weight=w, client=client)  # no row can be relocated: none is
+    np.testing.assert_allclose(est.cluster_centers_[0], np.average(X, axis=0, weights=w), rtol=1e-10)

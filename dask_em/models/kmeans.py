@@ -346,7 +346,7 @@ class FarthestRows:
     @classmethod
     def of_block(cls, X: np.ndarray, w: np.ndarray, d2: np.ndarray, labels: np.ndarray, m: int) -> FarthestRows:
         """The ``m`` rows of a block farthest from their center (rows of weight 0 or invalid excluded)."""
-        eligible = np.flatnonzero((d2 >= 0) & (w > 0))
+        eligible = np.flatnonzero((d2 >= 0) & (w > 0)) if m > 0 else np.empty(0, dtype=np.int64)
         if len(eligible) > m:
             eligible = eligible[np.argpartition(d2[eligible], len(eligible) - m)[len(eligible) - m :]]
         order = eligible[np.argsort(-d2[eligible], kind="stable")]

@@ -74,6 +74,8 @@ class EMEstimator(BaseEstimator):
         for name, (kind, minimum, none_ok) in _COMMON_PARAMS.items():
             if name not in params or (none_ok and params[name] is None):
                 continue
+            if name == "n_init" and isinstance(params[name], str) and params[name] == "auto":  # scikit-learn's KMeans
+                continue
             value = params[name]
             if kind == "int":
                 ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum

@@ -16,6 +16,7 @@ inside the subcommands so that ``--help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -628,7 +629,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         fit_kwargs["target_columns"] = _target_columns(cls, args.input, args.targets, args.columns)
         if estimator._data_source:
             estimator._data_source["targets"] = args.targets
-    with _Session(args) as client:
+    # scikit-learn style verbose lines go to stdout; here stdout is for results (--json)
+    with _Session(args) as client, contextlib.redirect_stdout(sys.stderr):
         start = time.perf_counter()
         estimator.fit(X, client=client, **fit_kwargs)
         seconds = time.perf_counter() - start
@@ -732,7 +734,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     X = read_input(args.input, columns=args.columns)
     _note(args, f"dask-em: resuming {type(estimator).__name__} from {args.checkpoint} "
                 f"(iteration {record.get('iteration', '?')})")
-    with _Session(args) as client:
+    with _Session(args) as client, contextlib.redirect_stdout(sys.stderr):
         start = time.perf_counter()
         estimator.fit(X, client=client, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                       resume=True, force=args.force, **fit_kwargs)

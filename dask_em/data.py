@@ -324,3 +324,48 @@ def _warn_large_blocks(X: da.Array, client: Any) -> None:
             ChunkSizeWarning,
             stacklevel=3,
         )
+
+
+def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray | da.Array:
+    """``sample_weight`` as float64 of shape (n_samples,), non-negative and finite (numpy input checked now)."""
+    if isinstance(sample_weight, da.Array):
+        if sample_weight.shape != (n_samples,):
+            raise ValueError(
+                f"sample_weight.shape == {sample_weight.shape}, expected ({n_samples},): one weight per row"
+            )
+        return sample_weight.astype(np.float64)
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.ndim == 0:
+        w = np.full(n_samples, float(w))
+    if w.shape != (n_samples,):
+        raise ValueError(f"sample_weight.shape == {w.shape}, expected ({n_samples},): one weight per row")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("sample_weight must be finite and non-negative; got negative, NaN or infinite values")
+    if not w.any():
+        raise ValueError("sample_weight is zero for every row; at least one row needs a positive weight")
+    return w
+
+
+def weighted_blocks(blocks: Blocks, sample_weight: Any, client: Any = None) -> Blocks:
+    """``blocks`` whose parts carry their rows' weights (:class:`dask_em.models.base.Weighted`).
+
+    The weights are cut along the data's own row chunks, so block ``i`` of
+    the weights always travels with block ``i`` of the rows whatever the
+    chunking; in-memory weights are scattered once, like in-memory data.
+    """
+    from .models.base import Weighted
+
+    assert blocks.array is not None
+    w = check_sample_weight(sample_weight, blocks.n_samples)
+    chunks = blocks.array.chunks[0]
+    if isinstance(w, da.Array):
+        pieces = list(w.rechunk((chunks,)).to_delayed().ravel())
+    else:
+        bounds = np.cumsum((0, *chunks))
+        arrays = [w[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        pieces = client.scatter(arrays, hash=False) if client is not None else arrays
+        pieces = [dask.delayed(p) if client is not None else dask.delayed(p, traverse=False) for p in pieces]
+    parts = [dask.delayed(Weighted, pure=True)(part, piece) for part, piece in zip(blocks.parts, pieces)]
+    fingerprint = {**blocks.fingerprint, "sample_weight": True}
+    return Blocks(parts=parts, n_samples=blocks.n_samples, array=blocks.array, fingerprint=fingerprint,
+                  client=blocks.client)

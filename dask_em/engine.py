@@ -450,6 +450,7 @@ def fit_em(
     checkpoint_meta: dict[str, Any] | None = None,
     stop: Callable[[Any, Any], bool] | None = None,
     warn_not_converged: bool = True,
+    start_value: float = -math.inf,
 ) -> EMResult:
     """Fit ``model`` to ``data`` by Expectation-Maximization on Dask.
 
@@ -503,6 +504,10 @@ def fit_em(
         shift); when it returns True the fit has converged.
     warn_not_converged : bool
         Warn with :class:`ConvergenceWarning` when ``max_iter`` is reached.
+    start_value : float
+        The monitored value before the first iteration: a warm start passes
+        the previous fit's last value, so that its first iteration can
+        already meet ``tol`` (scikit-learn's ``warm_start``).
 
     Returns
     -------
@@ -519,7 +524,7 @@ def fit_em(
     with where(client, scheduler, data=data, verbose=verbose) as active:
         blocks = prepare_blocks(data, active)
         rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
-        monitor = ConvergenceMonitor(tol=tol, max_iter=max_iter, signed=signed_change)
+        monitor = ConvergenceMonitor(tol=tol, max_iter=max_iter, signed=signed_change, start=float(start_value))
         store = None
         resumed_from = 0
         if checkpoint is not None:
@@ -570,7 +575,7 @@ def fit_em(
                 store.check_blocks(stats.pop(BLOCK_HASHES), force=force)
             loglik = float(stats["loglik"])
             value = loglik / float(stats["n"]) if tol_on == "mean" else loglik
-            previous = monitor.history[-1] if monitor.history else -math.inf
+            previous = monitor.history[-1] if monitor.history else monitor.start
             monitor.report(value)
             old_params, params = params, model.m_step(stats, params)
             if stop is not None and stop(old_params, params):

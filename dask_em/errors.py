@@ -1,6 +1,15 @@
-"""The library's exceptions and warnings."""
+"""The library's exceptions and warnings.
+
+``NotFittedError`` and ``ConvergenceWarning`` subclass scikit-learn's, so
+code written for scikit-learn (``except sklearn.exceptions.NotFittedError``,
+``warnings.filterwarnings("ignore", category=sklearn.exceptions.ConvergenceWarning)``)
+catches and filters dask-em's unchanged.
+"""
 
 from __future__ import annotations
+
+from sklearn.exceptions import ConvergenceWarning as _SklearnConvergenceWarning
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
 
 class DaskEMError(Exception):
@@ -17,11 +26,11 @@ class InvalidParameterError(DaskEMError, ValueError):
     exit_code = 2
 
 
-class NotFittedError(DaskEMError, AttributeError):
+class NotFittedError(DaskEMError, _SklearnNotFittedError):
     """A method that needs a fitted model was called before ``fit``."""
 
 
-class ConvergenceWarning(UserWarning):
+class ConvergenceWarning(_SklearnConvergenceWarning):
     """EM stopped at ``max_iter`` before the change in log-likelihood fell below ``tol``."""
 
 

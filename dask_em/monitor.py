@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -40,6 +41,9 @@ class ConvergenceMonitor:
     history: list[float] = field(default_factory=list)
     #: Set when a model-specific stopping rule (``fit_em(stop=...)``) was met.
     stopped: bool = False
+    #: The value before the first iteration: a warm start compares its first
+    #: iteration with the previous fit's last value, as scikit-learn does.
+    start: float = -math.inf
 
     @property
     def iter(self) -> int:
@@ -49,11 +53,10 @@ class ConvergenceMonitor:
     @property
     def converged(self) -> bool:
         """Whether the last change was below ``tol`` or a stopping rule was met."""
-        if self.stopped:
-            return True
-        if len(self.history) < 2:
-            return False
-        change = self.history[-1] - self.history[-2]
+        if self.stopped or not self.history:
+            return self.stopped
+        previous = self.history[-2] if len(self.history) >= 2 else self.start
+        change = self.history[-1] - previous
         return (change if self.signed else abs(change)) < self.tol
 
     @property

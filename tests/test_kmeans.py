@@ -73,7 +73,7 @@ def test_numpy_input_float32_and_chunking(client, data):
     assert isinstance(a.labels_, np.ndarray)
     c = KMeans(6, init=C0, max_iter=8, tol=0).fit(X.astype(np.float32), client=client)
     np.testing.assert_allclose(c.cluster_centers_, a.cluster_centers_, rtol=1e-5, atol=1e-6)
-    assert c.cluster_centers_.dtype == np.float64
+    assert c.cluster_centers_.dtype == np.float32  # as scikit-learn; the sums are float64
 
 
 def test_e_step_statistics_are_additive(data):
@@ -81,8 +81,12 @@ def test_e_step_statistics_are_additive(data):
     model, params = KMeansModel(6), KMeansParams.from_centers(C0)
     whole = model.e_step(X, params)
     halves = add_stats(model.e_step(X[:1234], params), model.e_step(X[1234:], params))
+    far, far_halves = whole.pop("farthest"), halves.pop("farthest")
     for key in whole:
         np.testing.assert_allclose(whole[key], halves[key], rtol=1e-12)
+    for field in ("sq_dist", "rows", "weights", "labels"):  # the 5 farthest rows, whichever half held them
+        np.testing.assert_array_equal(getattr(far, field), getattr(far_halves, field))
+    assert len(far.sq_dist) == 5 and np.all(np.diff(far.sq_dist) <= 0)
     assert whole["loglik"] == -whole["inertia"]
     new = model.m_step(whole, params)
     assert new is not params and float(new.center_shift) > 0
@@ -134,16 +138,15 @@ def test_nan_and_inf_are_reported(client, data, init):
         est.fit(da.from_array(X, chunks=(500, -1)), client=client)
 
 
-def test_empty_cluster_keeps_its_center(client, data):
+def test_empty_cluster_is_relocated_as_scikit_learn(client, data):
     X, C0 = data
     C = C0.copy()
-    C[2] = 1e6  # nobody is ever nearest to this one
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no NaN warnings, no likelihood decrease
-        est = KMeans(6, init=C, max_iter=10, tol=0).fit(X, client=client)
-    np.testing.assert_array_equal(est.cluster_centers_[2], C[2])
-    assert np.isfinite(est.cluster_centers_).all()
-    assert 2 not in set(est.labels_.tolist())
+    C[2] = 1e6  # nobody is ever nearest to this one: it takes the farthest row instead
+    Xd = da.from_array(X, chunks=(700, -1))  # the farthest rows travel through the tree of sums
+    est = KMeans(6, init=C, max_iter=10, tol=0).fit(Xd, client=client)
+    ref = SKKMeans(6, init=C, n_init=1, max_iter=10, tol=0, algorithm="lloyd").fit(X)
+    np.testing.assert_allclose(est.cluster_centers_, ref.cluster_centers_, rtol=1e-10)
+    assert 2 in set(est.labels_.compute().tolist())
 
 
 def test_lazy_outputs_for_dask_input(client, data):
@@ -180,7 +183,7 @@ def test_clone_get_params_and_n_init(client, blobs):
         ({"n_clusters": 0}, "n_clusters must be an integer >= 1"),
         ({"n_clusters": 5000}, "n_samples=3000 should be >= n_clusters=5000"),
         ({"init": "kmeans"}, "init must be one of"),
-        ({"init": np.zeros((6, 4))}, r"init array has shape \(6, 4\)"),
+        ({"init": np.zeros((6, 4))}, r"The shape of the initial centers \(6, 4\) does not match"),
         ({"tol": -1.0}, "tol must be a non-negative"),
     ],
 )
@@ -219,3 +222,10 @@ def test_fit_predict_and_verbose_progress(client, data, capsys):
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("kmeans  iter")]
     assert len(lines) == est.n_iter_ and "inertia" in err
+
+
+def test_one_cluster_is_the_weighted_mean(client, data):
+    X, _ = data
+    w = np.arange(len(X)) % 3
+    est = KMeans(1, init=X[:1]).fit(X, sample_weight=w, client=client)  # no row can be relocated: none is
+    np.testing.assert_allclose(est.cluster_centers_[0], np.average(X, axis=0, weights=w), rtol=1e-10)

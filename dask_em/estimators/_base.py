@@ -10,10 +10,11 @@ import numbers
 
 import dask.array as da
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from ..checkpoint import register_class
 from ..data import _check_array_meta, as_dask_array
-from ..errors import NotFittedError
+from ..errors import InvalidDataError, NotFittedError
 
 #: Rules for hyper-parameters many estimators share: (kind, minimum, None allowed).
 #: ``_check_params`` applies those an estimator has; its own checks add the rest.
@@ -35,13 +36,12 @@ _COMMON_PARAMS: dict[str, tuple[str, float, bool]] = {
 }
 
 
-class EMEstimator:
-    """Base class: scikit-learn's ``get_params``/``set_params`` protocol.
+class EMEstimator(BaseEstimator):
+    """Base class: a scikit-learn estimator (``get_params``/``set_params``, tags, ``clone``).
 
     Subclasses list their hyper-parameters as keyword arguments of
-    ``__init__`` and store each under the same name, as scikit-learn asks,
-    so that ``clone`` and ``Pipeline`` work without scikit-learn being a
-    dependency. Fitted attributes end with ``_``.
+    ``__init__`` and store each under the same name, as scikit-learn asks.
+    Fitted attributes end with ``_``.
     """
 
     #: scikit-learn's kind of estimator ("clusterer", "density_estimator", ...).
@@ -74,6 +74,8 @@ class EMEstimator:
         for name, (kind, minimum, none_ok) in _COMMON_PARAMS.items():
             if name not in params or (none_ok and params[name] is None):
                 continue
+            if name == "n_init" and isinstance(params[name], str) and params[name] == "auto":  # scikit-learn's KMeans
+                continue
             value = params[name]
             if kind == "int":
                 ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
@@ -91,9 +93,11 @@ class EMEstimator:
 
     def __sklearn_tags__(self) -> Any:
         """scikit-learn's estimator tags (``clone`` and ``Pipeline`` ask for them)."""
-        from sklearn.utils import Tags, TargetTags
-
-        return Tags(estimator_type=self._estimator_type, target_tags=TargetTags(required=False))
+        tags = super().__sklearn_tags__()
+        if tags.estimator_type is None:
+            tags.estimator_type = self._estimator_type
+        tags.target_tags.required = False
+        return tags
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -136,7 +140,8 @@ class EMEstimator:
     def _check_fitted(self, attribute: str) -> None:
         if not hasattr(self, attribute):
             raise NotFittedError(
-                f"this {type(self).__name__} instance is not fitted yet; call 'fit' with appropriate data first"
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with appropriate "
+                "arguments before using this estimator."
             )
 
     #: Where the data of the current fit was read from (set by the command
@@ -214,7 +219,7 @@ def map_rows(
         A numpy result for numpy input; a lazy Dask array (nothing computed)
         for Dask, Zarr or path input.
     """
-    if not (isinstance(X, (str, da.Array)) or hasattr(X, "__fspath__") or _is_zarr(X)):
+    if not is_out_of_core(X):
         X = np.asarray(X)
         _check_array_meta(X.shape, X.dtype)
         return np.asarray(func(X if X.dtype.kind == "f" else X.astype(np.float64), *args))
@@ -222,6 +227,34 @@ def map_rows(
     if n_columns is None:
         return X.map_blocks(func, *args, drop_axis=1, dtype=dtype, meta=np.empty((0,), dtype))
     return X.map_blocks(func, *args, chunks=(X.chunks[0], (n_columns,)), dtype=dtype, meta=np.empty((0, 0), dtype))
+
+
+def is_out_of_core(X: Any) -> bool:
+    """Whether ``X`` is read block by block (Dask array, Zarr array, path or URL)."""
+    return isinstance(X, (str, da.Array)) or hasattr(X, "__fspath__") or _is_zarr(X)
+
+
+def validate_in_memory(estimator: Any, X: Any, *, reset: bool, **check: Any) -> Any:
+    """scikit-learn's input checks for in-memory ``X``; out-of-core input is returned as it is.
+
+    In memory, ``X`` becomes a 2-D float32 or float64 array (integers become
+    float64), with scikit-learn's messages for 1-D, empty, sparse, complex
+    or non-finite input; ``reset`` records ``n_features_in_`` and
+    ``feature_names_in_`` (fit), else checks them (predict). Out-of-core
+    input is checked block by block inside the passes instead. ``check``
+    goes to :func:`sklearn.utils.validation.check_array` (e.g.
+    ``ensure_all_finite=False`` where NaN means missing).
+    """
+    if is_out_of_core(X):
+        return X
+    from sklearn.utils.validation import validate_data
+
+    try:
+        return validate_data(estimator, X, reset=reset, dtype=[np.float64, np.float32], **check)
+    except InvalidDataError:
+        raise
+    except ValueError as exc:  # scikit-learn's message, as the library's own error type
+        raise InvalidDataError(str(exc)) from None
 
 
 def _is_zarr(X: Any) -> bool:

@@ -13,7 +13,7 @@ import dask
 import numpy as np
 
 from ..executor import where
-from ..data import Blocks, _check_array_meta, as_dask_array
+from ..data import Blocks, as_dask_array, weighted_blocks
 from ..engine import expected_stats, fit_em, prepare_blocks
 from ..errors import ConvergenceWarning, InvalidDataError
 from ..models.base import Stats
@@ -35,7 +35,7 @@ from ..models.gmm import (
     precisions_from_cholesky,
     sample_moments,
 )
-from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs
+from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs, validate_in_memory
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 
@@ -261,18 +261,22 @@ class GaussianMixture(EMEstimator):
         weights = means = prec_chol = None
         if self.weights_init is not None:
             weights = np.array(self.weights_init, dtype=np.float64)
+            # scikit-learn's messages, which its users' code and tests match
             if weights.shape != (K,):
-                raise ValueError(f"weights_init must have shape (n_components,) = ({K},), got {weights.shape}")
+                raise ValueError(f"The parameter 'weights' should have the shape of ({K},), but got {weights.shape}")
             if np.any(weights < 0) or np.any(weights > 1) or not np.isfinite(weights).all():
-                raise ValueError(f"weights_init must be in [0, 1], got min {weights.min()} and max {weights.max()}")
+                raise ValueError(
+                    "The parameter 'weights' should be in the range [0, 1], but got "
+                    f"max value {np.min(weights):.5f}, min value {np.max(weights):.5f}"
+                )
             if not np.allclose(weights.sum(), 1.0, rtol=0, atol=1e-6):
-                raise ValueError(f"weights_init must sum to 1, got sum {weights.sum():.6f}; normalise them")
+                raise ValueError(
+                    f"The parameter 'weights' should be normalized, but got sum(weights) = {weights.sum():.5f}"
+                )
         if self.means_init is not None:
             means = np.array(self.means_init, dtype=np.float64)
             if means.shape != (K, D):
-                raise ValueError(
-                    f"means_init must have shape (n_components, n_features) = ({K}, {D}), got {means.shape}"
-                )
+                raise ValueError(f"The parameter 'means' should have the shape of ({K}, {D}), but got {means.shape}")
             if not np.isfinite(means).all():
                 raise ValueError("means_init contains NaN or infinite values")
         if self.precisions_init is not None:
@@ -280,8 +284,8 @@ class GaussianMixture(EMEstimator):
             expected = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[self.covariance_type]
             if precisions.shape != expected:
                 raise ValueError(
-                    f"precisions_init for covariance_type={self.covariance_type!r} must have shape "
-                    f"{expected}, got {precisions.shape}"
+                    f"The parameter '{self.covariance_type} precision' should have the shape of "
+                    f"{expected}, but got {precisions.shape}"
                 )
             prec_chol = precisions_cholesky_from_precisions(precisions, self.covariance_type)
         return weights, means, prec_chol
@@ -308,6 +312,7 @@ class GaussianMixture(EMEstimator):
         self,
         X: Any,
         y: Any = None,
+        sample_weight: Any = None,
         *,
         client: Any = None,
         checkpoint: str | None = None,
@@ -322,6 +327,11 @@ class GaussianMixture(EMEstimator):
         X : array-like, dask array, zarr array or path, of shape (n_samples, n_features)
             The data (float32 or float64; integers are converted).
         y : ignored
+        sample_weight : array-like or dask array of shape (n_samples,), optional
+            Weight of every row in the EM iterations (default 1): an
+            integer weight is the same as repeating the row. The weights
+            travel with the data's blocks. The initialisation is computed
+            from the rows without their weights.
         client : distributed.Client, optional
             Where to run (see :func:`dask_em.executor.where`); by default this process.
         checkpoint, checkpoint_every, resume, force
@@ -341,9 +351,7 @@ class GaussianMixture(EMEstimator):
             For invalid hyper-parameters or initial values.
         """
         self._check_parameters()
-        if isinstance(X, np.ndarray) or isinstance(X, (list, tuple)):
-            X = np.asarray(X)
-            _check_array_meta(X.shape, X.dtype)
+        X = validate_in_memory(self, X, reset=True, ensure_all_finite=self.missing != "em", ensure_min_samples=2)
         K = int(self.n_components)
         model = self._model()
         with where(client, data=X, verbose=bool(self.verbose)) as active:
@@ -354,6 +362,7 @@ class GaussianMixture(EMEstimator):
                     f"expected n_samples >= n_components (and at least 2), got n_components={K}, "
                     f"n_samples={n_samples}; decrease n_components or give more data"
                 )
+            data = blocks if sample_weight is None else weighted_blocks(blocks, sample_weight, active)
             inits = self._checked_inits(n_features)
             do_init = not (self.warm_start and hasattr(self, "converged_"))
             n_init = int(self.n_init) if do_init else 1
@@ -394,7 +403,7 @@ class GaussianMixture(EMEstimator):
 
                 result = fit_em(
                     run_model,
-                    blocks,
+                    data,
                     params=start,
                     max_iter=int(self.max_iter),
                     tol=float(self.tol),
@@ -409,6 +418,7 @@ class GaussianMixture(EMEstimator):
                     force=force,
                     checkpoint_meta=self.checkpoint_meta(),
                     warn_not_converged=False,
+                    start_value=-math.inf if do_init else float(self.lower_bound_),
                 )
                 if best is None or result.lower_bound > best.lower_bound:
                     best, best_model = result, run_model
@@ -420,7 +430,7 @@ class GaussianMixture(EMEstimator):
                 ConvergenceWarning,
                 stacklevel=2,
             )
-        self._set_fitted(best.params)
+        self._set_fitted(best.params, np.float32 if blocks.array.dtype == np.float32 else np.float64)
         self.converged_ = bool(best.converged)
         self.n_iter_ = int(best.n_iter)
         self.lower_bound_ = float(best.lower_bound)
@@ -463,9 +473,9 @@ class GaussianMixture(EMEstimator):
         sample = blocks.sample(max(INIT_SAMPLE_ROWS, model.n_components), rng)
         return model.with_prior_defaults(n_features, *sample_moments(sample, model.covariance_type))
 
-    def fit_predict(self, X: Any, y: Any = None, **fit_kwargs: Any) -> Any:
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None, **fit_kwargs: Any) -> Any:
         """Fit, then the most likely component of every row (lazy for Dask input)."""
-        return self.fit(X, **fit_kwargs).predict(X)
+        return self.fit(X, sample_weight=sample_weight, **fit_kwargs).predict(X)
 
     @property
     def _fitted_params(self) -> GMMParams:
@@ -477,12 +487,14 @@ class GaussianMixture(EMEstimator):
             precisions_cholesky=np.asarray(self.precisions_cholesky_, np.float64),
         )
 
-    def _set_fitted(self, params: GMMParams) -> None:
-        self.weights_ = np.asarray(params.weights)
-        self.means_ = np.asarray(params.means)
-        self.covariances_ = np.asarray(params.covariances)
-        self.precisions_cholesky_ = np.asarray(params.precisions_cholesky)
-        self.precisions_ = precisions_from_cholesky(self.precisions_cholesky_, self.covariance_type)
+    def _set_fitted(self, params: GMMParams, dtype: Any = np.float64) -> None:
+        """Fitted attributes in the data's float type, as scikit-learn (fitted in float64)."""
+        self.weights_ = np.asarray(params.weights, dtype)
+        self.means_ = np.asarray(params.means, dtype)
+        self.covariances_ = np.asarray(params.covariances, dtype)
+        self.precisions_cholesky_ = np.asarray(params.precisions_cholesky, dtype)
+        precisions = precisions_from_cholesky(np.asarray(params.precisions_cholesky), self.covariance_type)
+        self.precisions_ = np.asarray(precisions, dtype)
 
     def _initial_params(
         self,
@@ -607,16 +619,19 @@ class GaussianMixture(EMEstimator):
 
     # -- inference ------------------------------------------------------------
 
-    def _check_X(self, X: Any) -> None:
+    def _check_X(self, X: Any) -> Any:
         self._check_fitted("weights_")
+        X = validate_in_memory(self, X, reset=False, ensure_all_finite=self.missing != "em")
         shape = getattr(X, "shape", None)
         if shape is not None and len(shape) == 2 and shape[1] != self.n_features_in_:
             raise InvalidDataError(
-                f"X has {shape[1]} features, but {type(self).__name__} was fitted with {self.n_features_in_}"
+                f"X has {shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input"
             )
+        return X
 
     def _map(self, X: Any, what: str, n_columns: int | None, dtype: Any = np.float64) -> Any:
-        self._check_X(X)
+        X = self._check_X(X)
         return map_rows(X, _rows_output, self._model(), self._fitted_params, what, n_columns=n_columns, dtype=dtype)
 
     def score_samples(self, X: Any) -> Any:

@@ -8,9 +8,11 @@ import sys
 import warnings
 from typing import Any
 
+import dask.array as da
 import numpy as np
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 
-from ..data import Blocks
+from ..data import Blocks, weighted_blocks
 from ..engine import expected_stats, fit_em, in_memory_blocks, map_parts, prepare_blocks
 from ..executor import compute, where
 from ..errors import ConvergenceWarning, InvalidDataError
@@ -21,11 +23,13 @@ from ..models.kmeans import (
     kmeans_plusplus,
     nearest_center,
 )
-from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs
+from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs, validate_in_memory
 
 __all__ = ["KMeans", "kmeans_centers", "kmeans_parallel_init"]
 
 _INITS = ("k-means||", "k-means++", "random")
+#: "elkan" is accepted for scikit-learn code and runs Lloyd (see ``KMeans``).
+_ALGORITHMS = ("lloyd", "elkan")
 
 
 # ---------------------------------------------------------------------------
@@ -333,7 +337,7 @@ def lloyd(
     if verbose:
         from ..progress import Progress
 
-        callbacks.append(Progress(label=label))
+        callbacks += [Progress(label=label), _print_inertia]
     result = fit_em(
         KMeansModel(n_clusters),
         blocks,
@@ -353,7 +357,16 @@ def lloyd(
         stop=lambda old, new: float(new.center_shift) <= tol_scaled,
         warn_not_converged=False,
     )
+    if verbose and result.converged:
+        shift = float(result.params.center_shift)
+        how = "strict convergence" if shift == 0 else f"center shift {shift:e} within tolerance {tol_scaled:e}"
+        print(f"Converged at iteration {result.n_iter - 1}: {how}.")
     return result.params, result.n_iter, result.converged
+
+
+def _print_inertia(info: Any) -> None:
+    """scikit-learn's verbose line (standard output, iterations counted from 0)."""
+    print(f"Iteration {info.iteration - 1}, inertia {-info.loglik:.3f}.")
 
 
 def kmeans_centers(
@@ -411,33 +424,48 @@ def kmeans_centers(
     return np.array(params.cluster_centers)
 
 
-class KMeans(EMEstimator):
+class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, EMEstimator):
     """k-means clustering on Dask: Lloyd's algorithm as hard EM.
 
     Every iteration is one pass over the data; nothing but the centers and
-    per-cluster sums ever reaches the client.
+    per-cluster sums ever reaches the client. A drop-in for scikit-learn's
+    ``KMeans`` (same parameters, attributes, warnings and tags).
 
     Parameters
     ----------
     n_clusters : int, default=8
         Number of clusters.
-    init : {"k-means||", "k-means++", "random"} or array-like of shape (n_clusters, n_features), default="k-means||"
+    init : {"k-means||", "k-means++", "random"}, callable or array-like of shape (n_clusters, n_features), default="k-means||"
         Seeding. "k-means||" (Bahmani et al. 2012) is out of core: a few
         passes over the data, each sampling about ``oversampling_factor *
         n_clusters`` rows. "k-means++" runs on a sample of whole blocks
         (at least 10,000 rows). "random" takes ``n_clusters`` distinct rows.
+        A callable is called as ``init(X, n_clusters, random_state)`` with
+        the data (a Dask array for out-of-core input) and a
+        ``numpy.random.RandomState``, and returns the centers.
+    n_init : "auto" or int, default="auto"
+        Number of runs from different seeds; the one of lowest inertia is
+        kept. "auto": 10 runs for ``init="random"`` or a callable, else 1
+        (scikit-learn's rule).
     max_iter : int, default=300
         Maximum number of Lloyd iterations of one run.
     tol : float, default=1e-4
         Stop when the squared total shift of the centers is at most ``tol``
         times the mean variance of the features, as scikit-learn does (the
         variance costs one pass at the start when ``tol > 0``).
-    n_init : int, default=1
-        Number of runs from different seeds; the one of lowest inertia is kept.
-    random_state : int, Generator or None, default=None
+    verbose : int, default=0
+        Print scikit-learn's lines on standard output ("Initialization
+        complete", "Iteration i, inertia ...", how it converged) and a
+        progress line per iteration on standard error.
+    random_state : int, Generator, RandomState or None, default=None
         Seed of the initialisation.
-    verbose : bool, default=False
-        Print a progress line per iteration.
+    copy_x : bool, default=True
+        Accepted for scikit-learn compatibility: dask-em never modifies
+        the data (it does not centre it), whatever the value.
+    algorithm : {"lloyd", "elkan"}, default="lloyd"
+        "elkan" is accepted and runs Lloyd's algorithm: Elkan's bounds are
+        per-row state kept across iterations, which one pass over blocks
+        per iteration does not keep. The result is the same clustering.
     split_every : int, default=8
         Fan-in of the tree reduction of the statistics.
     oversampling_factor : float, default=2
@@ -448,9 +476,11 @@ class KMeans(EMEstimator):
     Attributes
     ----------
     cluster_centers_ : ndarray of shape (n_clusters, n_features)
+        In the data's float type (float32 for float32 data; sums are
+        accumulated in float64).
     inertia_ : float
-        Sum of squared distances of the rows to their nearest center, under
-        the final centers.
+        Sum of (weighted) squared distances of the rows to their nearest
+        center, under the final centers.
     n_iter_ : int
         Lloyd iterations of the kept run.
     labels_ : ndarray or dask.array.Array of shape (n_samples,)
@@ -459,12 +489,18 @@ class KMeans(EMEstimator):
     converged_ : bool
         Whether the kept run met ``tol`` before ``max_iter``.
     n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        When fitted on a DataFrame with string column names.
 
     Notes
     -----
     A cluster that loses all its rows keeps its previous center (scikit-learn
     moves it to the row farthest from its center instead); its count is 0
     and nothing becomes NaN.
+
+    ``sample_weight`` weighs every row in the Lloyd iterations and the
+    inertia; the seeding ("k-means||", "k-means++", "random") draws from
+    the rows without their weights.
     """
 
     _estimator_type = "clusterer"
@@ -474,22 +510,26 @@ class KMeans(EMEstimator):
         n_clusters: int = 8,
         *,
         init: Any = "k-means||",
+        n_init: int | str = "auto",
         max_iter: int = 300,
         tol: float = 1e-4,
-        n_init: int = 1,
+        verbose: int = 0,
         random_state: Any = None,
-        verbose: bool = False,
+        copy_x: bool = True,
+        algorithm: str = "lloyd",
         split_every: int = 8,
         oversampling_factor: float = 2.0,
         init_max_iter: int = 5,
     ) -> None:
         self.n_clusters = n_clusters
         self.init = init
+        self.n_init = n_init
         self.max_iter = max_iter
         self.tol = tol
-        self.n_init = n_init
-        self.random_state = random_state
         self.verbose = verbose
+        self.random_state = random_state
+        self.copy_x = copy_x
+        self.algorithm = algorithm
         self.split_every = split_every
         self.oversampling_factor = oversampling_factor
         self.init_max_iter = init_max_iter
@@ -498,39 +538,94 @@ class KMeans(EMEstimator):
         super()._check_params()
         self._validate()
 
+    @property
+    def _n_features_out(self) -> int:
+        """Number of columns of ``transform`` (for ``get_feature_names_out``)."""
+        return int(self.cluster_centers_.shape[0])
+
     def _validate(self) -> int:
+        """Check the hyper-parameters; return the number of runs (scikit-learn's ``_n_init``)."""
         def positive_int(name: str, value: Any, minimum: int) -> None:
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
         positive_int("n_clusters", self.n_clusters, 1)
         positive_int("max_iter", self.max_iter, 1)
-        positive_int("n_init", self.n_init, 1)
+        if self.n_init != "auto":
+            positive_int("n_init", self.n_init, 1)
         positive_int("init_max_iter", self.init_max_iter, 1)
         positive_int("split_every", self.split_every, 2)
         if not (isinstance(self.tol, numbers.Real) and self.tol >= 0):
             raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
         if not (isinstance(self.oversampling_factor, numbers.Real) and self.oversampling_factor > 0):
             raise ValueError(f"oversampling_factor must be positive, got {self.oversampling_factor!r}")
+        if self.algorithm not in _ALGORITHMS:
+            raise ValueError(
+                f"algorithm must be one of {_ALGORITHMS}, got {self.algorithm!r} (both run Lloyd's algorithm)"
+            )
+        if self.algorithm == "elkan" and self.n_clusters == 1:
+            warnings.warn(
+                "algorithm='elkan' doesn't make sense for a single cluster. Using 'lloyd' instead.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         if isinstance(self.init, str) and self.init not in _INITS:
             raise ValueError(
-                f"init must be one of {_INITS} or an array of shape (n_clusters, n_features), got {self.init!r}"
+                f"init must be one of {_INITS}, a callable or an array of shape (n_clusters, n_features), "
+                f"got {self.init!r}"
             )
-        n_init = self.n_init
-        if not isinstance(self.init, str) and n_init != 1:
+        if self.n_init == "auto":
+            return 10 if (isinstance(self.init, str) and self.init == "random") or callable(self.init) else 1
+        n_init = int(self.n_init)
+        if not isinstance(self.init, str) and not callable(self.init) and n_init != 1:
             warnings.warn(
-                f"explicit initial centers were given, so n_init={n_init} runs would all be the same; "
-                "running once",
+                "Explicit initial center position passed: performing only one init in "
+                f"{type(self).__name__} instead of n_init={n_init}.",
                 RuntimeWarning,
                 stacklevel=3,
             )
             n_init = 1
         return n_init
 
+    def _initial_centers(
+        self, X: Any, blocks: Blocks, rng: np.random.Generator, client: Any
+    ) -> np.ndarray:
+        """The seeding of one run; a callable ``init`` gets the data and a RandomState."""
+        init = self.init
+        if callable(init):
+            data = X if isinstance(X, np.ndarray) else blocks.array
+            init = np.asarray(init(data, self.n_clusters, np.random.RandomState(int(rng.integers(2**31)))))
+        if not isinstance(init, str):
+            centers = np.array(init, dtype=np.float64)  # a copy: the user's array is never touched
+            n_features = int(blocks.array.shape[1])
+            if centers.ndim != 2 or centers.shape[0] != self.n_clusters:
+                raise ValueError(
+                    f"The shape of the initial centers {centers.shape} does not match the number of "
+                    f"clusters {self.n_clusters}."
+                )
+            if centers.shape[1] != n_features:
+                raise ValueError(
+                    f"The shape of the initial centers {centers.shape} does not match the number of "
+                    f"features of the data {n_features}."
+                )
+            if not np.isfinite(centers).all():
+                raise ValueError("init array contains NaN or infinite values")
+            return centers
+        return initial_centers(
+            blocks,
+            self.n_clusters,
+            str(init),
+            rng,
+            oversampling_factor=self.oversampling_factor,
+            init_max_iter=self.init_max_iter,
+            client=client,
+        )
+
     def fit(
         self,
         X: Any,
         y: Any = None,
+        sample_weight: Any = None,
         *,
         client: Any = None,
         checkpoint: Any = None,
@@ -545,6 +640,9 @@ class KMeans(EMEstimator):
         X : array-like, dask array, zarr array or path of shape (n_samples, n_features)
             Training data.
         y : ignored
+        sample_weight : array-like or dask array of shape (n_samples,), optional
+            Weight of every row (default 1). An integer weight is the same
+            as repeating the row; the weights travel with the data's blocks.
         client : distributed.Client, optional
             Where to run (see :func:`dask_em.executor.where`); by default this process.
         checkpoint : str, optional
@@ -562,44 +660,39 @@ class KMeans(EMEstimator):
         self
         """
         n_init = self._validate()
+        self._n_init = n_init
+        X = validate_in_memory(self, X, reset=True)
         rngs = run_rngs(self.random_state, n_init)
         with where(client, data=X, verbose=self.verbose) as active:
             blocks = prepare_blocks(X, active)
-            n_features = int(blocks.array.shape[1]) if blocks.array is not None else None
+            n_features = int(blocks.array.shape[1])
             if blocks.n_samples < self.n_clusters:
                 raise ValueError(
                     f"n_samples={blocks.n_samples} should be >= n_clusters={self.n_clusters}; "
                     "decrease n_clusters or provide more data"
                 )
-            if not isinstance(self.init, str):
-                initial_centers(blocks, self.n_clusters, self.init, rngs[0], client=active)  # shape check
+            data = blocks if sample_weight is None else weighted_blocks(blocks, sample_weight, active)
             tol_scaled: float | None = None if self.tol > 0 else 0.0
             model = KMeansModel(self.n_clusters)
             best = None
             for run, rng in enumerate(rngs):
                 def init(rng: np.random.Generator = rng) -> KMeansParams:
-                    centers = initial_centers(
-                        blocks,
-                        self.n_clusters,
-                        self.init,
-                        rng,
-                        oversampling_factor=self.oversampling_factor,
-                        init_max_iter=self.init_max_iter,
-                        client=active,
-                    )
+                    centers = self._initial_centers(X, blocks, rng, active)
+                    if self.verbose:
+                        print("Initialization complete")
                     return KMeansParams.from_centers(centers)
 
                 if tol_scaled is None:
                     tol_scaled = self.tol * mean_variance(blocks, active)
                 params, n_iter, converged = lloyd(
-                    blocks,
+                    data,
                     init,
                     n_clusters=self.n_clusters,
                     max_iter=self.max_iter,
                     tol_scaled=tol_scaled,
                     split_every=self.split_every,
                     client=active,
-                    verbose=self.verbose,
+                    verbose=bool(self.verbose),
                     checkpoint=run_checkpoint(checkpoint, run) if n_init > 1 else checkpoint,
                     checkpoint_every=checkpoint_every,
                     resume=resume,
@@ -608,13 +701,14 @@ class KMeans(EMEstimator):
                     label=f"kmeans run {run + 1}/{n_init}" if n_init > 1 else "kmeans",
                 )
                 # scikit-learn reports the inertia of the final centers: one more pass.
-                inertia = float(expected_stats(model, blocks, params, active, self.split_every)["inertia"])
+                final = expected_stats(model, data, params, active, self.split_every)
+                inertia = float(final["inertia"])
                 if self.verbose:
                     print(f"dask-em: run {run + 1}/{n_init}: inertia {inertia:.8g}, {n_iter} iterations",
                           file=sys.stderr)
                 if best is None or inertia < best[0]:
-                    best = (inertia, params, n_iter, converged)
-        inertia, params, n_iter, converged = best
+                    best = (inertia, params, n_iter, converged, int(np.count_nonzero(final["counts"])))
+        inertia, params, n_iter, converged, n_distinct = best
         if not converged and self.tol > 0:
             warnings.warn(
                 f"k-means did not converge in max_iter={self.max_iter} iterations (tol={self.tol}); "
@@ -622,21 +716,36 @@ class KMeans(EMEstimator):
                 ConvergenceWarning,
                 stacklevel=2,
             )
-        self.cluster_centers_ = np.array(params.cluster_centers)
+        if n_distinct < self.n_clusters:
+            warnings.warn(
+                f"Number of distinct clusters ({n_distinct}) found smaller than n_clusters "
+                f"({self.n_clusters}). Possibly due to duplicate points in X.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        dtype = np.float32 if blocks.array.dtype == np.float32 else np.float64
+        self.cluster_centers_ = np.asarray(params.cluster_centers, dtype=dtype)
         self.inertia_ = inertia
         self.n_iter_ = int(n_iter)
         self.converged_ = bool(converged)
-        self.n_features_in_ = n_features if n_features is not None else self.cluster_centers_.shape[1]
-        self.labels_ = self.predict(X)
+        self.n_features_in_ = n_features
+        self.labels_ = self._nearest(X, _labels, None, np.int64)
         return self
 
-    def _check_input(self, X: Any) -> None:
+    def _nearest(self, X: Any, func: Any, n_columns: int | None, dtype: Any = np.float64) -> Any:
+        """``func(block, centers)`` over the rows (centers in float64)."""
+        return map_rows(X, func, np.asarray(self.cluster_centers_, np.float64), n_columns=n_columns, dtype=dtype)
+
+    def _check_input(self, X: Any) -> Any:
         self._check_fitted("cluster_centers_")
+        X = validate_in_memory(self, X, reset=False)
         shape = getattr(X, "shape", None)
         if shape is not None and len(shape) == 2 and shape[1] != self.n_features_in_:
             raise ValueError(
-                f"X has {shape[1]} features, but {type(self).__name__} was fitted with {self.n_features_in_}"
+                f"X has {shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input"
             )
+        return X
 
     def predict(self, X: Any) -> Any:
         """Index of the nearest center of every row.
@@ -646,12 +755,11 @@ class KMeans(EMEstimator):
         ndarray or dask.array.Array of shape (n_samples,), int64
             Lazy (nothing computed) for Dask, Zarr or path input.
         """
-        self._check_input(X)
-        return map_rows(X, _labels, self.cluster_centers_, n_columns=None, dtype=np.int64)
+        return self._nearest(self._check_input(X), _labels, None, np.int64)
 
-    def fit_predict(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None, **fit_params: Any) -> Any:
         """Fit, then return ``labels_``."""
-        return self.fit(X, **fit_params).labels_
+        return self.fit(X, sample_weight=sample_weight, **fit_params).labels_
 
     def transform(self, X: Any) -> Any:
         """Euclidean distance of every row to every center.
@@ -660,17 +768,18 @@ class KMeans(EMEstimator):
         -------
         ndarray or dask.array.Array of shape (n_samples, n_clusters)
         """
-        self._check_input(X)
-        return map_rows(X, _distances, self.cluster_centers_, n_columns=self.n_clusters)
+        return self._nearest(self._check_input(X), _distances, self.n_clusters)
 
-    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
+    def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None, **fit_params: Any) -> Any:
         """Fit, then return ``transform(X)``."""
-        return self.fit(X, **fit_params).transform(X)
+        return self.fit(X, sample_weight=sample_weight, **fit_params).transform(X)
 
-    def score(self, X: Any, y: Any = None) -> float:
-        """Minus the inertia of ``X`` under the fitted centers (computed)."""
-        self._check_input(X)
-        d2 = map_rows(X, _min_sq_dist, self.cluster_centers_, n_columns=None)
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Minus the (weighted) inertia of ``X`` under the fitted centers (computed)."""
+        X = self._check_input(X)
+        d2 = self._nearest(X, _min_sq_dist, None)
+        if sample_weight is not None:
+            d2 = d2 * (sample_weight if isinstance(sample_weight, da.Array) else np.asarray(sample_weight, np.float64))
         if isinstance(d2, np.ndarray):
             return -float(d2.sum())
         return -float(d2.sum().compute())

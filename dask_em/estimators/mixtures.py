@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data import weighted_blocks
 from ..executor import where
 from ..engine import EMResult, fit_em, prepare_blocks
 from ..errors import ConvergenceWarning
@@ -69,6 +70,7 @@ class _MixtureEstimator(EMEstimator):
         self,
         X: Any,
         y: Any = None,
+        sample_weight: Any = None,
         *,
         client: Any = None,
         checkpoint: str | None = None,
@@ -82,6 +84,11 @@ class _MixtureEstimator(EMEstimator):
         ----------
         X : array-like, dask array, zarr array or path, of shape (n_samples, n_features)
         y : ignored
+        sample_weight : array-like or dask array of shape (n_samples,), optional
+            Weight of every row in the EM iterations (default 1): an
+            integer weight is the same as repeating the row. The weights
+            travel with the data's blocks; the initialisation draws from
+            the rows without their weights.
         client : distributed.Client, optional
         checkpoint, checkpoint_every, resume, force
             Zarr snapshots; with ``n_init > 1`` each restart has its own
@@ -95,10 +102,11 @@ class _MixtureEstimator(EMEstimator):
         best: EMResult | None = None
         with where(client, data=X, verbose=self.verbose) as active:
             blocks = prepare_blocks(X, active)
+            data = blocks if sample_weight is None else weighted_blocks(blocks, sample_weight, active)
             for run, rng in enumerate(run_rngs(self.random_state, int(self.n_init))):
                 result = fit_em(
                     model,
-                    blocks,
+                    data,
                     params=lambda rng=rng: self._start(model, blocks, rng),
                     max_iter=self.max_iter,
                     tol=self.tol,
@@ -131,9 +139,9 @@ class _MixtureEstimator(EMEstimator):
         self.n_features_in_ = int(blocks.array.shape[1])
         return self
 
-    def fit_predict(self, X: Any, y: Any = None, **fit_kwargs: Any) -> Any:
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None, **fit_kwargs: Any) -> Any:
         """Fit, then return the most likely component of each row."""
-        return self.fit(X, **fit_kwargs).predict(X)
+        return self.fit(X, sample_weight=sample_weight, **fit_kwargs).predict(X)
 
     # -- per-row outputs ------------------------------------------------------
     def predict_proba(self, X: Any) -> Any:

@@ -8,7 +8,7 @@ numpy arrays. The three methods are pure numpy: no Dask inside.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -42,6 +42,25 @@ class EMModel(Protocol[P]):
     def m_step(self, stats: Stats, params: P) -> P:
         """New parameters from the statistics summed over all blocks."""
         ...
+
+
+class Weighted(NamedTuple):
+    """A block of rows travelling with the rows' weights (``fit(X, sample_weight=...)``).
+
+    An E-step that takes weights multiplies every row's contribution to
+    every sum (``n`` and ``loglik`` included) by its weight, so that an
+    integer weight is the same as repeating the row.
+    """
+
+    data: Any
+    weights: np.ndarray
+
+
+def split_weights(block: Any) -> tuple[Any, np.ndarray | None]:
+    """The rows of ``block`` and their weights (None when unweighted)."""
+    if isinstance(block, Weighted):
+        return block.data, np.asarray(block.weights, dtype=np.float64)
+    return block, None
 
 
 def params_to_dict(params: Any) -> dict[str, np.ndarray]:

@@ -51,7 +51,7 @@ import scipy.special
 
 from .._kernels import normalize_columns
 from ..errors import DaskEMError
-from .base import Stats
+from .base import Stats, split_weights
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -165,16 +165,22 @@ def precisions_cholesky_from_precisions(precisions: np.ndarray, covariance_type:
         out = np.empty_like(square)
         for k, prec in enumerate(square):
             if not np.allclose(prec, prec.T):
-                raise ValueError(f"precisions_init[{k}] is not symmetric; give symmetric positive-definite matrices")
+                raise ValueError(
+                    f"The parameter '{covariance_type} precision' should be symmetric, positive-definite: "
+                    f"precisions_init[{k}] is not symmetric"
+                )
             try:
                 out[k] = scipy.linalg.cholesky(prec, lower=True)
             except np.linalg.LinAlgError:
                 raise ValueError(
-                    f"precisions_init[{k}] is not positive definite; give symmetric positive-definite matrices"
+                    f"The parameter '{covariance_type} precision' should be symmetric, positive-definite: "
+                    f"precisions_init[{k}] is not positive definite"
                 ) from None
         return out if covariance_type == "full" else out[0]
     if np.any(~(precisions > 0.0)):
-        raise ValueError("precisions_init must be positive; got a value <= 0")
+        raise ValueError(
+            f"The parameter '{covariance_type} precision' should be positive: got min value {np.min(precisions)!r}"
+        )
     return np.sqrt(precisions)
 
 
@@ -615,7 +621,8 @@ class GaussianMixtureModel:
         """:meth:`e_step` with the constants of :meth:`prepare` given (for
         models that change the per-component constants, such as the
         variational mixture of :mod:`dask_em.models.vbgmm`)."""
-        X = np.asarray(block)
+        X, w = split_weights(block)
+        X = np.asarray(X)
         K, D = self.n_components, prep.center.shape[0]
         stats = self._zero_stats(D)
         rows = sub_block_rows(K, D, self.covariance_type)
@@ -624,11 +631,15 @@ class GaussianMixtureModel:
         overflow = False
         n_bad = 0
         n_invalid = 0
+        weighted_loglik = weight_bad = 0.0
         for start in range(0, X.shape[0], rows):
             part = X[start : start + rows]
             n = part.shape[0]
             Y = np.subtract(part, prep.center, out=work.Y[:n])
             respT = self._log_prob_into(Y, prep, work)
+            if w is not None:  # the rows' log-likelihoods, before normalising overwrites them
+                row_w = w[start : start + rows]
+                weighted_loglik += _row_weighted_loglik(respT, row_w)
             if normalize_columns(
                 respT, n, work.bounds, work.top, work.total, work.scale_bits, work.spare, work.bad, loglik
             ):
@@ -640,8 +651,16 @@ class GaussianMixtureModel:
                     overflow = True
                 respT[:, bad] = 0.0
                 Y[bad] = 0.0
-            self._accumulate_t(stats, Y, respT, work)
-        stats["n"] = np.array(float(X.shape[0] - n_bad))
+                if w is not None:
+                    weight_bad += float(row_w[bad].sum())
+            if w is not None:
+                respT *= row_w
+            self._accumulate_t(stats, Y, respT, work, None if w is None else row_w)
+        if w is not None:
+            stats["n"] = np.array(float(w.sum()) - weight_bad)
+            loglik[0] = weighted_loglik
+        else:
+            stats["n"] = np.array(float(X.shape[0] - n_bad))
         stats["loglik"] = np.array(-np.inf if overflow else float(loglik[0]))
         stats["n_invalid"] = np.array(n_invalid)
         return stats
@@ -863,8 +882,14 @@ class GaussianMixtureModel:
         """Add the sums of rows ``Y`` with responsibilities ``resp`` (n, K)."""
         self._accumulate_t(stats, Y, resp.T, work)
 
-    def _accumulate_t(self, stats: Stats, Y: np.ndarray, respT: np.ndarray, work: _Workspace) -> None:
-        """Add the sums of rows ``Y`` with transposed responsibilities ``respT`` (K, n)."""
+    def _accumulate_t(
+        self, stats: Stats, Y: np.ndarray, respT: np.ndarray, work: _Workspace, row_w: np.ndarray | None = None
+    ) -> None:
+        """Add the sums of rows ``Y`` with transposed responsibilities ``respT`` (K, n).
+
+        ``row_w``: the rows' weights, already multiplied into ``respT``; the
+        tied covariance's sum over all rows needs them on its own.
+        """
         n, D = Y.shape
         K = self.n_components
         stats["sum_resp"] += respT.sum(axis=1)
@@ -875,7 +900,7 @@ class GaussianMixtureModel:
             _weigh_rows(respT, Y, W)
             stats["sum_xxT"] += (W.T @ Y).reshape(K, D, D)
         elif ct == "tied":
-            stats["sum_xxT"] += Y.T @ Y
+            stats["sum_xxT"] += Y.T @ Y if row_w is None else (Y * row_w[:, None]).T @ Y
         else:
             Y2 = np.multiply(Y, Y, out=work.Y2[:n]) if work.Y2 is not None else Y * Y
             stats["sum_xx"] += respT @ Y2
@@ -907,6 +932,16 @@ class GaussianMixtureModel:
             bad = ~np.isfinite(out).all(axis=1)
             raise InvalidDataError(self.describe_invalid(int((~np.isfinite(X[bad])).sum())))
         return out
+
+
+def _row_weighted_loglik(log_probT: np.ndarray, weights: np.ndarray) -> float:
+    """sum_i w_i logsumexp_k log_probT[k, i] over the rows whose value is finite (weighted fits only)."""
+    top = log_probT.max(axis=0)
+    good = np.isfinite(top)
+    safe = np.where(good, top, 0.0)
+    with np.errstate(under="ignore"):
+        row = safe + np.log(np.exp(log_probT - safe).sum(axis=0))
+    return float(weights[good] @ row[good])
 
 
 # Compiled per-row kernels. Re-association lets the inner sums over features

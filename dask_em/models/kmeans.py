@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .base import Stats
+from .base import Stats, split_weights
 
 __all__ = [
     "KMeansModel",
@@ -122,7 +122,7 @@ def _argmin_row(G, r, cc):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, fastmath=False, cache=True)
-def _lloyd_block(X, C, counts, sum_x):  # pragma: no cover - compiled
+def _lloyd_block(X, w, C, counts, sum_x, d2, lab):  # pragma: no cover - compiled
     n, d = X.shape
     CT = np.ascontiguousarray(C.T)
     cc = _sq_norms(C)
@@ -136,21 +136,25 @@ def _lloyd_block(X, C, counts, sum_x):  # pragma: no cover - compiled
         n_invalid += _fill_chunk(X, start, stop, buf, valid, True)
         G = np.dot(buf[:m], CT)
         for r in range(m):
+            d2[start + r] = -1.0
             if not valid[r]:
                 continue
             best = _argmin_row(G, r, cc)
-            counts[best] += 1.0
+            wi = w[start + r]
+            counts[best] += wi
             s = 0.0
             for j in range(d):
                 t = buf[r, j] - C[best, j]
                 s += t * t
-                sum_x[best, j] += buf[r, j]
-            inertia += s
+                sum_x[best, j] += wi * buf[r, j]
+            inertia += wi * s
+            d2[start + r] = s
+            lab[start + r] = best
     return inertia, n_invalid
 
 
 @njit(nogil=True, fastmath=False, cache=True)
-def _lloyd_block_f64(X, C, counts, sum_x):  # pragma: no cover - compiled
+def _lloyd_block_f64(X, w, C, counts, sum_x, d2, lab):  # pragma: no cover - compiled
     # float64 rows go to BLAS straight from the block, without a copy; a row
     # holding NaN/inf shows up as a non-finite distance and is skipped.
     n, d = X.shape
@@ -168,15 +172,19 @@ def _lloyd_block_f64(X, C, counts, sum_x):  # pragma: no cover - compiled
             for j in range(d):
                 t = X[i, j] - C[best, j]
                 s += t * t
+            d2[i] = -1.0
             if not math.isfinite(s):
                 bad = _row_invalid(X, i)
                 if bad:
                     n_invalid += bad
                     continue
-            counts[best] += 1.0
+            wi = w[i]
+            counts[best] += wi
             for j in range(d):
-                sum_x[best, j] += X[i, j]
-            inertia += s
+                sum_x[best, j] += wi * X[i, j]
+            inertia += wi * s
+            d2[i] = s
+            lab[i] = best
     return inertia, n_invalid
 
 
@@ -312,6 +320,60 @@ def kmeans_plusplus(
 
 
 @dataclasses.dataclass(frozen=True)
+class FarthestRows:
+    """The rows farthest from their nearest center: where empty clusters are moved.
+
+    One block's value holds its ``m`` farthest rows (``m = n_clusters - 1``,
+    the most clusters that can be empty); ``a + b`` keeps the ``m``
+    farthest of both, so the tree of sums yields the data's ``m`` farthest
+    rows, the same whatever the chunking (ties go to the earlier block).
+
+    Attributes
+    ----------
+    sq_dist : ndarray of shape (m,)
+        Squared distance of each row to its nearest center, decreasing.
+    rows : ndarray of shape (m, n_features)
+    weights : ndarray of shape (m,)
+    labels : ndarray of shape (m,)
+        The nearest center of each row.
+    """
+
+    sq_dist: np.ndarray
+    rows: np.ndarray
+    weights: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def of_block(cls, X: np.ndarray, w: np.ndarray, d2: np.ndarray, labels: np.ndarray, m: int) -> FarthestRows:
+        """The ``m`` rows of a block farthest from their center (rows of weight 0 or invalid excluded)."""
+        eligible = np.flatnonzero((d2 >= 0) & (w > 0)) if m > 0 else np.empty(0, dtype=np.int64)
+        if len(eligible) > m:
+            eligible = eligible[np.argpartition(d2[eligible], len(eligible) - m)[len(eligible) - m :]]
+        order = eligible[np.argsort(-d2[eligible], kind="stable")]
+        return cls(d2[order], np.asarray(X[order], dtype=np.float64), np.asarray(w[order], np.float64), labels[order])
+
+    def __add__(self, other: FarthestRows) -> FarthestRows:
+        m = max(len(self.sq_dist), len(other.sq_dist))
+        d2 = np.concatenate([self.sq_dist, other.sq_dist])
+        keep = np.argsort(-d2, kind="stable")[:m]
+        return FarthestRows(
+            d2[keep],
+            np.concatenate([self.rows, other.rows])[keep],
+            np.concatenate([self.weights, other.weights])[keep],
+            np.concatenate([self.labels, other.labels])[keep],
+        )
+
+    def relocate(self, counts: np.ndarray, sums: np.ndarray) -> None:
+        """Give each empty cluster (in index order) one of the farthest rows, in place."""
+        empty = np.flatnonzero(counts == 0)
+        for cluster, x, w, label in zip(empty, self.rows, self.weights, self.labels):
+            sums[label] -= w * x
+            counts[label] -= w
+            sums[cluster] = w * x
+            counts[cluster] = w
+
+
+@dataclasses.dataclass(frozen=True)
 class KMeansModel:
     """k-means (Lloyd's algorithm) as hard EM.
 
@@ -324,16 +386,19 @@ class KMeansModel:
     -----
     Statistics of one block (all sums; shapes with K clusters, D features):
 
-    - ``n`` : number of rows,
+    - ``n`` : number of rows (sum of their weights for weighted blocks),
     - ``loglik`` : minus the inertia of the block (what the engine monitors),
     - ``inertia`` : sum of squared distances to the nearest center,
     - ``counts (K,)`` : rows nearest to each center,
     - ``sum_x (K, D)`` : sum of those rows,
     - ``n_invalid`` : NaN and infinite values (such rows are skipped).
 
-    A cluster that receives no rows keeps its previous center. (scikit-learn
-    instead moves an empty cluster onto the row farthest from its center;
-    finding that row is not a sum over blocks, so it is not done here.)
+    - ``farthest`` : :class:`FarthestRows`, the block's ``K - 1`` rows
+      farthest from their center (combined by keeping the farthest).
+
+    A cluster that receives no rows is moved onto the row farthest from its
+    center, which leaves its own cluster, as scikit-learn does (the
+    ``farthest`` rows travel with the sums, so this costs no extra pass).
     Distances and sums are computed in float64 for float32 data too.
     """
 
@@ -350,29 +415,49 @@ class KMeansModel:
         return KMeansParams.from_centers(kmeans_plusplus(sample, self.n_clusters, rng))
 
     def e_step(self, block: np.ndarray, params: KMeansParams) -> Stats:
-        """Assign the rows of ``block`` to their nearest center and sum them."""
-        X = _as_rows(block)
+        """Assign the rows of ``block`` to their nearest center and sum them.
+
+        ``block`` may be :class:`~dask_em.models.base.Weighted`: every row
+        then counts with its weight (in ``n``, ``counts``, ``sum_x`` and
+        ``inertia``).
+        """
+        rows, w = split_weights(block)
+        X = _as_rows(rows)
         k, d = params.cluster_centers.shape
         counts = np.zeros(k)
         sum_x = np.zeros((k, d))
         kernel = _lloyd_block_f64 if X.dtype == np.float64 else _lloyd_block
-        inertia, n_invalid = kernel(X, _centers(params.cluster_centers), counts, sum_x)
+        # unit weights multiply exactly, so an unweighted fit's sums are unchanged
+        weights = np.ones(X.shape[0]) if w is None else w
+        d2 = np.empty(X.shape[0])
+        labels = np.empty(X.shape[0], dtype=np.int64)
+        inertia, n_invalid = kernel(X, weights, _centers(params.cluster_centers), counts, sum_x, d2, labels)
         return {
-            "n": np.array(float(X.shape[0])),
+            "n": np.array(float(X.shape[0]) if w is None else float(w.sum())),
             "loglik": np.array(-inertia),
             "inertia": np.array(inertia),
             "counts": counts,
             "sum_x": sum_x,
+            "farthest": FarthestRows.of_block(X, weights, d2, labels, k - 1),
             "n_invalid": np.array(n_invalid),
         }
 
     def m_step(self, stats: Stats, params: KMeansParams) -> KMeansParams:
-        """Move every non-empty cluster's center to the mean of its rows."""
-        counts = np.asarray(stats["counts"], dtype=np.float64)
+        """Move every cluster's center to the mean of its rows, after relocating empty clusters.
+
+        As scikit-learn: the i-th empty cluster takes the i-th row farthest
+        from its own center, which leaves that row's cluster.
+        """
+        counts = np.array(stats["counts"], dtype=np.float64)
+        sums = np.array(stats["sum_x"], dtype=np.float64)
+        far = stats.get("farthest")
+        far = far.item() if isinstance(far, np.ndarray) else far
+        if far is not None:
+            far.relocate(counts, sums)
         old = params.cluster_centers
         filled = counts > 0
         centers = old.copy()
-        centers[filled] = np.asarray(stats["sum_x"])[filled] / counts[filled, None]
+        centers[filled] = sums[filled] / counts[filled, None]
         shift = float(((centers - old) ** 2).sum())
         return KMeansParams(centers, np.array(shift))
 

@@ -16,7 +16,7 @@ import numpy as np
 from scipy.special import gammaln, logsumexp
 
 from ..errors import InvalidDataError
-from .base import Stats
+from .base import Stats, split_weights
 
 #: Floor on probabilities and rates inside logarithms: a zero times log(0)
 #: stays zero, and a positive count under a zero rate is very unlikely
@@ -129,12 +129,24 @@ class _DiscreteMixture:
 
         Returns ``n`` (), ``loglik`` (), ``sum_resp`` (K,) = sum of the
         responsibilities, ``sum_x`` (K, D) = responsibility-weighted sum of
-        the rows, and ``n_invalid`` () = values outside the support.
+        the rows, and ``n_invalid`` () = values outside the support. A
+        :class:`~dask_em.models.base.Weighted` block weighs every row's
+        contribution (``n`` is then the sum of the weights).
         """
-        X, n_bad = self._clean(block)
+        rows, w = split_weights(block)
+        X, n_bad = self._clean(rows)
         weighted = self.weighted_log_prob(X, params)
         log_norm = logsumexp(weighted, axis=1)
         resp = np.exp(weighted - log_norm[:, None])
+        if w is not None:  # every row's contribution times its weight
+            resp *= w[:, None]
+            return {
+                "n": np.array(float(w.sum())),
+                "loglik": np.array(float(w @ log_norm)),
+                "sum_resp": resp.sum(axis=0),
+                "sum_x": resp.T @ X,
+                "n_invalid": np.array(n_bad),
+            }
         return {
             "n": np.array(float(len(X))),
             "loglik": np.array(log_norm.sum()),

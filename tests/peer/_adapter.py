@@ -56,7 +56,11 @@ def expose(module: types.ModuleType, namespace: dict[str, Any]) -> list[str]:
 
 
 def skip_reason(nodeid: str, skips: dict[str, str]) -> str | None:
-    """The listed reason to skip a test, matched on ``Class::test``, ``test`` or either with its ``[param]``."""
+    """The listed reason to skip a test, matched on ``Class::test``, ``test`` or either with its ``[param]``.
+
+    A key holding ``*`` is a pattern (``fnmatch``, ``*`` only) on the
+    test's name with its parameters, e.g. ``"*[*MiniBatchKMeans*"``.
+    """
     parts = nodeid.split("::")[1:]
     name = parts[-1]
     bare = name.split("[")[0]
@@ -66,4 +70,7 @@ def skip_reason(nodeid: str, skips: dict[str, str]) -> str | None:
     for key in candidates:
         if key in skips:
             return skips[key]
+    for key, reason in skips.items():
+        if "*" in key and re.fullmatch(".*".join(map(re.escape, key.split("*"))), name):
+            return reason
     return None

@@ -1,7 +1,8 @@
 """Peer tests that do not apply to dask-em, each with its reason (the only tests skipped).
 
 Keys are ``"Class::test"``, ``"test"`` or either with its parameter
-(``"test[scaling]"``), under the peer's name.
+(``"test[scaling]"``), under the peer's name; a key with ``*`` is a pattern
+on the test's name with its parameters.
 """
 
 from __future__ import annotations
@@ -19,5 +20,44 @@ SKIPS: dict[str, dict[str, str]] = {
             "the emission log-probabilities by their per-step maximum, so the same fit succeeds (the [log] "
             "case, which expects success, runs)"
         ),
+    },
+    "scikit-learn": {
+        # sklearn/mixture/tests/test_gaussian_mixture.py
+        "test_suffstat_sk_full": "tests scikit-learn's private _estimate_gaussian_covariances_full only",
+        "test_suffstat_sk_tied": "tests scikit-learn's private _estimate_gaussian_covariances_tied only",
+        "test_suffstat_sk_diag": "tests scikit-learn's private _estimate_gaussian_covariances_diag only",
+        "test_gaussian_suffstat_sk_spherical": "tests scikit-learn's private _estimate_gaussian_covariances_spherical",
+        "test_compute_log_det_cholesky": "tests scikit-learn's private _compute_log_det_cholesky",
+        "test_gaussian_mixture_log_probabilities": "tests scikit-learn's private _estimate_log_gaussian_prob",
+        "test_gaussian_mixture_precisions_init_diag": (
+            "calls scikit-learn's private _estimate_gaussian_parameters and GaussianMixture._set_parameters"
+        ),
+        "test_gaussian_mixture_precisions_init": "calls the private GaussianMixture._initialize",
+        "test_gaussian_mixture_all_init_does_not_estimate_gaussian_parameters": (
+            "mocks scikit-learn's private _estimate_gaussian_parameters"
+        ),
+        "test_gaussian_mixture_array_api_compliance": (
+            "array API dispatch (torch, cupy, ...): dask-em computes in numpy on Dask blocks"
+        ),
+        "test_gaussian_mixture_raises_where_array_api_not_implemented": (
+            "array API dispatch: dask-em computes in numpy on Dask blocks"
+        ),
+        # sklearn/cluster/tests/test_k_means.py: dask-em's KMeans is Lloyd on dense blocks
+        "*MiniBatchKMeans*": "MiniBatchKMeans stays scikit-learn's: only KMeans is swapped",
+        "test_minibatch_*": "MiniBatchKMeans stays scikit-learn's: only KMeans is swapped",
+        "*-sparse_*": "sparse input: dask-em reads dense blocks",
+        "*[sparse_*": "sparse input: dask-em reads dense blocks",
+        "*X_csr*": "sparse input: dask-em reads dense blocks",
+        "test_predict_does_not_change_cluster_centers[csr_*": "sparse input: dask-em reads dense blocks",
+        "test_relocate_empty_clusters": "calls scikit-learn's private _relocate_empty_clusters_dense",
+        "test_euclidean_distance": "tests scikit-learn's private _euclidean_dense_dense_wrapper",
+        "test_inertia": "tests scikit-learn's private _inertia_dense and _inertia_sparse",
+        "test_is_same_clustering": "tests scikit-learn's private _is_same_clustering",
+        "test_sample_weight_init": "calls the private KMeans._init_centroids",
+        "test_sample_weight_zero": "calls the private KMeans._init_centroids",
+        "test_k_means_function": "tests scikit-learn's k_means function, which is not swapped",
+        "test_kmeans_plusplus_*": "tests scikit-learn's kmeans_plusplus function, which is not swapped",
+        # scikit-learn's check_estimator (test_check_estimator.py)
+        "*check_array_api_input*": "array API dispatch (torch, cupy, ...): dask-em computes in numpy on Dask blocks",
     },
 }

@@ -426,3 +426,38 @@ def _params_kwargs(X, covariance_type, rng):
         "covariances": cov,
         "precisions_cholesky": precisions_cholesky_from_covariances(cov, covariance_type),
     }
+
+
+@pytest.mark.parametrize("d", [5, 7])
+@pytest.mark.parametrize("triangle", ["upper", "lower"])
+def test_full_e_step_kernels_match_numpy_reference(d, triangle):
+    """Dense covariances, D not a multiple of the kernels' unrolling (4), factors of either
+    triangle (upper from covariances, lower from ``precisions_init``), float32 input."""
+    rng = np.random.default_rng(d)
+    X = make_data(n=3_000, d=d)
+    X[[3, 2999], 2] = np.nan
+    A = rng.normal(size=(K, d, d)) * 0.4 + np.eye(d) * 2.0
+    cov = A @ A.transpose(0, 2, 1)
+    if triangle == "upper":
+        prec_chol = precisions_cholesky_from_covariances(cov, "full")
+    else:
+        prec_chol = np.linalg.cholesky(np.linalg.inv(cov))
+    means = X[rng.choice(np.arange(10, 2900), K, replace=False)]
+    params = GMMParams(np.full(K, 1.0 / K), means, cov, prec_chol)
+    model = GaussianMixtureModel(K, "full")
+    want = _reference_e_step(X, params, "full")
+    for data in (X, X.astype(np.float32)):
+        ref = want if data.dtype == np.float64 else _reference_e_step(data.astype(np.float64), params, "full")
+        stats = model.e_step(data, params)
+        assert int(stats["n_invalid"]) == 2 and float(stats["n"]) == ref["n"]
+        np.testing.assert_allclose(float(stats["loglik"]), ref["loglik"], rtol=1e-13)
+        for key in ("sum_resp", "sum_x", "sum_xxT"):
+            np.testing.assert_allclose(stats[key], ref[key], rtol=1e-12, atol=1e-9)
+    good = np.isfinite(X).all(axis=1)
+    Xg = X[good]
+    log_prob = model.weighted_log_prob(Xg, params)
+    diff = Xg[:, None, :] - means[None]
+    maha = np.einsum("nki,kij->nkj", diff, prec_chol)
+    expected = (np.log(np.full(K, 1.0 / K)) + np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
+                - 0.5 * d * np.log(2 * np.pi) - 0.5 * (maha**2).sum(axis=2))
+    np.testing.assert_allclose(log_prob, expected, rtol=1e-12, atol=1e-10)

@@ -10,15 +10,16 @@ mixture's mean), the same for every block. Second moments taken about a
 point near the data do not lose digits to cancellation when the data sits
 far from the origin.
 
-The E-step works on sub-blocks of a few thousand rows so that every
-temporary stays in cache: for ``full`` covariances the Mahalanobis terms of
-all components come from one product of the sub-block with the
-horizontally stacked Cholesky factors of the precisions, and the weighted
-Gram matrices of all components from one more product. Log-probabilities
-and responsibilities are held transposed, (K, rows), so that their
-normalisation (:func:`dask_em._kernels.normalize_columns`, the kernel model
-selection uses too) runs along rows in SIMD lanes; the statistics then come
-from ``respT @ Y`` products.
+The E-step works on sub-blocks of rows so that every temporary stays in
+cache. Log-probabilities and responsibilities are held transposed, (K,
+rows), so that their normalisation (:func:`dask_em._kernels.normalize_columns`,
+the kernel model selection uses too) runs along rows in SIMD lanes. For
+``full`` covariances the whole block is one compiled call
+(:func:`_e_step_full`) on sub-blocks of a few hundred centred rows held
+transposed: the Mahalanobis terms come from register tiles of the
+Cholesky factors of the precisions (skipping their zero triangle) and the
+weighted Gram matrices from tiles of their upper triangle, every loop along
+rows. For the other types the statistics come from ``respT @ Y`` products.
 
 A component whose responsibilities sum to less than :data:`EMPTY_MASS`
 (it has lost all its points) keeps its previous mean and covariance and

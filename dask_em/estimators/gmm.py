@@ -621,7 +621,7 @@ class GaussianMixture(EMEstimator):
 
     def _check_X(self, X: Any) -> Any:
         self._check_fitted("weights_")
-        X = validate_in_memory(self, X, reset=False, ensure_all_finite=self.missing != "em")
+        X = validate_in_memory(self, X, reset=False, ensure_all_finite=getattr(self, "missing", "raise") != "em")
         shape = getattr(X, "shape", None)
         if shape is not None and len(shape) == 2 and shape[1] != self.n_features_in_:
             raise InvalidDataError(

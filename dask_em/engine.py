@@ -21,7 +21,7 @@ from .data import Blocks, array_blocks, as_dask_array, check_visible_to_workers
 from .executor import compute, local_map, local_scheduler, where
 from .errors import ConvergenceWarning, DaskEMError, InvalidDataError, LostDataError, SchedulerLostError
 from .models.base import EMModel, Stats
-from .monitor import ConvergenceMonitor
+from .monitor import ConvergenceMonitor, count_pass
 from .stats import add_stats, tree_reduce
 
 
@@ -75,6 +75,9 @@ class EMResult:
         Number of observations in the data.
     resumed_from : int
         Iteration a checkpoint resumed from (0 for a fresh fit).
+    n_passes : int
+        Passes over the data this call made (one per E-step; with
+        acceleration, extrapolated points the safeguard refused count too).
     """
 
     params: Any
@@ -83,6 +86,7 @@ class EMResult:
     history: list[float]
     n_samples: int
     resumed_from: int = 0
+    n_passes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -119,7 +123,13 @@ def _add_hashed(*parts: tuple[Stats, dict[int, str]]) -> tuple[Stats, dict[int, 
 
 
 def expected_stats(
-    model: EMModel, blocks: Blocks, params: Any, client: Any, split_every: int = 8, hash_blocks: bool = False
+    model: EMModel,
+    blocks: Blocks,
+    params: Any,
+    client: Any,
+    split_every: int = 8,
+    hash_blocks: bool = False,
+    finite: bool = True,
 ) -> Stats:
     """One pass over the data: the summed E-step statistics under ``params``.
 
@@ -144,10 +154,13 @@ def expected_stats(
     order additions differently on another CPU kind. Workers of mixed CPU
     kinds agree to rounding; ``NUMBA_CPU_NAME=generic`` and one
     ``OPENBLAS_CORETYPE`` everywhere make them agree bit for bit.
+    With ``finite=False`` a non-finite log-likelihood is returned rather
+    than raised (an extrapolated point that the safeguard will refuse).
     """
+    count_pass()
     for attempt in range(MAX_RESCATTER + 1):
         try:
-            return _one_pass(model, blocks, params, client, split_every, hash_blocks)
+            return _one_pass(model, blocks, params, client, split_every, hash_blocks, finite)
         except LostDataError:
             rebuild = getattr(blocks, "rebuild", None)
             if rebuild is None or attempt == MAX_RESCATTER:
@@ -156,14 +169,16 @@ def expected_stats(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _one_pass(model: EMModel, blocks: Blocks, params: Any, client: Any, split_every: int, hash_blocks: bool) -> Stats:
+def _one_pass(
+    model: EMModel, blocks: Blocks, params: Any, client: Any, split_every: int, hash_blocks: bool, finite: bool
+) -> Stats:
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
     if client is None and not hash_blocks:
         values = _computed_values(blocks.parts)
         per_block = None if values is None else local_map(lambda block: model.e_step(block, params), values)
         if per_block is not None:  # the same tree, without building a graph
-            return _checked(model, tree_reduce(per_block, split_every), params)
+            return _checked(model, tree_reduce(per_block, split_every), params, finite)
     model_d = dask.delayed(model, traverse=False)
     params_d = dask.delayed(params, traverse=False)
     if hash_blocks:
@@ -197,8 +212,9 @@ def _one_pass(model: EMModel, blocks: Blocks, params: Any, client: Any, split_ev
         stats = level[0].compute(scheduler=local_scheduler(), optimize_graph=False)
     if hash_blocks:
         stats, hashes = stats
-        return {**_checked(model, stats, params), BLOCK_HASHES: [hashes[i] for i in range(len(blocks.parts))]}
-    return _checked(model, stats, params)
+        hashes = [hashes[i] for i in range(len(blocks.parts))]
+        return {**_checked(model, stats, params, finite), BLOCK_HASHES: hashes}
+    return _checked(model, stats, params, finite)
 
 
 def map_parts(func: Callable[..., Any], blocks: Blocks, client: Any, *args: Any, index: bool = False) -> list[Any]:
@@ -322,7 +338,7 @@ def _compute(client: Any, graph: Any) -> Stats:
         ) from exc
 
 
-def _checked(model: EMModel, stats: Stats, params: Any = None) -> Stats:
+def _checked(model: EMModel, stats: Stats, params: Any = None, finite: bool = True) -> Stats:
     stats = dict(stats)
     n_invalid = int(stats.pop("n_invalid", 0))
     if n_invalid > 0:
@@ -335,7 +351,7 @@ def _checked(model: EMModel, stats: Stats, params: Any = None) -> Stats:
     if finish is not None:
         stats = finish(stats, params)
     loglik = float(stats["loglik"])
-    if not math.isfinite(loglik):
+    if finite and not math.isfinite(loglik):
         raise DaskEMError(
             f"the log-likelihood is {loglik} under the current parameters; a component may "
             "have collapsed. Try to decrease the number of components, increase the "
@@ -451,6 +467,7 @@ def fit_em(
     stop: Callable[[Any, Any], bool] | None = None,
     warn_not_converged: bool = True,
     start_value: float = -math.inf,
+    accelerate: str | None = None,
 ) -> EMResult:
     """Fit ``model`` to ``data`` by Expectation-Maximization on Dask.
 
@@ -508,6 +525,11 @@ def fit_em(
         The monitored value before the first iteration: a warm start passes
         the previous fit's last value, so that its first iteration can
         already meet ``tol`` (scikit-learn's ``warm_start``).
+    accelerate : {None, "squarem"}
+        ``"squarem"`` extrapolates the EM map (:mod:`dask_em.accelerate`):
+        the same optimum in far fewer passes where plain EM is slow. The
+        history keeps only accepted points, so it never decreases; every
+        pass, refused extrapolations included, counts towards ``max_iter``.
 
     Returns
     -------
@@ -521,6 +543,8 @@ def fit_em(
         raise ValueError(
             f"checkpoint_every must be an integer >= 1 (a snapshot every that many iterations), got {checkpoint_every!r}"
         )
+    if accelerate not in (None, "none", "squarem"):
+        raise ValueError(f"accelerate must be None, 'none' or 'squarem', got {accelerate!r}")
     with where(client, scheduler, data=data, verbose=verbose) as active:
         blocks = prepare_blocks(data, active)
         rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
@@ -566,19 +590,44 @@ def fit_em(
             from .progress import Progress
 
             callbacks = [*callbacks, Progress()]  # live line in a terminal, plain lines elsewhere
+        accelerator = None
+        if accelerate == "squarem":
+            from .accelerate import Squarem
+
+            accelerator = Squarem(model)
+        n_passes = 0
+        final = params  # the M-step's result for the last accepted point
         while not monitor.done:
             start = time.perf_counter()
+            extrapolated = accelerator is not None and accelerator.stage == 2
             # The first pass with a checkpoint hashes every block as it reads it.
-            stats = expected_stats(model, blocks, params, active, split_every,
+            stats = expected_stats(model, blocks, params, active, split_every, finite=not extrapolated,
                                    hash_blocks=store is not None and "blocks" not in store.record)
             if BLOCK_HASHES in stats:  # compared before this pass's M-step is applied
                 store.check_blocks(stats.pop(BLOCK_HASHES), force=force)
+            n_passes += 1
             loglik = float(stats["loglik"])
             value = loglik / float(stats["n"]) if tol_on == "mean" else loglik
             previous = monitor.history[-1] if monitor.history else monitor.start
-            monitor.report(value)
-            old_params, params = params, model.m_step(stats, params)
-            if stop is not None and stop(old_params, params):
+            old_params = params
+            if accelerator is None:
+                monitor.report(value)
+                params = final = model.m_step(stats, params)
+                accepted = True
+            else:
+                try:
+                    image = model.m_step(stats, params) if math.isfinite(loglik) else None
+                except (ArithmeticError, ValueError, np.linalg.LinAlgError):
+                    if not extrapolated:
+                        raise
+                    image = None  # an extrapolated point the M-step cannot use: refused below
+                params, accepted = accelerator.step(params, value, image)
+                final = image if accepted else params
+                if accepted:
+                    monitor.report(value, em_step=not extrapolated)
+                else:
+                    monitor.refused += 1
+            if stop is not None and accepted and stop(old_params, final):
                 monitor.stopped = True
             if store is not None and (monitor.iter % checkpoint_every == 0 or monitor.done):
                 store.save(params=params, history=monitor.history, converged=monitor.converged)
@@ -588,11 +637,12 @@ def fit_em(
                 value=value,
                 change=value - previous,
                 seconds=time.perf_counter() - start,
-                params=params,
+                params=final,
                 max_iter=max_iter,
             )
             for callback in callbacks:
                 callback(info)
+        params = final
 
         if store is not None:
             store.close()  # wait for the last snapshot
@@ -613,4 +663,6 @@ def fit_em(
             history=list(monitor.history),
             n_samples=blocks.n_samples,
             resumed_from=resumed_from,
+            n_passes=n_passes,
+            extra={"n_refused": accelerator.n_rejected} if accelerator is not None else {},
         )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .errors import LikelihoodDecreaseWarning
@@ -44,6 +47,13 @@ class ConvergenceMonitor:
     #: The value before the first iteration: a warm start compares its first
     #: iteration with the previous fit's last value, as scikit-learn does.
     start: float = -math.inf
+    #: Passes whose value was not recorded (extrapolations refused by
+    #: accelerated EM's safeguard); they count towards ``max_iter``.
+    refused: int = 0
+    #: False when the last recorded value came from an extrapolated point:
+    #: its change from the one before is not an EM step's, so it says
+    #: nothing about convergence.
+    last_is_em_step: bool = True
 
     @property
     def iter(self) -> int:
@@ -55,6 +65,8 @@ class ConvergenceMonitor:
         """Whether the last change was below ``tol`` or a stopping rule was met."""
         if self.stopped or not self.history:
             return self.stopped
+        if not self.last_is_em_step:
+            return False
         previous = self.history[-2] if len(self.history) >= 2 else self.start
         change = self.history[-1] - previous
         return (change if self.signed else abs(change)) < self.tol
@@ -62,10 +74,15 @@ class ConvergenceMonitor:
     @property
     def done(self) -> bool:
         """Whether the loop should stop (converged or out of iterations)."""
-        return self.converged or self.iter >= self.max_iter
+        return self.converged or self.iter + self.refused >= self.max_iter
 
-    def report(self, value: float) -> None:
-        """Record the value of one iteration, warning if it decreased."""
+    def report(self, value: float, em_step: bool = True) -> None:
+        """Record the value of one iteration, warning if it decreased.
+
+        ``em_step=False`` marks a value reached by extrapolation rather than
+        by one EM step from the previous one; it is not tested for convergence.
+        """
+        self.last_is_em_step = em_step
         if self.history:
             previous = self.history[-1]
             if value < previous - self.decrease_rtol * max(abs(previous), 1.0):
@@ -78,3 +95,38 @@ class ConvergenceMonitor:
                     stacklevel=2,
                 )
         self.history.append(float(value))
+
+
+@dataclass
+class PassCount:
+    """Passes over the data made inside :func:`counting_passes` (``n``)."""
+
+    n: int = 0
+
+
+_passes: contextvars.ContextVar[PassCount | None] = contextvars.ContextVar("dask_em_passes", default=None)
+
+
+@contextlib.contextmanager
+def counting_passes() -> Iterator[PassCount]:
+    """Count the passes over the data made inside the block (an estimator's ``n_passes_``).
+
+    Nested counts add to the outer one too, so a fit that calls other fits
+    (restarts, initialisations) reports all of their passes.
+    """
+    outer = _passes.get()
+    count = PassCount()
+    token = _passes.set(count)
+    try:
+        yield count
+    finally:
+        _passes.reset(token)
+        if outer is not None:
+            outer.n += count.n
+
+
+def count_pass(n: int = 1) -> None:
+    """Record ``n`` passes over the data (every code path that reads all blocks calls this)."""
+    count = _passes.get()
+    if count is not None:
+        count.n += n

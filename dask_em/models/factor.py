@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -67,6 +67,9 @@ class FactorParams:
     mean: np.ndarray
     loadings: np.ndarray
     noise_variance: np.ndarray
+
+    #: How accelerated EM may move each field (:mod:`dask_em.accelerate`).
+    constraints: ClassVar[dict[str, str]] = {"noise_variance": "positive"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -725,6 +725,16 @@ class GaussianMixtureModel:
         prec_chol = precisions_cholesky_from_covariances(covariances, self.covariance_type)
         return GMMParams(weights=weights, means=means, covariances=covariances, precisions_cholesky=prec_chol)
 
+    def param_constraints(self, params: GMMParams) -> dict[str, str]:
+        """How accelerated EM may move each parameter (see :mod:`dask_em.accelerate`)."""
+        square = self.covariance_type in ("full", "tied")
+        return {"weights": "simplex", "covariances": "spd" if square else "positive", "precisions_cholesky": "derived"}
+
+    def complete_params(self, params: GMMParams) -> GMMParams:
+        """``params`` with the precision factors recomputed from the covariances."""
+        prec_chol = precisions_cholesky_from_covariances(params.covariances, self.covariance_type)
+        return replace(params, precisions_cholesky=prec_chol)
+
     def describe_invalid(self, n_invalid: int) -> str:
         """The error message for ``n_invalid`` NaN or infinite values."""
         return (

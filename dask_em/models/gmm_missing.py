@@ -95,6 +95,14 @@ class GaussianMixtureMissingModel:
         X = np.where(np.isnan(X), col, X)
         return _with_count(self._complete_model().init_params(X, rng), -1)
 
+    def param_constraints(self, params: GMMParams) -> dict[str, str]:
+        """As the complete-data mixture's (see :mod:`dask_em.accelerate`)."""
+        return self._complete_model().param_constraints(params)
+
+    def complete_params(self, params: GMMParams) -> GMMParams:
+        """``params`` with the precision factors recomputed from the covariances."""
+        return self._complete_model().complete_params(params)
+
     def e_step(self, block: Any, params: GMMParams) -> Stats:
         """Expected complete-data statistics of one block (see the class notes)."""
         X = as_float_block(block)

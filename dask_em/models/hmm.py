@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from llvmlite import ir as llvm_ir
@@ -1028,6 +1028,9 @@ class CategoricalHMMParams:
     transmat: np.ndarray
     emissionprob: np.ndarray
 
+    #: How accelerated EM may move each field (:mod:`dask_em.accelerate`).
+    constraints: ClassVar[dict[str, str]] = {"startprob": "simplex", "transmat": "simplex", "emissionprob": "simplex"}
+
 
 @dataclass(frozen=True)
 class PoissonHMMParams:
@@ -1036,6 +1039,9 @@ class PoissonHMMParams:
     startprob: np.ndarray
     transmat: np.ndarray
     lambdas: np.ndarray
+
+    #: How accelerated EM may move each field (:mod:`dask_em.accelerate`).
+    constraints: ClassVar[dict[str, str]] = {"startprob": "simplex", "transmat": "simplex", "lambdas": "positive"}
 
 
 def _prior(value: Any) -> Any:
@@ -1213,6 +1219,11 @@ class GaussianHMMModel(_HMMBase):
             raise ValueError(
                 f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}"
             )
+
+    def param_constraints(self, params: GaussianHMMParams) -> dict[str, str]:
+        """How accelerated EM may move each parameter (see :mod:`dask_em.accelerate`)."""
+        square = self.covariance_type in ("full", "tied")
+        return {"startprob": "simplex", "transmat": "simplex", "covars": "spd" if square else "positive"}
 
     def full_covars(self, covars: np.ndarray, n_features: int) -> np.ndarray:
         """Covariances as (K, D, D) matrices whatever the covariance type."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import numpy as np
 from numba import njit
@@ -45,6 +46,9 @@ class KMeansParams:
 
     cluster_centers: np.ndarray
     center_shift: np.ndarray = dataclasses.field(default_factory=lambda: np.array(np.inf))
+
+    #: How accelerated EM may move each field (:mod:`dask_em.accelerate`).
+    constraints: ClassVar[dict[str, str]] = {"center_shift": "fixed"}
 
     @classmethod
     def from_centers(cls, centers: np.ndarray) -> KMeansParams:

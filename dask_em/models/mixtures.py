@@ -37,6 +37,9 @@ class PoissonMixtureParams:
     weights: np.ndarray
     lambdas: np.ndarray
 
+    #: How accelerated EM may move each field (:mod:`dask_em.accelerate`).
+    constraints: ClassVar[dict[str, str]] = {"weights": "simplex", "lambdas": "positive"}
+
 
 @dataclasses.dataclass(frozen=True)
 class BernoulliMixtureParams:
@@ -44,6 +47,9 @@ class BernoulliMixtureParams:
 
     weights: np.ndarray
     probabilities: np.ndarray
+
+    #: How accelerated EM may move each field (:mod:`dask_em.accelerate`).
+    constraints: ClassVar[dict[str, str]] = {"weights": "simplex", "probabilities": "unit"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +59,9 @@ class CategoricalMixtureParams:
     weights: np.ndarray
     probabilities: np.ndarray
     mean_total: np.ndarray = dataclasses.field(default_factory=lambda: np.array(1.0))
+
+    #: How accelerated EM may move each field (:mod:`dask_em.accelerate`).
+    constraints: ClassVar[dict[str, str]] = {"weights": "simplex", "probabilities": "simplex", "mean_total": "fixed"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import numba
 import numpy as np
@@ -552,6 +552,9 @@ class MVNParams:
 
     mean: np.ndarray
     covariance: np.ndarray
+
+    #: How accelerated EM may move each field (:mod:`dask_em.accelerate`).
+    constraints: ClassVar[dict[str, str]] = {"covariance": "spd"}
     n_all_missing: np.ndarray = dataclasses.field(default_factory=lambda: np.array(-1))
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -63,6 +63,9 @@ class RandomEffectsParams:
     fe_params: np.ndarray
     cov_re: np.ndarray
     scale: np.ndarray
+
+    #: How accelerated EM may move each field (:mod:`dask_em.accelerate`).
+    constraints: ClassVar[dict[str, str]] = {"cov_re": "spd", "scale": "positive"}
 
 
 @dataclasses.dataclass(frozen=True)

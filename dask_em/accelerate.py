@@ -258,8 +258,12 @@ class Squarem:
         return p2, False
 
     def state(self) -> dict[str, Any]:
-        """What a checkpoint must hold to continue bit-identically (arrays and numbers)."""
-        return {
+        """What a checkpoint must hold to continue bit-identically: a flat dict of numbers and arrays.
+
+        ``p2`` is kept as the M-step left it (``"p2.<field>"``): a round
+        trip through the unconstrained vector would round it.
+        """
+        out: dict[str, Any] = {
             "stage": self.stage,
             "step_max": self.step_max,
             "n_rejected": self.n_rejected,
@@ -267,18 +271,38 @@ class Squarem:
             "alpha": self._alpha,
             "p0": self._p0,
             "p1": self._p1,
-            # p2 as the M-step left it: a round trip through the vector would round it
-            "p2": None if self._p2 is None else {f.name: np.asarray(getattr(self._p2, f.name)) for f in dataclasses.fields(self._p2)},
         }
+        if self._p2 is not None:
+            out.update({f"p2.{f.name}": np.asarray(getattr(self._p2, f.name)) for f in dataclasses.fields(self._p2)})
+        return out
 
     def restore(self, state: Mapping[str, Any], like: Any) -> None:
-        """Continue from :meth:`state` (``like`` gives the parameter class and shapes)."""
-        self.stage = int(state["stage"])
+        """Continue from :meth:`state` (``like`` gives the parameter class and shapes).
+
+        Raises
+        ------
+        ValueError
+            If the state is not one this class writes (a damaged or crafted file).
+        """
+        stage = int(state["stage"])
+        if stage not in (0, 1, 2) or (stage >= 1 and state.get("p0") is None) or (stage == 2 and "p1" not in state):
+            raise ValueError(f"accelerated EM state with stage {stage!r} is incomplete")
+        vectors = {}
+        size = to_vector(self.model, like).size
+        for key in ("p0", "p1"):
+            value = state.get(key)
+            if value is not None:
+                value = np.asarray(value, np.float64)
+                if value.shape != (size,) or not np.all(np.isfinite(value)):
+                    raise ValueError(f"accelerated EM state {key!r} is not a finite vector of length {size}")
+            vectors[key] = value
+        self.stage = stage
         self.step_max = float(state["step_max"])
         self.n_rejected = int(state["n_rejected"])
         self._loglik1 = float(state["loglik1"])
         self._alpha = float(state["alpha"])
-        self._p0 = None if state.get("p0") is None else np.asarray(state["p0"], np.float64)
-        self._p1 = None if state.get("p1") is None else np.asarray(state["p1"], np.float64)
-        p2 = state.get("p2")
-        self._p2 = None if p2 is None else dataclasses.replace(like, **{k: np.asarray(v) for k, v in p2.items()})
+        self._p0, self._p1 = vectors["p0"], vectors["p1"]
+        p2 = {k[3:]: np.asarray(v) for k, v in state.items() if k.startswith("p2.")}
+        self._p2 = dataclasses.replace(like, **p2) if p2 else None
+        if stage == 2 and self._p2 is None:
+            raise ValueError("accelerated EM state at stage 2 lacks the EM point p2")

@@ -717,6 +717,9 @@ class CheckpointState:
         Everything else recorded (model, meta, fingerprint, versions, ...).
     path : str
         The checkpoint location and snapshot prefix.
+    state : dict
+        The engine's own state beside the parameters (e.g. accelerated EM's
+        previous points), as numbers and arrays; empty for plain EM.
     """
 
     params: Any
@@ -726,6 +729,7 @@ class CheckpointState:
     converged: bool
     info: dict[str, Any]
     path: str
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -821,6 +825,15 @@ def read_snapshot(location: Location, prefix: str, *, rebuild: bool = True,
     history = read_checked_array(group, "history", history_entry, where)
     if history.dtype != np.float64 or history.shape != (iteration,):
         raise CheckpointError(f"{where}: the history has shape {history.shape}, expected ({iteration},)")
+    state = {}
+    state_fields = info.get("state") or {}
+    if not isinstance(state_fields, Mapping):
+        raise CheckpointError(f"{where}: the engine state is damaged")
+    for name, entry in state_fields.items():
+        if not isinstance(entry, Mapping) or entry.get("kind") not in ("none", "array", "numpy_scalar", "bool", "int", "float"):
+            raise CheckpointError(f"{where}: the description of engine state {name!r} is damaged")
+        array = read_checked_array(group, f"state/{name}", entry, where) if entry["kind"] != "none" else None
+        state[name] = _value_from_entry(entry, array)
     check_values(arrays, where)
     params = _rebuild_params(info, arrays, where, trusted_module) if rebuild else None
     return CheckpointState(
@@ -831,6 +844,7 @@ def read_snapshot(location: Location, prefix: str, *, rebuild: bool = True,
         converged=converged,
         info=info,
         path=f"{location.url}/{prefix}",
+        state=state,
     )
 
 
@@ -1252,16 +1266,25 @@ class Checkpoint:
 
     # -- writing
 
-    def save(self, *, params: Any, history: list[float], converged: bool = False) -> None:
+    def save(self, *, params: Any, history: list[float], converged: bool = False,
+             state: Mapping[str, Any] | None = None) -> None:
         """Write a snapshot of ``params`` after ``len(history)`` iterations.
 
-        Returns once the write is queued; an error of the previous write is
-        raised here (or by :meth:`close`) as :class:`CheckpointError`.
+        ``state`` is the engine's own state to resume with (numbers and
+        arrays by name, see :attr:`CheckpointState.state`). Returns once the
+        write is queued; an error of the previous write is raised here (or
+        by :meth:`close`) as :class:`CheckpointError`.
         """
         history_array = np.array(history, dtype=np.float64)
         params_class, fields, arrays = _params_entries(params)
+        state_fields = {}
+        for name, value in (state or {}).items():
+            entry, array = _value_entry(value, f"engine state {name!r}")
+            state_fields[name] = entry
+            if array is not None:
+                arrays[f"state/{name}"] = np.array(array, copy=True)
         self._wait()
-        job = (params_class, fields, arrays, history_array, bool(converged))
+        job = (params_class, fields, arrays, history_array, bool(converged), state_fields)
         if self._executor is None:
             self._write(*job)
         else:
@@ -1269,7 +1292,7 @@ class Checkpoint:
         self.last_iteration = len(history)
 
     def _write(self, params_class: dict[str, str], fields: dict[str, Any], arrays: dict[str, np.ndarray],
-               history: np.ndarray, converged: bool) -> None:
+               history: np.ndarray, converged: bool, state_fields: dict[str, Any]) -> None:
         import zarr
 
         location = self.location
@@ -1290,13 +1313,15 @@ class Checkpoint:
             "converged": converged,
             "loglik": float(history[-1]) if iteration else None,
             "params": {"class": params_class, "fields": fields},
+            "state": state_fields,
             "history": {"kind": "array", "dtype": history.dtype.str, "shape": [iteration], "checksum": checksum(history)},
             **self.record,
         }
         info = json.loads(json.dumps(to_jsonable(info)))
         group = zarr.open_group(location.store, path=prefix, mode="w-")
         group.attrs.put({ATTR_KEY: info})
-        write_arrays(group, {f"params/{name}": array for name, array in arrays.items()})
+        write_arrays(group, {name if name.startswith("state/") else f"params/{name}": array
+                             for name, array in arrays.items()})
         write_arrays(group, {"history": history})
         location.sync(prefix)  # the arrays are on disk before the pointer names them
         if self.lease is not None:

@@ -392,6 +392,29 @@ def _checked_shapes(stats: Stats) -> Stats:
     return stats
 
 
+def _engine_state(monitor: ConvergenceMonitor, accelerator: Any) -> dict[str, Any]:
+    """What a snapshot must hold beyond parameters and history to continue bit-identically."""
+    if accelerator is None:
+        return {}
+    state = {"refused": monitor.refused, "last_is_em_step": monitor.last_is_em_step}
+    return {**state, **{f"squarem.{k}": v for k, v in accelerator.state().items()}}
+
+
+def _restore_engine_state(state: Any, monitor: ConvergenceMonitor, accelerator: Any, params: Any) -> None:
+    """Undo :func:`_engine_state` from a snapshot (checked: the file may be damaged)."""
+    from .checkpoint import CheckpointError
+
+    saved = state.state
+    if accelerator is None or not saved:
+        return
+    try:
+        monitor.refused = int(saved["refused"])
+        monitor.last_is_em_step = bool(saved["last_is_em_step"])
+        accelerator.restore({k[len("squarem."):]: v for k, v in saved.items() if k.startswith("squarem.")}, params)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"snapshot {state.path}: the accelerated EM state is damaged ({exc})") from None
+
+
 def _check_picklable(model: EMModel, params: Any) -> None:
     """Fail with a clear message if the model or parameters cannot travel to the workers.
 
@@ -551,8 +574,17 @@ def fit_em(
         monitor = ConvergenceMonitor(tol=tol, max_iter=max_iter, signed=signed_change, start=float(start_value))
         store = None
         resumed_from = 0
+        accelerator = None
+        if accelerate == "squarem":
+            from .accelerate import Squarem
+
+            accelerator = Squarem(model)
         if checkpoint is not None:
             from .checkpoint import Checkpoint, data_fingerprint, logger
+
+            settings: dict[str, Any] = {"tol_on": tol_on, "split_every": split_every}
+            if accelerator is not None:
+                settings["accelerate"] = accelerate
 
             store = Checkpoint.open(
                 checkpoint,
@@ -561,7 +593,7 @@ def fit_em(
                 meta=checkpoint_meta or {},
                 resume=resume,
                 force=force,
-                settings={"tol_on": tol_on, "split_every": split_every},
+                settings=settings,
                 monitor={"tol": tol, "max_iter": max_iter, "checkpoint_every": checkpoint_every},
                 rng_state=rng.bit_generator.state,
             )
@@ -570,6 +602,7 @@ def fit_em(
                 params = state.params
                 monitor.history = list(state.history)
                 monitor.stopped = bool(state.converged) and stop is not None
+                _restore_engine_state(state, monitor, accelerator, params)
                 resumed_from = monitor.iter
                 if force:
                     _check_resumed_params(model, blocks, params, checkpoint)
@@ -590,11 +623,6 @@ def fit_em(
             from .progress import Progress
 
             callbacks = [*callbacks, Progress()]  # live line in a terminal, plain lines elsewhere
-        accelerator = None
-        if accelerate == "squarem":
-            from .accelerate import Squarem
-
-            accelerator = Squarem(model)
         n_passes = 0
         final = params  # the M-step's result for the last accepted point
         while not monitor.done:
@@ -630,7 +658,8 @@ def fit_em(
             if stop is not None and accepted and stop(old_params, final):
                 monitor.stopped = True
             if store is not None and (monitor.iter % checkpoint_every == 0 or monitor.done):
-                store.save(params=params, history=monitor.history, converged=monitor.converged)
+                store.save(params=final if monitor.done else params, history=monitor.history,
+                           converged=monitor.converged, state=_engine_state(monitor, accelerator))
             info = IterationInfo(
                 iteration=monitor.iter,
                 loglik=loglik,

@@ -113,3 +113,71 @@ def test_state_restores_the_same_continuation(stage):
     b = Squarem(None)
     b.restore(state, x)
     assert run(a, x, 6)[0].__repr__() == run(b, x, 6)[0].__repr__()
+
+
+# -- through the engine --------------------------------------------------------
+
+from dask_em.engine import fit_em  # noqa: E402
+from dask_em.models.gmm import GaussianMixtureModel  # noqa: E402
+
+
+def _overlapping(n: int = 3000, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = np.array([[0.0, 0.0, 0.0], [1.2, 0.5, 0.0], [0.4, 1.4, 0.8]])
+    return centers[rng.integers(3, size=n)] + rng.normal(size=(n, 3))
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(passes: int):
+    seen = []
+
+    def callback(info):
+        seen.append(info)
+        if len(seen) == passes:
+            raise _Stop
+
+    return callback
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_squarem_needs_fewer_passes_and_never_decreases(client, covariance_type):
+    import dask.array as da
+
+    X = da.from_array(_overlapping(), chunks=(700, -1))
+    model = GaussianMixtureModel(3, covariance_type=covariance_type)
+    kwargs = dict(tol=1e-8, max_iter=2000, random_state=3, client=client, warn_not_converged=False)
+    plain = fit_em(model, X, **kwargs)
+    points = []
+    fast = fit_em(model, X, accelerate="squarem", callbacks=[lambda info: points.append(info.params)], **kwargs)
+    assert plain.converged and fast.converged
+    assert fast.n_passes <= plain.n_passes / 3, (fast.n_passes, plain.n_passes)
+    assert np.all(np.diff(fast.history) >= -1e-12)
+    assert fast.history[-1] >= plain.history[-1] - 1e-7
+    for p in points:  # every point handed out is a valid mixture
+        assert np.isclose(p.weights.sum(), 1.0) and np.all(p.weights > 0)
+        if covariance_type == "full":
+            assert np.all(np.linalg.eigvalsh(p.covariances) > 0)
+        else:
+            assert np.all(p.covariances > 0)
+
+
+def test_squarem_resumes_bit_identically_from_any_stage(client, tmp_path):
+    import dask.array as da
+
+    X = da.from_array(_overlapping(800, seed=1), chunks=(200, -1))
+    model = GaussianMixtureModel(3, covariance_type="full")
+    kwargs = dict(tol=0.0, max_iter=14, random_state=5, client=client, accelerate="squarem", warn_not_converged=False)
+    reference = fit_em(model, X, **kwargs)
+    assert reference.extra["n_refused"] >= 0
+    for stop in (4, 5, 6):  # the three stages of a cycle
+        path = str(tmp_path / f"c{stop}.zarr")
+        with pytest.raises(_Stop):
+            fit_em(model, X, checkpoint=path, callbacks=[_stop_after(stop)], **kwargs)
+        resumed = fit_em(model, X, checkpoint=path, resume=True, **kwargs)
+        assert resumed.resumed_from > 0
+        for f in dataclasses.fields(reference.params):
+            assert np.array_equal(getattr(reference.params, f.name), getattr(resumed.params, f.name)), (stop, f.name)
+        assert reference.history == resumed.history, stop

@@ -224,6 +224,7 @@ def map_parts(func: Callable[..., Any], blocks: Blocks, client: Any, *args: Any,
     memory are mapped on its thread pool without a graph (see
     :func:`dask_em.executor.local_map`).
     """
+    count_pass()
     where_ = client if client is not None else blocks.client
     if where_ is None:
         values = _computed_values(blocks.parts)

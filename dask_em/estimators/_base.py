@@ -36,6 +36,22 @@ _COMMON_PARAMS: dict[str, tuple[str, float, bool]] = {
 }
 
 
+def _counting_passes(fit: Callable[..., Any]) -> Callable[..., Any]:
+    """``fit`` that also sets ``n_passes_``: every pass over the data it made, initialisation included."""
+    import functools
+
+    from ..monitor import counting_passes
+
+    @functools.wraps(fit)
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with counting_passes() as count:
+            out = fit(self, *args, **kwargs)
+        self.n_passes_ = count.n
+        return out
+
+    return counted
+
+
 class EMEstimator(BaseEstimator):
     """Base class: a scikit-learn estimator (``get_params``/``set_params``, tags, ``clone``).
 
@@ -54,6 +70,8 @@ class EMEstimator(BaseEstimator):
         author calls :func:`dask_em.checkpoint.register_class`.
         """
         super().__init_subclass__(**kwargs)
+        if "fit" in cls.__dict__:
+            cls.fit = _counting_passes(cls.__dict__["fit"])
         if (cls.__module__ == "dask_em" or cls.__module__.startswith("dask_em.")) and not cls.__name__.startswith("_"):
             register_class(cls)
 
@@ -86,6 +104,8 @@ class EMEstimator(BaseEstimator):
                 wanted = f"a finite number >= {minimum:g}"
             if not ok:
                 raise ValueError(f"{name} must be {wanted}, got {value!r}")
+        if params.get("accelerate", None) not in (None, "none", "squarem"):
+            raise ValueError(f"accelerate must be None, 'none' or 'squarem', got {params['accelerate']!r}")
         state = params.get("random_state")
         if not (state is None or isinstance(state, (np.random.Generator, np.random.RandomState))
                 or (isinstance(state, numbers.Integral) and not isinstance(state, bool) and state >= 0)):

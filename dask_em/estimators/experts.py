@@ -159,6 +159,12 @@ class MixtureOfExperts(EMEstimator):
         Initial responsibilities from k-means++ clusters of the standardised
         ``(x, y)`` rows of a sample, or random ones.
     random_state : int or Generator, optional
+    accelerate : {None, "squarem"}, default=None
+        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
+        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
+        fraction of the passes where plain EM is slow, never a lower
+        log-likelihood at any recorded step. None runs plain EM, which
+        matches the reference libraries iteration by iteration.
     verbose : bool, default=False
 
     Attributes
@@ -195,6 +201,7 @@ class MixtureOfExperts(EMEstimator):
         n_init: int = 1,
         init_params: str = "kmeans",
         random_state: Any = None,
+        accelerate: str | None = None,
         verbose: bool = False,
     ) -> None:
         _set(self, locals())
@@ -262,7 +269,7 @@ class MixtureOfExperts(EMEstimator):
                     max_iter=self.max_iter,
                     tol=self.tol,
                     client=active,
-                    verbose=self.verbose,
+                    verbose=self.verbose, accelerate=self.accelerate,
                     checkpoint=run_checkpoint(checkpoint, run) if self.n_init > 1 else checkpoint,
                     checkpoint_every=checkpoint_every,
                     resume=resume,
@@ -393,6 +400,7 @@ class MixtureOfLinearRegressions(MixtureOfExperts):
         n_init: int = 1,
         init_params: str = "kmeans",
         random_state: Any = None,
+        accelerate: str | None = None,
         verbose: bool = False,
     ) -> None:
         _set(self, locals())

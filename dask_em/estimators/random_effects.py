@@ -38,6 +38,12 @@ class RandomEffects(EMEstimator):
     tol : float, default=1e-9
         Stop when the (restricted) log-likelihood per observation changes by
         less than this.
+    accelerate : {None, "squarem"}, default=None
+        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
+        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
+        fraction of the passes where plain EM is slow, never a lower
+        log-likelihood at any recorded step. None runs plain EM, which
+        matches the reference libraries iteration by iteration.
     verbose : bool, default=False
         Print a progress line per iteration.
 
@@ -60,6 +66,9 @@ class RandomEffects(EMEstimator):
     lower_bounds_ : list of float
         (Restricted) log-likelihood per observation at each iteration.
     lower_bound_ : float
+    n_passes_ : int
+        Passes over the data the last ``fit`` made: initialisation,
+        restarts and refused extrapolations included.
     n_iter_ : int
     converged_ : bool
     n_groups_ : int or None
@@ -67,11 +76,16 @@ class RandomEffects(EMEstimator):
         Number of fixed-effect columns.
     """
 
-    def __init__(self, method: str = "reml", *, max_iter: int = 1000, tol: float = 1e-9, verbose: bool = False) -> None:
+    def __init__(
+        self, method: str = "reml", *, max_iter: int = 1000, tol: float = 1e-9, accelerate: str | None = None,
+        verbose: bool = False,
+    ) -> None:
         self.method = method
         self.max_iter = max_iter
         self.tol = tol
         self.verbose = verbose
+        self.accelerate = accelerate
+        self.accelerate = accelerate
 
     def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
         super()._check_params()
@@ -141,7 +155,7 @@ class RandomEffects(EMEstimator):
                 max_iter=self.max_iter,
                 tol=self.tol,
                 client=active,
-                verbose=self.verbose,
+                verbose=self.verbose, accelerate=self.accelerate,
                 checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every,
                 resume=resume,

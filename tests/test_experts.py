@@ -258,10 +258,9 @@ def test_cli_fit_targets_report_and_bad_input(client, tmp_path):
     frame = pd.DataFrame({"y": y, "x": x[:, 0], "label": np.where(x[:, 0] < 0, "left", "right")})
     csv = str(tmp_path / "data.csv")
     frame.to_csv(csv, index=False)
-    address = client.scheduler.address
     model = str(tmp_path / "moe.zarr")
     code, out, err = call("fit", "experts", csv, "--targets", "y", "-k", "2", "--max-iter", "30",
-                          "--random-state", "0", "--scheduler", address, "-o", model, "--json", "--quiet")
+                          "--random-state", "0", "-o", model, "--json", "--quiet")
     assert code == 0, err
     fitted = json.loads(out)["fitted"]
     assert np.shape(fitted["coef_"]) == (2, 1, 1)
@@ -271,13 +270,13 @@ def test_cli_fit_targets_report_and_bad_input(client, tmp_path):
     root = zarr.open_group(group, mode="w")
     root.create_array("X", shape=x.shape, chunks=(500, 1), dtype="f8")[...] = x
     root.create_array("y", shape=y.shape, chunks=(500,), dtype="f8")[...] = y
-    code, out, err = call("fit", "linear-regressions", group, "-k", "2", "--max-iter", "5", "--scheduler", address,
+    code, out, err = call("fit", "linear-regressions", group, "-k", "2", "--max-iter", "5",
                           "--json", "--quiet")
     assert code == 0, err
     assert json.loads(out)["model"] == "MixtureOfLinearRegressions"
     report = str(tmp_path / "report.html")
     code, out, err = call("report", model, "--data", group, "--output", report, "--sample-size", "500",
-                          "--scheduler", address, "--json", "--quiet")
+                          "--json", "--quiet")
     assert code == 0, err
     images = json.loads(out)["images"]
     assert [os.path.basename(p) for p in images] == ["report-convergence.png", "report-experts.png"]
@@ -285,22 +284,22 @@ def test_cli_fit_targets_report_and_bad_input(client, tmp_path):
     # a checkpointed fit resumes with the targets it recorded
     ckpt = str(tmp_path / "ckpt.zarr")
     code, out, err = call("fit", "experts", csv, "--targets", "y", "-k", "2", "--max-iter", "2", "--tol", "0",
-                          "--random-state", "0", "--checkpoint", ckpt, "--scheduler", address, "--quiet")
+                          "--random-state", "0", "--checkpoint", ckpt, "--quiet")
     assert code == 0, err
-    code, out, err = call("resume", ckpt, "--max-iter", "4", "--scheduler", address, "--json", "--quiet")
+    code, out, err = call("resume", ckpt, "--max-iter", "4", "--json", "--quiet")
     assert code == 0, err
     assert json.loads(out)["fitted"]["n_iter_"] == 4
     # bad input: exit 2 with the reason on standard error
-    code, _, err = call("fit", "experts", csv, "--targets", "label", "-k", "2", "--scheduler", address, "--quiet")
+    code, _, err = call("fit", "experts", csv, "--targets", "label", "-k", "2", "--quiet")
     assert code == 2 and "not numeric input columns" in err
-    code, _, err = call("fit", "experts", csv, "-k", "2", "--scheduler", address, "--quiet")
+    code, _, err = call("fit", "experts", csv, "-k", "2", "--quiet")
     assert code == 2 and "no targets" in err
     frame.loc[7, "y"] = np.nan
     frame.to_csv(csv, index=False)
-    code, _, err = call("fit", "experts", csv, "--targets", "0", "-k", "2", "--scheduler", address, "--quiet")
+    code, _, err = call("fit", "experts", csv, "--targets", "0", "-k", "2", "--quiet")
     assert code == 2 and "1 NaN or infinite value" in err
     root["y"].resize((1499,))
-    code, _, err = call("fit", "experts", group, "-k", "2", "--scheduler", address, "--quiet")
+    code, _, err = call("fit", "experts", group, "-k", "2", "--quiet")
     assert code == 2 and "X has 1500 rows but y has 1499" in err
 
 

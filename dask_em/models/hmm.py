@@ -1628,7 +1628,7 @@ class StackedHMM:
         raise NotImplementedError
 
     def e_step(self, block: Any, params: StackedParams) -> Stats:
-        block = _block_parts(block)
+        # blocks go to the model as they are (a segment of a long sequence keeps its type)
         out: Stats = {}
         each = np.empty(len(params.members))
         n_invalid = 0.0

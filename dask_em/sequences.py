@@ -10,8 +10,12 @@ Accepted inputs:
   any of the above.
 
 Each partition is a tuple ``(values, lengths)`` of whole sequences.
-Partitions are contiguous runs of sequences balanced by total length (a
-sequence is never split), a few per worker by default.
+Partitions are contiguous runs of sequences balanced by total length, a few
+per worker by default. A sequence longer than ``segment_length`` (by
+default about 32 MiB of values) is cut into segments at chunk boundaries,
+one block each (:class:`~dask_em.models.hmm_segments.SegmentPart`), sized
+like the other blocks; the HMMs fit them exactly in two passes an
+iteration (:mod:`dask_em.models.hmm_segments`).
 """
 
 from __future__ import annotations

@@ -177,3 +177,95 @@ def test_ten_segments_match_hmmlearn_on_the_whole_sequence(chain, emission):
     ref_logp, ref_states = ref.decode(X, algorithm="viterbi")
     np.testing.assert_array_equal(np.concatenate(states), ref_states)
     assert abs(sum(logp) - ref_logp) <= 1e-10 * abs(ref_logp)
+
+
+def _mixed(rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+    """One long sequence between short ones (mixed input)."""
+    lengths = [700, 400, 20_000, 650, 900, 300, 1_050]
+    states = _states(rng, sum(lengths))
+    means = np.array([[0.0, 0.0], [3.0, 1.0], [-2.0, 4.0]])
+    return means[states] + rng.normal(size=(len(states), D)), lengths
+
+
+def _given(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return dict(startprob_init=np.array([0.4, 0.35, 0.25]), transmat_init=0.7 * np.eye(K) + 0.1,
+                means_init=np.array([[0.5, 0.0], [2.5, 1.5], [-1.5, 3.5]]), covars_init=np.ones((K, D)))
+
+
+def test_mixed_input_segments_are_balanced_and_exact(client):
+    """Short sequences and segments of a long one in blocks of similar size; same fit as whole sequences."""
+    X, lengths = _mixed(np.random.default_rng(3))
+    plan = plan_blocks(np.array(lengths), 8, np.arange(1000, len(X), 1000), segment_length=4000)
+    sizes = [b - a if kind == "segment" else sum(lengths[a:b]) for kind, a, b, _ in plan]
+    assert [kind for kind, *_ in plan].count("segment") >= 5
+    assert max(sizes) <= 4000 and sum(sizes) == len(X)
+    for kind, a, b, _ in plan:  # segments start and end on chunk boundaries (a chunk is read by one block)
+        if kind == "segment":
+            assert (a == 1100 or a % 1000 == 0) and (b == 21_100 or b % 1000 == 0)
+    kw = dict(covariance_type="diag", max_iter=4, tol=0.0, n_partitions=8, **_given(np.random.default_rng(0)))
+    cut = GaussianHMM(K, segment_length=4000, **kw).fit(X, lengths, client=client)
+    whole = GaussianHMM(K, segment_length=0, **kw).fit(X, lengths, client=client)
+    assert (cut.n_passes_, whole.n_passes_) == (8, 4)
+    for name in ("startprob_", "transmat_", "means_", "covars_"):
+        np.testing.assert_allclose(getattr(cut, name), getattr(whole, name), rtol=1e-10, err_msg=name)
+    np.testing.assert_allclose(cut.history_, whole.history_, rtol=1e-12)
+
+
+def test_restarts_checkpoint_and_resume_with_segments(client, tmp_path):
+    """Stacked restarts over segments; a resumed segmented fit is bit-identical."""
+    X, lengths = _mixed(np.random.default_rng(4))
+    kw = dict(tol=0.0, random_state=0, n_init=2, n_init_iter=2, n_partitions=6, segment_length=5000)
+    full = PoissonHMM(2, max_iter=4, **kw).fit(np.abs(np.round(X)), lengths, client=client)
+    assert full.n_passes_ == 2 * 2 + 2 * 4
+    path = str(tmp_path / "ckpt.zarr")
+    PoissonHMM(2, max_iter=2, **kw).fit(np.abs(np.round(X)), lengths, client=client, checkpoint=path)
+    resumed = PoissonHMM(2, max_iter=4, **kw).fit(np.abs(np.round(X)), lengths, client=client, checkpoint=path,
+                                                  force=True)
+    np.testing.assert_array_equal(resumed.lambdas_, full.lambdas_)
+    np.testing.assert_array_equal(resumed.transmat_, full.transmat_)
+    assert resumed.history_ == full.history_
+
+
+def test_lazy_outputs_of_one_long_sequence(client, tmp_path):
+    """predict, predict_proba and score of a long lazy sequence, segment by segment, out of core via the CLI."""
+    import json
+
+    import zarr
+
+    from dask_em import save, to_zarr_sequences
+
+    rng = np.random.default_rng(6)
+    X = _mixed(rng)[0][:24_000]
+    est = GaussianHMM(K, covariance_type="full", max_iter=3, tol=0.0, n_init=1, segment_length=2500,
+                      random_state=0).fit(X, client=client)
+    states, proba, score = est.predict(X), est.predict_proba(X), est.score(X)  # in memory: one whole sequence
+    lazy = da.from_array(X, chunks=2000)
+    with client.as_current():
+        np.testing.assert_array_equal(est.predict(lazy).compute(), states)
+        np.testing.assert_allclose(est.predict_proba(lazy).compute(), proba, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(est.score(lazy), score, rtol=1e-12)
+    store, model_path, out = (str(tmp_path / n) for n in ("seq.zarr", "hmm.zarr", "states.zarr"))
+    to_zarr_sequences(X, store, chunk_rows=2000)
+    save(est, model_path)
+    from test_cli import call
+
+    code, stdout, _ = call("predict", model_path, store, "--output", out, "--json",
+                           "--scheduler", client.scheduler.address)
+    assert code == 0 and json.loads(stdout)["shape"] == [24_000]
+    np.testing.assert_array_equal(zarr.open_array(out, mode="r")[:], states)
+
+
+def test_a_million_steps_in_segments_equal_the_serial_loglik():
+    """Numerics: ten segments of 100,000 steps give the serial log-likelihood to 1e-9 (relative)."""
+    rng = np.random.default_rng(8)
+    states = _states(rng, 1_000_000)
+    X, model, params, _ = _case("diag", states)
+    serial = model.e_step((X, np.array([len(X)])), params)
+    blocks = sequence_blocks(X, segment_length=100_000)
+    parts, run_pass = _in_process(blocks)
+    seg = SegmentedHMM(model, blocks.segments)
+    stats = run_pass(seg, seg.prepare_e_step(params, run_pass))
+    assert np.isfinite(stats["loglik"])
+    assert abs(stats["loglik"] - serial["loglik"]) <= 1e-9 * abs(serial["loglik"])
+    for key in ("sum_trans", "sum_post", "sum_start"):
+        np.testing.assert_allclose(stats[key], serial[key], rtol=1e-9, atol=1e-9)

@@ -45,7 +45,7 @@ import numpy as np
 from numba import njit
 
 from .base import Stats
-from .hmm import StackedHMM, StackedParams, forward_backward, viterbi
+from .hmm import StackedHMM, StackedParams, _exp_nonpos, _size_tags, forward_backward, viterbi
 
 
 # --------------------------------------------------------------------------
@@ -117,7 +117,7 @@ class SegmentTable:
 
 
 @njit(nogil=True, cache=True)
-def transfer_operator(logB, transmat, first, out):  # pragma: no cover - compiled
+def transfer_operator(logB, transmat, first, out, k_tag):  # pragma: no cover - compiled
     """Normalised product of ``transmat @ diag(b_t)`` over the steps of a segment.
 
     Parameters
@@ -130,6 +130,9 @@ def transfer_operator(logB, transmat, first, out):  # pragma: no cover - compile
         (the start probabilities are applied on the client).
     out : ndarray of shape (n_components, n_components)
         Output: the product divided by the sum of its entries.
+    k_tag : tuple
+        Of length n_components to compile with that size as a constant
+        (unrolled K x K x K loops); empty otherwise.
 
     Returns
     -------
@@ -137,21 +140,22 @@ def transfer_operator(logB, transmat, first, out):  # pragma: no cover - compile
         Logarithm of the factor the product was divided by (-inf when the
         segment is impossible under the parameters).
     """
-    T, K = logB.shape
+    T = logB.shape[0]
+    K = len(k_tag) if len(k_tag) > 0 else logB.shape[1]
     b = np.empty(K)
     tmp = np.empty((K, K))
     log_scale = 0.0
     prod = 1.0
     for t in range(T):
-        mx = -np.inf
-        for k in range(K):
+        mx = logB[t, 0]
+        for k in range(1, K):
             if logB[t, k] > mx:
                 mx = logB[t, k]
         if not (mx > -np.inf) or mx == np.inf:
             return -np.inf
         log_scale += mx
         for k in range(K):
-            b[k] = math.exp(logB[t, k] - mx)
+            b[k] = _exp_nonpos(logB[t, k] - mx)
         if t == 0:
             for i in range(K):
                 for j in range(K):
@@ -162,15 +166,13 @@ def transfer_operator(logB, transmat, first, out):  # pragma: no cover - compile
         else:
             for i in range(K):
                 for j in range(K):
-                    tmp[i, j] = 0.0
-                for m in range(K):
-                    v = out[i, m]
-                    if v != 0.0:
-                        for j in range(K):
-                            tmp[i, j] += v * transmat[m, j]
+                    acc = 0.0
+                    for m in range(K):
+                        acc += out[i, m] * transmat[m, j]
+                    tmp[i, j] = acc * b[j]
             for i in range(K):
                 for j in range(K):
-                    out[i, j] = tmp[i, j] * b[j]
+                    out[i, j] = tmp[i, j]
         c = 0.0
         for i in range(K):
             for j in range(K):
@@ -428,7 +430,7 @@ class TransferPass:
                     scales[r, block.segment] = max_plus_operator(logB, log_a, first, out)
                 else:
                     a = np.ascontiguousarray(params.transmat, dtype=np.float64)
-                    scales[r, block.segment] = transfer_operator(logB, a, first, out)
+                    scales[r, block.segment] = transfer_operator(logB, a, first, out, _size_tags(K, 1)[0])
                 ops[r, block.segment] = np.where(np.isfinite(out), out, -np.inf if self.max_plus else 0.0)
         return {"n": np.array(0.0), "loglik": np.array(0.0), "ops": ops, "log_scales": scales}
 

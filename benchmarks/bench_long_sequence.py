@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -158,6 +159,56 @@ def design_costs(path: str, segment: int, D: int) -> dict[str, float]:
     }
 
 
+def numerics(steps: int, D: int, chunk_rows: int) -> dict[str, Any]:
+    """Log-likelihood of one ``steps``-long sequence: segments (operators + scan) against the serial forward pass.
+
+    The sequence is generated chunk by chunk (never held whole), so 10^8
+    steps fit in this process. Serial: the scaled forward recursion run
+    through the chunks in order, carrying the filtered state distribution
+    from one chunk into the next (the plain algorithm, no operators).
+    Segments: each chunk's transfer operator and the scan of
+    :func:`dask_em.models.hmm_segments.segment_messages`.
+    """
+    from dask_em.models.hmm import GaussianHMMModel, forward_backward
+    from dask_em.models.hmm_segments import SegmentPart, SegmentTable, TransferPass, segment_messages
+
+    true = truth(D)
+    cdf = np.cumsum(true["transmat"], axis=1)
+    rng = np.random.default_rng(3)
+    model = GaussianHMMModel(n_components=K_TRUE, covariance_type="diag")
+    params = start_params(D)
+    n_seg = math.ceil(steps / chunk_rows)
+    ops = np.empty((n_seg, K_TRUE, K_TRUE))
+    scales = np.empty(n_seg)
+    serial, f, state = 0.0, None, 0
+    t0 = time.perf_counter()
+    for i, lo in enumerate(range(0, steps, chunk_rows)):
+        n = min(chunk_rows, steps - lo)
+        s = _walk(cdf, rng.random(n), state)
+        state = int(s[-1])
+        X = true["means"][s] + rng.normal(size=(n, D))
+        part = SegmentPart(X, np.array([n]), 0, i == 0)
+        stats = TransferPass(model, 1).e_step(part, (params,))
+        ops[i], scales[i] = stats["ops"][0, 0], stats["log_scales"][0, 0]
+        logB, _ = model.log_emission(X, params)
+        pred = params.startprob if f is None else f @ params.transmat
+        gamma = np.empty_like(logB)
+        serial += forward_backward(logB, np.array([n]), np.ascontiguousarray(pred), params.transmat, gamma,
+                                   np.zeros(K_TRUE), np.zeros((K_TRUE, K_TRUE)))
+        f = gamma[-1]  # filtered distribution at the chunk's last step
+    table = SegmentTable(np.zeros(n_seg, np.int64), np.arange(n_seg) == 0)
+    segmented = float(segment_messages(table, ops, scales, params.startprob).loglik.sum())
+    return {
+        "steps": steps,
+        "segments": n_seg,
+        "loglik_serial": serial,
+        "loglik_segments": segmented,
+        "relative_difference": abs(segmented - serial) / abs(serial),
+        "finite": bool(np.isfinite(segmented)),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
 def run(args: argparse.Namespace, n_workers: int, path: str) -> dict[str, Any]:
     from distributed import Client, LocalCluster
 
@@ -217,7 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--path", default="/tmp/dask_em_long/sequence.zarr")
     p.add_argument("--keep", action="store_true", help="keep the store")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--numerics", type=int, default=0, metavar="STEPS",
+                   help="only compare the segmented and serial log-likelihood of one STEPS-long sequence (in process)")
     args = p.parse_args(argv)
+    if args.numerics:
+        out = numerics(args.numerics, args.n_features, args.chunk_rows)
+        out["command"] = "python benchmarks/bench_long_sequence.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        out["load_average"] = os.getloadavg()
+        print(json.dumps(out), flush=True)
+        return 0
 
     D = args.n_features
     results: dict[str, Any] = {

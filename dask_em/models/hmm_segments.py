@@ -423,7 +423,8 @@ class TransferPass:
             first = bool(block.first)
             for r, params in enumerate(members):
                 logB, _ = _segment_logB(self.model, block, params)
-                out = np.empty((K, K))
+                # a kernel stopping at an impossible step leaves the rest of ``out`` as it was
+                out = np.full((K, K), -np.inf if self.max_plus else 0.0)
                 if self.max_plus:
                     with np.errstate(divide="ignore"):
                         log_a = np.ascontiguousarray(np.log(params.transmat), dtype=np.float64)
@@ -431,7 +432,7 @@ class TransferPass:
                 else:
                     a = np.ascontiguousarray(params.transmat, dtype=np.float64)
                     scales[r, block.segment] = transfer_operator(logB, a, first, out, _size_tags(K, 1)[0])
-                ops[r, block.segment] = np.where(np.isfinite(out), out, -np.inf if self.max_plus else 0.0)
+                ops[r, block.segment] = out
         return {"n": np.array(0.0), "loglik": np.array(0.0), "ops": ops, "log_scales": scales}
 
     def m_step(self, stats: Stats, params: Any) -> Any:  # pragma: no cover - never fitted

@@ -491,7 +491,14 @@ class SegmentedHMM:
         return SegmentParams(params, _messages(self.model, self.table, (params,), run_pass)[0])
 
     def e_step(self, block: Any, params: SegmentParams) -> Stats:
-        """Exact statistics of a segment given its messages; the model's E-step for other blocks."""
+        """Exact statistics of a segment given its messages; the model's E-step for other blocks.
+
+        Given plain parameters (no messages), every block is taken as
+        sequences of its own: not the exact statistics of a segment, but
+        what a check of parameter shapes on one block needs.
+        """
+        if not isinstance(params, SegmentParams):
+            return self.model.e_step(tuple(block), params)
         if not isinstance(block, SegmentPart):
             return self.model.e_step(block, params.params)
         p, msg, s = params.params, params.messages, block.segment

@@ -217,8 +217,20 @@ def run(args: argparse.Namespace, n_workers: int, path: str) -> dict[str, Any]:
     from dask_em.models.hmm_segments import SegmentedHMM
     from dask_em.sequences import sequence_blocks
 
+    import dask
+
     limit = parse_size(args.memory_limit)
-    with LocalCluster(
+    # Dask's defaults: spill at 70%, pause at 80%, terminate at 95%. With
+    # --no-pause, pausing is off: a worker whose unmanaged memory (imported
+    # modules, compiled kernels) is already over 80% pauses and never resumes,
+    # and the fit stalls (observed at 400 MiB); spilling and termination keep
+    # their defaults either way, and the run reports what was spilled.
+    settings: dict[str, Any] = {"distributed.worker.memory.pause": False} if args.no_pause else {}
+    # One malloc arena per process: Zarr's I/O threads otherwise each grow an
+    # arena of their own, and the worker's resident size with them.
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+    settings["distributed.nanny.pre-spawn-environ"] = {**environ, "MALLOC_ARENA_MAX": 1}
+    with dask.config.set(settings), LocalCluster(
         n_workers=n_workers, threads_per_worker=1, processes=True, memory_limit=limit,
         host="127.0.0.1", dashboard_address=":0",
     ) as cluster, Client(cluster) as client:
@@ -267,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare-workers", action="store_true", help="also run on one worker (speed-up)")
     p.add_argument("--path", default="/tmp/dask_em_long/sequence.zarr")
     p.add_argument("--keep", action="store_true", help="keep the store")
+    p.add_argument("--no-pause", action="store_true",
+                   help="turn off Dask's pause at 80%% of worker memory (see run())")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--numerics", type=int, default=0, metavar="STEPS",
                    help="only compare the segmented and serial log-likelihood of one STEPS-long sequence (in process)")
@@ -286,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         "in_memory_gib": round(args.steps * D * 8 / 2**30, 3),
         "chunk_rows": args.chunk_rows,
         "memory_limit": args.memory_limit,
+        "worker_pause": "off" if args.no_pause else "dask default (80%)",
         "load_average_at_start": os.getloadavg(),
         "runs": [],
     }

@@ -76,7 +76,8 @@ class EMResult:
     resumed_from : int
         Iteration a checkpoint resumed from (0 for a fresh fit).
     n_passes : int
-        Passes over the data this call made (one per E-step; with
+        Passes over the data this call made (one per E-step, two for a model
+        with a ``prepare_e_step`` pass such as segmented HMMs; with
         acceleration, extrapolated points the safeguard refused count too).
     """
 
@@ -266,6 +267,32 @@ def _is_key(value: Any, graph: Any) -> bool:
         return value in graph  # an alias of another key
     except TypeError:  # unhashable: data
         return False
+
+
+def iteration_stats(
+    model: EMModel, blocks: Blocks, params: Any, client: Any, split_every: int = 8, hash_blocks: bool = False,
+    finite: bool = True,
+) -> tuple[Stats, int]:
+    """The E-step statistics of one iteration and the number of passes over the data it took.
+
+    A model may declare ``prepare_e_step(params, run_pass)``: called first,
+    it may run passes of its own through ``run_pass(pass_model,
+    pass_params)`` (each one compute over the same blocks, summed in the
+    same tree) and returns the parameters the E-step pass is given. A
+    segmented HMM computes its segments' transfer operators this way.
+    ``hash_blocks`` and ``finite`` apply to the E-step pass (see :func:`expected_stats`).
+    """
+    passes = 0
+
+    def run_pass(pass_model: Any, pass_params: Any, hash_blocks: bool = False, finite: bool = True) -> Stats:
+        nonlocal passes
+        passes += 1
+        return expected_stats(pass_model, blocks, pass_params, client, split_every, hash_blocks=hash_blocks,
+                              finite=finite)
+
+    prepare = getattr(model, "prepare_e_step", None)
+    e_params = prepare(params, run_pass) if prepare is not None else params
+    return run_pass(model, e_params, hash_blocks, finite), passes
 
 
 def _fuse_block_reads(result: Any, e_steps: list[tuple[Any, Any]]) -> Any:
@@ -630,11 +657,11 @@ def fit_em(
             start = time.perf_counter()
             extrapolated = accelerator is not None and accelerator.stage == 2
             # The first pass with a checkpoint hashes every block as it reads it.
-            stats = expected_stats(model, blocks, params, active, split_every, finite=not extrapolated,
-                                   hash_blocks=store is not None and "blocks" not in store.record)
+            stats, passes = iteration_stats(model, blocks, params, active, split_every, finite=not extrapolated,
+                                            hash_blocks=store is not None and "blocks" not in store.record)
+            n_passes += passes
             if BLOCK_HASHES in stats:  # compared before this pass's M-step is applied
                 store.check_blocks(stats.pop(BLOCK_HASHES), force=force)
-            n_passes += 1
             loglik = float(stats["loglik"])
             value = loglik / float(stats["n"]) if tol_on == "mean" else loglik
             previous = monitor.history[-1] if monitor.history else monitor.start

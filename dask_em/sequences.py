@@ -10,8 +10,12 @@ Accepted inputs:
   any of the above.
 
 Each partition is a tuple ``(values, lengths)`` of whole sequences.
-Partitions are contiguous runs of sequences balanced by total length (a
-sequence is never split), a few per worker by default.
+Partitions are contiguous runs of sequences balanced by total length, a few
+per worker by default. A sequence longer than ``segment_length`` (by
+default about 32 MiB of values) is cut into segments at chunk boundaries,
+one block each (:class:`~dask_em.models.hmm_segments.SegmentPart`), sized
+like the other blocks; the HMMs fit them exactly in two passes an
+iteration (:mod:`dask_em.models.hmm_segments`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from .errors import InvalidDataError
 TARGET_PARTITION_BYTES = 64 * 2**20
 #: Partitions per worker thread by default.
 PARTITIONS_PER_WORKER = 2
+#: A sequence with more bytes of values than this is cut into segments by
+#: default (exact two-pass Baum-Welch, :mod:`dask_em.models.hmm_segments`).
+SEGMENT_BYTES = 32 * 2**20
 
 
 # --------------------------------------------------------------------------
@@ -124,6 +131,80 @@ def plan_partitions(lengths: np.ndarray, n_partitions: int, chunk_ends: Any = No
     return [(cuts[i], cuts[i + 1]) for i in range(len(cuts) - 1) if cuts[i + 1] > cuts[i]]
 
 
+def _segment_cuts(start: int, stop: int, n_segments: int, chunk_ends: Any) -> list[int]:
+    """Row offsets cutting ``[start, stop)`` into about ``n_segments`` pieces, at chunk ends when given."""
+    targets = start + (stop - start) * np.arange(1, n_segments) / n_segments
+    if chunk_ends is not None:
+        inner = np.asarray(chunk_ends, dtype=np.int64)
+        inner = inner[(inner > start) & (inner < stop)]
+        if len(inner) == 0:
+            return [start, stop]
+        targets = inner[np.abs(inner[None, :] - targets[:, None]).argmin(axis=1)] if len(targets) else []
+    cuts = np.unique(np.r_[start, np.round(targets).astype(np.int64), stop])
+    return [int(c) for c in cuts]
+
+
+def plan_blocks(
+    lengths: np.ndarray, n_blocks: int, chunk_ends: Any = None, segment_length: int | None = None
+) -> list[tuple[str, int, int, int]]:
+    """Blocks of whole sequences, and segments of sequences longer than ``segment_length``.
+
+    Parameters
+    ----------
+    lengths : ndarray of int
+        Length of every sequence, in order.
+    n_blocks : int
+        Blocks wanted in total (whole-sequence partitions and segments),
+        so that mixed inputs give blocks of similar size.
+    chunk_ends : array-like of int, optional
+        Row offsets where the storage's chunks end; cuts are moved to the
+        nearest one, so no chunk is read by two blocks.
+    segment_length : int, optional
+        A sequence longer than this is cut into segments of at most about
+        this many steps (fewer, smaller ones when ``n_blocks`` asks for
+        more blocks). None: sequences are never cut.
+
+    Returns
+    -------
+    list of (kind, a, b, sequence)
+        ``("sequences", lo, hi, -1)``: sequences ``[lo, hi)``;
+        ``("segment", row_lo, row_hi, sequence)``: rows of one long sequence.
+        In data order.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if segment_length is None or not np.any(lengths > segment_length):
+        return [("sequences", lo, hi, -1) for lo, hi in plan_partitions(lengths, n_blocks, chunk_ends)]
+    if segment_length < 1:
+        raise ValueError(f"segment_length must be a positive number of steps, got {segment_length}")
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    per_block = max(float(ends[-1]) / max(int(n_blocks), 1), 1.0)
+    size = min(float(segment_length), per_block)
+    plan: list[tuple[str, int, int, int]] = []
+    i, n_seq = 0, len(lengths)
+    while i < n_seq:
+        if lengths[i] > segment_length:
+            n = math.ceil(lengths[i] / size)
+            cuts = _segment_cuts(int(starts[i]), int(ends[i]), n, chunk_ends)
+            plan.extend(("segment", a, b, i) for a, b in zip(cuts[:-1], cuts[1:]))
+            i += 1
+            continue
+        j = i
+        while j < n_seq and lengths[j] <= segment_length:
+            j += 1
+        run = lengths[i:j]
+        local_ends = None if chunk_ends is None else np.asarray(chunk_ends) - starts[i]
+        n = max(1, round(float(run.sum()) / per_block))
+        plan.extend(("sequences", i + lo, i + hi, -1) for lo, hi in plan_partitions(run, n, local_ends))
+        i = j
+    return plan
+
+
+def default_segment_length(n_features: int, itemsize: int) -> int:
+    """Steps of a segment by default: about :data:`SEGMENT_BYTES` of values."""
+    return max(1024, SEGMENT_BYTES // max(int(n_features) * int(itemsize), 1))
+
+
 def default_partitions(client: Any, nbytes: float) -> int:
     """A few partitions per worker thread, more when partitions would be large."""
     threads = 0
@@ -168,8 +249,48 @@ class SequencePart(tuple):
         return flat if dtype is None else flat.astype(dtype)
 
 
-def _pack(values: Any, lengths: Any) -> SequencePart:
-    return SequencePart(_as_2d(values), np.asarray(lengths, dtype=np.int64))
+def _pack(values: Any, lengths: Any, segment: tuple[int, bool] | None = None) -> SequencePart:
+    return _part(_as_2d(values), np.asarray(lengths, dtype=np.int64), segment)
+
+
+def _part(values: np.ndarray, lengths: np.ndarray, segment: tuple[int, bool] | None) -> Any:
+    """A block: whole sequences, or (``segment`` = (index, first)) one segment of a long sequence."""
+    if segment is None:
+        return SequencePart(values, lengths)
+    from .models.hmm_segments import SegmentPart
+
+    return SegmentPart(values, lengths, *segment)
+
+
+def _segment_of(part: Any) -> tuple[int, bool] | None:
+    segment = getattr(part, "segment", None)
+    return None if segment is None else (segment, part.first)
+
+
+def _build(plan: list[tuple[str, int, int, int]], lengths: np.ndarray, read: Any) -> tuple[list[Any], list[np.ndarray], Any]:
+    """Blocks of a :func:`plan_blocks` plan: ``read(row_lo, row_hi, lengths, segment)`` makes each.
+
+    Returns the blocks, the lengths inside each block, and the
+    :class:`~dask_em.models.hmm_segments.SegmentTable` (None without segments).
+    """
+    offsets = np.r_[0, np.cumsum(lengths)]
+    parts, part_lengths, seq_of, first = [], [], [], []
+    for kind, a, b, seq in plan:
+        if kind == "sequences":
+            part_lengths.append(lengths[a:b])
+            parts.append(read(int(offsets[a]), int(offsets[b]), lengths[a:b], None))
+        else:
+            segment = (len(seq_of), bool(a == offsets[seq]))
+            seq_of.append(seq)
+            first.append(segment[1])
+            part_lengths.append(np.array([b - a], dtype=np.int64))
+            parts.append(read(a, b, part_lengths[-1], segment))
+    table = None
+    if seq_of:
+        from .models.hmm_segments import SegmentTable
+
+        table = SegmentTable(np.array(seq_of, dtype=np.int64), np.array(first, dtype=bool))
+    return parts, part_lengths, table
 
 
 def _pack_list(seqs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -199,9 +320,9 @@ def _take(ranges: list[tuple[int, int, int]], *parts: tuple[np.ndarray, np.ndarr
     return SequencePart(np.concatenate(values, axis=0), np.concatenate(lengths))
 
 
-def _read_zarr_part(source: Any, start: int, stop: int, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _read_zarr_part(source: Any, start: int, stop: int, lengths: np.ndarray, segment: Any = None) -> tuple[np.ndarray, np.ndarray]:
     group = _open_group(source)
-    return SequencePart(_as_2d(group["values"][start:stop]), lengths)
+    return _part(_as_2d(group["values"][start:stop]), lengths, segment)
 
 
 def _open_group(source: Any) -> Any:
@@ -239,6 +360,13 @@ class SequenceBlocks(Blocks):
         Where the data came from: "memory", "dask", "bag" or "zarr".
     bag : dask.bag.Bag or None
         The bag the data came from, for lazy per-sequence outputs.
+    segments : SegmentTable or None
+        When sequences longer than a block were cut into segments: which
+        sequence each segment belongs to (see
+        :mod:`dask_em.models.hmm_segments`). None when every block holds
+        whole sequences.
+    seq_lengths : ndarray or None
+        Lengths of all sequences when some are cut into segments.
     """
 
     part_lengths: list[np.ndarray] = field(default_factory=list)
@@ -246,10 +374,14 @@ class SequenceBlocks(Blocks):
     dtype: str = "float64"
     kind: str = "memory"
     bag: Any = None
+    segments: Any = None
+    seq_lengths: Any = None
 
     @property
     def lengths(self) -> np.ndarray:
         """Lengths of all sequences, in order."""
+        if self.seq_lengths is not None:
+            return self.seq_lengths
         return np.concatenate(self.part_lengths) if self.part_lengths else np.empty(0, np.int64)
 
     @property
@@ -352,6 +484,7 @@ def sequence_blocks(
     n_partitions: int | None = None,
     persist: bool | None = None,
     dtype: Any = None,
+    segment_length: int | None = None,
 ) -> SequenceBlocks:
     """Balanced partitions of whole sequences for the engine.
 
@@ -375,6 +508,12 @@ def sequence_blocks(
         takes less than 40% of the cluster's memory.
     dtype : dtype, optional
         Convert values to this dtype (e.g. float64 for Gaussian models).
+    segment_length : int, optional
+        A sequence with more steps than this is cut into segments at chunk
+        boundaries (exact two-pass Baum-Welch; see
+        :mod:`dask_em.models.hmm_segments`). By default, sequences of more
+        than about 32 MiB of values (:data:`SEGMENT_BYTES`) are cut; 0 never
+        cuts. Not used for a bag (its items are whole sequences in memory).
 
     Returns
     -------
@@ -387,7 +526,7 @@ def sequence_blocks(
             raise InvalidDataError("lengths cannot be given with a bag of sequences: each item is one sequence")
         return _bag_blocks(X, client, n_partitions, persist, dtype)
     if isinstance(X, (str, os.PathLike)) or _is_zarr_group(X):
-        return _zarr_blocks(X, lengths, client, n_partitions, persist, dtype)
+        return _zarr_blocks(X, lengths, client, n_partitions, persist, dtype, segment_length)
     if lengths is None and isinstance(X, (list, tuple)) and len(X) > 0 and all(
         hasattr(s, "shape") or isinstance(s, (list, tuple)) and len(s) and np.ndim(s) >= 1 for s in X
     ) and _looks_like_sequences(X):
@@ -402,22 +541,22 @@ def sequence_blocks(
         import dask.array as da
 
         if isinstance(X, da.Array):
-            return _dask_array_blocks(X, lengths, client, n_partitions, persist, dtype)
+            return _dask_array_blocks(X, lengths, client, n_partitions, persist, dtype, segment_length)
         values = _as_2d(X)
         lengths = check_lengths([len(values)] if lengths is None else lengths, len(values))
     if dtype is not None:
         values = values.astype(dtype, copy=False)
     _check_values(values)
     n = n_partitions or default_partitions(client, values.nbytes)
-    plan = plan_partitions(lengths, n)
-    offsets = np.r_[0, np.cumsum(lengths)]
-    pieces = [SequencePart(values[offsets[lo] : offsets[hi]], lengths[lo:hi]) for lo, hi in plan]
+    seg_len = _segment_length(segment_length, values.shape[1], values.dtype.itemsize)
+    pieces, part_lengths, table = _build(
+        plan_blocks(lengths, n, None, seg_len), lengths, lambda a, b, l_, seg: _part(values[a:b], l_, seg)
+    )
     if client is not None:
         futures = client.scatter(pieces, hash=False)
         parts = [dask.delayed(f) for f in futures]
     else:
         parts = [dask.delayed(p, traverse=False) for p in pieces]
-    part_lengths = [p[1] for p in pieces]
     blocks = SequenceBlocks(
         parts=parts,
         n_samples=int(values.shape[0]),
@@ -427,10 +566,14 @@ def sequence_blocks(
         n_features=int(values.shape[1]),
         dtype=str(values.dtype),
         kind="memory",
+        segments=table,
+        seq_lengths=lengths if table is not None else None,
     )
     if client is not None:
         # Scattered parts die with their worker: the engine scatters them again.
-        blocks.rebuild = lambda: blocks.refill(sequence_blocks(values, lengths, client=client, n_partitions=n, persist=persist))
+        blocks.rebuild = lambda: blocks.refill(sequence_blocks(
+            values, lengths, client=client, n_partitions=n, persist=persist, segment_length=segment_length
+        ))
     return blocks
 
 
@@ -454,7 +597,16 @@ def _check_values(values: np.ndarray) -> None:
         raise InvalidDataError(f"expected non-empty sequences, got values of shape {values.shape}")
 
 
-def _dask_array_blocks(X: Any, lengths: Any, client: Any, n_partitions: int | None, persist: bool | None, dtype: Any) -> SequenceBlocks:
+def _segment_length(segment_length: int | None, n_features: int, itemsize: int) -> int | None:
+    """The cutting length: given, the default for this row size, or None (never cut) for 0."""
+    if segment_length is None:
+        return default_segment_length(n_features, itemsize)
+    if int(segment_length) < 0:
+        raise ValueError(f"segment_length must be a non-negative number of steps, got {segment_length}")
+    return int(segment_length) or None
+
+
+def _dask_array_blocks(X: Any, lengths: Any, client: Any, n_partitions: int | None, persist: bool | None, dtype: Any, segment_length: int | None = None) -> SequenceBlocks:
     if X.ndim == 1:
         X = X.reshape(-1, 1)
     if X.ndim != 2:
@@ -464,20 +616,20 @@ def _dask_array_blocks(X: Any, lengths: Any, client: Any, n_partitions: int | No
         X = X.astype(dtype)
     _check_values(np.empty((1, X.shape[1]), X.dtype))
     nbytes = float(X.nbytes)
-    plan = plan_partitions(lengths, n_partitions or default_partitions(client, nbytes), np.cumsum(X.chunks[0]))
-    offsets = np.r_[0, np.cumsum(lengths)]
-    parts = [dask.delayed(_pack)(X[offsets[lo] : offsets[hi]], lengths[lo:hi]) for lo, hi in plan]
+    seg_len = _segment_length(segment_length, X.shape[1], X.dtype.itemsize)
+    plan = plan_blocks(lengths, n_partitions or default_partitions(client, nbytes), np.cumsum(X.chunks[0]), seg_len)
+    parts, part_lengths, table = _build(plan, lengths, lambda a, b, l_, seg: dask.delayed(_pack)(X[a:b], l_, seg))
     if _persist_decision(persist, nbytes, client):
         parts = _persist(parts, client)
-    part_lengths = [lengths[lo:hi] for lo, hi in plan]
     return SequenceBlocks(
         parts=parts, n_samples=int(X.shape[0]),
         fingerprint=_fingerprint(lengths, X.shape[1], str(X.dtype), part_lengths, "dask"),
         client=client, part_lengths=part_lengths, n_features=int(X.shape[1]), dtype=str(X.dtype), kind="dask",
+        segments=table, seq_lengths=lengths if table is not None else None,
     )
 
 
-def _zarr_blocks(source: Any, lengths: Any, client: Any, n_partitions: int | None, persist: bool | None, dtype: Any) -> SequenceBlocks:
+def _zarr_blocks(source: Any, lengths: Any, client: Any, n_partitions: int | None, persist: bool | None, dtype: Any, segment_length: int | None = None) -> SequenceBlocks:
     group = _open_group(source)
     names = set(dict(group.arrays()))
     if "values" not in names:
@@ -496,32 +648,35 @@ def _zarr_blocks(source: Any, lengths: Any, client: Any, n_partitions: int | Non
     _check_values(np.empty((1, n_features), vdtype))
     nbytes = float(n_samples * n_features * vdtype.itemsize)
     chunk_rows = int(values.chunks[0])
-    plan = plan_partitions(
-        lengths, n_partitions or default_partitions(client, nbytes), np.arange(chunk_rows, n_samples, chunk_rows)
+    seg_len = _segment_length(segment_length, n_features, vdtype.itemsize)
+    plan = plan_blocks(
+        lengths, n_partitions or default_partitions(client, nbytes), np.arange(chunk_rows, n_samples, chunk_rows),
+        seg_len,
     )
-    offsets = np.r_[0, np.cumsum(lengths)]
     # a string travels in the graph; an in-memory group is passed as is
     src = absolute_path(source) if isinstance(source, (str, os.PathLike)) else group
     if isinstance(src, str):
         check_visible_to_workers(src, client)
-    parts = []
-    for lo, hi in plan:
-        part = dask.delayed(_read_zarr_part, pure=True)(src, int(offsets[lo]), int(offsets[hi]), lengths[lo:hi])
+
+    def read(a: int, b: int, lens: np.ndarray, segment: Any) -> Any:
+        part = dask.delayed(_read_zarr_part, pure=True)(src, a, b, lens, segment)
         if dtype is not None:
             part = dask.delayed(_astype, pure=True)(part, vdtype)
-        parts.append(part)
+        return part
+
+    parts, part_lengths, table = _build(plan, lengths, read)
     if _persist_decision(persist, nbytes, client):
         parts = _persist(parts, client)
-    part_lengths = [lengths[lo:hi] for lo, hi in plan]
     return SequenceBlocks(
         parts=parts, n_samples=n_samples,
         fingerprint=_fingerprint(lengths, n_features, str(vdtype), part_lengths, "zarr"),
         client=client, part_lengths=part_lengths, n_features=n_features, dtype=str(vdtype), kind="zarr",
+        segments=table, seq_lengths=lengths if table is not None else None,
     )
 
 
 def _astype(part: tuple[np.ndarray, np.ndarray], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-    return SequencePart(part[0].astype(dtype, copy=False), part[1])
+    return _part(part[0].astype(dtype, copy=False), part[1], _segment_of(part))
 
 
 def _bag_blocks(bag: Any, client: Any, n_partitions: int | None, persist: bool | None, dtype: Any) -> SequenceBlocks:
@@ -626,4 +781,4 @@ def to_zarr_sequences(
     return str(path)
 
 
-__all__ = ["SequenceBlocks", "check_lengths", "plan_partitions", "sequence_blocks", "to_zarr_sequences"]
+__all__ = ["SequenceBlocks", "check_lengths", "plan_blocks", "plan_partitions", "sequence_blocks", "to_zarr_sequences"]

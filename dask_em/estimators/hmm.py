@@ -46,6 +46,7 @@ from ..models.hmm import (
     StackedHMM,
     StackedParams,
 )
+from ..models.hmm_segments import SegmentedHMM, SegmentedStackedHMM
 from ..sequences import SequenceBlocks, _as_2d, _is_bag, check_lengths, sequence_blocks
 from ._base import EMEstimator, run_rngs
 
@@ -97,6 +98,32 @@ def _seq_predict_proba(seq: Any, model: Any, params: Any) -> np.ndarray:
 
 def _seq_score(seq: Any, model: Any, params: Any) -> float:
     return model.log_likelihood(_seq_block(seq), params)
+
+
+def _engine_model(model: Any, blocks: SequenceBlocks) -> Any:
+    """The model the engine fits: segmented (two passes an iteration) when long sequences were cut."""
+    return model if blocks.segments is None else SegmentedHMM(model, blocks.segments)
+
+
+def _segmented(model: Any, params: Any, blocks: SequenceBlocks, what: str) -> tuple[Any, Any]:
+    """``(model, params)`` for per-block inference; with segments, after the pass that gives their messages.
+
+    ``what`` is "proba" (posteriors and scores) or "decode" (Viterbi). The
+    pass runs now, on the current Dask client if there is one.
+    """
+    if blocks.segments is None:
+        return model, params
+    from ..cluster import _current_client
+    from ..engine import expected_stats
+
+    seg = SegmentedHMM(model, blocks.segments)
+    client = _current_client()
+
+    def run_pass(pass_model: Any, pass_params: Any) -> Any:
+        return expected_stats(pass_model, blocks, pass_params, client)
+
+    prepare = seg.prepare_decode if what == "decode" else seg.prepare_e_step
+    return seg, prepare(params, run_pass)
 
 
 # ---------------------------------------------------------------------------
@@ -297,8 +324,9 @@ class _BaseHMM(EMEstimator):
         # max_iter=0 initialises only (hmmlearn's n_iter=0): no EM, not even the restarts'
         if n_runs == 1 or self.n_init_iter <= 0 or max_iter == 0:
             return candidates[0]
+        stacked = StackedHMM(model) if blocks.segments is None else SegmentedStackedHMM(_engine_model(model, blocks))
         result = fit_em(
-            StackedHMM(model), blocks, StackedParams(tuple(candidates)), max_iter=int(self.n_init_iter),
+            stacked, blocks, StackedParams(tuple(candidates)), max_iter=int(self.n_init_iter),
             tol=0.0, tol_on="total", split_every=self.split_every, client=client, verbose=self.verbose,
             warn_not_converged=False,
         )
@@ -363,14 +391,15 @@ class _BaseHMM(EMEstimator):
         self._check_implementation()
         with where(client, data=X, verbose=self.verbose) as active:
             blocks = sequence_blocks(
-                X, lengths, client=active, n_partitions=self.n_partitions, dtype=self._values_dtype
+                X, lengths, client=active, n_partitions=self.n_partitions, dtype=self._values_dtype,
+                segment_length=getattr(self, "segment_length", None),
             )
             n_features = self._n_features_of(blocks)
             model = self._make_model(n_features)
             given = self._given()
             self._check_given(model, given, n_features)
             result = fit_em(
-                model,
+                _engine_model(model, blocks),
                 blocks,
                 lambda: self._initial_params(model, blocks, active, given, max_iter),
                 max_iter=max_iter,
@@ -462,7 +491,10 @@ class _BaseHMM(EMEstimator):
 
     def _lazy_blocks(self, X: Any, lengths: Any) -> SequenceBlocks:
         # lazy: nothing is read until the result is computed
-        blocks = sequence_blocks(X, lengths, client=None, n_partitions=self.n_partitions, dtype=self._values_dtype, persist=False)
+        blocks = sequence_blocks(
+            X, lengths, client=None, n_partitions=self.n_partitions, dtype=self._values_dtype, persist=False,
+            segment_length=getattr(self, "segment_length", None),
+        )
         if blocks.n_features != self.n_features:
             raise InvalidDataError(
                 f"X has {blocks.n_features} features, but {type(self).__name__} was fitted with {self.n_features} features"
@@ -483,6 +515,7 @@ class _BaseHMM(EMEstimator):
             seq_func = {_part_posteriors: _seq_predict_proba, _part_viterbi_states: _seq_predict}[func]
             return X.map(seq_func, model, params) if isinstance(X, db.Bag) else X
         blocks = self._lazy_blocks(X, lengths)
+        model, params = _segmented(model, params, blocks, "decode" if func is _part_viterbi_states else "proba")
         pieces = []
         for part, size in zip(blocks.map_parts(func, model, params), blocks.part_sizes):
             shape = (size,) if n_columns is None else (size, n_columns)
@@ -500,6 +533,7 @@ class _BaseHMM(EMEstimator):
         if _is_bag(X):
             return float(X.map(_seq_score, model, params).sum().compute())
         blocks = self._lazy_blocks(X, lengths)
+        model, params = _segmented(model, params, blocks, "proba")
         return float(sum(dask.compute(*blocks.map_parts(_part_score, model, params))))
 
     def predict_proba(self, X: Any, lengths: Any = None) -> Any:
@@ -551,6 +585,7 @@ class _BaseHMM(EMEstimator):
             logp = X.map(lambda s: model.decode(_seq_block(s), params)[0]).sum()
             return logp, X.map(_seq_predict, model, params)
         blocks = self._lazy_blocks(X, lengths)
+        model, params = _segmented(model, params, blocks, "decode")
         logp = dask.delayed(sum)(blocks.map_parts(_part_viterbi_logp, model, params))
         return logp, self._lazy_rows(X, lengths, _part_viterbi_states, None, np.int64)
 
@@ -637,6 +672,11 @@ def _common_doc() -> str:
         Number of sequence partitions (default: two per worker thread).
     n_iter : int, optional
         hmmlearn's name of ``max_iter``; overrides it when given.
+    segment_length : int, optional
+        A sequence with more steps than this is cut into segments fitted
+        on different workers, with exact statistics (two passes over the
+        data an iteration; see :mod:`dask_em.models.hmm_segments`). By
+        default sequences of more than about 32 MiB are cut; 0 never cuts.
     """
 
 
@@ -702,6 +742,7 @@ class GaussianHMM(_BaseHMM):
         n_partitions: int | None = None,
         n_iter: int | None = None,
         accelerate: str | None = None,
+        segment_length: int | None = None,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -730,6 +771,7 @@ class GaussianHMM(_BaseHMM):
         self.split_every = split_every
         self.n_partitions = n_partitions
         self.n_iter = n_iter
+        self.segment_length = segment_length
 
     def _make_model(self, n_features: int) -> GaussianHMMModel:
         from ..models.hmm import _prior
@@ -879,6 +921,7 @@ class CategoricalHMM(_BaseHMM):
         n_partitions: int | None = None,
         n_iter: int | None = None,
         accelerate: str | None = None,
+        segment_length: int | None = None,
     ) -> None:
         self.n_components = n_components
         self.startprob_prior = startprob_prior
@@ -902,6 +945,7 @@ class CategoricalHMM(_BaseHMM):
         self.split_every = split_every
         self.n_partitions = n_partitions
         self.n_iter = n_iter
+        self.segment_length = segment_length
 
     def _n_features_of(self, blocks: SequenceBlocks) -> int:
         if blocks.n_features != 1:
@@ -966,7 +1010,10 @@ class CategoricalHMM(_BaseHMM):
             raise InvalidDataError(f"CategoricalHMM expects one column of integer symbols, got {values.shape[1]} columns")
 
     def _lazy_blocks(self, X: Any, lengths: Any) -> SequenceBlocks:
-        blocks = sequence_blocks(X, lengths, client=None, n_partitions=self.n_partitions, persist=False)
+        blocks = sequence_blocks(
+            X, lengths, client=None, n_partitions=self.n_partitions, persist=False,
+            segment_length=getattr(self, "segment_length", None),
+        )
         self._check_input(np.empty((0, blocks.n_features)))
         return blocks
 
@@ -1023,6 +1070,7 @@ class PoissonHMM(_BaseHMM):
         n_partitions: int | None = None,
         n_iter: int | None = None,
         accelerate: str | None = None,
+        segment_length: int | None = None,
     ) -> None:
         self.n_components = n_components
         self.startprob_prior = startprob_prior
@@ -1046,6 +1094,7 @@ class PoissonHMM(_BaseHMM):
         self.split_every = split_every
         self.n_partitions = n_partitions
         self.n_iter = n_iter
+        self.segment_length = segment_length
 
     def _make_model(self, n_features: int) -> PoissonHMMModel:
         from ..models.hmm import _prior

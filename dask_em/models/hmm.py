@@ -3,8 +3,9 @@
 A block is one partition of a sequence collection: a tuple ``(values,
 lengths)`` where ``values`` holds the concatenated observations of whole
 sequences (shape (n_steps, n_features), or (n_steps,) for symbols) and
-``lengths`` the length of each sequence. A sequence is never split between
-blocks, so the E-step of a block is exact.
+``lengths`` the length of each sequence. The E-step of such a block is
+exact on its own; a sequence longer than a block is cut into segments
+fitted with :mod:`dask_em.models.hmm_segments`.
 
 The E-step of a block is one compiled call (numba, GIL released) that
 loops over its sequences and, per sequence, fuses the emission
@@ -1628,7 +1629,7 @@ class StackedHMM:
         raise NotImplementedError
 
     def e_step(self, block: Any, params: StackedParams) -> Stats:
-        block = _block_parts(block)
+        # blocks go to the model as they are (a segment of a long sequence keeps its type)
         out: Stats = {}
         each = np.empty(len(params.members))
         n_invalid = 0.0

@@ -19,7 +19,7 @@ import numpy as np
 
 from .data import Blocks, array_blocks, as_dask_array, check_visible_to_workers
 from .executor import compute, local_map, local_scheduler, where
-from .errors import ConvergenceWarning, DaskEMError, InvalidDataError, LostDataError, SchedulerLostError
+from .errors import DaskEMError, InvalidDataError, LostDataError, SchedulerLostError
 from .models.base import EMModel, Stats
 from .monitor import ConvergenceMonitor, count_pass
 from .stats import add_stats, tree_reduce
@@ -705,6 +705,8 @@ def fit_em(
             store.close()  # wait for the last snapshot
         if warn_not_converged and not monitor.converged and max_iter > 0:
             import warnings
+
+            from .errors import ConvergenceWarning  # scikit-learn's subclass, built on first use
 
             warnings.warn(
                 f"EM did not converge in {max_iter} iterations (last change "

@@ -3,13 +3,16 @@
 ``NotFittedError`` and ``ConvergenceWarning`` subclass scikit-learn's, so
 code written for scikit-learn (``except sklearn.exceptions.NotFittedError``,
 ``warnings.filterwarnings("ignore", category=sklearn.exceptions.ConvergenceWarning)``)
-catches and filters dask-em's unchanged.
+catches and filters dask-em's unchanged. They are built on first use
+(``from dask_em.errors import NotFittedError`` works as usual): importing
+scikit-learn costs a process about 190 MiB and several seconds, and Dask
+workers, which import this module with every model, never raise them.
 """
 
 from __future__ import annotations
 
-from sklearn.exceptions import ConvergenceWarning as _SklearnConvergenceWarning
-from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+import functools
+from typing import Any
 
 
 class DaskEMError(Exception):
@@ -26,12 +29,28 @@ class InvalidParameterError(DaskEMError, ValueError):
     exit_code = 2
 
 
-class NotFittedError(DaskEMError, _SklearnNotFittedError):
-    """A method that needs a fitted model was called before ``fit``."""
+@functools.cache
+def _sklearn_compatible() -> dict[str, type]:
+    """``NotFittedError`` and ``ConvergenceWarning`` as subclasses of scikit-learn's (built once)."""
+    from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+    class NotFittedError(DaskEMError, SklearnNotFittedError):
+        """A method that needs a fitted model was called before ``fit``."""
+
+    class ConvergenceWarning(SklearnConvergenceWarning):
+        """EM stopped at ``max_iter`` before the change in log-likelihood fell below ``tol``."""
+
+    classes = {"NotFittedError": NotFittedError, "ConvergenceWarning": ConvergenceWarning}
+    for name, cls in classes.items():  # pickled by reference, like any class of this module
+        cls.__module__, cls.__qualname__ = __name__, name
+    return classes
 
 
-class ConvergenceWarning(_SklearnConvergenceWarning):
-    """EM stopped at ``max_iter`` before the change in log-likelihood fell below ``tol``."""
+def __getattr__(name: str) -> Any:
+    if name in ("NotFittedError", "ConvergenceWarning"):
+        return _sklearn_compatible()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class LikelihoodDecreaseWarning(UserWarning):

@@ -136,6 +136,28 @@ def reference_point(params: GMMParams) -> np.ndarray:
     return np.asarray(params.weights, np.float64) @ np.asarray(params.means, np.float64)
 
 
+def recenter_moments(stats: Stats, d: np.ndarray, covariance_type: str) -> Stats:
+    """Mixture statistics taken about a point ``s`` re-expressed about ``c``, with ``d = s - c``.
+
+    Exact: ``sum_x + N d``, ``S + sum_x d' + d sum_x' + N d d'`` (full; tied
+    sums over the components) and ``S + 2 d sum_x + N d^2`` (diag,
+    spherical), with ``N`` each component's ``sum_resp``. Other keys pass
+    through.
+    """
+    out = dict(stats)
+    d = np.asarray(d, np.float64)
+    sum_resp = np.asarray(stats["sum_resp"], np.float64)
+    sum_x = np.asarray(stats["sum_x"], np.float64)
+    out["sum_x"] = sum_x + sum_resp[:, None] * d
+    if "sum_xxT" in stats:
+        cross = sum_x[:, :, None] * d[None, None, :]
+        shift = cross + cross.transpose(0, 2, 1) + sum_resp[:, None, None] * np.outer(d, d)
+        out["sum_xxT"] = np.asarray(stats["sum_xxT"], np.float64) + (shift.sum(axis=0) if covariance_type == "tied" else shift)
+    if "sum_xx" in stats:
+        out["sum_xx"] = np.asarray(stats["sum_xx"], np.float64) + 2.0 * d * sum_x + sum_resp[:, None] * (d * d)
+    return out
+
+
 def precisions_cholesky_from_covariances(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
     """Cholesky factors of the precisions, as scikit-learn computes them.
 
@@ -734,6 +756,10 @@ class GaussianMixtureModel:
         """``params`` with the precision factors recomputed from the covariances."""
         prec_chol = precisions_cholesky_from_covariances(params.covariances, self.covariance_type)
         return replace(params, precisions_cholesky=prec_chol)
+
+    def recenter_stats(self, stats: Stats, old: GMMParams, new: GMMParams) -> Stats:
+        """Statistics taken about ``old``'s reference point, moved to ``new``'s (for online EM)."""
+        return recenter_moments(stats, reference_point(old) - reference_point(new), self.covariance_type)
 
     def describe_invalid(self, n_invalid: int) -> str:
         """The error message for ``n_invalid`` NaN or infinite values."""

@@ -48,6 +48,7 @@ from ..models.hmm import (
 )
 from ..sequences import SequenceBlocks, _as_2d, _is_bag, check_lengths, sequence_blocks
 from ._base import EMEstimator, run_rngs
+from ._online import PartialFitMixin
 
 #: Steps read to initialise the parameters.
 INIT_SAMPLE = 20_000
@@ -151,7 +152,7 @@ def _to_json(value: Any) -> Any:
 # ---------------------------------------------------------------------------
 
 
-class _BaseHMM(EMEstimator):
+class _BaseHMM(PartialFitMixin, EMEstimator):
     """What the three HMM estimators share (see the module docstring)."""
 
     _all_params: tuple[str, ...] = ("startprob", "transmat")
@@ -396,6 +397,61 @@ class _BaseHMM(EMEstimator):
         self.history_ = list(result.history)
         self.lower_bound_ = float(result.lower_bound)
         return self
+
+    # -- online EM (dask_em.online): a batch of sequences per call -------------
+    _online_attr = "startprob_"
+
+    def partial_fit(self, X: Any, lengths: Any = None, *, client: Any = None, alpha: float | None = None) -> _BaseHMM:  # type: ignore[override]
+        """Update the fit with one batch of sequences by stepwise (online) EM.
+
+        The first call initialises on its batch as ``fit`` does (restarts
+        included); every call then runs one forward-backward pass over its
+        sequences under the current parameters, folds the expected counts
+        into running statistics with step ``(t + 2) ** -alpha`` and takes
+        the M-step from them (Cappé & Moulines 2009; :mod:`dask_em.online`).
+        ``fit`` starts a new stream.
+
+        Parameters
+        ----------
+        X, lengths
+            One batch of sequences, as for :meth:`fit`.
+        client : distributed.Client, optional
+        alpha : float, optional
+            Step-size exponent in (0.5, 1], fixed by a stream's first call (default 0.6).
+
+        Returns
+        -------
+        self
+        """
+        return self._partial_fit(X, lengths, client, alpha)
+
+    def _online_blocks(self, X: Any, lengths: Any, client: Any) -> SequenceBlocks:
+        return sequence_blocks(X, lengths, client=client, n_partitions=self.n_partitions, dtype=self._values_dtype)
+
+    def _online_start(self, blocks: Any, rng: np.random.Generator, client: Any) -> tuple[Any, Any]:
+        self._check_hyperparameters()
+        n_features = self._n_features_of(blocks)
+        model = self._make_model(n_features)
+        given = self._given()
+        self._check_given(model, given, n_features)
+        return model, self._initial_params(model, blocks, client, given)
+
+    def _online_set(self, state: Any) -> None:
+        params = state.params
+        self.n_features = self._n_features_of_params(params)
+        self.startprob_ = np.asarray(params.startprob)
+        self.transmat_ = np.asarray(params.transmat)
+        self._set_emission_attributes(params, state.model)
+        self.converged_ = False
+        self.lower_bound_ = state.loglik
+
+    @staticmethod
+    def _n_features_of_params(params: Any) -> int:
+        for name in ("means", "emissionprob", "lambdas"):
+            value = getattr(params, name, None)
+            if value is not None:
+                return int(np.shape(value)[1])
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- inference ----------------------------------------------------------
     def _model_and_params(self) -> tuple[Any, Any]:

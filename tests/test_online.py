@@ -151,12 +151,12 @@ def test_step_sizes_and_alpha_range():
             check_alpha(bad)
 
 
-@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
 def test_gmm_partial_fit_twice_over_20_batches_reaches_the_batch_fit(client, covariance_type):
-    X = _overlapping(6000)
+    X = _overlapping(4000)
     batch = GaussianMixture(2, covariance_type=covariance_type, tol=1e-8, max_iter=500, random_state=0)
     best = batch.fit(X, client=client).score(X)
-    online = GaussianMixture(2, covariance_type=covariance_type, random_state=0)
+    online = GaussianMixture(2, covariance_type=covariance_type, init_params="k-means++", random_state=0)
     for _ in range(2):
         for part in np.array_split(X, 20):
             online.partial_fit(part, client=client)
@@ -231,8 +231,8 @@ def test_a_new_fit_starts_a_new_stream(client):
 def test_fit_with_online_passes_then_batch_em(client):
     import dask.array as da
 
-    X = _overlapping(8000, seed=1)
-    data = da.from_array(X, chunks=(400, 2))
+    X = _overlapping(4000, seed=1)
+    data = da.from_array(X, chunks=(200, 2))
     plain = GaussianMixture(2, init_params="random_from_data", tol=1e-6, max_iter=500, random_state=2)
     plain.fit(data, client=client)
     warm = GaussianMixture(2, init_params="random_from_data", tol=1e-6, max_iter=500, random_state=2)

@@ -72,7 +72,7 @@ def test_mixture_restarts_share_passes_and_equal_separate_fits(client):
         alone = fit_em(model, blocks, est._start(model, blocks, rng), max_iter=3, tol=0.0, client=client,
                        warn_not_converged=False)
         logliks.append(alone.history[-1] * len(X))
-    np.testing.assert_array_equal(est.init_logliks_, logliks)
+    np.testing.assert_array_equal(est._init_logliks, logliks)
     np.testing.assert_allclose(np.sort(est.lambdas_[:, 0]), [3, 15], atol=0.6)
 
 
@@ -83,6 +83,31 @@ def test_restart_passes_at_most_one_and_a_half_times_one_start(client):
     passes_one, passes_ten = one.n_iter_, ten.n_init_iter + ten.n_iter_  # samples are in memory: no pass
     assert passes_ten <= 1.5 * passes_one, (passes_one, passes_ten)
     assert ten.lower_bound_ >= one.lower_bound_ - 1e-6
+
+
+def test_gmm_restarts_share_passes_and_equal_separate_fits(client):
+    from dask_em.engine import prepare_blocks
+    from dask_em.estimators._base import run_rngs
+
+    X = _overlapping(1000)
+    est = GaussianMixture(2, n_init=3, n_init_iter=2, init_params="k-means++", random_state=0, tol=1e-6)
+    est.fit(X, client=client)
+    model, blocks, inits = est._model(), prepare_blocks(X, client), est._checked_inits(2)
+    rngs = run_rngs(0, 3)
+    starts = [est._initial_params(model, blocks, inits, rngs[0], client)[0]]
+    starts += [est._sample_start(model, blocks, inits, rng) for rng in rngs[1:]]
+    for r, start in enumerate(starts):
+        alone = fit_em(model, blocks, start, max_iter=2, tol=0.0, client=client, warn_not_converged=False)
+        assert est._init_logliks[r] == pytest.approx(alone.history[-1] * len(X), rel=1e-13)
+
+
+def test_gmm_ten_restarts_cost_at_most_one_and_a_half_times_one(client):
+    X = _overlapping(2000, seed=3)
+    one = GaussianMixture(3, tol=1e-5, max_iter=300, random_state=0).fit(X, client=client)
+    ten = GaussianMixture(3, n_init=10, tol=1e-5, max_iter=300, random_state=0).fit(X, client=client)
+    # both make the same initialisation passes (k-means over the data, for the first start only)
+    assert ten.n_init_iter + ten.n_iter_ <= 1.5 * one.n_iter_, (one.n_iter_, ten.n_iter_)
+    assert ten.lower_bound_ >= one.lower_bound_ - 1e-4
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -18,6 +18,7 @@ from ..engine import expected_stats, fit_em, prepare_blocks
 from ..errors import ConvergenceWarning, InvalidDataError
 from ..models.base import Stats
 from ..models.gmm_missing import GaussianMixtureMissingModel
+from ..models.kmeans import kmeans_in_memory
 from ..models.gmm import (
     COVARIANCE_TYPES,
     PRIOR_FIELDS,
@@ -429,7 +430,7 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
                     def start(rng: np.random.Generator = rng, run_model: Any = run_model) -> GMMParams:
                         return self._initial_params(run_model, blocks, inits, rng, active)[0]
 
-            self.init_logliks_ = None
+            self._init_logliks = None
             if n_init > 1:
                 start = self._shared_restarts(run_model, blocks, data, inits, start, rngs[1:], active)  # type: ignore[assignment]
             best = fit_em(
@@ -484,7 +485,7 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
         def start() -> GMMParams:
             candidates = [first() if callable(first) else first]
             candidates += [self._sample_start(model, blocks, inits, rng) for rng in rngs]
-            best, self.init_logliks_ = shared_restarts(
+            best, self._init_logliks = shared_restarts(
                 model, data, candidates, n_iter=int(self.n_init_iter), client=client,
                 split_every=int(self.split_every), verbose=bool(self.verbose),
             )
@@ -493,11 +494,28 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
         return start
 
     def _sample_start(self, model: Any, blocks: Blocks, inits: Any, rng: np.random.Generator) -> GMMParams:
-        """A restart's start from a sample of the data: "kmeans" and "random" run on the sample, in this process."""
-        if self.init_params in ("kmeans", "random") and not isinstance(model, GaussianMixtureMissingModel):
-            sample = np.asarray(blocks.sample(max(INIT_SAMPLE_ROWS, model.n_components), rng))
-            return self._initial_params(model, prepare_blocks(sample, None), inits, rng, None)[0]
-        return self._initial_params(model, blocks, inits, rng, None)[0]
+        """A restart's start from a sample of the data, in this process (no pass).
+
+        "kmeans": k-means++ and Lloyd iterations on the sample, then its
+        rows hard-assigned and one M-step; "random": random
+        responsibilities of the sample's rows; the other initialisations
+        already use a sample only.
+        """
+        if self.init_params not in ("kmeans", "random") or isinstance(model, GaussianMixtureMissingModel):
+            return self._initial_params(model, blocks, inits, rng, None)[0]
+        sample = np.asarray(blocks.sample(max(INIT_SAMPLE_ROWS, model.n_components), rng), np.float64)
+        sample = sample[np.isfinite(sample).all(axis=1)]
+        if self.init_params == "kmeans":
+            hard = HardAssignment(kmeans_in_memory(sample, model.n_components, rng), model.covariance_type)
+            stats, center = hard.e_step(sample, None), hard.reference()
+        else:
+            center = sample.mean(axis=0)
+            random = RandomResponsibilities(
+                model.n_components, model.covariance_type, int(rng.integers(2**63)), tuple(float(c) for c in center)
+            )
+            stats = random.e_step((0, sample), None)
+        base = model.params_from_stats(stats, center)
+        return _with_inits(base, base.weights, inits, model.covariance_type)
 
     # -- online EM (dask_em.online) ------------------------------------------
     _online_attr = "weights_"
@@ -642,14 +660,7 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
                 cov = model._estimate_map(model._zero_stats(n_features), means.mean(axis=0))[2]
             base = GMMParams(np.full(K, 1.0 / K), means, cov, precisions_cholesky_from_covariances(cov, ct))
             weights = np.full(K, (1.0 + 10 * np.finfo(np.float64).eps) / n_samples)
-        weights = weights if weights_init is None else weights_init
-        means = base.means if means_init is None else means_init
-        if prec_chol_init is None:
-            cov, prec_chol = base.covariances, base.precisions_cholesky
-        else:
-            prec_chol = prec_chol_init
-            cov = covariances_from_precisions_cholesky(prec_chol, ct)
-        return GMMParams(weights, means, cov, prec_chol), model
+        return _with_inits(base, weights, inits, ct), model
 
     def _kmeans_stats(
         self, model: GaussianMixtureModel, blocks: Blocks, rng: np.random.Generator, client: Any
@@ -782,6 +793,19 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
             ]
         y = np.concatenate([np.full(int(k), j, dtype=int) for j, k in enumerate(counts)])
         return np.vstack(parts), y
+
+
+def _with_inits(base: GMMParams, weights: np.ndarray, inits: Any, covariance_type: str) -> GMMParams:
+    """``base`` (with ``weights``) where the user's ``weights_init``, ``means_init``, ``precisions_init`` replace it."""
+    weights_init, means_init, prec_chol_init = inits
+    weights = weights if weights_init is None else weights_init
+    means = base.means if means_init is None else means_init
+    if prec_chol_init is None:
+        cov, prec_chol = base.covariances, base.precisions_cholesky
+    else:
+        prec_chol = prec_chol_init
+        cov = covariances_from_precisions_cholesky(prec_chol, covariance_type)
+    return GMMParams(weights, means, cov, prec_chol)
 
 
 def _stored_prior(model: GaussianMixtureModel, path: Any, resume: bool | None) -> GaussianMixtureModel | None:

@@ -79,7 +79,7 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
         best, logliks = shared_restarts(
             model, data, candidates, n_iter=int(self.n_init_iter), client=client, verbose=bool(self.verbose)
         )
-        self.init_logliks_ = logliks
+        self._init_logliks = logliks
         return best
 
     def fit(
@@ -101,8 +101,7 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
         from a sample, no pass) run ``n_init_iter`` EM iterations as
         members of one stacked model, one pass per iteration for all of
         them; the member with the highest log-likelihood then continues
-        alone to convergence (``init_logliks_`` holds every member's
-        log-likelihood after the shared iterations). With ``n_init_iter >=
+        alone to convergence. With ``n_init_iter >=
         max_iter`` every restart runs to the end in the shared passes.
 
         Parameters
@@ -127,7 +126,7 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
         self
         """
         model = self._model()
-        self.init_logliks_ = None
+        self._init_logliks = None
         with where(client, data=X, verbose=self.verbose) as active:
             blocks = prepare_blocks(X, active)
             data = blocks if sample_weight is None else weighted_blocks(blocks, sample_weight, active)

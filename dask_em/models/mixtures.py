@@ -137,16 +137,12 @@ class _DiscreteMixture:
         X, _ = self._clean(sample)
         K = self.n_components
         if self.init == "k-means++":
-            from .kmeans import KMeansModel, KMeansParams, kmeans_plusplus, nearest_center
+            from .kmeans import kmeans_in_memory, nearest_center
 
             Z = self.seeding_rows(X)
             if len(Z) < K:
                 raise ValueError(f"the sample has {len(Z)} rows, fewer than n_components={K}; give more data")
-            kmeans = KMeansModel(K)
-            params = KMeansParams.from_centers(kmeans_plusplus(Z, K, rng))
-            for _ in range(INIT_LLOYD_ITERATIONS):
-                params = kmeans.m_step(kmeans.e_step(Z, params), params)
-            labels = nearest_center(Z, params.cluster_centers)[0]
+            labels = nearest_center(Z, kmeans_in_memory(Z, K, rng, INIT_LLOYD_ITERATIONS))[0]
             resp = np.zeros((len(X), K))
             resp[np.arange(len(X)), labels] = 1.0
         elif self.init == "random":

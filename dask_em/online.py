@@ -18,7 +18,9 @@ whatever the parameters it was computed under); smaller values forget the
 statistics of early, poor parameters faster. The default 0.6 is near the
 lower end Cappé & Moulines and Liang & Klein (2009) found to work best.
 
-The M-step sees ``s`` scaled to the size of the latest batch: the
+Statistics that are not sums of numbers (such as k-means' farthest
+rows, where empty clusters move) are not averaged: the M-step gets the
+latest batch's. The M-step sees ``s`` scaled to the size of the latest batch: the
 maximum-likelihood M-steps depend only on ratios of sums, so the scale
 matters only for pseudo-counts and priors, whose weight is then that of a
 prior against one batch.
@@ -52,6 +54,10 @@ DEFAULT_ALPHA = 0.6
 
 #: Keys of an E-step that describe the batch rather than sum over its observations' latent data.
 _NOT_AVERAGED = ("n", "n_invalid")
+
+
+def _is_numeric(value: object) -> bool:
+    return isinstance(value, (np.ndarray, np.generic, int, float)) and np.asarray(value).dtype.kind in "fiub"
 
 
 def step_size(t: int, alpha: float) -> float:
@@ -112,7 +118,14 @@ class OnlineEM:
         n_batch = float(batch_stats["n"])
         if not n_batch > 0:
             return self
-        mean = {k: np.asarray(v, np.float64) / n_batch for k, v in batch_stats.items() if k not in _NOT_AVERAGED}
+        mean, latest = {}, {}
+        for key, value in batch_stats.items():
+            if key in _NOT_AVERAGED:
+                continue
+            if _is_numeric(value):
+                mean[key] = np.asarray(value, np.float64) / n_batch
+            else:  # not a sum (e.g. k-means' farthest rows): the latest batch's
+                latest[key] = value
         loglik = float(mean["loglik"])
         if self.stats is None:
             stats, g = mean, 1.0
@@ -120,7 +133,7 @@ class OnlineEM:
             g = step_size(self.n_updates - 1, self.alpha)
             stats = {k: (1.0 - g) * self.stats[k] + g * mean[k] for k in mean}
             loglik = (1.0 - g) * self.loglik + g * loglik
-        scaled = {k: v * n_batch for k, v in stats.items()}
+        scaled = {k: v * n_batch for k, v in stats.items()} | latest
         scaled["n"] = np.array(n_batch)
         new = self.model.m_step(scaled, self.params)
         recenter = getattr(self.model, "recenter_stats", None)

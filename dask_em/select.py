@@ -149,7 +149,7 @@ class StackedModel:
             own["sum_xxT"] = np.asarray(stats["shared/sum_xxT"], np.float64)[lo:hi]
         else:
             own["sum_xx"] = np.asarray(stats["shared/sum_xx"], np.float64)[lo - layout.n_full : hi - layout.n_full]
-        return recenter_moments(own, d, self.members[i].covariance_type)
+        return recenter_moments(own, d)
 
     def m_step(self, stats: Stats, params: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(

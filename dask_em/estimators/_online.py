@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..cluster import get_client
 from ..data import Blocks
 from ..engine import prepare_blocks
+from ..executor import where
 from ..online import DEFAULT_ALPHA, OnlineEM, check_alpha
 from ._base import run_rngs
 
@@ -49,7 +49,7 @@ class PartialFitMixin:
                 f"alpha={alpha!r} differs from the alpha={state.alpha!r} this stream started with; "
                 "the step sizes are fixed for a stream. Call fit, or a new estimator, to start another"
             )
-        with get_client(client, verbose=bool(getattr(self, "verbose", False))) as active:
+        with where(client, data=X, verbose=bool(getattr(self, "verbose", False))) as active:
             blocks = self._online_blocks(X, extra, active)
             if state is None:
                 rng = run_rngs(getattr(self, "random_state", None), 1)[0]

@@ -43,11 +43,9 @@ from ..models.hmm import (
     GaussianHMMParams,
     PoissonHMMModel,
     PoissonHMMParams,
-    StackedHMM,
-    StackedParams,
 )
 from ..sequences import SequenceBlocks, _as_2d, _is_bag, check_lengths, sequence_blocks
-from ._base import EMEstimator, run_rngs
+from ._base import EMEstimator, run_rngs, shared_restarts
 from ._online import PartialFitMixin
 
 #: Steps read to initialise the parameters.
@@ -298,14 +296,11 @@ class _BaseHMM(PartialFitMixin, EMEstimator):
         # max_iter=0 initialises only (hmmlearn's n_iter=0): no EM, not even the restarts'
         if n_runs == 1 or self.n_init_iter <= 0 or max_iter == 0:
             return candidates[0]
-        result = fit_em(
-            StackedHMM(model), blocks, StackedParams(tuple(candidates)), max_iter=int(self.n_init_iter),
-            tol=0.0, tol_on="total", split_every=self.split_every, client=client, verbose=self.verbose,
-            warn_not_converged=False,
+        best, self.init_logliks_ = shared_restarts(
+            model, blocks, candidates, n_iter=int(self.n_init_iter), client=client, split_every=self.split_every,
+            verbose=bool(self.verbose),
         )
-        logliks = np.asarray(result.params.loglik, dtype=float)
-        self.init_logliks_ = logliks
-        return result.params.members[int(np.argmax(logliks))]
+        return best
 
     def _check_hyperparameters(self) -> None:
         """Refuse numbers no fit can use, naming them (as the mixtures do)."""
@@ -434,7 +429,7 @@ class _BaseHMM(PartialFitMixin, EMEstimator):
         model = self._make_model(n_features)
         given = self._given()
         self._check_given(model, given, n_features)
-        return model, self._initial_params(model, blocks, client, given)
+        return model, self._initial_params(model, blocks, client, given, self._max_iter)
 
     def _online_set(self, state: Any) -> None:
         params = state.params

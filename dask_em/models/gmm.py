@@ -136,25 +136,35 @@ def reference_point(params: GMMParams) -> np.ndarray:
     return np.asarray(params.weights, np.float64) @ np.asarray(params.means, np.float64)
 
 
-def recenter_moments(stats: Stats, d: np.ndarray, covariance_type: str) -> Stats:
-    """Mixture statistics taken about a point ``s`` re-expressed about ``c``, with ``d = s - c``.
+def recenter_moments(
+    stats: Stats,
+    d: np.ndarray,
+    *,
+    weight: str = "sum_resp",
+    first: str = "sum_x",
+    outer: str = "sum_xxT",
+    square: str = "sum_xx",
+) -> Stats:
+    """Weighted moments taken about a point ``s`` re-expressed about ``c``, with ``d = s - c``.
 
-    Exact: ``sum_x + N d``, ``S + sum_x d' + d sum_x' + N d d'`` (full; tied
-    sums over the components) and ``S + 2 d sum_x + N d^2`` (diag,
-    spherical), with ``N`` each component's ``sum_resp``. Other keys pass
-    through.
+    ``d`` is one point (D,) for all components or one per component (K, D).
+    Exact: ``first + N d``, ``outer + first d' + d first' + N d d'`` and
+    ``square + 2 d first + N d^2``, with ``N`` each component's ``weight``;
+    an ``outer`` of shape (D, D) (a tied covariance) sums the terms over the
+    components. Keys absent from ``stats`` are skipped, others pass through.
     """
     out = dict(stats)
-    d = np.asarray(d, np.float64)
-    sum_resp = np.asarray(stats["sum_resp"], np.float64)
-    sum_x = np.asarray(stats["sum_x"], np.float64)
-    out["sum_x"] = sum_x + sum_resp[:, None] * d
-    if "sum_xxT" in stats:
-        cross = sum_x[:, :, None] * d[None, None, :]
-        shift = cross + cross.transpose(0, 2, 1) + sum_resp[:, None, None] * np.outer(d, d)
-        out["sum_xxT"] = np.asarray(stats["sum_xxT"], np.float64) + (shift.sum(axis=0) if covariance_type == "tied" else shift)
-    if "sum_xx" in stats:
-        out["sum_xx"] = np.asarray(stats["sum_xx"], np.float64) + 2.0 * d * sum_x + sum_resp[:, None] * (d * d)
+    N = np.asarray(stats[weight], np.float64)
+    S1 = np.asarray(stats[first], np.float64)
+    d = np.broadcast_to(np.asarray(d, np.float64), S1.shape)
+    out[first] = S1 + N[:, None] * d
+    if outer in stats:
+        cross = S1[:, :, None] * d[:, None, :]
+        shift = cross + cross.transpose(0, 2, 1) + N[:, None, None] * d[:, :, None] * d[:, None, :]
+        S2 = np.asarray(stats[outer], np.float64)
+        out[outer] = S2 + (shift.sum(axis=0) if S2.ndim == 2 else shift)
+    if square in stats:
+        out[square] = np.asarray(stats[square], np.float64) + 2.0 * d * S1 + N[:, None] * (d * d)
     return out
 
 
@@ -759,7 +769,7 @@ class GaussianMixtureModel:
 
     def recenter_stats(self, stats: Stats, old: GMMParams, new: GMMParams) -> Stats:
         """Statistics taken about ``old``'s reference point, moved to ``new``'s (for online EM)."""
-        return recenter_moments(stats, reference_point(old) - reference_point(new), self.covariance_type)
+        return recenter_moments(stats, reference_point(old) - reference_point(new))
 
     def describe_invalid(self, n_invalid: int) -> str:
         """The error message for ``n_invalid`` NaN or infinite values."""

@@ -154,7 +154,7 @@ class GaussianMixtureMissingModel:
 
     def recenter_stats(self, stats: Stats, old: GMMParams, new: GMMParams) -> Stats:
         """Statistics taken about ``old``'s mixture mean, moved to ``new``'s (for online EM)."""
-        return recenter_moments(stats, reference_point(old) - reference_point(new), self.covariance_type)
+        return recenter_moments(stats, reference_point(old) - reference_point(new))
 
     def m_step(self, stats: Stats, params: GMMParams) -> GMMMissingParams:
         """The complete-data M-step of :class:`GaussianMixtureModel` on the completed statistics.

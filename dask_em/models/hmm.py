@@ -1369,6 +1369,13 @@ class GaussianHMMModel(_HMMBase):
         stats["sum_dx"], stats["sum_dxdxT"] = sum_dx, sum_dxdxT
         return stats
 
+    def recenter_stats(self, stats: Stats, old: GaussianHMMParams, new: GaussianHMMParams) -> Stats:
+        """Statistics centred on ``old.means`` moved to ``new.means`` (for online EM)."""
+        from .gmm import recenter_moments
+
+        d = np.asarray(old.means, np.float64) - np.asarray(new.means, np.float64)
+        return recenter_moments(stats, d, weight="sum_post", first="sum_dx", outer="sum_dxdxT", square="sum_dx2")
+
     def m_step(self, stats: Stats, params: GaussianHMMParams) -> GaussianHMMParams:
         """hmmlearn's MAP update; states without posterior mass keep their parameters.
 

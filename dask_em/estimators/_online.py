@@ -6,9 +6,10 @@ from typing import Any
 
 from ..data import Blocks
 from ..engine import prepare_blocks
+from ..errors import InvalidDataError
 from ..executor import where
 from ..online import DEFAULT_ALPHA, OnlineEM, check_alpha
-from ._base import run_rngs
+from ._base import run_rngs, validate_in_memory
 
 
 class PartialFitMixin:
@@ -25,13 +26,22 @@ class PartialFitMixin:
       anew; when ``fit`` has replaced it since, the next ``partial_fit``
       starts a new stream;
 
-    and may override ``_online_blocks(X, extra, client)`` (sequences).
+    and may override ``_online_blocks(X, extra, client, first)`` (sequences).
     """
 
     _online_attr: str
 
-    def _online_blocks(self, X: Any, extra: Any, client: Any) -> Blocks:
-        return prepare_blocks(X, client)
+    def _online_blocks(self, X: Any, extra: Any, client: Any, first: bool) -> Blocks:
+        # scikit-learn's checks of in-memory input; a later batch must have the first one's features
+        X = validate_in_memory(self, X, reset=first, ensure_all_finite=False)
+        blocks = prepare_blocks(X, client)
+        width = int(blocks.array.shape[1])
+        if not first and width != getattr(self, "n_features_in_", width):
+            raise InvalidDataError(
+                f"X has {width} features, but {type(self).__name__} is expecting {self.n_features_in_} "
+                "features as input (those of the first partial_fit batch)"
+            )
+        return blocks
 
     def _online_start(self, blocks: Blocks, rng: Any, client: Any) -> tuple[Any, Any]:
         raise NotImplementedError
@@ -50,7 +60,7 @@ class PartialFitMixin:
                 "the step sizes are fixed for a stream. Call fit, or a new estimator, to start another"
             )
         with where(client, data=X, verbose=bool(getattr(self, "verbose", False))) as active:
-            blocks = self._online_blocks(X, extra, active)
+            blocks = self._online_blocks(X, extra, active, state is None)
             if state is None:
                 rng = run_rngs(getattr(self, "random_state", None), 1)[0]
                 model, params = self._online_start(blocks, rng, active)

@@ -420,8 +420,14 @@ class _BaseHMM(PartialFitMixin, EMEstimator):
         """
         return self._partial_fit(X, lengths, client, alpha)
 
-    def _online_blocks(self, X: Any, lengths: Any, client: Any) -> SequenceBlocks:
-        return sequence_blocks(X, lengths, client=client, n_partitions=self.n_partitions, dtype=self._values_dtype)
+    def _online_blocks(self, X: Any, lengths: Any, client: Any, first: bool) -> SequenceBlocks:
+        blocks = sequence_blocks(X, lengths, client=client, n_partitions=self.n_partitions, dtype=self._values_dtype)
+        if not first and self._n_features_of(blocks) != self.n_features:
+            raise InvalidDataError(
+                f"X has {self._n_features_of(blocks)} features, but {type(self).__name__} was fitted with "
+                f"{self.n_features} features (those of the first partial_fit batch)"
+            )
+        return blocks
 
     def _online_start(self, blocks: Any, rng: np.random.Generator, client: Any) -> tuple[Any, Any]:
         self._check_hyperparameters()

@@ -169,6 +169,42 @@ def test_online_em_matches_reference_stepwise_em():
     assert state.n_updates == 15 and state.n_seen == 1500
 
 
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+def test_recentred_statistics_are_the_sums_about_the_new_point(covariance_type):
+    from dask_em.models.gmm import reference_point
+
+    X = _overlapping(500) + 40.0  # far from the origin: the reference point matters
+    model = GaussianMixtureModel(2, covariance_type)
+    p = model.init_params(X, np.random.default_rng(0))
+    stats = model.e_step(X, p)
+    stats.pop("n_invalid")
+    q = model.m_step(stats, p)
+    moved = model.recenter_stats(stats, p, q)
+    log_prob = model.weighted_log_prob(X, p)
+    resp = np.exp(log_prob - log_prob.max(axis=1, keepdims=True))
+    resp /= resp.sum(axis=1, keepdims=True)
+    Y = X - reference_point(q)
+    np.testing.assert_allclose(moved["sum_x"], resp.T @ Y, rtol=1e-9, atol=1e-9)
+    if covariance_type in ("full", "tied"):
+        outer = np.einsum("nk,ni,nj->kij", resp, Y, Y)
+        expected = outer if covariance_type == "full" else outer.sum(axis=0)
+        np.testing.assert_allclose(moved["sum_xxT"], expected, rtol=1e-9)
+    else:
+        np.testing.assert_allclose(moved["sum_xx"], resp.T @ Y**2, rtol=1e-9)
+
+
+def test_recentred_mvn_statistics_are_the_sums_about_the_new_mean():
+    from dask_em.models.mvn_missing import MVNMissingModel
+
+    X = _overlapping(400) + 25.0  # complete rows: no conditional covariance term
+    model = MVNMissingModel()
+    p = model.init_params(X, np.random.default_rng(0))
+    stats = model.e_step(X, p)
+    q = model.m_step(stats, p)
+    Y = X - q.mean
+    np.testing.assert_allclose(model.recenter_stats(stats, p, q)["sum_ddT"], Y.T @ Y, rtol=1e-10)
+
+
 def test_step_sizes_and_alpha_range():
     assert step_size(0, 1.0) == 0.5 and step_size(1, 1.0) == pytest.approx(1 / 3)
     for bad in (0.5, 1.2, 0, "x", True):

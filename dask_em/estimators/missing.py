@@ -111,6 +111,7 @@ class MultivariateNormal(PartialFitMixin, EMEstimator):
         checkpoint_every: int = 1,
         resume: bool | None = None,
         force: bool = False,
+        online_passes: int = 0,
     ) -> MultivariateNormal:
         """Estimate the mean and covariance from ``X`` with NaN as missing.
 
@@ -123,6 +124,9 @@ class MultivariateNormal(PartialFitMixin, EMEstimator):
             Where to run (see :func:`dask_em.executor.where`); by default this process.
         checkpoint, checkpoint_every, resume, force
             Zarr snapshots of the fit; see :func:`dask_em.fit_em`.
+        online_passes : int, default=0
+            Passes of online (stepwise) EM over shuffled blocks before batch
+            EM (see :func:`dask_em.fit_em`).
 
         Returns
         -------
@@ -145,6 +149,7 @@ class MultivariateNormal(PartialFitMixin, EMEstimator):
                 checkpoint_every=checkpoint_every,
                 resume=resume,
                 force=force,
+                online_passes=online_passes,
                 checkpoint_meta=self.checkpoint_meta(),
             )
         self.mean_ = np.asarray(result.params.mean)

@@ -1,4 +1,8 @@
-"""Restarts sharing passes (models/stacked.py) and online (stepwise) EM (dask_em/online.py)."""
+"""Restarts sharing passes (models/stacked.py) and online (stepwise) EM (dask_em/online.py).
+
+Tests of many small passes run in this process (the executor's default);
+a few run on the session's cluster.
+"""
 
 from __future__ import annotations
 
@@ -31,55 +35,54 @@ def _two_poissons(seed: int, n: int = 1000) -> np.ndarray:
 # -- restarts sharing passes ----------------------------------------------------
 
 
-def test_stacked_members_equal_separate_fits(client):
+def test_stacked_members_equal_separate_fits():
     """Each member of a stacked fit follows its own separate fit bit for bit."""
     X = _two_poissons(0)
     model = PoissonMixtureModel(3, init="random")
     starts = [model.init_params(X[::7], np.random.default_rng(s)) for s in range(3)]
-    stacked = fit_em(Stacked(model), X, StackedParams(tuple(starts)), max_iter=4, tol=0.0, client=client,
+    stacked = fit_em(Stacked(model), X, StackedParams(tuple(starts)), max_iter=4, tol=0.0,
                      warn_not_converged=False)
     for r, start in enumerate(starts):
-        alone = fit_em(model, X, start, max_iter=4, tol=0.0, client=client, warn_not_converged=False)
+        alone = fit_em(model, X, start, max_iter=4, tol=0.0, warn_not_converged=False)
         np.testing.assert_array_equal(stacked.params.members[r].lambdas, alone.params.lambdas)
         np.testing.assert_array_equal(stacked.params.members[r].weights, alone.params.weights)
         assert stacked.params.loglik[r] == pytest.approx(alone.history[-1] * len(X), rel=1e-13)
 
 
-def test_stacked_gmm_members_with_prior_equal_separate_fits(client):
+def test_stacked_gmm_members_with_prior_equal_separate_fits():
     X = _overlapping(600)
     model = GaussianMixtureModel(2, "full", weight_concentration_prior=2.0, mean_precision_prior=0.1,
                                  mean_prior=np.zeros(2), degrees_of_freedom_prior=4.0, covariance_prior=np.eye(2))
     starts = [model.init_params(X, np.random.default_rng(s)) for s in (1, 2)]
-    stacked = fit_em(Stacked(model), X, StackedParams(tuple(starts)), max_iter=3, tol=0.0, client=client,
+    stacked = fit_em(Stacked(model), X, StackedParams(tuple(starts)), max_iter=3, tol=0.0,
                      warn_not_converged=False)
     for r, start in enumerate(starts):
-        alone = fit_em(model, X, start, max_iter=3, tol=0.0, client=client, warn_not_converged=False)
+        alone = fit_em(model, X, start, max_iter=3, tol=0.0, warn_not_converged=False)
         np.testing.assert_array_equal(stacked.params.members[r].means, alone.params.means)
         assert stacked.params.loglik[r] == pytest.approx(alone.history[-1] * len(X), rel=1e-13)  # the log posterior, prior included
 
 
-def test_mixture_restarts_share_passes_and_equal_separate_fits(client):
+def test_mixture_restarts_share_passes_and_equal_separate_fits():
     X = _two_poissons(1, 400)
-    est = PoissonMixture(2, n_init=4, n_init_iter=3, init_params="random", random_state=0, tol=1e-6).fit(X, client=client)
+    est = PoissonMixture(2, n_init=4, n_init_iter=3, init_params="random", random_state=0, tol=1e-6).fit(X)
     # the same starting points fitted one by one for n_init_iter iterations
     from dask_em.engine import prepare_blocks
     from dask_em.estimators._base import run_rngs
 
     model = est._model()
-    blocks = prepare_blocks(X, client)
+    blocks = prepare_blocks(X, None)
     logliks = []
     for rng in run_rngs(0, 4):
-        alone = fit_em(model, blocks, est._start(model, blocks, rng), max_iter=3, tol=0.0, client=client,
-                       warn_not_converged=False)
+        alone = fit_em(model, blocks, est._start(model, blocks, rng), max_iter=3, tol=0.0, warn_not_converged=False)
         logliks.append(alone.history[-1] * len(X))
     np.testing.assert_array_equal(est._init_logliks, logliks)
     np.testing.assert_allclose(np.sort(est.lambdas_[:, 0]), [3, 15], atol=0.6)
 
 
-def test_restart_passes_at_most_one_and_a_half_times_one_start(client):
+def test_restart_passes_at_most_one_and_a_half_times_one_start():
     X = _two_poissons(2, 500)
-    one = PoissonMixture(2, random_state=0, tol=1e-8, max_iter=500).fit(X, client=client)
-    ten = PoissonMixture(2, n_init=10, random_state=0, tol=1e-8, max_iter=500).fit(X, client=client)
+    one = PoissonMixture(2, random_state=0, tol=1e-8, max_iter=500).fit(X)
+    ten = PoissonMixture(2, n_init=10, random_state=0, tol=1e-8, max_iter=500).fit(X)
     passes_one, passes_ten = one.n_iter_, ten.n_init_iter + ten.n_iter_  # samples are in memory: no pass
     assert passes_ten <= 1.5 * passes_one, (passes_one, passes_ten)
     assert ten.lower_bound_ >= one.lower_bound_ - 1e-6
@@ -101,10 +104,10 @@ def test_gmm_restarts_share_passes_and_equal_separate_fits(client):
         assert est._init_logliks[r] == pytest.approx(alone.history[-1] * len(X), rel=1e-13)
 
 
-def test_gmm_ten_restarts_cost_at_most_one_and_a_half_times_one(client):
+def test_gmm_ten_restarts_cost_at_most_one_and_a_half_times_one():
     X = _overlapping(2000, seed=3)
-    one = GaussianMixture(3, tol=1e-5, max_iter=300, random_state=0).fit(X, client=client)
-    ten = GaussianMixture(3, n_init=10, tol=1e-5, max_iter=300, random_state=0).fit(X, client=client)
+    one = GaussianMixture(3, tol=1e-5, max_iter=300, random_state=0).fit(X)
+    ten = GaussianMixture(3, n_init=10, tol=1e-5, max_iter=300, random_state=0).fit(X)
     # both make the same initialisation passes (k-means over the data, for the first start only)
     assert ten.n_init_iter + ten.n_iter_ <= 1.5 * one.n_iter_, (one.n_iter_, ten.n_iter_)
     assert ten.lower_bound_ >= one.lower_bound_ - 1e-4
@@ -126,8 +129,8 @@ def test_default_start_finds_two_poisson_rates(seed):
     np.testing.assert_allclose(np.sort(params.lambdas[:, 0]), [3, 15], atol=0.6)
 
 
-def test_default_start_of_the_estimator(client):
-    est = PoissonMixture(2, random_state=3).fit(_two_poissons(3), client=client)
+def test_default_start_of_the_estimator():
+    est = PoissonMixture(2, random_state=3).fit(_two_poissons(3))
     np.testing.assert_allclose(np.sort(est.lambdas_[:, 0]), [3, 15], atol=0.6)
 
 
@@ -213,14 +216,14 @@ def test_step_sizes_and_alpha_range():
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
-def test_gmm_partial_fit_twice_over_20_batches_reaches_the_batch_fit(client, covariance_type):
+def test_gmm_partial_fit_twice_over_20_batches_reaches_the_batch_fit(covariance_type):
     X = _overlapping(4000)
-    batch = GaussianMixture(2, covariance_type=covariance_type, tol=1e-8, max_iter=500, random_state=0)
-    best = batch.fit(X, client=client).score(X)
+    batch = GaussianMixture(2, covariance_type=covariance_type, tol=1e-6, max_iter=500, random_state=0)
+    best = batch.fit(X).score(X)
     online = GaussianMixture(2, covariance_type=covariance_type, init_params="k-means++", random_state=0)
     for _ in range(2):
         for part in np.array_split(X, 20):
-            online.partial_fit(part, client=client)
+            online.partial_fit(part)
     assert online.n_iter_ == 40
     assert best - online.score(X) < 0.02
 
@@ -231,33 +234,33 @@ def _stream(est, X, n_batches=8, **kwargs):
     return est
 
 
-def test_partial_fit_of_every_mixture_estimator_approaches_its_fit(client):
+def test_partial_fit_of_every_mixture_estimator_approaches_its_fit():
     rng = np.random.default_rng(4)
     counts = _two_poissons(4, 800)[rng.permutation(1600)]
     binary = (rng.random((1600, 6)) < np.where(rng.random(1600)[:, None] < 0.5, 0.8, 0.2)).astype(float)
     docs = np.concatenate([rng.multinomial(30, [0.6, 0.2, 0.1, 0.1], 800), rng.multinomial(30, [0.1, 0.1, 0.2, 0.6], 800)])
     docs = docs[rng.permutation(1600)].astype(float)
     for cls, X in ((PoissonMixture, counts), (BernoulliMixture, binary), (CategoricalMixture, docs)):
-        best = cls(2, random_state=0, tol=1e-6).fit(X, client=client).score(X)
-        online = _stream(cls(2, random_state=0), X, client=client)
+        best = cls(2, random_state=0, tol=1e-6).fit(X).score(X)
+        online = _stream(cls(2, random_state=0), X)
         assert best - online.score(X) < 0.02, cls.__name__
-    inertia = -KMeans(2, random_state=0).fit(binary, client=client).score(binary)
-    online_inertia = -_stream(KMeans(2, random_state=0), binary, client=client).score(binary)
+    inertia = -KMeans(2, random_state=0).fit(binary).score(binary)
+    online_inertia = -_stream(KMeans(2, random_state=0), binary).score(binary)
     assert online_inertia < 1.01 * inertia
 
 
-def test_partial_fit_multivariate_normal_with_missing_values(client):
+def test_partial_fit_multivariate_normal_with_missing_values():
     rng = np.random.default_rng(5)
     X = rng.multivariate_normal([1.0, -2.0, 0.5], [[2, 0.8, 0.3], [0.8, 1, 0.2], [0.3, 0.2, 0.5]], 3000)
     X[:, :2][rng.random((3000, 2)) < 0.2] = np.nan  # the last column is always observed
-    best = MultivariateNormal(tol=1e-8).fit(X, client=client)
-    online = _stream(MultivariateNormal(random_state=0), X, n_batches=8, client=client)
-    online = _stream(online, X, n_batches=8, client=client)
+    best = MultivariateNormal(tol=1e-6).fit(X)
+    online = _stream(MultivariateNormal(random_state=0), X, n_batches=8)
+    online = _stream(online, X, n_batches=8)
     assert best.score(X) - online.score(X) < 0.01
     np.testing.assert_allclose(online.mean_, best.mean_, atol=0.05)
 
 
-def test_partial_fit_hmm_batches_of_sequences(client):
+def test_partial_fit_hmm_batches_of_sequences():
     truth = GaussianHMM(2, covariance_type="diag", random_state=0)
     truth.startprob_ = np.array([0.5, 0.5])
     truth.transmat_ = np.array([[0.9, 0.1], [0.2, 0.8]])
@@ -266,37 +269,37 @@ def test_partial_fit_hmm_batches_of_sequences(client):
     truth.n_features = 1
     X, _ = truth.sample(2000, random_state=1)
     lengths = np.full(20, 100)
-    best = GaussianHMM(2, covariance_type="diag", random_state=0, tol=1e-3, n_init=1).fit(X, lengths, client=client)
+    best = GaussianHMM(2, covariance_type="diag", random_state=0, tol=1e-3, n_init=1).fit(X, lengths)
     online = GaussianHMM(2, covariance_type="diag", random_state=0, n_init=1)
     for _ in range(2):
         for part in np.split(np.arange(20), 5):
             rows = np.concatenate([np.arange(100 * i, 100 * i + 100) for i in part])
-            online.partial_fit(X[rows], lengths[part], client=client)
+            online.partial_fit(X[rows], lengths[part])
     assert online.n_iter_ == 10
     assert (best.score(X, lengths) - online.score(X, lengths)) / len(X) < 0.02
     np.testing.assert_allclose(np.sort(online.means_[:, 0]), np.sort(best.means_[:, 0]), atol=0.15)
 
 
-def test_a_new_fit_starts_a_new_stream(client):
+def test_a_new_fit_starts_a_new_stream():
     X = _two_poissons(6, 300)
     est = PoissonMixture(2, random_state=0)
-    est.partial_fit(X[:200], client=client).partial_fit(X[200:], client=client)
+    est.partial_fit(X[:200]).partial_fit(X[200:])
     assert est.n_iter_ == 2
-    est.fit(X, client=client)
-    est.partial_fit(X, client=client)
+    est.fit(X)
+    est.partial_fit(X)
     assert est.n_iter_ == 1
     with pytest.raises(ValueError, match="differs from the alpha"):
-        est.partial_fit(X, client=client, alpha=0.9)
+        est.partial_fit(X, alpha=0.9)
 
 
-def test_fit_with_online_passes_then_batch_em(client):
+def test_fit_with_online_passes_then_batch_em():
     import dask.array as da
 
     X = _overlapping(4000, seed=1)
     data = da.from_array(X, chunks=(200, 2))
     plain = GaussianMixture(2, init_params="random_from_data", tol=1e-6, max_iter=500, random_state=2)
-    plain.fit(data, client=client)
+    plain.fit(data)
     warm = GaussianMixture(2, init_params="random_from_data", tol=1e-6, max_iter=500, random_state=2)
-    warm.fit(data, client=client, online_passes=1)
+    warm.fit(data, online_passes=1)
     assert warm.lower_bound_ >= plain.lower_bound_ - 1e-4
     assert warm.n_iter_ + 1 < plain.n_iter_

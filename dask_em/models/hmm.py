@@ -35,7 +35,7 @@ parameters), so every row of ``transmat`` stays a valid distribution.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np

@@ -46,6 +46,7 @@ import numpy as np
 
 from .data import Blocks
 from .models.base import EMModel, Stats
+from .monitor import count_pass, counting_passes
 
 __all__ = ["OnlineEM", "online_passes", "step_size"]
 
@@ -173,6 +174,9 @@ def online_passes(
     on large data one or two such passes come close to the batch optimum,
     which batch EM then reaches in few iterations.
 
+    Each online pass counts as one pass in ``n_passes_`` (it reads every
+    block once), not as ``n_batches``.
+
     Returns
     -------
     OnlineEM
@@ -187,9 +191,11 @@ def online_passes(
     groups = min(int(n_batches), n_parts)
     for _ in range(int(passes)):
         order = rng.permutation(n_parts)
-        for chunk in np.array_split(order, groups):
-            batch = replace(blocks, parts=[blocks.parts[i] for i in chunk])
-            state = state.partial_fit(batch, client, split_every)
-            if callback is not None:
-                callback(state)
+        with counting_passes() as batches:
+            for chunk in np.array_split(order, groups):
+                batch = replace(blocks, parts=[blocks.parts[i] for i in chunk])
+                state = state.partial_fit(batch, client, split_every)
+                if callback is not None:
+                    callback(state)
+        count_pass(1 - batches.n)  # the groups together read the data once: one pass for n_passes_
     return state

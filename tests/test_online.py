@@ -304,3 +304,4 @@ def test_fit_with_online_passes_then_batch_em():
     warm.fit(data, online_passes=1)
     assert warm.lower_bound_ >= plain.lower_bound_ - 1e-4
     assert warm.n_iter_ + 1 < plain.n_iter_
+    assert warm.n_passes_ == warm.n_iter_ + 1  # the online pass reads the data once

@@ -519,6 +519,8 @@ def fit_em(
     warn_not_converged: bool = True,
     start_value: float = -math.inf,
     accelerate: str | None = None,
+    online_passes: int = 0,
+    online_batches: int = 20,
 ) -> EMResult:
     """Fit ``model`` to ``data`` by Expectation-Maximization on Dask.
 
@@ -581,6 +583,16 @@ def fit_em(
         the same optimum in far fewer passes where plain EM is slow. The
         history keeps only accepted points, so it never decreases; every
         pass, refused extrapolations included, counts towards ``max_iter``.
+    online_passes : int
+        Start with this many passes of online (stepwise) EM over the blocks
+        in shuffled order, ``online_batches`` parameter updates per pass
+        (see :func:`dask_em.online.online_passes`), then continue with
+        batch EM. On large data one or two such passes bring the
+        parameters close to the optimum for the cost of one or two
+        iterations. Skipped when a checkpoint is resumed; the online
+        passes are not counted in ``n_iter``.
+    online_batches : int
+        Parameter updates per online pass (at most one per block).
 
     Returns
     -------
@@ -644,6 +656,13 @@ def fit_em(
             params = params()
         elif params is None:
             params = model.init_params(blocks.sample(10_000, rng), rng)
+        if online_passes and monitor.iter == 0:
+            from .online import online_passes as run_online
+
+            params = run_online(
+                model, blocks, params, passes=int(online_passes), n_batches=int(online_batches), rng=rng,
+                client=active, split_every=split_every,
+            ).params
 
         if active is not None:
             _check_picklable(model, params)

@@ -42,6 +42,7 @@ from .models.gmm import (
     GaussianMixtureModel,
     GMMParams,
     HardAssignment,
+    recenter_moments,
     reference_point,
     sub_block_rows,
 )
@@ -143,15 +144,12 @@ class StackedModel:
         sum_x_s = np.asarray(stats["shared/sum_x"], np.float64)[lo:hi]
         d = layout.center - reference_point(params[i])
         own["sum_resp"] = sum_resp.copy()
-        own["sum_x"] = sum_x_s + sum_resp[:, None] * d
+        own["sum_x"] = sum_x_s
         if self.members[i].covariance_type == "full":
-            S = np.asarray(stats["shared/sum_xxT"], np.float64)[lo:hi]
-            cross = sum_x_s[:, :, None] * d[None, None, :]
-            own["sum_xxT"] = S + cross + cross.transpose(0, 2, 1) + sum_resp[:, None, None] * np.outer(d, d)
+            own["sum_xxT"] = np.asarray(stats["shared/sum_xxT"], np.float64)[lo:hi]
         else:
-            S = np.asarray(stats["shared/sum_xx"], np.float64)[lo - layout.n_full : hi - layout.n_full]
-            own["sum_xx"] = S + 2.0 * d * sum_x_s + sum_resp[:, None] * (d * d)
-        return own
+            own["sum_xx"] = np.asarray(stats["shared/sum_xx"], np.float64)[lo - layout.n_full : hi - layout.n_full]
+        return recenter_moments(own, d)
 
     def m_step(self, stats: Stats, params: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(

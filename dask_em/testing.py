@@ -380,7 +380,8 @@ def _run_fit(obj: Any, data: str, checkpoint: str, fit_kwargs: Mapping[str, Any]
             return out
         with client.as_current() if client is not None else contextlib.nullcontext():
             obj.fit(data, checkpoint=checkpoint, **fit_kwargs)
-        return dict(obj.fitted_state())
+        # passes are what this run read, not what the fit is: a resumed fit reads fewer
+        return {k: v for k, v in obj.fitted_state().items() if k != "n_passes_"}
 
 
 def _block_after_snapshot(root: str, kill_after: int, ready: str) -> None:

@@ -279,3 +279,38 @@ def validate_in_memory(estimator: Any, X: Any, *, reset: bool, **check: Any) -> 
 
 def _is_zarr(X: Any) -> bool:
     return type(X).__module__.startswith("zarr")
+
+
+def shared_restarts(
+    model: Any,
+    blocks: Any,
+    candidates: list[Any],
+    *,
+    n_iter: int,
+    client: Any,
+    split_every: int = 8,
+    verbose: bool = False,
+    stacked: Any = None,
+) -> tuple[Any, np.ndarray | None]:
+    """The best of several starting points after ``n_iter`` EM iterations run in shared passes.
+
+    Every candidate is a member of one :class:`~dask_em.models.stacked.Stacked`
+    model: an iteration of all of them is one pass over the data. The
+    member with the highest log-likelihood (under the parameters that
+    entered the last pass) is returned, after its last M-step, with every
+    member's log-likelihood; the caller continues it alone to convergence.
+    One candidate, or ``n_iter <= 0``, runs nothing and returns the first.
+    ``stacked`` replaces the plain :class:`~dask_em.models.stacked.Stacked`
+    wrapper of ``model`` (e.g. one over segments of long HMM sequences).
+    """
+    from ..engine import fit_em
+    from ..models.stacked import Stacked, StackedParams
+
+    if len(candidates) == 1 or n_iter <= 0:
+        return candidates[0], None
+    result = fit_em(
+        stacked if stacked is not None else Stacked(model), blocks, StackedParams(tuple(candidates)),
+        max_iter=int(n_iter), tol=0.0, tol_on="total",
+        split_every=split_every, client=client, verbose=verbose, warn_not_converged=False,
+    )
+    return result.params.best(), np.asarray(result.params.loglik, dtype=float)

@@ -18,6 +18,7 @@ from ..engine import expected_stats, fit_em, prepare_blocks
 from ..errors import ConvergenceWarning, InvalidDataError
 from ..models.base import Stats
 from ..models.gmm_missing import GaussianMixtureMissingModel
+from ..models.kmeans import kmeans_in_memory
 from ..models.gmm import (
     COVARIANCE_TYPES,
     PRIOR_FIELDS,
@@ -35,7 +36,8 @@ from ..models.gmm import (
     precisions_from_cholesky,
     sample_moments,
 )
-from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs, validate_in_memory
+from ._base import EMEstimator, map_rows, run_rngs, shared_restarts, validate_in_memory
+from ._online import PartialFitMixin
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 
@@ -43,7 +45,7 @@ INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 INIT_SAMPLE_ROWS = 10_000
 
 
-class GaussianMixture(EMEstimator):
+class GaussianMixture(PartialFitMixin, EMEstimator):
     """Gaussian mixture fitted by EM on Dask, with scikit-learn's interface.
 
     Every EM iteration is one pass over the data; only the per-component
@@ -63,8 +65,19 @@ class GaussianMixture(EMEstimator):
     max_iter : int, default=100
         Maximum number of EM iterations per initialisation.
     n_init : int, default=1
-        Number of initialisations; the one with the highest final
-        log-likelihood is kept.
+        Number of initialisations; the best is kept. They share their
+        passes over the data: the first start is computed as
+        ``init_params`` says (over all the data for "kmeans" and "random"),
+        the others from a sample of the data (their "kmeans" and "random"
+        run on the sample: no pass); all of them run ``n_init_iter`` EM
+        iterations as members of one stacked model, one pass per iteration
+        for all, and the one with the highest log-likelihood continues
+        alone to convergence. Passes for ``n_init=10`` are therefore about
+        those of ``n_init=1`` plus ``n_init_iter``.
+    n_init_iter : int, default=5
+        EM iterations every initialisation runs in the shared passes
+        before the best continues; with ``n_init_iter >= max_iter`` every
+        initialisation runs to the end, as scikit-learn's do.
     init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default="kmeans"
         How initial parameters are chosen when not all of ``weights_init``,
         ``means_init`` and ``precisions_init`` are given:
@@ -202,6 +215,7 @@ class GaussianMixture(EMEstimator):
         reg_covar: float = 1e-6,
         max_iter: int = 100,
         n_init: int = 1,
+        n_init_iter: int = 5,
         init_params: str = "kmeans",
         weights_init: Any = None,
         means_init: Any = None,
@@ -224,6 +238,7 @@ class GaussianMixture(EMEstimator):
         self.reg_covar = reg_covar
         self.max_iter = max_iter
         self.n_init = n_init
+        self.n_init_iter = n_init_iter
         self.init_params = init_params
         self.weights_init = weights_init
         self.means_init = means_init
@@ -263,6 +278,8 @@ class GaussianMixture(EMEstimator):
             raise ValueError(f"max_iter must be an integer >= 0, got {self.max_iter!r}")
         if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
             raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
+        if not isinstance(self.n_init_iter, (int, np.integer)) or self.n_init_iter < 0:
+            raise ValueError(f"n_init_iter must be an integer >= 0, got {self.n_init_iter!r}")
         if not isinstance(self.split_every, (int, np.integer)) or self.split_every < 2:
             raise ValueError(f"split_every must be an integer >= 2, got {self.split_every!r}")
 
@@ -330,6 +347,7 @@ class GaussianMixture(EMEstimator):
         checkpoint_every: int = 1,
         resume: bool | None = None,
         force: bool = False,
+        online_passes: int = 0,
     ) -> GaussianMixture:
         """Estimate the mixture's parameters by EM.
 
@@ -346,8 +364,14 @@ class GaussianMixture(EMEstimator):
         client : distributed.Client, optional
             Where to run (see :func:`dask_em.executor.where`); by default this process.
         checkpoint, checkpoint_every, resume, force
-            Zarr snapshots of the fit; see :func:`dask_em.fit_em`. With
-            ``n_init > 1`` each initialisation has its own sub-group.
+            Zarr snapshots of the fit; see :func:`dask_em.fit_em`. The
+            initialisations (shared restarts included) are redone only when
+            no snapshot exists.
+        online_passes : int, default=0
+            Passes of online (stepwise) EM over the blocks in shuffled order
+            between the initialisation and batch EM (see
+            :func:`dask_em.fit_em`): on large data, a way to reach the
+            optimum in fewer passes.
 
         Returns
         -------
@@ -378,63 +402,59 @@ class GaussianMixture(EMEstimator):
             do_init = not (self.warm_start and hasattr(self, "converged_"))
             n_init = int(self.n_init) if do_init else 1
             rngs = run_rngs(self.random_state, n_init)
+            rng = rngs[0]
             if isinstance(model, GaussianMixtureModel) and model.has_prior and not model.prior_needs_data:
                 model._prior(n_features)  # check the prior's shapes before any pass
-            # a prior with data-derived defaults is completed once, by the first
-            # restart (from its initialisation pass or from its checkpoint)
-            resolved = None
-            best = best_model = None
-            for run, rng in enumerate(rngs):
-                run_path = run_checkpoint(checkpoint, run) if n_init > 1 else checkpoint
-                run_model = model
-                if do_init:
+            run_model = model
+            if do_init:
 
-                    def start(rng: np.random.Generator = rng, run_model: Any = model) -> GMMParams:
+                def start(rng: np.random.Generator = rng, run_model: Any = model) -> GMMParams:
+                    return self._initial_params(run_model, blocks, inits, rng, active)[0]
+
+            else:
+                start = self._fitted_params  # type: ignore[assignment]
+            # a prior with data-derived defaults is completed once, by the first
+            # start (from its initialisation pass or from the checkpoint)
+            if isinstance(model, GaussianMixtureModel) and model.prior_needs_data:
+                stored = _stored_prior(model, checkpoint, resume)
+                if stored is not None:
+                    run_model = stored
+                elif do_init and resume is not True:
+                    params0, run_model = self._initial_params(model, blocks, inits, rng, active)
+                    start = params0  # type: ignore[assignment]
+                else:
+                    run_model = self._fill_prior_without_pass(model, blocks, rng)
+                run_model._prior(n_features)
+                if do_init and not isinstance(start, GMMParams):
+
+                    def start(rng: np.random.Generator = rng, run_model: Any = run_model) -> GMMParams:
                         return self._initial_params(run_model, blocks, inits, rng, active)[0]
 
-                else:
-                    start = self._fitted_params  # type: ignore[assignment]
-                if isinstance(model, GaussianMixtureModel) and model.prior_needs_data:
-                    stored = _stored_prior(model, run_path, resume)
-                    if stored is not None:
-                        run_model = stored
-                    elif resolved is not None:
-                        run_model = resolved
-                    elif do_init and resume is not True:
-                        params0, run_model = self._initial_params(model, blocks, inits, rng, active)
-                        start = params0  # type: ignore[assignment]
-                    else:
-                        run_model = self._fill_prior_without_pass(model, blocks, rng)
-                    run_model._prior(n_features)
-                    resolved = resolved or run_model
-                    if do_init and not isinstance(start, GMMParams):
-
-                        def start(rng: np.random.Generator = rng, run_model: Any = run_model) -> GMMParams:
-                            return self._initial_params(run_model, blocks, inits, rng, active)[0]
-
-                result = fit_em(
-                    run_model,
-                    data,
-                    params=start,
-                    max_iter=int(self.max_iter),
-                    tol=float(self.tol),
-                    tol_on="mean",
-                    split_every=int(self.split_every),
-                    client=active,
-                    random_state=rng,
-                    verbose=bool(self.verbose),
-                    accelerate=self.accelerate,
-                    checkpoint=run_path,
-                    checkpoint_every=checkpoint_every,
-                    resume=resume,
-                    force=force,
-                    checkpoint_meta=self.checkpoint_meta(),
-                    warn_not_converged=False,
-                    start_value=-math.inf if do_init else float(self.lower_bound_),
-                )
-                if best is None or result.lower_bound > best.lower_bound:
-                    best, best_model = result, run_model
-        assert best is not None
+            self._init_logliks = None
+            if n_init > 1:
+                start = self._shared_restarts(run_model, blocks, data, inits, start, rngs[1:], active)  # type: ignore[assignment]
+            best = fit_em(
+                run_model,
+                data,
+                params=start,
+                max_iter=int(self.max_iter),
+                tol=float(self.tol),
+                tol_on="mean",
+                split_every=int(self.split_every),
+                client=active,
+                random_state=rng,
+                verbose=bool(self.verbose),
+                accelerate=self.accelerate,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+                force=force,
+                checkpoint_meta=self.checkpoint_meta(),
+                warn_not_converged=False,
+                start_value=-math.inf if do_init else float(self.lower_bound_),
+                online_passes=online_passes,
+            )
+            best_model = run_model
         if not best.converged and self.max_iter > 0:
             warnings.warn(
                 "Best performing initialization did not converge. Try different init parameters, "
@@ -450,6 +470,68 @@ class GaussianMixture(EMEstimator):
         self.n_features_in_ = n_features
         self._set_prior_attributes(best_model, best.params)
         return self
+
+    def _shared_restarts(
+        self, model: Any, blocks: Blocks, data: Any, inits: Any, first: Any, rngs: list[np.random.Generator],
+        client: Any,
+    ) -> Any:
+        """The start of the fit: the best of ``n_init`` starts after ``n_init_iter`` shared passes over ``data``.
+
+        ``first`` is the first start (or a function computing it); the
+        others come from samples of ``blocks`` (:meth:`_sample_start`).
+        Returns a function, so that a resumed fit skips all of it.
+        """
+
+        def start() -> GMMParams:
+            candidates = [first() if callable(first) else first]
+            candidates += [self._sample_start(model, blocks, inits, rng) for rng in rngs]
+            best, self._init_logliks = shared_restarts(
+                model, data, candidates, n_iter=int(self.n_init_iter), client=client,
+                split_every=int(self.split_every), verbose=bool(self.verbose),
+            )
+            return best
+
+        return start
+
+    def _sample_start(self, model: Any, blocks: Blocks, inits: Any, rng: np.random.Generator) -> GMMParams:
+        """A restart's start from a sample of the data, in this process (no pass).
+
+        "kmeans": k-means++ and Lloyd iterations on the sample, then its
+        rows hard-assigned and one M-step; "random": random
+        responsibilities of the sample's rows; the other initialisations
+        already use a sample only.
+        """
+        if self.init_params not in ("kmeans", "random") or isinstance(model, GaussianMixtureMissingModel):
+            return self._initial_params(model, blocks, inits, rng, None)[0]
+        sample = np.asarray(blocks.sample(max(INIT_SAMPLE_ROWS, model.n_components), rng), np.float64)
+        sample = sample[np.isfinite(sample).all(axis=1)]
+        if self.init_params == "kmeans":
+            hard = HardAssignment(kmeans_in_memory(sample, model.n_components, rng), model.covariance_type)
+            stats, center = hard.e_step(sample, None), hard.reference()
+        else:
+            center = sample.mean(axis=0)
+            random = RandomResponsibilities(
+                model.n_components, model.covariance_type, int(rng.integers(2**63)), tuple(float(c) for c in center)
+            )
+            stats = random.e_step((0, sample), None)
+        base = model.params_from_stats(stats, center)
+        return _with_inits(base, base.weights, inits, model.covariance_type)
+
+    # -- online EM (dask_em.online) ------------------------------------------
+    _online_attr = "weights_"
+
+    def _online_start(self, blocks: Blocks, rng: np.random.Generator, client: Any) -> tuple[Any, GMMParams]:
+        self._check_parameters()
+        inits = self._checked_inits(int(blocks.array.shape[1]))
+        params, model = self._initial_params(self._model(), blocks, inits, rng, client)
+        return model, params
+
+    def _online_set(self, state: Any) -> None:
+        self._set_fitted(state.params)
+        self.converged_ = False
+        self.lower_bound_ = float(state.loglik)
+        self.n_features_in_ = int(np.shape(self.means_)[1])
+        self._set_prior_attributes(state.model, state.params)
 
     def _set_prior_attributes(self, model: Any, params: GMMParams) -> None:
         """The prior's values (defaults filled in) and its log density at ``params``, or none."""
@@ -578,14 +660,7 @@ class GaussianMixture(EMEstimator):
                 cov = model._estimate_map(model._zero_stats(n_features), means.mean(axis=0))[2]
             base = GMMParams(np.full(K, 1.0 / K), means, cov, precisions_cholesky_from_covariances(cov, ct))
             weights = np.full(K, (1.0 + 10 * np.finfo(np.float64).eps) / n_samples)
-        weights = weights if weights_init is None else weights_init
-        means = base.means if means_init is None else means_init
-        if prec_chol_init is None:
-            cov, prec_chol = base.covariances, base.precisions_cholesky
-        else:
-            prec_chol = prec_chol_init
-            cov = covariances_from_precisions_cholesky(prec_chol, ct)
-        return GMMParams(weights, means, cov, prec_chol), model
+        return _with_inits(base, weights, inits, ct), model
 
     def _kmeans_stats(
         self, model: GaussianMixtureModel, blocks: Blocks, rng: np.random.Generator, client: Any
@@ -718,6 +793,19 @@ class GaussianMixture(EMEstimator):
             ]
         y = np.concatenate([np.full(int(k), j, dtype=int) for j, k in enumerate(counts)])
         return np.vstack(parts), y
+
+
+def _with_inits(base: GMMParams, weights: np.ndarray, inits: Any, covariance_type: str) -> GMMParams:
+    """``base`` (with ``weights``) where the user's ``weights_init``, ``means_init``, ``precisions_init`` replace it."""
+    weights_init, means_init, prec_chol_init = inits
+    weights = weights if weights_init is None else weights_init
+    means = base.means if means_init is None else means_init
+    if prec_chol_init is None:
+        cov, prec_chol = base.covariances, base.precisions_cholesky
+    else:
+        prec_chol = prec_chol_init
+        cov = covariances_from_precisions_cholesky(prec_chol, covariance_type)
+    return GMMParams(weights, means, cov, prec_chol)
 
 
 def _stored_prior(model: GaussianMixtureModel, path: Any, resume: bool | None) -> GaussianMixtureModel | None:

@@ -43,12 +43,11 @@ from ..models.hmm import (
     GaussianHMMParams,
     PoissonHMMModel,
     PoissonHMMParams,
-    StackedHMM,
-    StackedParams,
 )
 from ..models.hmm_segments import SegmentedHMM, SegmentedStackedHMM
 from ..sequences import SequenceBlocks, _as_2d, _is_bag, check_lengths, sequence_blocks
-from ._base import EMEstimator, run_rngs
+from ._base import EMEstimator, run_rngs, shared_restarts
+from ._online import PartialFitMixin
 
 #: Steps read to initialise the parameters.
 INIT_SAMPLE = 20_000
@@ -178,7 +177,7 @@ def _to_json(value: Any) -> Any:
 # ---------------------------------------------------------------------------
 
 
-class _BaseHMM(EMEstimator):
+class _BaseHMM(PartialFitMixin, EMEstimator):
     """What the three HMM estimators share (see the module docstring)."""
 
     _all_params: tuple[str, ...] = ("startprob", "transmat")
@@ -324,15 +323,12 @@ class _BaseHMM(EMEstimator):
         # max_iter=0 initialises only (hmmlearn's n_iter=0): no EM, not even the restarts'
         if n_runs == 1 or self.n_init_iter <= 0 or max_iter == 0:
             return candidates[0]
-        stacked = StackedHMM(model) if blocks.segments is None else SegmentedStackedHMM(_engine_model(model, blocks))
-        result = fit_em(
-            stacked, blocks, StackedParams(tuple(candidates)), max_iter=int(self.n_init_iter),
-            tol=0.0, tol_on="total", split_every=self.split_every, client=client, verbose=self.verbose,
-            warn_not_converged=False,
+        stacked = None if blocks.segments is None else SegmentedStackedHMM(_engine_model(model, blocks))
+        best, self.init_logliks_ = shared_restarts(
+            model, blocks, candidates, n_iter=int(self.n_init_iter), client=client, split_every=self.split_every,
+            verbose=bool(self.verbose), stacked=stacked,
         )
-        logliks = np.asarray(result.params.loglik, dtype=float)
-        self.init_logliks_ = logliks
-        return result.params.members[int(np.argmax(logliks))]
+        return best
 
     def _check_hyperparameters(self) -> None:
         """Refuse numbers no fit can use, naming them (as the mixtures do)."""
@@ -425,6 +421,67 @@ class _BaseHMM(EMEstimator):
         self.history_ = list(result.history)
         self.lower_bound_ = float(result.lower_bound)
         return self
+
+    # -- online EM (dask_em.online): a batch of sequences per call -------------
+    _online_attr = "startprob_"
+
+    def partial_fit(self, X: Any, lengths: Any = None, *, client: Any = None, alpha: float | None = None) -> _BaseHMM:  # type: ignore[override]
+        """Update the fit with one batch of sequences by stepwise (online) EM.
+
+        The first call initialises on its batch as ``fit`` does (restarts
+        included); every call then runs one forward-backward pass over its
+        sequences under the current parameters, folds the expected counts
+        into running statistics with step ``(t + 2) ** -alpha`` and takes
+        the M-step from them (Cappé & Moulines 2009; :mod:`dask_em.online`).
+        ``fit`` starts a new stream.
+
+        Parameters
+        ----------
+        X, lengths
+            One batch of sequences, as for :meth:`fit`.
+        client : distributed.Client, optional
+        alpha : float, optional
+            Step-size exponent in (0.5, 1], fixed by a stream's first call (default 0.6).
+
+        Returns
+        -------
+        self
+        """
+        return self._partial_fit(X, lengths, client, alpha)
+
+    def _online_blocks(self, X: Any, lengths: Any, client: Any, first: bool) -> SequenceBlocks:
+        blocks = sequence_blocks(X, lengths, client=client, n_partitions=self.n_partitions, dtype=self._values_dtype)
+        if not first and self._n_features_of(blocks) != self.n_features:
+            raise InvalidDataError(
+                f"X has {self._n_features_of(blocks)} features, but {type(self).__name__} was fitted with "
+                f"{self.n_features} features (those of the first partial_fit batch)"
+            )
+        return blocks
+
+    def _online_start(self, blocks: Any, rng: np.random.Generator, client: Any) -> tuple[Any, Any]:
+        self._check_hyperparameters()
+        n_features = self._n_features_of(blocks)
+        model = self._make_model(n_features)
+        given = self._given()
+        self._check_given(model, given, n_features)
+        return model, self._initial_params(model, blocks, client, given, self._max_iter)
+
+    def _online_set(self, state: Any) -> None:
+        params = state.params
+        self.n_features = self._n_features_of_params(params)
+        self.startprob_ = np.asarray(params.startprob)
+        self.transmat_ = np.asarray(params.transmat)
+        self._set_emission_attributes(params, state.model)
+        self.converged_ = False
+        self.lower_bound_ = state.loglik
+
+    @staticmethod
+    def _n_features_of_params(params: Any) -> int:
+        for name in ("means", "emissionprob", "lambdas"):
+            value = getattr(params, name, None)
+            if value is not None:
+                return int(np.shape(value)[1])
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- inference ----------------------------------------------------------
     def _model_and_params(self) -> tuple[Any, Any]:

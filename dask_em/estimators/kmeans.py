@@ -24,6 +24,7 @@ from ..models.kmeans import (
     nearest_center,
 )
 from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs, validate_in_memory
+from ._online import PartialFitMixin
 
 __all__ = ["KMeans", "kmeans_centers", "kmeans_parallel_init"]
 
@@ -426,7 +427,7 @@ def kmeans_centers(
     return np.array(params.cluster_centers)
 
 
-class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, EMEstimator):
+class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, EMEstimator):
     """k-means clustering on Dask: Lloyd's algorithm as hard EM.
 
     Every iteration is one pass over the data; nothing but the centers and
@@ -745,6 +746,22 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, EM
         self.n_features_in_ = n_features
         self.labels_ = self._nearest(X, _labels, None, np.int64)
         return self
+
+    # -- online (stepwise) k-means: dask_em.online on running counts and sums
+    _online_attr = "cluster_centers_"
+
+    def _online_start(self, blocks: Blocks, rng: np.random.Generator, client: Any) -> tuple[Any, Any]:
+        self._validate()
+        centers = initial_centers(
+            blocks, self.n_clusters, self.init, rng, oversampling_factor=self.oversampling_factor,
+            init_max_iter=self.init_max_iter, client=client,
+        )
+        return KMeansModel(self.n_clusters), KMeansParams.from_centers(centers)
+
+    def _online_set(self, state: Any) -> None:
+        self.cluster_centers_ = np.array(state.params.cluster_centers)
+        self.n_features_in_ = int(self.cluster_centers_.shape[1])
+        self.converged_ = False
 
     def _nearest(self, X: Any, func: Any, n_columns: int | None, dtype: Any = np.float64) -> Any:
         """``func(block, centers)`` over the rows (centers in float64)."""

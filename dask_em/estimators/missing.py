@@ -10,9 +10,10 @@ from ..executor import where
 from ..engine import fit_em, prepare_blocks
 from ..models.mvn_missing import MVNMissingModel, MVNParams, impute_block, score_block
 from ._base import EMEstimator, map_rows, run_rngs
+from ._online import PartialFitMixin
 
 
-class MultivariateNormal(EMEstimator):
+class MultivariateNormal(PartialFitMixin, EMEstimator):
     """A multivariate normal distribution fitted to data with NaN as missing values.
 
     Any subset of a row's entries may be missing. EM (Dempster, Laird &
@@ -110,6 +111,7 @@ class MultivariateNormal(EMEstimator):
         checkpoint_every: int = 1,
         resume: bool | None = None,
         force: bool = False,
+        online_passes: int = 0,
     ) -> MultivariateNormal:
         """Estimate the mean and covariance from ``X`` with NaN as missing.
 
@@ -122,6 +124,9 @@ class MultivariateNormal(EMEstimator):
             Where to run (see :func:`dask_em.executor.where`); by default this process.
         checkpoint, checkpoint_every, resume, force
             Zarr snapshots of the fit; see :func:`dask_em.fit_em`.
+        online_passes : int, default=0
+            Passes of online (stepwise) EM over shuffled blocks before batch
+            EM (see :func:`dask_em.fit_em`).
 
         Returns
         -------
@@ -132,22 +137,10 @@ class MultivariateNormal(EMEstimator):
             blocks = prepare_blocks(X, active)
             n_features = int(blocks.array.shape[1])
             rng = run_rngs(self.random_state, 1)[0]
-
-            def init() -> MVNParams:
-                start = model.init_params(blocks.sample(10_000, rng), rng)
-                mean = start.mean if self.mean_init is None else np.asarray(self.mean_init, float)
-                cov = start.covariance if self.covariance_init is None else np.asarray(self.covariance_init, float)
-                if mean.shape != (n_features,) or cov.shape != (n_features, n_features):
-                    raise ValueError(
-                        f"mean_init must have shape ({n_features},) and covariance_init "
-                        f"({n_features}, {n_features}); got {mean.shape} and {cov.shape}"
-                    )
-                return MVNParams(mean, cov)
-
             result = fit_em(
                 model,
                 blocks,
-                params=init,
+                params=lambda: self._start(model, blocks, rng),
                 max_iter=self.max_iter,
                 tol=self.tol,
                 client=active,
@@ -156,6 +149,7 @@ class MultivariateNormal(EMEstimator):
                 checkpoint_every=checkpoint_every,
                 resume=resume,
                 force=force,
+                online_passes=online_passes,
                 checkpoint_meta=self.checkpoint_meta(),
             )
         self.mean_ = np.asarray(result.params.mean)
@@ -167,6 +161,33 @@ class MultivariateNormal(EMEstimator):
         self.lower_bounds_ = list(result.history)
         self.n_features_in_ = n_features
         return self
+
+    def _start(self, model: MVNMissingModel, blocks: Any, rng: np.random.Generator) -> MVNParams:
+        n_features = int(blocks.array.shape[1])
+        start = model.init_params(blocks.sample(10_000, rng), rng)
+        mean = start.mean if self.mean_init is None else np.asarray(self.mean_init, float)
+        cov = start.covariance if self.covariance_init is None else np.asarray(self.covariance_init, float)
+        if mean.shape != (n_features,) or cov.shape != (n_features, n_features):
+            raise ValueError(
+                f"mean_init must have shape ({n_features},) and covariance_init "
+                f"({n_features}, {n_features}); got {mean.shape} and {cov.shape}"
+            )
+        return MVNParams(mean, cov)
+
+    # -- online EM (dask_em.online) --------------------------------------------
+    _online_attr = "mean_"
+
+    def _online_start(self, blocks: Any, rng: np.random.Generator, client: Any) -> tuple[Any, Any]:
+        model = self._model()
+        return model, self._start(model, blocks, rng)
+
+    def _online_set(self, state: Any) -> None:
+        self.mean_ = np.asarray(state.params.mean)
+        self.covariance_ = np.asarray(state.params.covariance)
+        self.n_all_missing_ = max(int(state.params.n_all_missing), 0)
+        self.converged_ = False
+        self.lower_bound_ = state.loglik
+        self.n_features_in_ = int(self.mean_.shape[0])
 
     def impute(self, X: Any) -> Any:
         """Fill missing values with their conditional expectations given each row's observed values.

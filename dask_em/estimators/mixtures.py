@@ -10,18 +10,21 @@ import numpy as np
 
 from ..data import weighted_blocks
 from ..executor import where
-from ..engine import EMResult, fit_em, prepare_blocks
+from ..engine import fit_em, prepare_blocks
 from ..errors import ConvergenceWarning
 from ..models.mixtures import (
+    INITS,
     BernoulliMixtureModel,
     CategoricalMixtureModel,
     PoissonMixtureModel,
     _DiscreteMixture,
 )
-from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs
+from ..online import OnlineEM
+from ._base import EMEstimator, map_rows, run_rngs, shared_restarts
+from ._online import PartialFitMixin
 
 
-class _MixtureEstimator(EMEstimator):
+class _MixtureEstimator(PartialFitMixin, EMEstimator):
     """fit / predict / score for the discrete mixtures; subclasses name the component parameter."""
 
     _estimator_type = "density_estimator"
@@ -34,15 +37,19 @@ class _MixtureEstimator(EMEstimator):
         super()._check_params()
         self._model()  # its checks are those of a fit
 
+    _online_attr = "weights_"
+
     def _model(self) -> _DiscreteMixture:
         if int(self.n_components) < 1:
             raise ValueError(f"n_components must be at least 1, got {self.n_components}")
         if int(self.n_init) < 1:
             raise ValueError(f"n_init must be at least 1, got {self.n_init}")
+        if not isinstance(self.n_init_iter, (int, np.integer)) or self.n_init_iter < 0:
+            raise ValueError(f"n_init_iter must be an integer >= 0, got {self.n_init_iter!r}")
         if self.alpha < 0:
             raise ValueError(f"alpha must be non-negative, got {self.alpha}")
-        if self.init_params not in ("random", "random_from_data"):
-            raise ValueError(f"init_params must be 'random' or 'random_from_data', got {self.init_params!r}")
+        if self.init_params not in INITS:
+            raise ValueError(f"init_params must be one of {INITS}, got {self.init_params!r}")
         if not self.weight_concentration_prior > 0:
             raise ValueError(f"weight_concentration_prior must be positive, got {self.weight_concentration_prior}")
         return self._model_class(
@@ -66,6 +73,15 @@ class _MixtureEstimator(EMEstimator):
             fields["mean_total"] = start.mean_total
         return model.params_class(**fields)
 
+    def _restarts(self, model: _DiscreteMixture, blocks: Any, data: Any, client: Any) -> Any:
+        """Every restart's start from a sample of ``blocks``, ``n_init_iter`` shared iterations on ``data``, the best one."""
+        candidates = [self._start(model, blocks, rng) for rng in run_rngs(self.random_state, int(self.n_init))]
+        best, logliks = shared_restarts(
+            model, data, candidates, n_iter=int(self.n_init_iter), client=client, verbose=bool(self.verbose)
+        )
+        self._init_logliks = logliks
+        return best
+
     def fit(
         self,
         X: Any,
@@ -77,8 +93,16 @@ class _MixtureEstimator(EMEstimator):
         checkpoint_every: int = 1,
         resume: bool | None = None,
         force: bool = False,
+        online_passes: int = 0,
     ) -> Any:
         """Estimate the mixture by EM, keeping the best of ``n_init`` restarts.
+
+        Restarts share their passes: all ``n_init`` starting points (each
+        from a sample, no pass) run ``n_init_iter`` EM iterations as
+        members of one stacked model, one pass per iteration for all of
+        them; the member with the highest log-likelihood then continues
+        alone to convergence. With ``n_init_iter >=
+        max_iter`` every restart runs to the end in the shared passes.
 
         Parameters
         ----------
@@ -91,37 +115,39 @@ class _MixtureEstimator(EMEstimator):
             the rows without their weights.
         client : distributed.Client, optional
         checkpoint, checkpoint_every, resume, force
-            Zarr snapshots; with ``n_init > 1`` each restart has its own
-            sub-group. See :func:`dask_em.fit_em`.
+            Zarr snapshots of the fit (the shared restarts are redone only
+            when no snapshot exists). See :func:`dask_em.fit_em`.
+        online_passes : int, default=0
+            Passes of online EM over shuffled blocks before batch EM (see
+            :func:`dask_em.fit_em`).
 
         Returns
         -------
         self
         """
         model = self._model()
-        best: EMResult | None = None
+        self._init_logliks = None
         with where(client, data=X, verbose=self.verbose) as active:
             blocks = prepare_blocks(X, active)
             data = blocks if sample_weight is None else weighted_blocks(blocks, sample_weight, active)
-            for run, rng in enumerate(run_rngs(self.random_state, int(self.n_init))):
-                result = fit_em(
-                    model,
-                    data,
-                    params=lambda rng=rng: self._start(model, blocks, rng),
-                    max_iter=self.max_iter,
-                    tol=self.tol,
-                    client=active,
-                    verbose=self.verbose, accelerate=self.accelerate,
-                    checkpoint=run_checkpoint(checkpoint, run) if self.n_init > 1 else checkpoint,
-                    checkpoint_every=checkpoint_every,
-                    resume=resume,
-                    force=force,
-                    checkpoint_meta=self.checkpoint_meta(),
-                    warn_not_converged=False,
-                )
-                if best is None or result.lower_bound > best.lower_bound:
-                    best = result
-        assert best is not None
+            best = fit_em(
+                model,
+                data,
+                params=lambda: self._restarts(model, blocks, data, active),
+                max_iter=self.max_iter,
+                tol=self.tol,
+                client=active,
+                random_state=run_rngs(self.random_state, 1)[0],
+                verbose=self.verbose,
+                accelerate=self.accelerate,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+                force=force,
+                checkpoint_meta=self.checkpoint_meta(),
+                warn_not_converged=False,
+                online_passes=online_passes,
+            )
         if not best.converged and self.max_iter > 0:
             warnings.warn(
                 f"best of {self.n_init} initialisation(s) did not converge in {self.max_iter} iterations; "
@@ -129,15 +155,31 @@ class _MixtureEstimator(EMEstimator):
                 ConvergenceWarning,
                 stacklevel=2,
             )
-        self._params = best.params
-        self.weights_ = np.asarray(best.params.weights)
-        setattr(self, self._component_attr, np.asarray(getattr(best.params, model.component_name)))
+        self._set_params(best.params, model)
         self.n_iter_ = best.n_iter
         self.converged_ = best.converged
         self.lower_bound_ = best.lower_bound
         self.lower_bounds_ = list(best.history)
         self.n_features_in_ = int(blocks.array.shape[1])
         return self
+
+    def _set_params(self, params: Any, model: _DiscreteMixture) -> None:
+        self._params = params
+        self.weights_ = np.asarray(params.weights)
+        setattr(self, self._component_attr, np.asarray(getattr(params, model.component_name)))
+        if hasattr(params, "mean_total"):
+            self.mean_total_ = float(params.mean_total)
+
+    # -- online EM ------------------------------------------------------------
+    def _online_start(self, blocks: Any, rng: np.random.Generator, client: Any) -> tuple[Any, Any]:
+        model = self._model()
+        return model, self._start(model, blocks, rng)
+
+    def _online_set(self, state: OnlineEM) -> None:
+        self._set_params(state.params, state.model)
+        self.converged_ = False
+        self.lower_bound_ = state.loglik
+        self.n_features_in_ = int(np.shape(getattr(self, self._component_attr))[1])
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None, **fit_kwargs: Any) -> Any:
         """Fit, then return the most likely component of each row."""
@@ -206,9 +248,15 @@ class PoissonMixture(_MixtureEstimator):
         Convergence threshold on the mean log-likelihood per row.
     max_iter : int, default=100
     n_init : int, default=1
-        Restarts; the one with the highest log-likelihood is kept.
-    init_params : {"random", "random_from_data"}, default="random"
-        Random responsibilities, or random rows as component centres.
+        Restarts; the one with the highest log-likelihood is kept (see
+        ``fit``: they share their passes over the data).
+    n_init_iter : int, default=5
+        EM iterations every restart runs, in shared passes, before the best
+        one continues alone.
+    init_params : {"k-means++", "random", "random_from_data"}, default="k-means++"
+        k-means++ centres on a sample refined by Lloyd iterations, then
+        hard assignments (robust: the components start apart); random
+        responsibilities; or random rows as component centres.
     alpha : float, default=1e-10
         Pseudo-count that keeps rates positive (a zero rate gives a count
         of one or more probability zero).
@@ -248,7 +296,8 @@ class PoissonMixture(_MixtureEstimator):
         tol: float = 1e-3,
         max_iter: int = 100,
         n_init: int = 1,
-        init_params: str = "random",
+        n_init_iter: int = 5,
+        init_params: str = "k-means++",
         alpha: float = 1e-10,
         weight_concentration_prior: float = 1.0,
         weights_init: Any = None,
@@ -276,7 +325,10 @@ class BernoulliMixture(_MixtureEstimator):
     tol : float, default=1e-3
     max_iter : int, default=100
     n_init : int, default=1
-    init_params : {"random", "random_from_data"}, default="random"
+        Restarts, sharing their passes (see ``PoissonMixture``).
+    n_init_iter : int, default=5
+    init_params : {"k-means++", "random", "random_from_data"}, default="k-means++"
+        As ``PoissonMixture``'s (the categorical mixture seeds on row proportions).
     alpha : float, default=1e-10
         Pseudo-count that keeps probabilities strictly between 0 and 1.
     weight_concentration_prior : float, default=1.0
@@ -315,7 +367,8 @@ class BernoulliMixture(_MixtureEstimator):
         tol: float = 1e-3,
         max_iter: int = 100,
         n_init: int = 1,
-        init_params: str = "random",
+        n_init_iter: int = 5,
+        init_params: str = "k-means++",
         alpha: float = 1e-10,
         weight_concentration_prior: float = 1.0,
         weights_init: Any = None,
@@ -343,7 +396,10 @@ class CategoricalMixture(_MixtureEstimator):
     tol : float, default=1e-3
     max_iter : int, default=100
     n_init : int, default=1
-    init_params : {"random", "random_from_data"}, default="random"
+        Restarts, sharing their passes (see ``PoissonMixture``).
+    n_init_iter : int, default=5
+    init_params : {"k-means++", "random", "random_from_data"}, default="k-means++"
+        As ``PoissonMixture``'s (the categorical mixture seeds on row proportions).
     alpha : float, default=1e-10
         Pseudo-count added to every category (word) of every component, so
         that no word has probability zero.
@@ -387,7 +443,8 @@ class CategoricalMixture(_MixtureEstimator):
         tol: float = 1e-3,
         max_iter: int = 100,
         n_init: int = 1,
-        init_params: str = "random",
+        n_init_iter: int = 5,
+        init_params: str = "k-means++",
         alpha: float = 1e-10,
         weight_concentration_prior: float = 1.0,
         weights_init: Any = None,
@@ -397,13 +454,6 @@ class CategoricalMixture(_MixtureEstimator):
         verbose: bool = False,
     ) -> None:
         _set(self, locals())
-
-    def fit(self, X: Any, y: Any = None, **kwargs: Any) -> CategoricalMixture:  # noqa: D102
-        super().fit(X, y, **kwargs)
-        self.mean_total_ = float(self._params.mean_total)
-        return self
-
-    fit.__doc__ = _MixtureEstimator.fit.__doc__
 
     def sample(
         self, n_samples: int = 1, n_trials: int | None = None, random_state: Any = None

@@ -136,6 +136,38 @@ def reference_point(params: GMMParams) -> np.ndarray:
     return np.asarray(params.weights, np.float64) @ np.asarray(params.means, np.float64)
 
 
+def recenter_moments(
+    stats: Stats,
+    d: np.ndarray,
+    *,
+    weight: str = "sum_resp",
+    first: str = "sum_x",
+    outer: str = "sum_xxT",
+    square: str = "sum_xx",
+) -> Stats:
+    """Weighted moments taken about a point ``s`` re-expressed about ``c``, with ``d = s - c``.
+
+    ``d`` is one point (D,) for all components or one per component (K, D).
+    Exact: ``first + N d``, ``outer + first d' + d first' + N d d'`` and
+    ``square + 2 d first + N d^2``, with ``N`` each component's ``weight``;
+    an ``outer`` of shape (D, D) (a tied covariance) sums the terms over the
+    components. Keys absent from ``stats`` are skipped, others pass through.
+    """
+    out = dict(stats)
+    N = np.asarray(stats[weight], np.float64)
+    S1 = np.asarray(stats[first], np.float64)
+    d = np.broadcast_to(np.asarray(d, np.float64), S1.shape)
+    out[first] = S1 + N[:, None] * d
+    if outer in stats:
+        cross = S1[:, :, None] * d[:, None, :]
+        shift = cross + cross.transpose(0, 2, 1) + N[:, None, None] * d[:, :, None] * d[:, None, :]
+        S2 = np.asarray(stats[outer], np.float64)
+        out[outer] = S2 + (shift.sum(axis=0) if S2.ndim == 2 else shift)
+    if square in stats:
+        out[square] = np.asarray(stats[square], np.float64) + 2.0 * d * S1 + N[:, None] * (d * d)
+    return out
+
+
 def precisions_cholesky_from_covariances(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
     """Cholesky factors of the precisions, as scikit-learn computes them.
 
@@ -734,6 +766,10 @@ class GaussianMixtureModel:
         """``params`` with the precision factors recomputed from the covariances."""
         prec_chol = precisions_cholesky_from_covariances(params.covariances, self.covariance_type)
         return replace(params, precisions_cholesky=prec_chol)
+
+    def recenter_stats(self, stats: Stats, old: GMMParams, new: GMMParams) -> Stats:
+        """Statistics taken about ``old``'s reference point, moved to ``new``'s (for online EM)."""
+        return recenter_moments(stats, reference_point(old) - reference_point(new))
 
     def describe_invalid(self, n_invalid: int) -> str:
         """The error message for ``n_invalid`` NaN or infinite values."""

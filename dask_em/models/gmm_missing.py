@@ -21,7 +21,7 @@ from scipy.special import logsumexp
 
 from ..errors import InvalidDataError
 from .base import Stats
-from .gmm import COVARIANCE_TYPES, GaussianMixtureModel, GMMParams, reference_point
+from .gmm import COVARIANCE_TYPES, GaussianMixtureModel, GMMParams, recenter_moments, reference_point
 from .mvn_missing import as_float_block, condition, conditional_cov_sum, missingness_patterns
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -151,6 +151,10 @@ class GaussianMixtureMissingModel:
         stats["n_all_missing"] = np.array(float(n_all))
         stats["n_invalid"] = np.array(n_inf)
         return stats
+
+    def recenter_stats(self, stats: Stats, old: GMMParams, new: GMMParams) -> Stats:
+        """Statistics taken about ``old``'s mixture mean, moved to ``new``'s (for online EM)."""
+        return recenter_moments(stats, reference_point(old) - reference_point(new))
 
     def m_step(self, stats: Stats, params: GMMParams) -> GMMMissingParams:
         """The complete-data M-step of :class:`GaussianMixtureModel` on the completed statistics.

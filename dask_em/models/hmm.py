@@ -36,7 +36,7 @@ parameters), so every row of ``transmat`` stays a valid distribution.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -47,6 +47,8 @@ from numba.extending import intrinsic
 from .._kernels import exp_reduced
 from ..errors import InvalidDataError
 from .base import Stats
+from .stacked import Stacked as StackedHMM  # restarts sharing passes (one generic wrapper)
+from .stacked import StackedParams
 
 COVARIANCE_TYPES = ("spherical", "diag", "full", "tied")
 LOG_2PI = math.log(2.0 * math.pi)
@@ -1368,6 +1370,13 @@ class GaussianHMMModel(_HMMBase):
         stats["sum_dx"], stats["sum_dxdxT"] = sum_dx, sum_dxdxT
         return stats
 
+    def recenter_stats(self, stats: Stats, old: GaussianHMMParams, new: GaussianHMMParams) -> Stats:
+        """Statistics centred on ``old.means`` moved to ``new.means`` (for online EM)."""
+        from .gmm import recenter_moments
+
+        d = np.asarray(old.means, np.float64) - np.asarray(new.means, np.float64)
+        return recenter_moments(stats, d, weight="sum_post", first="sum_dx", outer="sum_dxdxT", square="sum_dx2")
+
     def m_step(self, stats: Stats, params: GaussianHMMParams) -> GaussianHMMParams:
         """hmmlearn's MAP update; states without posterior mass keep their parameters.
 
@@ -1599,66 +1608,6 @@ class PoissonHMMModel(_HMMBase):
 
     def sample_emission(self, params: PoissonHMMParams, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return rng.poisson(params.lambdas[states])
-
-
-# --------------------------------------------------------------------------
-# Several parameter sets in one pass (restarts sharing the data reads)
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StackedParams:
-    """R parameter sets fitted side by side, and the log-likelihood of each."""
-
-    members: tuple[Any, ...]
-    loglik: np.ndarray = field(default_factory=lambda: np.zeros(0))
-
-
-@dataclass(frozen=True)
-class StackedHMM:
-    """Runs the E-step of ``model`` for R parameter sets in one pass over a block.
-
-    The statistics of member ``r`` are stored under ``"r{r}:<name>"``; the
-    ``loglik`` is the sum over members (each is non-decreasing under EM, so
-    the sum is too) and ``loglik_each (R,)`` keeps them apart.
-    """
-
-    model: Any
-
-    def init_params(self, sample: Any, rng: np.random.Generator) -> StackedParams:
-        raise NotImplementedError
-
-    def e_step(self, block: Any, params: StackedParams) -> Stats:
-        # blocks go to the model as they are (a segment of a long sequence keeps its type)
-        out: Stats = {}
-        each = np.empty(len(params.members))
-        n_invalid = 0.0
-        for r, member in enumerate(params.members):
-            stats = self.model.e_step(block, member)
-            out["n"] = stats.pop("n")
-            n_invalid = max(n_invalid, float(stats.pop("n_invalid", 0.0)))
-            each[r] = float(stats.pop("loglik"))
-            for key, value in stats.items():
-                out[f"r{r}:{key}"] = value
-        out["loglik"] = np.array(each.sum()) if np.all(np.isfinite(each)) else np.array(0.0)
-        out["loglik_each"] = np.where(np.isfinite(each), each, -np.inf)
-        out["n_invalid"] = np.array(n_invalid)
-        return out
-
-    def m_step(self, stats: Stats, params: StackedParams) -> StackedParams:
-        members = []
-        for r, member in enumerate(params.members):
-            prefix = f"r{r}:"
-            sub = {k[len(prefix):]: v for k, v in stats.items() if k.startswith(prefix)}
-            sub["n"], sub["loglik"] = stats["n"], stats["loglik_each"][r]
-            if np.isfinite(sub["loglik"]):
-                members.append(self.model.m_step(sub, member))
-            else:
-                members.append(member)
-        return StackedParams(tuple(members), np.asarray(stats["loglik_each"], dtype=float))
-
-    def describe_invalid(self, n: int) -> str:
-        return self.model.describe_invalid(n)
 
 
 def params_class(model: Any) -> type:

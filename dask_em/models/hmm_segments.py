@@ -45,7 +45,8 @@ import numpy as np
 from numba import njit
 
 from .base import Stats
-from .hmm import StackedHMM, StackedParams, _exp_nonpos, _size_tags, forward_backward, viterbi
+from .hmm import _exp_nonpos, _size_tags, forward_backward, viterbi
+from .stacked import Stacked, StackedParams
 
 
 # --------------------------------------------------------------------------
@@ -551,7 +552,7 @@ class SegmentedHMM:
 
 
 @dataclass(frozen=True)
-class SegmentedStackedHMM(StackedHMM):
+class SegmentedStackedHMM(Stacked):
     """R parameter sets side by side (restarts) over blocks that may be segments.
 
     ``model`` is a :class:`SegmentedHMM`; pass 1 computes the operators of

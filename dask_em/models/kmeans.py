@@ -24,6 +24,7 @@ from .base import Stats, split_weights
 __all__ = [
     "KMeansModel",
     "KMeansParams",
+    "kmeans_in_memory",
     "kmeans_plusplus",
     "nearest_center",
     "center_distances",
@@ -472,3 +473,17 @@ class KMeansModel:
             "finite. Drop or impute the rows that hold them, or fit the missing-data Gaussian "
             "model (dask_em.models.mvn_missing), which handles NaN as missing"
         )
+
+
+def kmeans_in_memory(X: np.ndarray, n_clusters: int, rng: np.random.Generator, n_iter: int = 10) -> np.ndarray:
+    """k-means++ seeding and ``n_iter`` Lloyd iterations on in-memory rows (a sample), no Dask.
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, n_features), float64
+    """
+    model = KMeansModel(n_clusters)
+    params = KMeansParams.from_centers(kmeans_plusplus(X, n_clusters, rng))
+    for _ in range(n_iter):
+        params = model.m_step(model.e_step(X, params), params)
+    return params.cluster_centers

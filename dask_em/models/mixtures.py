@@ -23,6 +23,10 @@ from .base import Stats, split_weights
 #: instead of -inf. Use ``alpha`` to avoid zeros in the first place.
 _LOG_FLOOR = np.log(np.finfo(np.float64).tiny)
 _EPS = 10 * np.finfo(np.float64).eps
+#: Initialisations of the discrete mixtures (see ``_DiscreteMixture.init_params``).
+INITS = ("k-means++", "random", "random_from_data")
+#: Lloyd iterations on the sample after k-means++ seeding.
+INIT_LLOYD_ITERATIONS = 10
 
 
 def _safe_log(a: np.ndarray) -> np.ndarray:
@@ -70,7 +74,7 @@ class _DiscreteMixture:
 
     n_components: int = 1
     alpha: float = 1e-10
-    init: str = "random"
+    init: str = "k-means++"
     #: Dirichlet concentration on the weights; 1 is flat (maximum likelihood).
     weight_concentration: float = 1.0
 
@@ -114,11 +118,34 @@ class _DiscreteMixture:
         """log weight_k + log p(x | k), shape (n, K)."""
         return self.component_log_prob(X, params) + _safe_log(params.weights)
 
+    def seeding_rows(self, X: np.ndarray) -> np.ndarray:
+        """The rows k-means++ seeding measures distances between (the rows themselves)."""
+        return X
+
     def init_params(self, sample: np.ndarray, rng: np.random.Generator) -> Any:
-        """Random responsibilities ("random") or random rows as centres ("random_from_data")."""
+        """Initial parameters from an in-memory sample of rows.
+
+        - "k-means++" (default): k-means++ centres on the sample (on row
+          proportions for the categorical mixture), a few Lloyd iterations
+          on it, then every row wholly to its nearest centre and one M-step.
+          Components start apart, so EM does not have to break the symmetry
+          of near-identical components, where it crawls;
+        - "random": random responsibilities for every row, then one M-step
+          (components start near the overall mean);
+        - "random_from_data": random rows as centres.
+        """
         X, _ = self._clean(sample)
         K = self.n_components
-        if self.init == "random":
+        if self.init == "k-means++":
+            from .kmeans import kmeans_in_memory, nearest_center
+
+            Z = self.seeding_rows(X)
+            if len(Z) < K:
+                raise ValueError(f"the sample has {len(Z)} rows, fewer than n_components={K}; give more data")
+            labels = nearest_center(Z, kmeans_in_memory(Z, K, rng, INIT_LLOYD_ITERATIONS))[0]
+            resp = np.zeros((len(X), K))
+            resp[np.arange(len(X)), labels] = 1.0
+        elif self.init == "random":
             resp = rng.uniform(size=(len(X), K))
             resp /= resp.sum(axis=1, keepdims=True)
         elif self.init == "random_from_data":
@@ -128,7 +155,7 @@ class _DiscreteMixture:
             resp[chosen] = 0.0
             resp[chosen, np.arange(K)] = 0.5 * len(X)
         else:
-            raise ValueError(f"init must be 'random' or 'random_from_data', got {self.init!r}")
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         sum_resp = resp.sum(axis=0)
         stats = {"n": np.array(float(len(X))), "sum_resp": sum_resp, "sum_x": resp.T @ X}
         return self.m_step(stats, None)
@@ -231,7 +258,7 @@ class PoissonMixtureModel(_DiscreteMixture):
     alpha : float
         Pseudo-count: ``lambdas = (sum_x + alpha) / (sum_resp + alpha)``,
         which keeps rates positive.
-    init : {"random", "random_from_data"}
+    init : {"k-means++", "random", "random_from_data"}
     """
 
     params_class: ClassVar[type] = PoissonMixtureParams
@@ -267,7 +294,7 @@ class BernoulliMixtureModel(_DiscreteMixture):
     n_components : int
     alpha : float
         Pseudo-count: ``probabilities = (sum_x + alpha) / (sum_resp + 2 alpha)``.
-    init : {"random", "random_from_data"}
+    init : {"k-means++", "random", "random_from_data"}
     """
 
     params_class: ClassVar[type] = BernoulliMixtureParams
@@ -306,7 +333,7 @@ class CategoricalMixtureModel(_DiscreteMixture):
     n_components : int
     alpha : float
         Pseudo-count added to every category of every component.
-    init : {"random", "random_from_data"}
+    init : {"k-means++", "random", "random_from_data"}
     """
 
     params_class: ClassVar[type] = CategoricalMixtureParams
@@ -327,6 +354,11 @@ class CategoricalMixtureModel(_DiscreteMixture):
     def component_log_prior(self, component: np.ndarray) -> float:
         # Dirichlet(alpha + 1) on every component's category probabilities
         return float(self.alpha * np.sum(_safe_log(component)))
+
+    def seeding_rows(self, X: np.ndarray) -> np.ndarray:
+        """Row proportions: documents of different lengths but the same topic are close."""
+        totals = X.sum(axis=1, keepdims=True)
+        return X / np.maximum(totals, 1.0)
 
     def _make_params(self, weights: np.ndarray, component: np.ndarray, stats: Stats | None) -> Any:
         total = float(stats["sum_x"].sum() / stats["n"]) if stats is not None else 1.0

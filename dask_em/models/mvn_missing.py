@@ -663,6 +663,20 @@ class MVNMissingModel:
             "n_invalid": np.array(n_inf),
         }
 
+    def recenter_stats(self, stats: Stats, old: MVNParams, new: MVNParams) -> Stats:
+        """``sum_ddT`` taken about ``old.mean`` moved to ``new.mean`` (for online EM).
+
+        With ``a = old.mean``, ``b = new.mean`` and ``e = b - a``:
+        ``sum (x-b)(x-b)' = sum (x-a)(x-a)' - u e' - e u' + n e e'`` where
+        ``u = sum_x - n a``.
+        """
+        out = dict(stats)
+        n = float(stats["n"])
+        e = np.asarray(new.mean, np.float64) - np.asarray(old.mean, np.float64)
+        u = np.asarray(stats["sum_x"], np.float64) - n * np.asarray(old.mean, np.float64)
+        out["sum_ddT"] = np.asarray(stats["sum_ddT"], np.float64) - np.outer(u, e) - np.outer(e, u) + n * np.outer(e, e)
+        return out
+
     def m_step(self, stats: Stats, params: MVNParams) -> MVNParams:
         """Mean and covariance of the completed data.
 

@@ -13,6 +13,7 @@ import threading
 import weakref
 
 import dask
+import dask.array as da
 import numpy as np
 import pytest
 import zarr
@@ -127,27 +128,30 @@ def test_runs_are_bit_identical_for_scattered_blocks(client, store):
     )
 
 
-@pytest.mark.filterwarnings("ignore::dask_em.errors.ConvergenceWarning")
 def test_runs_are_bit_identical_for_sequences_and_groups(client):
-    from dask_em.estimators.hmm import GaussianHMM
-    from dask_em.estimators.random_effects import RandomEffects
+    from dask_em.groups import grouped_blocks
+    from dask_em.models.hmm import GaussianHMMModel, GaussianHMMParams
+    from dask_em.models.random_effects import RandomEffectsModel
+    from dask_em.sequences import sequence_blocks
 
     rng = np.random.default_rng(3)
     lengths = rng.integers(5, 40, 60)
     values = rng.standard_normal((int(lengths.sum()), 2))
+    hmm = GaussianHMMModel(n_components=2)
+    hmm_params = GaussianHMMParams(
+        np.array([0.6, 0.4]), np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[-1.0, 0.0], [1.0, 0.5]]), np.ones((2, 2))
+    )
     g = np.repeat(np.arange(50), rng.integers(2, 9, 50))
     X = np.column_stack([np.ones(len(g)), rng.standard_normal(len(g))])
     y = X @ [1.0, 2.0] + rng.standard_normal(50)[g] + rng.standard_normal(len(g))
-    fits = []
-    for per_thread in (ONE_BLOCK_A_TASK, 1e-6):
-        with dask.config.set({"dask-em.tasks-per-thread": per_thread}):
-            hmm = GaussianHMM(n_components=2, n_iter=2, random_state=0, n_partitions=11)
-            hmm.fit(values, lengths, client=client)
-            mixed = RandomEffects("ml", max_iter=2).fit(X, y, g, client=client, n_partitions=13)
-            fits.append((hmm.means_, hmm.transmat_, mixed.fe_params_, mixed.cov_re_, mixed.scale_))
-    for other in fits[1:]:
-        for a, b in zip(fits[0], other):
-            assert np.array_equal(a, b)
+    mixed = RandomEffectsModel("ml")
+    for kept in (True, False):  # scattered, and read from Dask arrays in the task
+        src = (values, X, y) if kept else (da.from_array(values, chunks=50), da.from_array(X, chunks=70), da.from_array(y, chunks=70))
+        sequences = sequence_blocks(src[0], lengths, client=client, n_partitions=11)
+        groups = grouped_blocks(src[1], src[2], g, client=client, n_partitions=13)
+        mixed_params = mixed.init_params(groups.compute(groups.parts[0])[0], rng)
+        _assert_identical(_passes(hmm, sequences, hmm_params, client, 2, hash_blocks=True))
+        _assert_identical(_passes(mixed, groups, mixed_params, client, 3))
 
 
 # A model that records, per thread, which of the blocks it has seen are still alive.

@@ -135,6 +135,10 @@ def expected_stats(
     through ``blocks.rebuild``) and the pass is redone: bit-identical, the
     E-step is pure. A worker the scheduler has not yet seen die may take
     some again, hence a few attempts.
+    Each task streams a run of consecutive blocks (:func:`run_length`: a
+    few tasks per thread of the cluster, however many blocks there are),
+    reading one block at a time and summing the run exactly as the tree
+    would, so the result does not depend on the run length.
     With ``hash_blocks``, each E-step task also hashes the block it read,
     and the result holds the list of hashes, in block order, under
     :data:`BLOCK_HASHES` (checkpoints compare them on resume).

@@ -8,6 +8,7 @@ per-block statistics in a tree with a fixed pairing order, and runs
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from .executor import compute, local_map, local_scheduler, where
 from .errors import DaskEMError, InvalidDataError, LostDataError, SchedulerLostError
 from .models.base import EMModel, Stats
 from .monitor import ConvergenceMonitor, count_pass
-from .stats import add_stats, tree_reduce
+from .stats import TreeSum, add_stats, tree_reduce
 
 
 @dataclass
@@ -100,19 +101,13 @@ class EMResult:
 MAX_RESCATTER = 3
 
 
-def _run_e_step(model: EMModel, block: Any, params: Any) -> Stats:
-    return model.e_step(block, params)
-
-
 #: Key under which :func:`expected_stats` returns per-block content hashes when asked.
 BLOCK_HASHES = "block_hashes"
 
-
-def _run_e_step_hashed(model: EMModel, block: Any, params: Any, index: int) -> tuple[Stats, dict[int, str]]:
-    """The E-step and the content hash of the block it has just read (no second read)."""
-    from .checkpoint import _hash_block
-
-    return model.e_step(block, params), {index: _hash_block(block)}
+#: E-step tasks per pass for each thread of the cluster (``dask-em.tasks-per-thread``
+#: in ``dask.config`` overrides it): enough to balance the load, few enough that
+#: scheduling them costs little next to reading the data.
+TASKS_PER_THREAD = 4
 
 
 def _add_hashed(*parts: tuple[Stats, dict[int, str]]) -> tuple[Stats, dict[int, str]]:
@@ -141,6 +136,10 @@ def expected_stats(
     through ``blocks.rebuild``) and the pass is redone: bit-identical, the
     E-step is pure. A worker the scheduler has not yet seen die may take
     some again, hence a few attempts.
+    Each task streams a run of consecutive blocks (:func:`run_length`: a
+    few tasks per thread of the cluster, however many blocks there are),
+    reading one block at a time and summing the run exactly as the tree
+    would, so the result does not depend on the run length.
     With ``hash_blocks``, each E-step task also hashes the block it read,
     and the result holds the list of hashes, in block order, under
     :data:`BLOCK_HASHES` (checkpoints compare them on resume).
@@ -182,12 +181,11 @@ def _one_pass(
             return _checked(model, tree_reduce(per_block, split_every), params, finite)
     model_d = dask.delayed(model, traverse=False)
     params_d = dask.delayed(params, traverse=False)
-    if hash_blocks:
-        level = [dask.delayed(_run_e_step_hashed, pure=True)(model_d, part, params_d, i)
-                 for i, part in enumerate(blocks.parts)]
-    else:
-        level = [dask.delayed(_run_e_step, pure=True)(model_d, part, params_d) for part in blocks.parts]
-    e_steps = [(e.key, part.key) for e, part in zip(level, blocks.parts)]
+    length = run_length(len(blocks.parts), split_every, _n_threads(client))
+    level = [
+        dask.delayed(_run_e_steps, pure=True)(model_d, params_d, run, split_every, hash_blocks, *needs)
+        for run, needs in _block_runs(blocks, length)
+    ]
     combine = _add_hashed if hash_blocks else add_stats
     while len(level) > 1:
         level = [
@@ -196,7 +194,7 @@ def _one_pass(
         ]
     if client is not None:
         try:
-            stats = _compute(client, _fuse_block_reads(level[0], e_steps))
+            stats = _compute(client, level[0])
         except RuntimeError as exc:
             if "deserializ" not in str(exc):
                 raise
@@ -295,47 +293,173 @@ def iteration_stats(
     return run_pass(model, e_params, hash_blocks, finite), passes
 
 
-def _fuse_block_reads(result: Any, e_steps: list[tuple[Any, Any]]) -> Any:
-    """``result`` with each block's read tasks fused into the E-step task that uses it.
+def run_length(n_blocks: int, split_every: int, n_threads: int) -> int:
+    """Blocks per E-step task: a power of ``split_every`` chosen from the threads, not the data.
 
-    A streamed block is otherwise a task of its own: the scheduler may run
-    the E-step on another worker (or steal it), and the reading worker,
-    whose slot is free again, reads ahead while its blocks wait, so memory
-    grows with the data. Fused, an E-step task reads its own block, holds
-    it only while it runs, and depends only on single keys (model,
+    The largest ``split_every ** j`` that still leaves at least
+    :data:`TASKS_PER_THREAD` tasks per thread (1 when there are fewer
+    blocks than that). Between that many and ``split_every`` times as many
+    tasks run per pass, however many blocks the data has. A run of
+    ``split_every ** j`` aligned blocks is exactly one node of the tree of
+    sums, so the task computes that node with the same pairing and order
+    and the result does not depend on the run length.
+
+    Parameters
+    ----------
+    n_blocks : int
+        Blocks in the data.
+    split_every : int
+        Fan-in of the tree of sums.
+    n_threads : int
+        Threads that run tasks (the cluster's, or this process's).
+
+    Returns
+    -------
+    int
+    """
+    per_thread = float(dask.config.get("dask-em.tasks-per-thread", TASKS_PER_THREAD))
+    target = max(1.0, per_thread * max(1, n_threads))
+    length = 1
+    while math.ceil(n_blocks / (length * split_every)) >= target:
+        length *= split_every
+    return length
+
+
+def _n_threads(client: Any) -> int:
+    if client is None:
+        return os.cpu_count() or 1
+    return max(1, sum(client.nthreads().values()))
+
+
+class _Run:
+    """Blocks ``start, start + 1, ...`` of a pass and how a task obtains each one.
+
+    ``recipes[i]`` is a graph node whose evaluation (given the keys it
+    depends on) is the block: its read tasks fused, or an alias of a key
+    already held by the cluster. ``keys`` names the values the task
+    receives after its fixed arguments. A plain object, so Dask sends it to
+    the task as it is instead of scheduling the nodes inside.
+    """
+
+    __slots__ = ("keys", "recipes", "start", "token")
+
+    def __init__(self, start: int, recipes: list[Any], keys: list[Any], token: str) -> None:
+        self.start = start
+        self.recipes = recipes
+        self.keys = keys
+        self.token = token
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+
+def _run_e_steps(model: EMModel, params: Any, run: _Run, split_every: int, hash_blocks: bool, *values: Any) -> Any:
+    """The E-step over a run of consecutive blocks, read one at a time, summed as the tree sums them.
+
+    ``values`` are those of ``run.keys``. With ``hash_blocks``, also the
+    content hash of each block, by index (no second read).
+    """
+    needs = dict(zip(run.keys, values))
+    tree = TreeSum(split_every)
+    hashes: dict[int, str] = {}
+    for index, recipe in enumerate(run.recipes, start=run.start):
+        block = recipe({key: needs[key] for key in recipe.dependencies})
+        tree.push(model.e_step(block, params))
+        if hash_blocks:
+            from .checkpoint import _hash_block
+
+            hashes[index] = _hash_block(block)
+        del block  # one block of the run in memory at a time
+    stats = tree.result()
+    return (stats, hashes) if hash_blocks else stats
+
+
+def _block_runs(blocks: Blocks, length: int) -> list[tuple[_Run, list[Any]]]:
+    """The runs of ``length`` consecutive blocks, each with the Dask keys its blocks need.
+
+    Cached on ``blocks`` (per run length) while its parts stay the same,
+    so a pass builds only one task per run.
+    """
+    keys = tuple(part.key for part in blocks.parts)
+    cache = getattr(blocks, "_runs_cache", None)
+    if cache is None or cache[0] != keys:
+        cache = (keys, _block_recipes(blocks.parts), {})
+        blocks._runs_cache = cache  # type: ignore[attr-defined]
+    _, (recipes, needs), runs = cache
+    if length not in runs:
+        from dask.base import tokenize
+
+        runs[length] = []
+        for start in range(0, len(recipes), length):
+            chosen = recipes[start : start + length]
+            wanted = list(dict.fromkeys(key for recipe in chosen for key in recipe.dependencies))
+            run = _Run(start, chosen, wanted, tokenize(keys[start : start + length]))
+            # Top-level arguments: Dask unpacks those far faster than values nested in a dict.
+            runs[length].append((run, [needs[key] for key in wanted]))
+    return runs[length]
+
+
+def _block_recipes(parts: Sequence[Any]) -> tuple[list[Any], dict[Any, Any]]:
+    """For each block, a graph node that reads it, and the Delayed of every key those nodes need.
+
+    A block's read tasks (the part and its ancestors that feed nothing
+    else) are fused into one node that the E-step task evaluates itself.
+    Otherwise a streamed block would be a task of its own: the scheduler
+    may run the E-step on another worker (or steal it), and the reading
+    worker, whose slot is free again, reads ahead while its blocks wait, so
+    memory grows with the data. Read inside the task, a block is held only
+    while its E-step runs, and the task depends only on shared keys (model,
     parameters, the source array), so root-task queuing
     (``distributed.scheduler.worker-saturation``) limits how many run at
-    once. Persisted or scattered blocks (no read task in the graph) are
-    left as they are.
+    once; a run of blocks is read one block at a time. Persisted or
+    scattered blocks (no read task in the graph) are an alias of their key,
+    which the task then depends on.
     """
-    from dask._task_spec import Task, convert_legacy_graph
+    from dask._task_spec import Alias, DataNode, GraphNode, Task, convert_legacy_graph
     from dask.core import reverse_dict
     from dask.delayed import Delayed
 
-    graph = convert_legacy_graph(dict(result.__dask_graph__()))
+    raw: dict[Any, Any] = {}
+    seen: set[int] = set()
+    for part in parts:  # parts of one array share one graph: merge it once
+        graph = part.__dask_graph__()
+        if id(graph) not in seen:
+            seen.add(id(graph))
+            raw.update(graph)
+    graph = convert_legacy_graph(raw)
     dependencies = {k: set(node.dependencies) for k, node in graph.items()}
     dependents = reverse_dict(dependencies)
-    fused = 0
-    for e_key, part_key in e_steps:
-        chain: list[Any] = []
-        todo = [part_key]
-        while todo:  # the part and its ancestors that feed nothing else
-            key = todo.pop()
-            node = graph.get(key)
-            users = dependents.get(key, ())
-            if not isinstance(node, Task) or len(users) != 1:
-                continue
-            if key != part_key and not users <= {c.key for c in chain}:
-                continue
-            chain.append(node)
-            todo.extend(dependencies[key])
-        if not chain:
+    recipes: list[Any] = []
+    for part in parts:
+        node = graph.get(part.key)
+        if not isinstance(node, GraphNode):
+            recipes.append(Alias(("dask-em-block", part.key), part.key))
             continue
-        graph[e_key] = Task.fuse(*chain, graph[e_key], key=e_key)
-        for node in chain:
-            del graph[node.key]
-        fused += 1
-    return Delayed(result.key, graph) if fused else result
+        chain, chain_keys = [node], {part.key}
+        todo = list(dependencies[part.key])
+        while todo:  # the ancestors that feed nothing but this block
+            key = todo.pop()
+            ancestor = graph.get(key)
+            if key in chain_keys or not isinstance(ancestor, (Task, Alias, DataNode)):
+                continue
+            if not dependents.get(key, set()) <= chain_keys:
+                continue
+            chain.append(ancestor)
+            chain_keys.add(key)
+            todo.extend(dependencies[key])
+        recipes.append(Task.fuse(*chain, key=part.key) if len(chain) > 1 else node)
+    outside = {key for recipe in recipes for key in recipe.dependencies}
+    needed: dict[Any, Any] = {}
+    todo = list(outside)
+    while todo:  # what the shared keys are computed from
+        key = todo.pop()
+        if key in needed or key not in graph:
+            continue
+        needed[key] = graph[key]
+        todo.extend(dependencies[key])
+    by_key = {part.key: part for part in parts}
+    needs = {key: Delayed(key, needed) if key in needed else by_key.get(key, Delayed(key, {})) for key in outside}
+    return recipes, needs
 
 
 def _compute(client: Any, graph: Any) -> Stats:

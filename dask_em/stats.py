@@ -50,9 +50,56 @@ def tree_reduce(parts: Sequence[Stats], split_every: int = 8) -> Stats:
     This is the same pairing the engine's task graph uses, so it can serve
     as an in-memory reference for it.
     """
-    if split_every < 2:
-        raise ValueError(f"split_every must be at least 2, got {split_every}")
-    level = list(parts)
-    while len(level) > 1:
-        level = [add_stats(*level[i : i + split_every]) for i in range(0, len(level), split_every)]
-    return level[0]
+    tree = TreeSum(split_every)
+    for part in parts:
+        tree.push(part)
+    return tree.result()
+
+
+class TreeSum:
+    """:func:`tree_reduce` fed one part at a time, holding only unfinished groups.
+
+    The parts are paired exactly as :func:`tree_reduce` pairs them (groups
+    of ``split_every`` consecutive parts, then groups of those sums, ...),
+    so the result is the same bit for bit, while at most
+    ``split_every - 1`` sums per level wait in memory. The engine uses it
+    for a run of consecutive blocks read one at a time in one task.
+
+    Parameters
+    ----------
+    split_every : int
+        Fan-in of the tree, at least 2.
+    """
+
+    def __init__(self, split_every: int = 8) -> None:
+        if split_every < 2:
+            raise ValueError(f"split_every must be at least 2, got {split_every}")
+        self.split_every = split_every
+        self._levels: list[list[Stats]] = [[]]
+
+    def push(self, part: Stats) -> None:
+        """Add the next part (in order); full groups are summed at once."""
+        self._levels[0].append(part)
+        level = 0
+        while len(self._levels[level]) == self.split_every:
+            self._add_up(level)
+            level += 1
+
+    def result(self) -> Stats:
+        """The sum of all parts pushed: the unfinished groups closed from the bottom up."""
+        level = 0
+        while level < len(self._levels):
+            pending = self._levels[level]
+            if len(pending) == 1 and not any(self._levels[level + 1 :]):
+                return pending[0]
+            if pending:  # the last group of its level, as tree_reduce closes it
+                self._add_up(level)
+            level += 1
+        raise ValueError("TreeSum.result needs at least one part pushed")
+
+    def _add_up(self, level: int) -> None:
+        total = add_stats(*self._levels[level])
+        self._levels[level] = []
+        if level + 1 == len(self._levels):
+            self._levels.append([])
+        self._levels[level + 1].append(total)

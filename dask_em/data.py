@@ -242,12 +242,10 @@ class Blocks:
         return self
 
     def compute(self, *collections: Any) -> tuple[Any, ...]:
-        """Compute Dask collections on the blocks' client."""
-        if self.client is not None:
-            return tuple(self.client.gather(self.client.compute(list(collections))))
-        from .executor import local_scheduler
+        """Compute Dask collections on the blocks' client (or in this process)."""
+        from .executor import compute
 
-        return dask.compute(*collections, scheduler=local_scheduler())
+        return compute(self.client, *collections)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """A random in-memory subset of about ``n`` rows, read from a few blocks.
@@ -265,7 +263,10 @@ class Blocks:
             if rows >= n:
                 break
         chosen.sort()
-        sample = np.concatenate(self.compute(*[X.blocks[i] for i in chosen]), axis=0)
+        from .executor import retry_lost
+
+        # self.array after a rebuild holds the blocks scattered again
+        sample = np.concatenate(retry_lost(self, lambda: self.compute(*[self.array.blocks[i] for i in chosen])), axis=0)
         if len(sample) > n:
             sample = sample[np.sort(rng.choice(len(sample), n, replace=False))]
         return sample

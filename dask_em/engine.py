@@ -19,8 +19,8 @@ import dask
 import numpy as np
 
 from .data import Blocks, array_blocks, as_dask_array, check_visible_to_workers
-from .executor import compute, local_map, local_scheduler, where
-from .errors import DaskEMError, InvalidDataError, LostDataError, SchedulerLostError
+from .executor import compute, local_map, local_scheduler, lost_or_gone, retry_lost, where
+from .errors import DaskEMError, InvalidDataError
 from .models.base import EMModel, Stats
 from .monitor import ConvergenceMonitor, count_pass
 from .stats import TreeSum, add_stats, tree_reduce
@@ -97,10 +97,6 @@ class EMResult:
         return self.history[-1] if self.history else -math.inf
 
 
-#: How often a fit scatters in-memory data again after losing blocks with workers.
-MAX_RESCATTER = 3
-
-
 #: Key under which :func:`expected_stats` returns per-block content hashes when asked.
 BLOCK_HASHES = "block_hashes"
 
@@ -158,15 +154,7 @@ def expected_stats(
     than raised (an extrapolated point that the safeguard will refuse).
     """
     count_pass()
-    for attempt in range(MAX_RESCATTER + 1):
-        try:
-            return _one_pass(model, blocks, params, client, split_every, hash_blocks, finite)
-        except LostDataError:
-            rebuild = getattr(blocks, "rebuild", None)
-            if rebuild is None or attempt == MAX_RESCATTER:
-                raise
-            rebuild()
-    raise AssertionError("unreachable")  # pragma: no cover
+    return retry_lost(blocks, lambda: _one_pass(model, blocks, params, client, split_every, hash_blocks, finite))
 
 
 def _one_pass(
@@ -232,10 +220,15 @@ def map_parts(func: Callable[..., Any], blocks: Blocks, client: Any, *args: Any,
             if out is not None:
                 return out
     args_d = [dask.delayed(a, traverse=False) for a in args]
-    tasks = [
-        dask.delayed(func, pure=True)(part, *args_d, *((i,) if index else ())) for i, part in enumerate(blocks.parts)
-    ]
-    return list(compute(where_, *tasks))
+
+    def run() -> list[Any]:  # built from the blocks' current parts: a retry sees rebuilt ones
+        tasks = [
+            dask.delayed(func, pure=True)(part, *args_d, *((i,) if index else ()))
+            for i, part in enumerate(blocks.parts)
+        ]
+        return list(compute(where_, *tasks))
+
+    return retry_lost(blocks, run)
 
 
 def in_memory_blocks(blocks: Blocks) -> list[Any] | None:
@@ -474,20 +467,7 @@ def _compute(client: Any, graph: Any) -> Stats:
     try:
         return client.compute(graph, optimize_graph=False).result()
     except CancelledError as exc:
-        reason = str(getattr(exc, "reason", "") or exc)
-        if client.status != "running" or "scheduler-connection-lost" in reason:
-            address = getattr(getattr(client, "scheduler", None), "address", None) or "?"
-            raise SchedulerLostError(
-                f"lost the connection to the Dask scheduler at {address} in the middle of an "
-                "iteration; the fit cannot continue. Start a scheduler and resume from the last "
-                "checkpoint (the same fit with checkpoint=..., or `dask-em resume CHECKPOINT INPUT "
-                "--scheduler ADDRESS`); a fit without a checkpoint must start over."
-            ) from exc
-        raise LostDataError(
-            f"blocks of in-memory data were lost with a worker ({reason}); they are scattered "
-            "from the client, so pass the data as a Zarr path or a Dask array to let the "
-            "scheduler recompute lost blocks."
-        ) from exc
+        raise lost_or_gone(client, exc) from exc
 
 
 def _checked(model: EMModel, stats: Stats, params: Any = None, finite: bool = True) -> Stats:

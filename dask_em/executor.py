@@ -219,7 +219,69 @@ def local_map(func: Callable[[Any], Any], items: Sequence[Any]) -> list[Any] | N
 
 
 def compute(client: Any, *collections: Any) -> tuple[Any, ...]:
-    """Compute Dask collections where the fit runs: on ``client``, or in this process."""
+    """Compute Dask collections where the fit runs: on ``client``, or in this process.
+
+    Raises
+    ------
+    LostDataError, SchedulerLostError
+        When the computation is cancelled under us (see :func:`lost_or_gone`).
+    """
     if client is not None:
-        return tuple(client.gather(client.compute(list(collections), optimize_graph=False)))
+        from concurrent.futures import CancelledError
+
+        try:
+            return tuple(client.gather(client.compute(list(collections), optimize_graph=False)))
+        except CancelledError as exc:
+            raise lost_or_gone(client, exc) from exc
     return dask.compute(*collections, scheduler=local_scheduler(), optimize_graph=False)
+
+
+#: How often a computation is redone after in-memory blocks were lost with a worker.
+MAX_RESCATTER = 3
+
+
+def lost_or_gone(client: Any, exc: BaseException) -> Exception:
+    """The error for a computation cancelled under us: the scheduler is gone, or scattered blocks are.
+
+    A worker that dies is handled by the scheduler, which recomputes its
+    tasks; what is cancelled is a computation whose scheduler was lost, or
+    whose scattered blocks were lost with their only worker (they have no
+    recipe to recompute them).
+    """
+    from .errors import LostDataError, SchedulerLostError
+
+    reason = str(getattr(exc, "reason", "") or exc)
+    if client.status != "running" or "scheduler-connection-lost" in reason:
+        address = getattr(getattr(client, "scheduler", None), "address", None) or "?"
+        return SchedulerLostError(
+            f"lost the connection to the Dask scheduler at {address} in the middle of an "
+            "iteration; the fit cannot continue. Start a scheduler and resume from the last "
+            "checkpoint (the same fit with checkpoint=..., or `dask-em resume CHECKPOINT INPUT "
+            "--scheduler ADDRESS`); a fit without a checkpoint must start over."
+        )
+    return LostDataError(
+        f"blocks of in-memory data were lost with a worker ({reason}); they are scattered "
+        "from the client, so pass the data as a Zarr path or a Dask array to let the "
+        "scheduler recompute lost blocks."
+    )
+
+
+def retry_lost(blocks: Any, run: Callable[[], Any]) -> Any:
+    """``run()``, redone after in-memory blocks lost with a worker are scattered again.
+
+    ``blocks.rebuild()`` (set where in-memory input is scattered) scatters
+    them again in place; the redone computation is bit-identical, every
+    task being pure. A worker the scheduler has not yet seen die may take
+    some again, hence a few attempts.
+    """
+    from .errors import LostDataError
+
+    for attempt in range(MAX_RESCATTER + 1):
+        try:
+            return run()
+        except LostDataError:
+            rebuild = getattr(blocks, "rebuild", None)
+            if rebuild is None or attempt == MAX_RESCATTER:
+                raise
+            rebuild()
+    raise AssertionError("unreachable")  # pragma: no cover

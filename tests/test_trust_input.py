@@ -231,3 +231,21 @@ def test_workers_that_cannot_see_a_path_are_named(elsewhere_cluster, tmp_path, m
     with elsewhere_cluster.client() as remote:
         with pytest.raises(InvalidDataError, match=r"workers tcp://127.0.0.1:\d+ cannot see '/proc/self/cwd/x.zarr'"):
             GaussianMixture(2).fit(only_here, client=remote)
+
+
+def test_initialisation_reads_survive_lost_in_memory_blocks(tmp_path):
+    """Sampling and per-block maps (initialisation) scatter in-memory data again when it was lost."""
+    from distributed import Client, LocalCluster
+
+    from dask_em.engine import map_parts, prepare_blocks
+
+    X = np.random.default_rng(0).normal(size=(4000, 3))
+    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0") as cluster, \
+            Client(cluster, set_as_default=False) as c:
+        blocks = prepare_blocks(X, c, persist=True)
+        c.restart()  # the worker and the blocks scattered to it are gone
+        sample = blocks.sample(500, np.random.default_rng(1))
+        assert sample.shape == (500, 3) and np.isin(sample[:, 0], X[:, 0]).all()
+        c.restart()
+        sums = map_parts(lambda block: block.sum(axis=0), blocks, c)
+        np.testing.assert_allclose(np.sum(sums, axis=0), X.sum(axis=0))

@@ -13,8 +13,16 @@ model is chosen with ``--emission``:
 hmmlearn runs with ``implementation="log"`` (its default) and
 ``"scaling"``, and "scaling" again with BLAS limited to one thread (its
 full covariances make many small triangular solves that a multi-threaded
-BLAS slows down); dask-em on a LocalCluster of one single-threaded worker
-process per core.
+BLAS slows down); dask-em twice: in this process with no client (the
+default a user gets: Dask's thread pool, one thread per core), as a whole
+``fit(X, lengths)`` call divided by the iterations (partitioning included),
+and on a LocalCluster of ``--workers`` single-threaded worker processes with
+the data scattered once (not counted).
+
+Every row has wall and CPU seconds per iteration (CPU of this process, all
+threads, plus the cluster's workers for the cluster row) and two ratios
+against dask-em in this process: wall (what a user sees) and CPU (the work,
+so a one-process library is not compared with two processes' wall time).
 
     python benchmarks/bench_hmm.py [--emission gaussian-diag] [--n-seq 1000] [--length 1000] [--iters 10]
 
@@ -34,6 +42,8 @@ import time
 import warnings
 
 import numpy as np
+
+from bench_gmm import _cluster_cpu
 
 EMISSIONS = ("gaussian-diag", "gaussian-full", "categorical", "poisson")
 
@@ -220,14 +230,23 @@ def main() -> None:
     X, lengths, init = make_case(emission, args.n_seq, args.length, K, D, M)
     rows = []
 
-    def ref(impl: str, blas_threads: int | None = None) -> tuple[float, object]:
+    def ref(impl: str, blas_threads: int | None = None) -> tuple[float, float, object]:
         from threadpoolctl import threadpool_limits
 
         model = _reference(emission, K, n_iter, init, M, impl)
         with threadpool_limits(limits=blas_threads, user_api="blas"):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             model.fit(X, lengths)
-            return (time.perf_counter() - start) / n_iter, model
+            return (time.perf_counter() - start) / n_iter, (time.process_time() - cpu) / n_iter, model
+
+    # in this process, no client: the default; warm first (numba compiles or loads its cache)
+    here = _estimator(emission, K, n_iter, init, M)
+    here.set_params(max_iter=1).fit(X[: 10 * args.length], lengths[:10])
+    here.set_params(max_iter=n_iter)
+    start, cpu = time.perf_counter(), time.process_time()
+    here.fit(X, lengths)
+    here_wall, here_cpu = (time.perf_counter() - start) / n_iter, (time.process_time() - cpu) / n_iter
+    load_here = _load()
 
     with local_cluster(n_workers=args.workers) as cluster, Client(cluster, set_as_default=False) as client:
         ours = _estimator(emission, K, n_iter, init, M)
@@ -238,25 +257,28 @@ def main() -> None:
         start = time.perf_counter()
         blocks = sequence_blocks(X, lengths, client=client, dtype=ours._values_dtype)
         setup = time.perf_counter() - start
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cluster_cpu(client) + time.process_time()
         ours.fit(blocks, client=client)
         per_iter = (time.perf_counter() - start) / n_iter
+        per_iter_cpu = (_cluster_cpu(client) + time.process_time() - cpu) / n_iter
     load_fit = _load()
-    scaling, ref_scaling = ref("scaling")
-    log, ref_log = ref("log")
+    scaling, scaling_cpu, ref_scaling = ref("scaling")
+    log, log_cpu, ref_log = ref("log")
     # hmmlearn's full covariances make many small triangular solves, which a 2-thread BLAS
     # on a busy 2-core machine makes several times slower: also time it with one BLAS thread
-    scaling_1, _ = ref("scaling", blas_threads=1)
+    scaling_1, scaling_1_cpu, _ = ref("scaling", blas_threads=1)
     load_ref = _load()
     profile = [] if args.no_profile else kernel_profile(X, lengths, init, K, emission, M)
     load_profile = _load()
     diff = _max_rel(ours, ref_scaling, emission)
     loglik_rel = abs(ours.history_[-1] - ref_scaling.monitor_.history[-1]) / abs(ref_scaling.monitor_.history[-1])
     cls = {"categorical": "CategoricalHMM", "poisson": "PoissonHMM"}.get(emission, "GaussianHMM")
-    rows.append((f"dask-em {cls} (2 workers)", per_iter))
-    rows.append((f'hmmlearn {cls} implementation="scaling"', scaling))
-    rows.append((f'hmmlearn {cls} implementation="log"', log))
-    rows.append((f'hmmlearn {cls} implementation="scaling", BLAS limited to 1 thread', scaling_1))
+    rows.append((f"dask-em {cls}, in this process (default, no client; whole call / iterations)", here_wall, here_cpu))
+    rows.append((f"dask-em {cls}, LocalCluster of {args.workers} workers (data scattered once)", per_iter,
+                 per_iter_cpu))
+    rows.append((f'hmmlearn {cls} implementation="scaling"', scaling, scaling_cpu))
+    rows.append((f'hmmlearn {cls} implementation="log"', log, log_cpu))
+    rows.append((f'hmmlearn {cls} implementation="scaling", BLAS limited to 1 thread', scaling_1, scaling_1_cpu))
 
     print(f"command: python {' '.join(sys.argv)}")
     if emission.startswith("gaussian"):
@@ -266,13 +288,14 @@ def main() -> None:
     else:
         what = f"D={D} Poisson counts"
     print(f"data: {args.n_seq} sequences x {args.length} steps, K={K}, {what}, {n_iter} iterations\n")
-    print(f"load average (1, 5, 15 min): {load_start} at start, {load_fit} after dask-em, "
+    print(f"load average (1, 5, 15 min): {load_start} at start, {load_here} after dask-em in process, "
+          f"{load_fit} after dask-em on the cluster, "
           f"{load_ref} after hmmlearn, {load_profile} after the kernel profile\n")
     print(f"dask-em: {len(blocks.parts)} partitions, scattered once in {setup:.2f} s (not in s/iter)\n")
-    print("| implementation | s/iter | speed-up of dask-em |")
-    print("|---|---:|---:|")
-    for name, sec in rows:
-        print(f"| {name} | {sec:.3f} | {sec / per_iter:.1f}x |")
+    print("| implementation | s/iter | CPU s/iter | dask-em in process faster by (wall) | (CPU) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, sec, cpu in rows:
+        print(f"| {name} | {sec:.3f} | {cpu:.3f} | {sec / here_wall:.1f}x | {cpu / here_cpu:.1f}x |")
     print(f"\nmax relative difference of {'means' if emission.startswith('gaussian') else 'emission'}/transmat "
           f"vs hmmlearn after {n_iter} iterations: {diff:.1e}; log-likelihood: {loglik_rel:.1e}")
     if profile:

@@ -26,7 +26,8 @@ from ..models.gmm import (
     GaussianMixtureModel,
     GMMParams,
     HardAssignment,
-    _normalize,
+    _rows_output,
+    _with_index,
     _Workspace,
     covariances_from_precisions_cholesky,
     data_moments,
@@ -835,21 +836,6 @@ def _stored_prior(model: GaussianMixtureModel, path: Any, resume: bool | None) -
     except ValueError:
         return None  # not a prior this model can take; fit_em reports the difference
     return None if filled.prior_needs_data else filled
-
-
-def _rows_output(block: np.ndarray, model: GaussianMixtureModel, params: GMMParams, what: str) -> np.ndarray:
-    """Per-row outputs of one block, computed in sub-blocks."""
-    block = np.asarray(block)
-    log_prob = model.weighted_log_prob(block, params)
-    if what == "predict":
-        return log_prob.argmax(axis=1).astype(np.int64)
-    row = np.empty(log_prob.shape[0])
-    _normalize(log_prob, row)
-    return log_prob if what == "predict_proba" else row
-
-
-def _with_index(index: int, block: Any) -> tuple[int, Any]:
-    return index, block
 
 
 @dataclass(frozen=True)

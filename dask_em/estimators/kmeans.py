@@ -17,6 +17,10 @@ from ..engine import expected_stats, fit_em, in_memory_blocks, map_parts, prepar
 from ..executor import compute, where
 from ..errors import ConvergenceWarning, InvalidDataError
 from ..models.kmeans import (
+    _count_nearest,
+    _finite_rows,
+    _moments_block,
+    _oversample_block,
     KMeansModel,
     KMeansParams,
     center_distances,
@@ -36,71 +40,6 @@ _ALGORITHMS = ("lloyd", "elkan")
 # ---------------------------------------------------------------------------
 # Per-block tasks (module level so that workers can unpickle them).
 # ---------------------------------------------------------------------------
-
-
-def _finite_rows(X: np.ndarray) -> tuple[np.ndarray, int]:
-    """The rows without NaN/inf, and how many bad values were dropped."""
-    X = np.asarray(X)
-    if X.dtype.kind != "f":
-        return X.astype(np.float64), 0
-    finite = np.isfinite(X)
-    if finite.all():
-        return X, 0
-    good = finite.all(axis=1)
-    return X[good], int(X.size - np.count_nonzero(finite))
-
-
-def _block_rng(seed: int, round_: int, index: int) -> np.random.Generator:
-    # Seeded from (seed, round, block) alone: the draws of a block do not
-    # depend on which worker runs it or in what order.
-    return np.random.default_rng([seed, round_, index])
-
-
-def _oversample_block(
-    block: np.ndarray, candidates: np.ndarray, oversampling: float, seed: int, round_: int, index: int
-) -> tuple[float, np.ndarray, np.ndarray, int, int]:
-    """One k-means|| round on one block.
-
-    A row is kept with probability ``min(1, l d^2 / phi)``, i.e. when
-    ``u / d^2 < l / phi`` for its uniform draw ``u``. ``phi`` (the cost of
-    the whole data) is not known yet, but it is at least this block's cost
-    ``phi_b``, so the rows with ``u / d^2 < l / phi_b`` are a superset of
-    the ones kept: they are returned with their keys ``u / d^2`` and the
-    client applies the exact threshold once ``phi`` is summed. Expected
-    rows returned per block: at most ``l``.
-    """
-    X, n_invalid = _finite_rows(block)
-    n_rows = int(np.asarray(block).shape[0])
-    u = _block_rng(seed, round_, index).uniform(size=n_rows)
-    if X.shape[0] != n_rows:
-        u = u[np.isfinite(np.asarray(block)).all(axis=1)]
-    if X.shape[0] == 0:
-        return 0.0, np.empty((0, candidates.shape[1])), np.empty(0), n_invalid, 0
-    _, d2 = nearest_center(X, candidates)
-    np.maximum(d2, 0.0, out=d2)
-    phi_b = float(d2.sum())
-    if phi_b <= 0.0:
-        return 0.0, np.empty((0, X.shape[1])), np.empty(0), n_invalid, X.shape[0]
-    with np.errstate(divide="ignore"):
-        keys = np.where(d2 > 0, u / np.where(d2 > 0, d2, 1.0), np.inf)
-    keep = keys < oversampling / phi_b
-    return phi_b, np.asarray(X[keep], dtype=np.float64), keys[keep], n_invalid, X.shape[0]
-
-
-def _count_nearest(block: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """How many rows of the block are nearest to each candidate, shape (m,)."""
-    X, _ = _finite_rows(block)
-    labels, _ = nearest_center(X, candidates)
-    return np.bincount(labels, minlength=candidates.shape[0]).astype(np.float64)
-
-
-def _moments_block(block: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """Rows, column means and column sums of squared deviations of a block."""
-    X = np.asarray(block, dtype=np.float64)
-    n = X.shape[0]
-    mean = X.mean(axis=0) if n else np.zeros(X.shape[1])
-    dev = X - mean
-    return n, mean, np.einsum("ij,ij->j", dev, dev)
 
 
 def _finite(block: np.ndarray) -> np.ndarray:

@@ -1397,3 +1397,21 @@ def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator, n_
         closest = d[best]
         centers[c] = X[candidates[best]]
     return centers
+
+
+# -- per-block outputs of a fitted mixture (run on workers: pure numpy) --
+
+
+def _rows_output(block: np.ndarray, model: GaussianMixtureModel, params: GMMParams, what: str) -> np.ndarray:
+    """Per-row outputs of one block, computed in sub-blocks."""
+    block = np.asarray(block)
+    log_prob = model.weighted_log_prob(block, params)
+    if what == "predict":
+        return log_prob.argmax(axis=1).astype(np.int64)
+    row = np.empty(log_prob.shape[0])
+    _normalize(log_prob, row)
+    return log_prob if what == "predict_proba" else row
+
+
+def _with_index(index: int, block: Any) -> tuple[int, Any]:
+    return index, block

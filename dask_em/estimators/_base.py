@@ -214,6 +214,14 @@ def run_rngs(random_state: int | np.random.Generator | None, n_runs: int) -> lis
     return [np.random.default_rng(child) for child in seed.spawn(n_runs)]
 
 
+def check_n_samples(n_samples: int) -> None:
+    """Raise scikit-learn's error for a ``sample(n_samples)`` request of fewer than one row."""
+    if n_samples < 1:
+        raise ValueError(
+            f"Invalid value for 'n_samples': {n_samples}. The sampling requires at least one sample; pass n_samples >= 1"
+        )
+
+
 def map_rows(
     X: Any,
     func: Callable[..., np.ndarray],

@@ -35,7 +35,7 @@ from ..models.gmm import (
     precisions_from_cholesky,
     sample_moments,
 )
-from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs, validate_in_memory
+from ._base import EMEstimator, check_n_samples, map_rows, run_checkpoint, run_rngs, validate_in_memory
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 
@@ -642,8 +642,11 @@ class GaussianMixture(EMEstimator):
             )
         return X
 
-    def _map(self, X: Any, what: str, n_columns: int | None, dtype: Any = np.float64) -> Any:
+    def _map(self, X: Any, what: str, n_columns: int | None, dtype: Any = None) -> Any:
         X = self._check_X(X)
+        if dtype is None:
+            # scikit-learn returns float32 log-probabilities for float32 rows
+            dtype = np.float32 if getattr(X, "dtype", None) == np.float32 else np.float64
         return map_rows(X, _rows_output, self._model(), self._fitted_params, what, n_columns=n_columns, dtype=dtype)
 
     def score_samples(self, X: Any) -> Any:
@@ -702,8 +705,7 @@ class GaussianMixture(EMEstimator):
             The component each row was drawn from.
         """
         self._check_fitted("weights_")
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+        check_n_samples(n_samples)
         rs = self.random_state
         rng = rs if isinstance(rs, (np.random.RandomState, np.random.Generator)) else np.random.RandomState(rs)
         counts = rng.multinomial(n_samples, self.weights_)
@@ -757,7 +759,8 @@ def _rows_output(block: np.ndarray, model: GaussianMixtureModel, params: GMMPara
         return log_prob.argmax(axis=1).astype(np.int64)
     row = np.empty(log_prob.shape[0])
     _normalize(log_prob, row)
-    return log_prob if what == "predict_proba" else row
+    out = log_prob if what == "predict_proba" else row
+    return out.astype(np.float32 if block.dtype == np.float32 else np.float64, copy=False)
 
 
 def _with_index(index: int, block: Any) -> tuple[int, Any]:

@@ -117,6 +117,8 @@ class EMEstimator(BaseEstimator):
         if tags.estimator_type is None:
             tags.estimator_type = self._estimator_type
         tags.target_tags.required = False
+        # NaN marks a missing entry for these estimators, so scikit-learn's checks expect it accepted
+        tags.input_tags.allow_nan = bool(getattr(self, "_nan_is_missing", False))
         return tags
 
     @classmethod

@@ -487,7 +487,9 @@ class GaussianMixture(EMEstimator):
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None, **fit_kwargs: Any) -> Any:
         """Fit, then the most likely component of every row (lazy for Dask input)."""
-        return self.fit(X, sample_weight=sample_weight, **fit_kwargs).predict(X)
+        if sample_weight is not None:  # only given on: BayesianGaussianMixture borrows this and takes no weights
+            fit_kwargs["sample_weight"] = sample_weight
+        return self.fit(X, **fit_kwargs).predict(X)
 
     @property
     def _fitted_params(self) -> GMMParams:

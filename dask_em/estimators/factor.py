@@ -79,8 +79,8 @@ class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator
         self
         """
         model = self._model()
-        # NaN marks a missing entry; scikit-learn's checks for everything else
-        X = validate_in_memory(self, X, reset=True, ensure_all_finite="allow-nan", ensure_min_samples=2)
+        # NaN marks a missing entry; infinite values are counted and reported by the first pass
+        X = validate_in_memory(self, X, reset=True, ensure_all_finite=False, ensure_min_samples=2)
         with where(client, data=X, verbose=self.verbose) as active:
             blocks = prepare_blocks(X, active)
             n_features = int(blocks.array.shape[1])

@@ -243,7 +243,8 @@ class BayesianGaussianMixture(EMEstimator):
         """
         self._check_parameters()
         model = self._model()
-        X = validate_in_memory(self, X, reset=True, ensure_min_samples=2)
+        # NaN and infinite values are counted and reported by the first pass
+        X = validate_in_memory(self, X, reset=True, ensure_all_finite=False, ensure_min_samples=2)
         K = int(self.n_components)
         with where(client, data=X, verbose=bool(self.verbose)) as active:
             blocks = prepare_blocks(X, active)

@@ -17,17 +17,6 @@ import dask_em
 
 PEER = "scikit-learn"
 
-#: checks that fail for a reason stated here, reported as expected failures
-EXPECTED_FAILURES = {
-    "KMeans": {
-        "check_sample_weight_equivalence_on_dense_data": (
-            "the seeding draws random rows, so repeating a row changes the draws (scikit-learn's own "
-            "KMeans fails this check too); from given initial centers the weighted and the repeated "
-            "fits agree to 1e-10 (tests/test_sample_weight.py, test_k_means.py::test_weighted_vs_repeated)"
-        ),
-    },
-}
-
 
 @parametrize_with_checks(
     [
@@ -38,7 +27,6 @@ EXPECTED_FAILURES = {
         dask_em.PPCA(),
         dask_em.MultivariateNormal(),
     ],
-    expected_failed_checks=lambda estimator: EXPECTED_FAILURES.get(type(estimator).__name__, {}),
 )
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)

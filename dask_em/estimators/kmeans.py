@@ -279,7 +279,8 @@ def initial_centers(
     repeats), so that weighting a row and repeating it seed alike.
     """
     if isinstance(init, str):
-        if init in ("k-means||", "k-means++") and blocks.n_samples <= _sample_size(blocks, n_clusters):
+        small = blocks.array is not None and blocks.n_samples <= _sample_size(blocks, n_clusters)
+        if init in ("k-means||", "k-means++") and small:  # (sequences' blocks have no array to index)
             # Every row fits in the sample: weighted k-means++ on the distinct rows in sorted order, so
             # the seeds depend only on the weighted data (a row of weight 3 seeds as three copies would).
             return _distinct_rows_plusplus(_rows(blocks, client, np.arange(blocks.n_samples)), sample_weight,

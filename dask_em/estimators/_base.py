@@ -117,6 +117,8 @@ class EMEstimator(BaseEstimator):
         if tags.estimator_type is None:
             tags.estimator_type = self._estimator_type
         tags.target_tags.required = False
+        # NaN marks a missing entry for these estimators, so scikit-learn's checks expect it accepted
+        tags.input_tags.allow_nan = bool(getattr(self, "_nan_is_missing", False))
         return tags
 
     @classmethod
@@ -212,6 +214,14 @@ def run_rngs(random_state: int | np.random.Generator | None, n_runs: int) -> lis
     else:
         seed = np.random.SeedSequence(random_state)
     return [np.random.default_rng(child) for child in seed.spawn(n_runs)]
+
+
+def check_n_samples(n_samples: int) -> None:
+    """Raise scikit-learn's error for a ``sample(n_samples)`` request of fewer than one row."""
+    if n_samples < 1:
+        raise ValueError(
+            f"Invalid value for 'n_samples': {n_samples}. The sampling requires at least one sample; pass n_samples >= 1"
+        )
 
 
 def map_rows(

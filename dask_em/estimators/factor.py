@@ -6,16 +6,19 @@ from typing import Any
 
 import numpy as np
 
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
+
 from ..executor import where
 from ..engine import fit_em, prepare_blocks
 from ..models.factor import FactorModel, FactorParams, score_block, transform_block
-from ._base import EMEstimator, map_rows, run_rngs
+from ._base import EMEstimator, map_rows, run_rngs, validate_in_memory
 
 
-class _FactorBase(EMEstimator):
+class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator):
     """What factor analysis and probabilistic PCA share."""
 
     _noise = "diagonal"
+    _nan_is_missing = True
 
     def __init__(
         self,
@@ -39,6 +42,11 @@ class _FactorBase(EMEstimator):
     def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
         super()._check_params()
         self._model()  # its checks are those of a fit
+
+    @property
+    def _n_features_out(self) -> int:
+        """Number of columns ``transform`` returns (``get_feature_names_out``)."""
+        return int(self.components_.shape[0])
 
     def _model(self) -> FactorModel:
         return FactorModel(n_components=int(self.n_components), noise=self._noise)
@@ -71,6 +79,8 @@ class _FactorBase(EMEstimator):
         self
         """
         model = self._model()
+        # NaN marks a missing entry; infinite values are counted and reported by the first pass
+        X = validate_in_memory(self, X, reset=True, ensure_all_finite=False, ensure_min_samples=2)
         with where(client, data=X, verbose=self.verbose) as active:
             blocks = prepare_blocks(X, active)
             n_features = int(blocks.array.shape[1])
@@ -128,6 +138,7 @@ class _FactorBase(EMEstimator):
             Lazy for Dask, Zarr or path input; zero for rows with nothing observed.
         """
         self._check_fitted("mean_")
+        X = validate_in_memory(self, X, reset=False, ensure_all_finite="allow-nan")
         return map_rows(
             X, transform_block, self.mean_, self._loadings, self._noise_vector, n_columns=self._loadings.shape[1]
         )
@@ -141,6 +152,7 @@ class _FactorBase(EMEstimator):
             Lazy for Dask, Zarr or path input; zero for rows with nothing observed.
         """
         self._check_fitted("mean_")
+        X = validate_in_memory(self, X, reset=False, ensure_all_finite="allow-nan")
         return map_rows(X, score_block, self.mean_, self._loadings, self._noise_vector, n_columns=None)
 
     def score(self, X: Any, y: Any = None) -> float:

@@ -37,7 +37,7 @@ from ..models.gmm import (
     precisions_from_cholesky,
     sample_moments,
 )
-from ._base import EMEstimator, map_rows, run_rngs, shared_restarts, validate_in_memory
+from ._base import EMEstimator, check_n_samples, map_rows, run_rngs, shared_restarts, validate_in_memory
 from ._online import PartialFitMixin
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -570,7 +570,9 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None, **fit_kwargs: Any) -> Any:
         """Fit, then the most likely component of every row (lazy for Dask input)."""
-        return self.fit(X, sample_weight=sample_weight, **fit_kwargs).predict(X)
+        if sample_weight is not None:  # only given on: BayesianGaussianMixture borrows this and takes no weights
+            fit_kwargs["sample_weight"] = sample_weight
+        return self.fit(X, **fit_kwargs).predict(X)
 
     @property
     def _fitted_params(self) -> GMMParams:
@@ -718,8 +720,11 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
             )
         return X
 
-    def _map(self, X: Any, what: str, n_columns: int | None, dtype: Any = np.float64) -> Any:
+    def _map(self, X: Any, what: str, n_columns: int | None, dtype: Any = None) -> Any:
         X = self._check_X(X)
+        if dtype is None:
+            # scikit-learn returns float32 log-probabilities for float32 rows
+            dtype = np.float32 if getattr(X, "dtype", None) == np.float32 else np.float64
         return map_rows(X, _rows_output, self._model(), self._fitted_params, what, n_columns=n_columns, dtype=dtype)
 
     def score_samples(self, X: Any) -> Any:
@@ -778,8 +783,7 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
             The component each row was drawn from.
         """
         self._check_fitted("weights_")
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+        check_n_samples(n_samples)
         rs = self.random_state
         rng = rs if isinstance(rs, (np.random.RandomState, np.random.Generator)) else np.random.RandomState(rs)
         counts = rng.multinomial(n_samples, self.weights_)

@@ -180,6 +180,20 @@ def kmeans_parallel_init(
     return weighted_lloyd(candidates, weights, centers)
 
 
+def _distinct_rows_plusplus(
+    X: np.ndarray, sample_weight: np.ndarray | None, n_clusters: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Weighted k-means++ on the distinct rows of ``X`` (sorted), each weighing the sum of its copies' weights."""
+    X, n_invalid = _finite_rows(X)
+    if n_invalid:
+        raise _invalid_error(n_invalid)
+    w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, np.float64)  # computes Dask weights
+    keep = w > 0
+    rows, inverse = np.unique(np.asarray(X[keep], np.float64), axis=0, return_inverse=True)
+    weights = np.bincount(inverse.ravel(), weights=w[keep], minlength=len(rows))
+    return kmeans_plusplus(rows, n_clusters, rng, sample_weight=weights)
+
+
 def _sample_size(blocks: Blocks, n_clusters: int) -> int:
     return int(min(blocks.n_samples, max(10_000, 100 * n_clusters)))
 
@@ -193,14 +207,24 @@ def initial_centers(
     oversampling_factor: float = 2.0,
     init_max_iter: int = 5,
     client: Any = None,
+    sample_weight: np.ndarray | None = None,
 ) -> np.ndarray:
     """Initial centers by ``init``: "k-means||", "k-means++", "random" or an array.
 
     "k-means++" runs on a random sample of whole blocks (at least 10,000
     rows); "random" picks ``n_clusters`` distinct rows uniformly from all
-    the data, reading only the blocks that hold them.
+    the data, reading only the blocks that hold them. When the sample would
+    hold every row, "k-means||" and "k-means++" both run weighted k-means++
+    on the distinct rows (``sample_weight``, in memory, summed over
+    repeats), so that weighting a row and repeating it seed alike.
     """
     if isinstance(init, str):
+        small = blocks.array is not None and blocks.n_samples <= _sample_size(blocks, n_clusters)
+        if init in ("k-means||", "k-means++") and small:  # (sequences' blocks have no array to index)
+            # Every row fits in the sample: weighted k-means++ on the distinct rows in sorted order, so
+            # the seeds depend only on the weighted data (a row of weight 3 seeds as three copies would).
+            return _distinct_rows_plusplus(_rows(blocks, client, np.arange(blocks.n_samples)), sample_weight,
+                                           n_clusters, rng)
         if init == "k-means||":
             return kmeans_parallel_init(
                 blocks, n_clusters, rng, oversampling_factor=oversampling_factor, n_rounds=init_max_iter,
@@ -541,7 +565,7 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         return n_init
 
     def _initial_centers(
-        self, X: Any, blocks: Blocks, rng: np.random.Generator, client: Any
+        self, X: Any, blocks: Blocks, rng: np.random.Generator, client: Any, sample_weight: Any = None
     ) -> np.ndarray:
         """The seeding of one run; a callable ``init`` gets the data and a RandomState."""
         init = self.init
@@ -572,6 +596,7 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             oversampling_factor=self.oversampling_factor,
             init_max_iter=self.init_max_iter,
             client=client,
+            sample_weight=sample_weight,
         )
 
     def fit(
@@ -630,7 +655,7 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             best = None
             for run, rng in enumerate(rngs):
                 def init(rng: np.random.Generator = rng) -> KMeansParams:
-                    centers = self._initial_centers(X, blocks, rng, active)
+                    centers = self._initial_centers(X, blocks, rng, active, sample_weight)
                     if self.verbose:
                         print("Initialization complete")
                     return KMeansParams.from_centers(centers)

@@ -9,7 +9,7 @@ import numpy as np
 from ..executor import where
 from ..engine import fit_em, prepare_blocks
 from ..models.mvn_missing import MVNMissingModel, MVNParams, impute_block, score_block
-from ._base import EMEstimator, map_rows, run_rngs
+from ._base import EMEstimator, map_rows, run_rngs, validate_in_memory
 from ._online import PartialFitMixin
 
 
@@ -70,6 +70,8 @@ class MultivariateNormal(PartialFitMixin, EMEstimator):
         Rows with no observed value (ignored).
     n_features_in_ : int
     """
+
+    _nan_is_missing = True
 
     def __init__(
         self,
@@ -133,6 +135,8 @@ class MultivariateNormal(PartialFitMixin, EMEstimator):
         self
         """
         model = self._model()
+        # NaN marks a missing entry; infinite values are counted and reported by the first pass
+        X = validate_in_memory(self, X, reset=True, ensure_all_finite=False, ensure_min_samples=2)
         with where(client, data=X, verbose=self.verbose) as active:
             blocks = prepare_blocks(X, active)
             n_features = int(blocks.array.shape[1])
@@ -204,6 +208,7 @@ class MultivariateNormal(PartialFitMixin, EMEstimator):
             Rows with nothing observed get ``mean_``.
         """
         self._check_fitted("mean_")
+        X = validate_in_memory(self, X, reset=False, ensure_all_finite="allow-nan")
         return map_rows(X, impute_block, self.mean_, self.covariance_, n_columns=self.n_features_in_)
 
     def score_samples(self, X: Any) -> Any:
@@ -215,6 +220,7 @@ class MultivariateNormal(PartialFitMixin, EMEstimator):
             0 for rows with nothing observed.
         """
         self._check_fitted("mean_")
+        X = validate_in_memory(self, X, reset=False, ensure_all_finite="allow-nan")
         return map_rows(X, score_block, self.mean_, self.covariance_, n_columns=None)
 
     def score(self, X: Any, y: Any = None) -> float:

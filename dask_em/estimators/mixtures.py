@@ -20,7 +20,7 @@ from ..models.mixtures import (
     _DiscreteMixture,
 )
 from ..online import OnlineEM
-from ._base import EMEstimator, map_rows, run_rngs, shared_restarts
+from ._base import EMEstimator, check_n_samples, map_rows, run_rngs, shared_restarts
 from ._online import PartialFitMixin
 
 
@@ -226,8 +226,7 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
         return -2.0 * total + 2.0 * self._n_parameters()
 
     def _sample_labels(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+        check_n_samples(n_samples)
         counts = rng.multinomial(n_samples, self.weights_)
         return np.repeat(np.arange(len(counts)), counts)
 

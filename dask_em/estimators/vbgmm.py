@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import Blocks, _check_array_meta
+from ..data import Blocks
 from ..engine import expected_stats, fit_em, prepare_blocks
 from ..errors import ConvergenceWarning, InvalidDataError, InvalidParameterError
 from ..executor import where
@@ -16,7 +16,7 @@ from ..models.base import Stats
 from ..models.gmm import GaussianMixtureModel, HardAssignment, _Workspace, data_moments
 from ..models.gmm import precisions_from_cholesky
 from ..models.vbgmm import PRIOR_FIELDS, BayesianGaussianMixtureModel, VBGMMParams
-from ._base import EMEstimator, run_checkpoint, run_rngs
+from ._base import EMEstimator, run_checkpoint, run_rngs, validate_in_memory
 from .gmm import INIT_PARAMS, GaussianMixture, _stored_prior
 
 
@@ -243,9 +243,8 @@ class BayesianGaussianMixture(EMEstimator):
         """
         self._check_parameters()
         model = self._model()
-        if isinstance(X, (np.ndarray, list, tuple)):
-            X = np.asarray(X)
-            _check_array_meta(X.shape, X.dtype)
+        # NaN and infinite values are counted and reported by the first pass
+        X = validate_in_memory(self, X, reset=True, ensure_all_finite=False, ensure_min_samples=2)
         K = int(self.n_components)
         with where(client, data=X, verbose=bool(self.verbose)) as active:
             blocks = prepare_blocks(X, active)

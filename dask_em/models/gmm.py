@@ -1410,7 +1410,8 @@ def _rows_output(block: np.ndarray, model: GaussianMixtureModel, params: GMMPara
         return log_prob.argmax(axis=1).astype(np.int64)
     row = np.empty(log_prob.shape[0])
     _normalize(log_prob, row)
-    return log_prob if what == "predict_proba" else row
+    out = log_prob if what == "predict_proba" else row
+    return out.astype(np.float32 if block.dtype == np.float32 else np.float64, copy=False)
 
 
 def _with_index(index: int, block: Any) -> tuple[int, Any]:

@@ -1,9 +1,12 @@
 """scikit-learn's estimator checks (``check_estimator``) on dask-em's estimators.
 
 The checks apply to estimators that take one 2-D array of real values:
-the Gaussian mixture and k-means. (HMMs take sequences, the discrete
+the Gaussian mixtures, k-means, factor analysis, probabilistic PCA and the
+multivariate normal with missing values (these three treat NaN as missing,
+so they carry scikit-learn's ``allow_nan`` tag and the checks expect NaN
+accepted and infinity refused). HMMs take sequences, the discrete
 mixtures take counts or binary data, random effects take groups: the
-checks' random real data is outside what they model.)
+checks' random real data is outside what they model.
 """
 
 from __future__ import annotations
@@ -14,21 +17,16 @@ import dask_em
 
 PEER = "scikit-learn"
 
-#: checks that fail for a reason stated here, reported as expected failures
-EXPECTED_FAILURES = {
-    "KMeans": {
-        "check_sample_weight_equivalence_on_dense_data": (
-            "the seeding draws random rows, so repeating a row changes the draws (scikit-learn's own "
-            "KMeans fails this check too); from given initial centers the weighted and the repeated "
-            "fits agree to 1e-10 (tests/test_sample_weight.py, test_k_means.py::test_weighted_vs_repeated)"
-        ),
-    },
-}
-
 
 @parametrize_with_checks(
-    [dask_em.GaussianMixture(), dask_em.KMeans()],
-    expected_failed_checks=lambda estimator: EXPECTED_FAILURES.get(type(estimator).__name__, {}),
+    [
+        dask_em.GaussianMixture(),
+        dask_em.KMeans(),
+        dask_em.BayesianGaussianMixture(),
+        dask_em.FactorAnalysis(),
+        dask_em.PPCA(),
+        dask_em.MultivariateNormal(),
+    ],
 )
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)

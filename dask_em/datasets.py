@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from .models._gaussian import check_covariance_type, to_full
+
 __all__ = ["make_blobs", "make_blobs_zarr", "load_truth", "true_params"]
 
-_COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 #: Rows per block when the caller does not choose: about 8 MiB of float64.
 _DEFAULT_BLOCK_BYTES = 8 * 2**20
 
@@ -52,8 +53,7 @@ def true_params(
         ``covariance_type``) and ``covariance_type``.
     """
     _check_sizes(1, n_features, n_components)
-    if covariance_type not in _COVARIANCE_TYPES:
-        raise ValueError(f"covariance_type must be one of {_COVARIANCE_TYPES}, got {covariance_type!r}")
+    check_covariance_type(covariance_type)
     rng = np.random.default_rng(np.random.SeedSequence(random_state, spawn_key=(2**31,)))
     D, K = n_features, n_components
     # Weights kept away from zero so every component is visible in the data.
@@ -78,16 +78,8 @@ def true_params(
 
 def _cholesky_factors(truth: dict[str, Any]) -> np.ndarray:
     """Per-component lower Cholesky factors, shape (K, D, D)."""
-    cov = np.asarray(truth["covariances"], dtype=np.float64)
     K, D = np.shape(truth["means"])
-    kind = truth["covariance_type"]
-    if kind == "full":
-        return np.linalg.cholesky(cov)
-    if kind == "tied":
-        return np.broadcast_to(np.linalg.cholesky(cov), (K, D, D)).copy()
-    if kind == "diag":
-        return np.stack([np.diag(np.sqrt(c)) for c in cov])
-    return np.stack([np.sqrt(c) * np.eye(D) for c in cov])
+    return np.linalg.cholesky(to_full(truth["covariances"], truth["covariance_type"], K, D))
 
 
 def _block_seed(random_state: int, block: int) -> np.random.SeedSequence:

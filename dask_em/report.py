@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from .models._gaussian import to_full
+
 __all__ = ["MissingDependencyError", "make_report"]
 
 #: Steps of the decoded HMM sequence that are drawn.
@@ -98,19 +100,6 @@ def _convergence(est: Any) -> tuple[np.ndarray, str] | None:
     return None
 
 
-def _full_covariances(covariances: np.ndarray, covariance_type: str, n_components: int, n_features: int) -> np.ndarray:
-    c = np.asarray(covariances, dtype=float)
-    if covariance_type == "full":
-        return c
-    if covariance_type == "tied":
-        return np.broadcast_to(c, (n_components, n_features, n_features)).copy()
-    if covariance_type == "diag":
-        return np.stack([np.diag(v) for v in c])
-    if covariance_type == "spherical":
-        return np.stack([v * np.eye(n_features) for v in c])
-    raise ValueError(f"unknown covariance_type {covariance_type!r}")
-
-
 def _stationary(transmat: np.ndarray) -> np.ndarray:
     """Stationary distribution of a transition matrix (the long-run share of each state)."""
     values, vectors = np.linalg.eig(np.asarray(transmat, dtype=float).T)
@@ -143,7 +132,7 @@ def _components(est: Any) -> _Components | None:
     if getattr(est, "means_", None) is not None and getattr(est, "covariances_", None) is not None:
         means = np.asarray(est.means_, dtype=float)
         K, D = means.shape
-        covs = _full_covariances(est.covariances_, getattr(est, "covariance_type", "full"), K, D)
+        covs = to_full(est.covariances_, getattr(est, "covariance_type", "full"), K, D)
         return _Components(means, covs, weights, "component", "weight", "gaussian")
     if getattr(est, "lambdas_", None) is not None:
         lambdas = np.atleast_2d(np.asarray(est.lambdas_, dtype=float))
@@ -446,7 +435,7 @@ def plot_experts(est: Any, sample: np.ndarray | None = None) -> Any:
                        linewidths=0, rasterized=True)
         for k in range(K):
             if cov.size:
-                sd = math.sqrt(float(_full_covariances(cov, est.covariance_type, K, D)[k][j, j]))
+                sd = math.sqrt(float(to_full(cov, est.covariance_type, K, D)[k][j, j]))
                 lo, hi = means[k, j] - 2 * sd, means[k, j] + 2 * sd
             elif labels is not None and (labels == k).any():
                 lo, hi = float(sample[labels == k, j].min()), float(sample[labels == k, j].max())

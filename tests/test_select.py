@@ -8,7 +8,8 @@ import pytest
 from dask_em.datasets import make_blobs, make_blobs_zarr
 from dask_em.engine import fit_em
 from dask_em.models.gmm import GaussianMixtureModel
-from dask_em.select import StackedModel, member_stats, n_parameters, select
+from dask_em.models.gmm_grid import StackedModel, member_stats
+from dask_em.select import n_parameters, select
 
 GRID = tuple((k, t) for k in (1, 2, 4) for t in ("full", "tied", "diag", "spherical"))
 

@@ -59,11 +59,14 @@ __all__ = [
     "exp_reduced",
     "feature_precisions",
     "from_tied",
+    "inverse_and_logdet",
     "is_square",
     "log_det_cholesky",
     "logsumexp_rows",
+    "moments_from_full",
     "n_covariance_parameters",
     "n_parameters",
+    "one_covariance_from_data",
     "normalize_columns",
     "normalize_rows",
     "pooled_stats",
@@ -159,7 +162,14 @@ def second_moment_key(covariance_type: str) -> str:
 
 
 def to_full(covariances: Any, covariance_type: str, n_components: int, n_features: int) -> np.ndarray:
-    """Covariances of any type as (n_components, n_features, n_features) matrices."""
+    """Covariances of any type as (n_components, n_features, n_features) matrices.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``covariance_type``.
+    """
+    check_covariance_type(covariance_type)
     cov = np.asarray(covariances, np.float64)
     K, D = int(n_components), int(n_features)
     if covariance_type == "full":
@@ -181,6 +191,34 @@ def from_tied(cov: np.ndarray, covariance_type: str, n_components: int) -> np.nd
     if covariance_type == "diag":
         return np.repeat(np.diag(cov)[None], K, axis=0)
     return np.full(K, np.diag(cov).mean())
+
+
+def one_covariance_from_data(covariance: Any, covariance_type: str, n_features: int) -> Any:
+    """A data covariance in the layout of one covariance of the type (a prior's default scale).
+
+    Parameters
+    ----------
+    covariance : array-like
+        The (D, D) data covariance, or the (D,) variances (enough for diag
+        and spherical).
+
+    Returns
+    -------
+    The (D, D) matrix for full and tied, the variances (D,) for diag, their
+    mean (a float) for spherical.
+
+    Raises
+    ------
+    ValueError
+        If a full or tied type is given variances only.
+    """
+    cov = np.asarray(covariance, np.float64)
+    if is_square(covariance_type):
+        if cov.ndim != 2:
+            raise ValueError("a full or tied covariance_prior default needs the (D, D) data covariance")
+        return cov
+    var = np.diag(cov) if cov.ndim == 2 else cov.reshape(int(n_features))
+    return var if covariance_type == "diag" else float(var.mean())
 
 
 # -- Cholesky factors and log-determinants ----------------------------------------------
@@ -285,6 +323,19 @@ def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: in
     return n_features * np.log(prec_chol)
 
 
+def inverse_and_logdet(matrix: np.ndarray) -> tuple[np.ndarray, float]:
+    """Inverse and log-determinant of a symmetric positive-definite matrix, by its Cholesky factor.
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        If the matrix is not positive definite (callers add their advice).
+    """
+    chol = np.linalg.cholesky(matrix)
+    inv_chol = np.linalg.inv(chol)
+    return inv_chol.T @ inv_chol, 2.0 * float(np.log(np.diag(chol)).sum())
+
+
 def feature_precisions(prec_chol: np.ndarray, covariance_type: str, n_features: int) -> np.ndarray:
     """Per-feature precisions (n_components, n_features) of ``diag`` or ``spherical`` factors."""
     prec_chol = np.asarray(prec_chol, np.float64)
@@ -309,6 +360,21 @@ def zero_stats(covariance_type: str, n_components: int, n_features: int) -> Stat
     else:
         stats["sum_xx"] = np.zeros((K, D))
     return stats
+
+
+def moments_from_full(stats: Stats, covariance_type: str) -> Stats:
+    """Statistics with per-component (K, D, D) ``sum_xxT`` in the layout of ``covariance_type``
+    (:func:`zero_stats`): summed over components for tied, their diagonals as ``sum_xx`` for
+    diag and spherical."""
+    S = np.asarray(stats["sum_xxT"], np.float64)
+    out = {"sum_resp": stats["sum_resp"], "sum_x": stats["sum_x"]}
+    if covariance_type == "full":
+        out["sum_xxT"] = S
+    elif covariance_type == "tied":
+        out["sum_xxT"] = S.sum(axis=0)
+    else:
+        out["sum_xx"] = np.diagonal(S, axis1=1, axis2=2).copy()
+    return out
 
 
 def pooled_stats(stats: Stats, covariance_type: str) -> Stats:

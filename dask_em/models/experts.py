@@ -42,7 +42,16 @@ import numba
 import numpy as np
 
 from .base import Stats
-from ._gaussian import COVARIANCE_TYPES, normalize_columns, precisions_cholesky_from_covariances
+from ._gaussian import (
+    COVARIANCE_TYPES,
+    is_square,
+    logsumexp_rows,
+    moments_from_full,
+    n_parameters,
+    normalize_columns,
+    normalize_rows,
+    precisions_cholesky_from_covariances,
+)
 from .gmm import EMPTY_MASS, GaussianMixtureModel, GMMParams, _Workspace, sub_block_rows
 from .gmm_kernels import _weigh_rows
 from .kmeans import kmeans_plusplus
@@ -249,7 +258,7 @@ class MixtureOfExpertsModel:
         if self.gating == "constant":
             gates = {"covariances": "fixed", "precisions_cholesky": "fixed"}
         else:
-            shape = "spd" if self.covariance_type in ("full", "tied") else "positive"
+            shape = "spd" if is_square(self.covariance_type) else "positive"
             gates = {"covariances": shape, "precisions_cholesky": "derived"}
         return {"weights": "simplex", "noise_variance": "positive", **gates}
 
@@ -293,18 +302,6 @@ class MixtureOfExpertsModel:
         stats["sum_xy"] += (W.T @ V).reshape(K, D, T)
         stats["sum_yy"] += respT @ (V * V)
 
-    def _gate_stats(self, stats: Stats) -> Stats:
-        """The statistics the Gaussian mixture M-step expects for ``covariance_type``."""
-        S = np.asarray(stats["sum_xxT"], np.float64)
-        out = {"sum_resp": stats["sum_resp"], "sum_x": stats["sum_x"]}
-        if self.covariance_type == "full":
-            out["sum_xxT"] = S
-        elif self.covariance_type == "tied":
-            out["sum_xxT"] = S.sum(axis=0)
-        else:
-            out["sum_xx"] = np.diagonal(S, axis1=1, axis2=2).copy()
-        return out
-
     def _estimate(self, stats: Stats, c: np.ndarray, r: np.ndarray, previous: ExpertsParams | None) -> ExpertsParams:
         """Parameters from sums taken about ``c`` (inputs) and ``r`` (targets)."""
         sum_resp = np.asarray(stats["sum_resp"], np.float64)
@@ -314,7 +311,7 @@ class MixtureOfExpertsModel:
         empty = sum_resp < EMPTY_MASS
         if self.gating == "gaussian":
             gate = self.gate
-            gate_stats = self._gate_stats(stats)
+            gate_stats = moments_from_full(stats, self.covariance_type)
             if previous is None:
                 g = gate.params_from_stats(gate_stats, c)
             else:
@@ -372,10 +369,9 @@ class MixtureOfExpertsModel:
         X = np.asarray(X, np.float64)
         if self.gating == "constant":
             return np.broadcast_to(np.asarray(params.weights, np.float64), (len(X), self.n_components)).copy()
-        log_prob = self.gate.weighted_log_prob(X, self._gmm_params(params))
-        log_prob -= log_prob.max(axis=1, keepdims=True)
-        out = np.exp(log_prob)
-        return out / out.sum(axis=1, keepdims=True)
+        log_prob = np.ascontiguousarray(self.gate.weighted_log_prob(X, self._gmm_params(params)))
+        normalize_rows(log_prob, np.empty(len(log_prob)))
+        return log_prob
 
     def predict_block(self, X: np.ndarray, params: ExpertsParams) -> np.ndarray:
         """Conditional mean ``sum_k g_k(x) (coef_k x + intercept_k)``, shape (n_samples, n_targets)."""
@@ -403,16 +399,13 @@ class MixtureOfExpertsModel:
 
     def posterior_block(self, block: np.ndarray, params: ExpertsParams) -> np.ndarray:
         """Posterior probability of each expert given ``(x, y)``, shape (n_samples, n_components)."""
-        log_prob = self.log_prob_block(block, params)
-        log_prob -= log_prob.max(axis=1, keepdims=True)
-        out = np.exp(log_prob)
-        return out / out.sum(axis=1, keepdims=True)
+        log_prob = np.ascontiguousarray(self.log_prob_block(block, params))
+        normalize_rows(log_prob, np.empty(len(log_prob)))
+        return log_prob
 
     def score_samples_block(self, block: np.ndarray, params: ExpertsParams) -> np.ndarray:
         """Log-likelihood of each row: joint (Gaussian gates) or conditional (constant gates)."""
-        from scipy.special import logsumexp
-
-        return logsumexp(self.log_prob_block(block, params), axis=1)
+        return logsumexp_rows(self.log_prob_block(block, params))
 
     def n_parameters(self, n_features: int) -> int:
         """Number of free parameters (for BIC/AIC)."""
@@ -420,8 +413,7 @@ class MixtureOfExpertsModel:
         experts = K * T * (D + 2)
         if self.gating == "constant":
             return experts + K - 1
-        cov = {"full": K * D * (D + 1) // 2, "tied": D * (D + 1) // 2, "diag": K * D, "spherical": K}
-        return experts + K - 1 + K * D + cov[self.covariance_type]
+        return experts + n_parameters(K, D, self.covariance_type)
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"}, nogil=True)

@@ -37,14 +37,14 @@ entered the iteration):
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, ClassVar
 
 import numpy as np
 
+from ._gaussian import LOG_2PI as _LOG_2PI
+from ._gaussian import inverse_and_logdet
 from .base import Stats
 
-_LOG_2PI = math.log(2.0 * math.pi)
 #: Rows per sub-block of the E-step: keeps (rows x features) temporaries in cache.
 SUB_BLOCK_ROWS = 4096
 #: Smallest noise variance, as scikit-learn's factor analysis.
@@ -134,7 +134,7 @@ class FactorModel:
         inv_psi = 1.0 / psi
         Wp = W * inv_psi[:, None]  # Psi^-1 W
         M = np.eye(q) + W.T @ Wp
-        M_inv, logdet_M = _inv_logdet(M)
+        M_inv, logdet_M = inverse_and_logdet(M)
         logdet_psi = float(np.log(psi).sum())
         WW = (W[:, :, None] * W[:, None, :]).reshape(d, q * q)
 
@@ -335,12 +335,6 @@ def transform_block(X: np.ndarray, mean: np.ndarray, loadings: np.ndarray, noise
 def score_block(X: np.ndarray, mean: np.ndarray, loadings: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """Log-density of the observed entries of each row."""
     return posterior_block(X, mean, loadings, noise)[1]
-
-
-def _inv_logdet(M: np.ndarray) -> tuple[np.ndarray, float]:
-    chol = np.linalg.cholesky(M)
-    inv_chol = np.linalg.inv(chol)
-    return inv_chol.T @ inv_chol, 2.0 * float(np.log(np.diag(chol)).sum())
 
 
 def _chol_solve(chol: np.ndarray, b: np.ndarray) -> np.ndarray:

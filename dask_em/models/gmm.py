@@ -50,6 +50,7 @@ from ._gaussian import (
     check_covariance_type,
     feature_precisions,
     from_tied,
+    is_square,
     log_det_cholesky,
     logsumexp_rows,
     normalize_columns,
@@ -349,7 +350,7 @@ class GaussianMixtureModel(MAPPrior):
         empty = np.asarray(stats["sum_resp"]) < EMPTY_MASS
         if empty.any():
             means = np.where(empty[:, None], params.means, means)
-            if self.covariance_type in ("full", "diag", "spherical"):
+            if self.covariance_type != "tied":
                 covariances = covariances.copy()
                 covariances[empty] = np.asarray(params.covariances)[empty]
         prec_chol = precisions_cholesky_from_covariances(covariances, self.covariance_type)
@@ -357,7 +358,7 @@ class GaussianMixtureModel(MAPPrior):
 
     def param_constraints(self, params: GMMParams) -> dict[str, str]:
         """How accelerated EM may move each parameter (see :mod:`dask_em.accelerate`)."""
-        square = self.covariance_type in ("full", "tied")
+        square = is_square(self.covariance_type)
         return {"weights": "simplex", "covariances": "spd" if square else "positive", "precisions_cholesky": "derived"}
 
     def complete_params(self, params: GMMParams) -> GMMParams:

@@ -12,20 +12,17 @@ with no value missing the two models give the same parameters to rounding.
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from typing import Any
 
 import numpy as np
-from scipy.special import logsumexp
 
 from ..errors import InvalidDataError
+from ._conditional import as_float_block, component_conditionals, component_gaussians
+from ._gaussian import COVARIANCE_TYPES, normalize_rows, recenter_moments
 from .base import Stats
-from ._gaussian import COVARIANCE_TYPES, recenter_moments
 from .gmm import GaussianMixtureModel, GMMParams, reference_point
-from .mvn_missing import as_float_block, condition, conditional_cov_sum, missingness_patterns
 
-_LOG_2PI = math.log(2.0 * math.pi)
 #: Rows per sub-block of the E-step.
 SUB_BLOCK_ROWS = 2048
 
@@ -108,7 +105,6 @@ class GaussianMixtureMissingModel:
         """Expected complete-data statistics of one block (see the class notes)."""
         X = as_float_block(block)
         n_rows, D = X.shape
-        K = self.n_components
         ct = self.covariance_type
         center = reference_point(params)
         means = np.asarray(params.means, np.float64)
@@ -116,7 +112,7 @@ class GaussianMixtureMissingModel:
         with np.errstate(divide="ignore"):
             log_w = np.log(np.asarray(params.weights, np.float64))
         stats = self._complete_model()._zero_stats(D)
-        gauss = _component_gaussians(params, ct)
+        gauss = component_gaussians(params, ct)
         n = 0
         n_all = 0
         n_inf = 0
@@ -132,13 +128,10 @@ class GaussianMixtureMissingModel:
             n_seen = D - miss.sum(axis=1)
             empty = n_seen == 0
             n_observed += len(part) - miss.sum(axis=0)
-            if ct in ("diag", "spherical"):
-                logp, completed = _diag_conditionals(part, miss, center, a, gauss)
-            else:
-                logp, completed = _full_conditionals(part, miss, center, a, means, gauss)
-            weighted = logp + log_w
-            row_ll = logsumexp(weighted, axis=1)
-            resp = np.exp(weighted - row_ll[:, None])
+            logp, completed = component_conditionals(part, miss, center, a, means, gauss)
+            resp = logp + log_w  # responsibilities in place of the weighted log-densities
+            row_ll = np.empty(len(resp))
+            normalize_rows(resp, row_ll)
             resp[empty] = 0.0
             row_ll[empty] = 0.0
             n_all += int(empty.sum())
@@ -199,104 +192,10 @@ class GaussianMixtureMissingModel:
         miss = np.isnan(X)
         center = reference_point(params)
         means = np.asarray(params.means, np.float64)
-        gauss = _component_gaussians(params, self.covariance_type)
-        if self.covariance_type in ("diag", "spherical"):
-            logp, _ = _diag_conditionals(X, miss, center, means - center, gauss)
-        else:
-            logp, _ = _full_conditionals(X, miss, center, means - center, means, gauss)
+        gauss = component_gaussians(params, self.covariance_type)
+        logp, _ = component_conditionals(X, miss, center, means - center, means, gauss)
         with np.errstate(divide="ignore"):
             return logp + np.log(np.asarray(params.weights, np.float64))
-
-
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class _Gaussians:
-    precisions: np.ndarray  # (K, D, D) for full/tied, (K, D) for diag/spherical
-    logdets: np.ndarray  # (K,) log det of the covariances
-    tied: bool
-
-
-def _component_gaussians(params: GMMParams, ct: str) -> _Gaussians:
-    K, D = np.shape(params.means)
-    pc = np.asarray(params.precisions_cholesky, np.float64)
-    if ct == "full":
-        prec = np.einsum("kij,klj->kil", pc, pc)
-        logdets = -2.0 * np.log(np.diagonal(pc, axis1=1, axis2=2)).sum(axis=1)
-        return _Gaussians(prec, logdets, False)
-    if ct == "tied":
-        prec = pc @ pc.T
-        return _Gaussians(np.broadcast_to(prec, (K, D, D)), np.full(K, -2.0 * np.log(np.diag(pc)).sum()), True)
-    if ct == "diag":
-        P = pc**2
-    else:
-        P = np.repeat((pc**2)[:, None], D, axis=1)
-    return _Gaussians(P, -np.log(P).sum(axis=1), False)
-
-
-@dataclasses.dataclass
-class _DiagCompleted:
-    Y0: np.ndarray  # (n, D) rows about the centre, zeros at missing entries
-    a: np.ndarray  # (K, D) means about the centre
-    var: np.ndarray  # (K, D) variances
-
-    def accumulate(self, stats: Stats, resp: np.ndarray, miss: np.ndarray) -> None:
-        r_miss = resp.T @ miss.astype(np.float64)  # (K, D): weight of rows missing each entry
-        stats["sum_x"] += resp.T @ self.Y0 + r_miss * self.a
-        stats["sum_xx"] += resp.T @ (self.Y0 * self.Y0) + r_miss * (self.a * self.a + self.var)
-
-
-def _diag_conditionals(
-    X: np.ndarray, miss: np.ndarray, center: np.ndarray, a: np.ndarray, g: _Gaussians
-) -> tuple[np.ndarray, _DiagCompleted]:
-    """Independent features: missing entries are the mean, observed ones enter the density."""
-    obs = (~miss).astype(np.float64)
-    Y0 = np.where(miss, 0.0, X - center)
-    P = g.precisions
-    Pa = P * a
-    quad = (Y0 * Y0) @ P.T - 2.0 * Y0 @ Pa.T + obs @ (Pa * a).T
-    logp = -0.5 * (obs.sum(axis=1)[:, None] * _LOG_2PI - obs @ np.log(P).T + quad)
-    return logp, _DiagCompleted(Y0, a, 1.0 / P)
-
-
-@dataclasses.dataclass
-class _FullCompleted:
-    Y: list[np.ndarray]  # per component: completed rows about the centre, (n, D)
-    factors: list[Any]
-    patterns: Any
-    tied: bool
-
-    def accumulate(self, stats: Stats, resp: np.ndarray, miss: np.ndarray) -> None:
-        D = miss.shape[1]
-        pat = self.patterns
-        for k, Yk in enumerate(self.Y):
-            r = resp[:, k]
-            stats["sum_x"][k] += r @ Yk
-            outer = (Yk * r[:, None]).T @ Yk
-            if pat.n_patterns:
-                w = np.bincount(pat.pattern_id, weights=r[pat.rows], minlength=pat.n_patterns)
-                outer += conditional_cov_sum(pat, self.factors[k], D, w)
-            if self.tied:
-                stats["sum_xxT"] += outer
-            else:
-                stats["sum_xxT"][k] += outer
-
-
-def _full_conditionals(
-    X: np.ndarray, miss: np.ndarray, center: np.ndarray, a: np.ndarray, means: np.ndarray, g: _Gaussians
-) -> tuple[np.ndarray, _FullCompleted]:
-    """Per component: completed rows and observed log-densities (patterns shared by all)."""
-    patterns = missingness_patterns(miss)
-    K = len(means)
-    logp = np.empty((len(X), K))
-    Y, factors = [], []
-    for k in range(K):
-        cond = condition(X, miss, means[k], g.precisions[k], float(g.logdets[k]), patterns=patterns)
-        logp[:, k] = cond.logpdf
-        Y.append(cond.dev + a[k])
-        factors.append(cond.factors)
-    return logp, _FullCompleted(Y, factors, patterns, g.tied)
 
 
 __all__ = ["COVARIANCE_TYPES", "GMMMissingParams", "GaussianMixtureMissingModel"]

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.special
 
-from ._gaussian import LOG_2PI, component_shape, feature_precisions, is_square, log_det_cholesky
+from ._gaussian import (
+    LOG_2PI,
+    component_shape,
+    feature_precisions,
+    is_square,
+    log_det_cholesky,
+    one_covariance_from_data,
+)
 from .base import Stats
 
 if TYPE_CHECKING:
@@ -170,17 +177,8 @@ class MAPPrior:
         if self.covariance_prior is None:
             if covariance is None:
                 raise ValueError("covariance_prior is unset: give the data covariance to fill it")
-            cov = np.asarray(covariance, np.float64)
-            var = np.diag(cov) if cov.ndim == 2 else cov.reshape(D)
             shrink = float(K) ** (2.0 / D)
-            if is_square(self.covariance_type):
-                if cov.ndim != 2:
-                    raise ValueError("a full or tied covariance_prior default needs the (D, D) data covariance")
-                changes["covariance_prior"] = cov / shrink
-            elif self.covariance_type == "diag":
-                changes["covariance_prior"] = var / shrink
-            else:
-                changes["covariance_prior"] = float(var.mean() / shrink)
+            changes["covariance_prior"] = one_covariance_from_data(covariance, self.covariance_type, D) / shrink
         return replace(self, **changes) if changes else self
 
     def _prior(self, D: int) -> _Prior:

@@ -301,7 +301,8 @@ def kmeans_plusplus(
         and candidates once every row coincides with a center) by
         ``rng.integers`` rather than ``rng.choice``. Both are uniform but
         consume the generator differently; the Gaussian mixtures seed this
-        way, so that their seeded fits keep the centers they always had.
+        way, so that their seeded fits keep the centers they always had,
+        and refuse fewer rows than centers (ValueError).
 
     Returns
     -------
@@ -309,7 +310,7 @@ def kmeans_plusplus(
     """
     X = np.asarray(X, dtype=np.float64)
     n = X.shape[0]
-    if n < n_clusters:
+    if uniform_draws and n < n_clusters:  # the mixtures refuse; k-means may repeat rows
         raise ValueError(f"k-means++ needs at least {n_clusters} rows, got {n}")
     w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     if n_local_trials is None:

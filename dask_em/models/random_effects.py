@@ -38,9 +38,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ._gaussian import LOG_2PI as _LOG_2PI
 from .base import Stats
 
-_LOG_2PI = math.log(2.0 * math.pi)
 #: Rows per sub-block when forming per-group cross-products.
 SUB_BLOCK_ROWS = 16384
 

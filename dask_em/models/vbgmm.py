@@ -48,7 +48,15 @@ import scipy.special
 
 from ..errors import InvalidParameterError
 from .base import Stats
-from ._gaussian import COVARIANCE_TYPES, precisions_cholesky_from_covariances
+from ._gaussian import (
+    COVARIANCE_TYPES,
+    component_shape,
+    feature_precisions,
+    is_square,
+    log_det_cholesky,
+    one_covariance_from_data,
+    precisions_cholesky_from_covariances,
+)
 from .gmm import GaussianMixtureModel, GMMParams, HardAssignment, reference_point
 from .gmm_prior import _check_prior_fields
 from .kmeans import kmeans_plusplus
@@ -103,17 +111,6 @@ class _Prior:
     mean: np.ndarray
     dof: float
     scale: np.ndarray
-
-
-def _log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: int) -> np.ndarray:
-    """log det of the precision Cholesky factors: (K,), or () for tied."""
-    if covariance_type == "full":
-        return np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
-    if covariance_type == "tied":
-        return np.log(np.diag(prec_chol)).sum()
-    if covariance_type == "diag":
-        return np.log(prec_chol).sum(axis=1)
-    return n_features * np.log(prec_chol)
 
 
 def _sum_over_features(func: Any, dof: np.ndarray, n_features: int) -> np.ndarray:
@@ -227,16 +224,10 @@ class BayesianGaussianMixtureModel:
         if self.covariance_prior is None:
             if covariance is None:
                 raise InvalidParameterError("covariance_prior is unset: give the data covariance to fill it")
-            cov = np.asarray(covariance, np.float64)
-            var = np.diag(cov) if cov.ndim == 2 else cov.reshape(D)
-            if self.covariance_type in ("full", "tied"):
-                if cov.ndim != 2:
-                    raise InvalidParameterError("a full or tied covariance_prior default needs the (D, D) data covariance")
-                changes["covariance_prior"] = np.atleast_2d(cov)
-            elif self.covariance_type == "diag":
-                changes["covariance_prior"] = var
-            else:
-                changes["covariance_prior"] = float(var.mean())
+            try:
+                changes["covariance_prior"] = one_covariance_from_data(covariance, self.covariance_type, D)
+            except ValueError as exc:
+                raise InvalidParameterError(str(exc)) from None
         return replace(self, **changes) if changes else self
 
     def prior(self, n_features: int) -> _Prior:
@@ -260,7 +251,7 @@ class BayesianGaussianMixtureModel:
         if m0.shape != (D,):
             raise InvalidParameterError(f"mean_prior must have n_features = {D} values, got shape {m0.shape}")
         psi = np.asarray(self.covariance_prior, np.float64)
-        expected = {"full": (D, D), "tied": (D, D), "diag": (D,), "spherical": ()}[ct]
+        expected = component_shape(ct, D)
         if psi.shape != expected:
             raise InvalidParameterError(
                 f"covariance_prior for covariance_type={ct!r} must have shape {expected}, got {psi.shape}"
@@ -437,7 +428,7 @@ class BayesianGaussianMixtureModel:
         K = int(self.n_components)
         ct = self.covariance_type
         nu = np.asarray(params.degrees_of_freedom, np.float64)
-        log_det = _log_det_cholesky(np.asarray(params.precisions_cholesky, np.float64), ct, D) - 0.5 * D * np.log(nu)
+        log_det = log_det_cholesky(np.asarray(params.precisions_cholesky, np.float64), ct, D) - 0.5 * D * np.log(nu)
         log_wishart = -(nu * log_det + nu * D * 0.5 * math.log(2.0) + _sum_over_features(scipy.special.gammaln, nu, D))
         log_wishart = K * float(log_wishart) if ct == "tied" else float(np.sum(log_wishart))
         wc = np.asarray(params.weight_concentration, np.float64)
@@ -457,7 +448,7 @@ class BayesianGaussianMixtureModel:
         a = np.asarray(params.means, np.float64) - center  # component means about the reference point
         L = np.asarray(params.precisions_cholesky, np.float64)
         ct = self.covariance_type
-        if ct in ("full", "tied"):
+        if is_square(ct):
             S = np.asarray(stats["sum_xxT"], np.float64)
             square = L if ct == "full" else np.broadcast_to(L, (len(nk), *L.shape))
             aL = np.einsum("ki,kij->kj", a, square)  # L_k^T a_k
@@ -469,6 +460,6 @@ class BayesianGaussianMixtureModel:
             mahalanobis = trace - 2.0 * np.sum(aL * xL) + np.sum(nk * np.sum(aL * aL, axis=1))
         else:
             S = np.asarray(stats["sum_xx"], np.float64)
-            prec = L**2 if ct == "diag" else np.repeat((L**2)[:, None], a.shape[1], axis=1)
+            prec = feature_precisions(L, ct, a.shape[1])
             mahalanobis = np.sum(prec * (S - 2.0 * a * sum_x + nk[:, None] * a * a))
         return float(np.dot(prep.const, nk) - 0.5 * mahalanobis - normalizer)

@@ -58,6 +58,7 @@ __all__ = [
     "exp_nonpos",
     "exp_reduced",
     "feature_precisions",
+    "from_full",
     "from_tied",
     "inverse_and_logdet",
     "is_square",
@@ -179,6 +180,20 @@ def to_full(covariances: Any, covariance_type: str, n_components: int, n_feature
     if covariance_type == "diag":
         return np.stack([np.diag(v) for v in cov.reshape(K, D)])
     return np.stack([np.eye(D) * float(v) for v in cov.reshape(K)])
+
+
+def from_full(covariances: Any, covariance_type: str) -> np.ndarray:
+    """(K, D, D) covariance matrices in the layout of ``covariance_type`` (the inverse of
+    :func:`to_full` on its image): the first matrix for tied, the diagonals for diag, the
+    first diagonal entry for spherical (hmmlearn's reading of full-form covariances)."""
+    cov = np.asarray(covariances, np.float64)
+    if covariance_type == "full":
+        return cov
+    if covariance_type == "tied":
+        return cov[0].copy()
+    if covariance_type == "diag":
+        return np.array([np.diag(c) for c in cov])
+    return cov[:, 0, 0].copy()
 
 
 def from_tied(cov: np.ndarray, covariance_type: str, n_components: int) -> np.ndarray:
@@ -673,7 +688,9 @@ def logsumexp_rows(log_prob: np.ndarray) -> np.ndarray:
     """
     work = np.array(log_prob, np.float64, order="C", copy=True)
     out = np.empty(work.shape[0])
+    nan_rows = np.isnan(work).any(axis=1)
+    all_neg_inf = np.isneginf(work).all(axis=1)
     normalize_rows(work, out)
-    all_neg_inf = np.isneginf(work).all(axis=1) if work.shape[1] else np.ones(len(out), bool)
     out[all_neg_inf] = -np.inf
+    out[nan_rows] = np.nan
     return out

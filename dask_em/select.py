@@ -34,7 +34,7 @@ import numpy as np
 
 from ._kernels import normalize_columns
 from .errors import DaskEMError
-from .models.base import Stats
+from .contract import Stats
 from .models.gmm import (
     _FAST,
     _LOG_2PI,

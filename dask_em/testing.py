@@ -43,9 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import POINTER, CheckpointState, Location, read_checkpoint
+from .storage.location import Location
+from .storage.snapshots import POINTER, CheckpointState, read_checkpoint
 from .errors import ConvergenceWarning
-from .models.base import EMModel, Stats
+from .contract import EMModel, Stats
 from .stats import add_stats
 
 __all__ = [

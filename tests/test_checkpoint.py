@@ -17,9 +17,11 @@ import pytest
 from _toy_models import MixParams, Mixture1D, blobs, mixture_data
 
 import dask_em
-import dask_em.checkpoint as ckpt
+import dask_em.storage.format as storage_format
 from dask_em import fit_em
-from dask_em.checkpoint import Checkpoint, CheckpointError, checkpoint_iteration, read_checkpoint
+from dask_em.errors import CheckpointError
+from dask_em.storage.checkpoint import Checkpoint
+from dask_em.storage.snapshots import checkpoint_iteration, read_checkpoint
 from dask_em.testing import assert_resume_bit_identical, final_snapshots
 
 FIELDS = ("weights", "means", "variances")
@@ -138,7 +140,7 @@ def test_a_path_holding_other_data_is_not_overwritten(X, client, tmp_path):
 
 def test_a_crash_while_writing_leaves_the_previous_snapshot(X, client, reference, tmp_path, monkeypatch):
     path = tmp_path / "fit.zarr"
-    original = ckpt._write_array
+    original = storage_format._write_array
     calls = {"n": 0}
 
     def failing(group, name, array):
@@ -148,11 +150,11 @@ def test_a_crash_while_writing_leaves_the_previous_snapshot(X, client, reference
             raise OSError("disk full (injected)")
         return original(group, name, array)
 
-    monkeypatch.setattr(ckpt, "_write_array", failing)
+    monkeypatch.setattr(storage_format, "_write_array", failing)
     with pytest.raises(CheckpointError, match="disk full") as info:
         fit(X, client, str(path))
     assert "previous snapshot is intact" in str(info.value)
-    monkeypatch.setattr(ckpt, "_write_array", original)
+    monkeypatch.setattr(storage_format, "_write_array", original)
     assert checkpoint_iteration(str(path)) == 3
     partial = [n for n in os.listdir(path / "snapshots") if n.startswith("000004")]
     assert partial  # the half-written snapshot is there but not pointed to
@@ -288,12 +290,13 @@ def test_classes_defined_in_functions_need_registering(X, client, tmp_path):
     fit_em(LocalModel(3), X, client=client, checkpoint=path, max_iter=2, warn_not_converged=False)
     with pytest.raises(CheckpointError, match="register"):
         read_checkpoint(path, rebuild=True)
-    ckpt.register_class(LocalParams)
+    dask_em.register_class(LocalParams)
     assert isinstance(read_checkpoint(path, rebuild=True).params, LocalParams)
 
 
 def test_no_pickle_in_the_format():
-    source = pathlib.Path(ckpt.__file__).read_text() + pathlib.Path(dask_em.io.__file__).read_text()
+    storage = pathlib.Path(storage_format.__file__).parent  # every layer of the storage package
+    source = "".join(path.read_text() for path in sorted(storage.glob("*.py")))
     assert "pickle" not in source.replace("Nothing is pickled", "").replace("Nothing is ever unpickled", "")
 
 

@@ -11,7 +11,7 @@ import pytest
 import scipy.stats
 
 from dask_em import GaussianMixture
-from dask_em.checkpoint import read_checkpoint
+from dask_em.storage.snapshots import read_checkpoint
 from dask_em.errors import ConvergenceWarning
 from dask_em.models.gmm import (
     COVARIANCE_TYPES,

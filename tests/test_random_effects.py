@@ -12,7 +12,7 @@ import pytest
 
 from dask_em.errors import InvalidDataError
 from dask_em.estimators.random_effects import RandomEffects
-from dask_em.groups import GroupedBlock, group_starts, grouped_blocks, partition_groups
+from dask_em.data.groups import GroupedBlock, group_starts, grouped_blocks, partition_groups
 from dask_em.models.random_effects import RandomEffectsModel
 from dask_em.testing import (
     check_additivity,

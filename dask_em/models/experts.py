@@ -42,7 +42,7 @@ import numba
 import numpy as np
 
 from .._kernels import normalize_columns
-from .base import Stats
+from ..contract import Stats
 from .gmm import (
     COVARIANCE_TYPES,
     EMPTY_MASS,

@@ -52,7 +52,7 @@ import scipy.special
 
 from .._kernels import normalize_columns
 from ..errors import DaskEMError
-from .base import Stats, split_weights
+from ..contract import Stats, split_weights
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 

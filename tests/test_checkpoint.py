@@ -20,9 +20,7 @@ import dask_em
 import dask_em.storage.format as storage_format
 from dask_em import fit_em
 from dask_em.errors import CheckpointError
-from dask_em.storage.checkpoint import Checkpoint
 from dask_em.storage.snapshots import checkpoint_iteration, read_checkpoint
-from dask_em.testing import assert_resume_bit_identical, final_snapshots
 
 FIELDS = ("weights", "means", "variances")
 
@@ -374,18 +372,6 @@ def test_load_refuses_foreign_classes(client, tmp_path):
 
 
 # --------------------------------------------------------------------------- kill and resume
-
-
-@pytest.mark.parametrize(
-    "factory",
-    ["_toy_models:make_gmm_full", "_toy_models:make_gmm_tied", "_toy_models:make_gmm_diag",
-     "_toy_models:make_gmm_spherical", "_toy_models:make_kmeans"],
-)
-def test_sigkill_and_resume_is_bit_identical(client, tmp_path, factory):
-    report = assert_resume_bit_identical(factory, blobs(600), client=client, tmp_path=tmp_path, seed=0)
-    assert len({r["kill_after"] for r in report}) == 3
-    if factory.endswith("kmeans"):
-        assert set(final_snapshots(tmp_path / "reference.zarr")) == {"run-0", "run-1"}
 
 
 # --------------------------------------------------------------------------- object storage

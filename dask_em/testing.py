@@ -464,7 +464,7 @@ def _block_after_snapshot(root: str, kill_after: int, ready: str) -> None:
     fit, waits too. The parent kills the process when ``ready`` appears:
     the kill point is where the child stands, never a race against a timer.
     """
-    from . import checkpoint as ckpt
+    from .storage import checkpoint as ckpt
 
     write = ckpt.Checkpoint._write
 

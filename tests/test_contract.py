@@ -287,3 +287,29 @@ def test_resume_after_sigkill_is_bit_identical_bayesnet(client, tmp_path):
                                              tmp_path=tmp_path, fit_kwargs={"columns": OBSERVED}, n_kills=1,
                                              seed=0)
     assert len(report) == 1
+
+
+# --------------------------------------------------------------------------- the optional hooks
+
+
+def test_hooks_of_a_plug_in_that_inherits_nothing():
+    from dask_em.contract import HOOKS, ModelHooks, hooks
+    from dask_em.models.mixtures import PoissonMixtureModel
+
+    class PlugIn:  # only one hook of its own
+        def describe_invalid(self, n_invalid):
+            return f"{n_invalid} bad counts"
+
+    stats = {"n": np.array(2.0), "loglik": np.array(-1.0)}
+    assert hooks(PlugIn()).describe_invalid(3) == "3 bad counts"
+    assert hooks(PlugIn()).finish_stats(stats, None) is stats
+    assert hooks(PlugIn()).prepare_e_step("params", None) == "params"
+    assert hooks(PlugIn()).describe_invalid.__self__.__class__ is PlugIn
+    assert hooks(object()).describe_invalid(4) == ModelHooks().describe_invalid(4) == (
+        "4 values are outside the model's support"
+    )
+    assert hooks(PoissonMixtureModel(2)).describe_invalid(1) != ModelHooks().describe_invalid(1)
+    with pytest.raises(AttributeError, match="not an optional hook"):
+        hooks(PlugIn()).e_step
+    assert HOOKS == {"describe_invalid", "finish_stats", "prepare_e_step", "param_constraints",
+                     "complete_params", "recenter_stats"}

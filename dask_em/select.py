@@ -34,7 +34,7 @@ import numpy as np
 
 from .errors import DaskEMError
 from .models._gaussian import COVARIANCE_TYPES, n_parameters
-from .models.base import Stats
+from .contract import Stats
 from .models.gmm import GaussianMixtureModel, GMMParams, HardAssignment
 from .models.gmm_grid import StackedModel
 from .monitor import ConvergenceMonitor

@@ -48,7 +48,7 @@ from ._gaussian import (
     log_det_cholesky,
     precisions_from_cholesky,
 )
-from .base import Stats
+from ..contract import Stats
 
 if TYPE_CHECKING:
     from .gmm import GMMParams

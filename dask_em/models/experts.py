@@ -41,7 +41,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from .base import Stats
+from ..contract import Stats
 from ._gaussian import (
     COVARIANCE_TYPES,
     is_square,

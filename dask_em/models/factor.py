@@ -43,7 +43,7 @@ import numpy as np
 
 from ._gaussian import LOG_2PI as _LOG_2PI
 from ._gaussian import inverse_and_logdet
-from .base import Stats
+from ..contract import Stats
 
 #: Rows per sub-block of the E-step: keeps (rows x features) temporaries in cache.
 SUB_BLOCK_ROWS = 4096

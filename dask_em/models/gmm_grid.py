@@ -28,7 +28,7 @@ import numba
 import numpy as np
 
 from ._gaussian import LOG_2PI, feature_precisions, log_det_cholesky, normalize_columns, recenter_moments
-from .base import Stats
+from ..contract import Stats
 from .gmm import GaussianMixtureModel, reference_point, sub_block_rows
 from .gmm_kernels import _FAST
 

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import InvalidDataError
 from ._conditional import as_float_block, component_conditionals, component_gaussians
 from ._gaussian import COVARIANCE_TYPES, normalize_rows, recenter_moments
-from .base import Stats
+from ..contract import Stats
 from .gmm import GaussianMixtureModel, GMMParams, reference_point
 
 #: Rows per sub-block of the E-step.

@@ -27,7 +27,7 @@ from ._gaussian import (
     log_det_cholesky,
     one_covariance_from_data,
 )
-from .base import Stats
+from ..contract import Stats
 
 if TYPE_CHECKING:
     from .gmm import GaussianMixtureModel, GMMParams

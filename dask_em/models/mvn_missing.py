@@ -31,7 +31,7 @@ from ._conditional import (
     patterns_mostly_unique,
     precision_and_logdet,
 )
-from .base import Stats
+from ..contract import Stats
 
 #: Rows per sub-block of the E-step: keeps the temporaries in cache.
 SUB_BLOCK_ROWS = 4096

@@ -47,7 +47,7 @@ import numpy as np
 import scipy.special
 
 from ..errors import InvalidParameterError
-from .base import Stats
+from ..contract import Stats
 from ._gaussian import (
     COVARIANCE_TYPES,
     component_shape,

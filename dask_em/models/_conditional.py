@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Any, TYPE_CHECKING
 
 import numba
@@ -538,6 +539,22 @@ def conditional_cov_sum(
 def as_float_block(block: Any) -> np.ndarray:
     """A float64 C-contiguous copy-if-needed of a block."""
     return np.ascontiguousarray(block, dtype=np.float64)
+
+
+def observed_moments(sample: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A sample with NaN at every non-finite value, and its columns' observed means and variances.
+
+    A column with no observed value gets mean 0; one with no spread, variance 1.
+    """
+    X = as_float_block(sample)
+    X = np.where(np.isfinite(X), X, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(X, axis=0)
+        var = np.nanvar(X, axis=0)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    var = np.where(np.isfinite(var) & (var > 0), var, 1.0)
+    return X, mean, var
 
 
 # --------------------------------------------------------------------------

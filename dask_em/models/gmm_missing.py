@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidDataError
-from ._conditional import as_float_block, component_conditionals, component_gaussians
+from ._conditional import as_float_block, component_conditionals, component_gaussians, observed_moments
 from ._gaussian import COVARIANCE_TYPES, normalize_rows, recenter_moments
 from ..contract import Stats
 from .gmm import GaussianMixtureModel, GMMParams, reference_point
@@ -83,12 +83,7 @@ class GaussianMixtureMissingModel:
 
     def init_params(self, sample: np.ndarray, rng: np.random.Generator) -> GMMMissingParams:
         """The complete-data initialisation on the sample with NaN replaced by column means."""
-        X = as_float_block(sample)
-        X = np.where(np.isfinite(X), X, np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            col = np.nanmean(X, axis=0)
-        col = np.where(np.isfinite(col), col, 0.0)
+        X, col, _ = observed_moments(sample)
         X = X[~np.isnan(X).all(axis=1)]
         X = np.where(np.isnan(X), col, X)
         return _with_count(self._complete_model().init_params(X, rng), -1)

@@ -47,14 +47,14 @@ PRIOR_FIELDS = (
 
 @dataclass(frozen=True)
 class _Prior:
-    """The prior's values as numbers and arrays."""
+    """The prior's values as numbers and arrays (of the MAP mixture and of the variational one)."""
 
     alpha: float
     kappa: float
     mean: np.ndarray
     dof: float
     scale: np.ndarray
-    proper: bool
+    proper: bool = True  # whether the (inverse-)Wishart or gamma part has its normalising constant
 
 
 def _as_tuple(value: Any) -> Any:

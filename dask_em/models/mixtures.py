@@ -13,10 +13,9 @@ import dataclasses
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy.special import gammaln
+from scipy.special import gammaln, logsumexp
 
 from ..errors import InvalidDataError
-from ._gaussian import logsumexp_rows, normalize_rows
 from ..contract import Stats, split_weights
 
 #: Floor on probabilities and rates inside logarithms: a zero times log(0)
@@ -172,9 +171,9 @@ class _DiscreteMixture:
         """
         rows, w = split_weights(block)
         X, n_bad = self._clean(rows)
-        resp = np.ascontiguousarray(self.weighted_log_prob(X, params), np.float64)
-        log_norm = np.empty(len(resp))
-        normalize_rows(resp, log_norm)  # responsibilities in place of the weighted log-probabilities
+        weighted = self.weighted_log_prob(X, params)
+        log_norm = logsumexp(weighted, axis=1)
+        resp = np.exp(weighted - log_norm[:, None])
         if w is not None:  # every row's contribution times its weight
             resp *= w[:, None]
             return {
@@ -233,13 +232,12 @@ class _DiscreteMixture:
 
     def predict_proba_block(self, block: np.ndarray, params: Any) -> np.ndarray:
         """Responsibilities of the rows of a block, shape (n, K)."""
-        resp = np.ascontiguousarray(self.weighted_log_prob(self._checked_rows(block), params), np.float64)
-        normalize_rows(resp, np.empty(len(resp)))
-        return resp
+        weighted = self.weighted_log_prob(self._checked_rows(block), params)
+        return np.exp(weighted - logsumexp(weighted, axis=1, keepdims=True))
 
     def score_samples_block(self, block: np.ndarray, params: Any) -> np.ndarray:
         """Log-likelihood of each row, shape (n,)."""
-        return logsumexp_rows(self.weighted_log_prob(self._checked_rows(block), params))
+        return logsumexp(self.weighted_log_prob(self._checked_rows(block), params), axis=1)
 
     def n_parameters(self, n_features: int) -> int:
         """Free parameters (for BIC and AIC)."""

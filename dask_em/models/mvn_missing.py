@@ -28,6 +28,7 @@ from ._conditional import (
     conditional_cov_sum,
     deviations,
     factor_patterns,
+    observed_moments,
     patterns_mostly_unique,
     precision_and_logdet,
 )
@@ -94,14 +95,7 @@ class MVNMissingModel:
 
     def init_params(self, sample: np.ndarray, rng: np.random.Generator) -> MVNParams:
         """Column means and variances of the observed entries of a sample."""
-        sample = as_float_block(sample)
-        sample = np.where(np.isfinite(sample), sample, np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(sample, axis=0)
-            var = np.nanvar(sample, axis=0)
-        mean = np.where(np.isfinite(mean), mean, 0.0)
-        var = np.where(np.isfinite(var) & (var > 0), var, 1.0)
+        _, mean, var = observed_moments(sample)
         return MVNParams(mean, np.diag(var + self.reg_covar))
 
     def e_step(self, block: Any, params: MVNParams) -> Stats:

@@ -58,7 +58,7 @@ from ._gaussian import (
     precisions_cholesky_from_covariances,
 )
 from .gmm import GaussianMixtureModel, GMMParams, HardAssignment, reference_point
-from .gmm_prior import _check_prior_fields
+from .gmm_prior import _check_prior_fields, _Prior
 from .kmeans import kmeans_plusplus
 
 WEIGHT_PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
@@ -102,15 +102,6 @@ class VBGMMParams:
     degrees_of_freedom: np.ndarray
     covariances: np.ndarray
     precisions_cholesky: np.ndarray
-
-
-@dataclass(frozen=True)
-class _Prior:
-    alpha: float
-    kappa: float
-    mean: np.ndarray
-    dof: float
-    scale: np.ndarray
 
 
 def _sum_over_features(func: Any, dof: np.ndarray, n_features: int) -> np.ndarray:

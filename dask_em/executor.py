@@ -98,8 +98,10 @@ def where(
 ) -> Iterator[Any]:
     """Yield the client a fit runs on, or None to run it in this process.
 
-    The order is: ``client`` if given; a ``scheduler`` address; an
-    in-process scheduler chosen with ``dask.config.set(scheduler=...)``
+    The order is: ``client`` if given (or the client ``data``'s blocks
+    live on); a ``scheduler`` address; this process for blocks already held
+    in its memory (:func:`dask_em.engine.prepare_blocks` without a client);
+    an in-process scheduler chosen with ``dask.config.set(scheduler=...)``
     (``"synchronous"``, ``"threads"``, ``"processes"``); the current
     distributed client; ``$DASK_EM_SCHEDULER`` or Dask's
     ``scheduler-address``; this process's LocalCluster when asked for
@@ -141,6 +143,12 @@ def _decide(client: Any, scheduler: str | None, data: Any, security: Any, verbos
     if client is not None:
         yield client
         return
+    if scheduler is None and _held_here(data):
+        # Blocks prepared for this process: a current client would be sent
+        # them inside every pass's graph (61 MiB a pass for 1e6 x 8).
+        with _one_blas_thread():
+            yield None
+        return
     if scheduler is None and not _local_configured():
         current = cluster._current_client()
         if current is not None:
@@ -161,6 +169,17 @@ def _decide(client: Any, scheduler: str | None, data: Any, security: Any, verbos
         return
     with _one_blas_thread():
         yield None
+
+
+def _held_here(data: Any) -> bool:
+    """Whether ``data`` is :class:`~dask_em.data.Blocks` whose values are all in this process's memory."""
+    from .data import Blocks
+
+    if not isinstance(data, Blocks) or data.client is not None:
+        return False
+    from .engine import in_memory_blocks
+
+    return in_memory_blocks(data) is not None
 
 
 @contextlib.contextmanager

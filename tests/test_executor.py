@@ -84,6 +84,30 @@ def test_blocks_on_a_cluster_stay_there(blobs, client):
         assert active is client
 
 
+def _e_step_transitions(dask_scheduler) -> int:
+    return sum(1 for entry in dask_scheduler.transition_log if "e_step" in str(entry[0]))
+
+
+def test_blocks_in_this_process_stay_here_with_a_current_client(blobs, client):
+    from dask_em.engine import fit_em, prepare_blocks
+    from dask_em.models.kmeans import KMeansModel, KMeansParams
+
+    blocks = prepare_blocks(blobs, None)  # held in this process: never shipped in a pass's graph
+    with client.as_current():
+        with where(data=blocks) as active:
+            assert active is None
+        with where(data=blobs) as active:  # a plain array still goes to the current client
+            assert active is client
+        model = KMeansModel(3)
+        start = KMeansParams(blobs[:3].copy(), np.array(np.inf))
+        before = client.run_on_scheduler(_e_step_transitions)
+        here = fit_em(model, blocks, start, max_iter=3, tol=0.0, warn_not_converged=False)
+        after = client.run_on_scheduler(_e_step_transitions)
+    assert after == before  # no E-step task reached the cluster
+    there = fit_em(model, blocks, start, max_iter=3, tol=0.0, warn_not_converged=False)
+    np.testing.assert_array_equal(here.params.cluster_centers, there.params.cluster_centers)
+
+
 def _run_script(tmp_path, body: str, env: dict | None = None) -> subprocess.CompletedProcess:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(body))

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dask
+import numpy as np
 
 from . import cluster
 
@@ -235,6 +236,26 @@ def local_map(func: Callable[[Any], Any], items: Sequence[Any]) -> list[Any] | N
 
         _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="dask-em")
     return list(_pool.map(func, items))
+
+
+def map_row_slices(func: Callable[..., Any], X: Any, *args: Any) -> Any:
+    """``func(X, *args)`` for a function computed row by row, over slices of rows on the thread pool.
+
+    The slices are the blocks an in-process fit cuts from ``X`` (about
+    16 MiB each), their outputs joined in order; data smaller than two
+    blocks, or another scheduler than threads, runs in one call. A
+    prediction over a million rows then uses every core, as the fit did.
+    """
+    from .data import _default_chunk_rows
+
+    n = X.shape[0]
+    rows = _default_chunk_rows(n, X.shape[1] * max(X.dtype.itemsize, 8)) if X.ndim == 2 else n
+    if n < 2 * rows or local_scheduler() not in _THREADS or (os.cpu_count() or 1) == 1:
+        return func(X, *args)
+    with _one_blas_thread():
+        parts = local_map(lambda start: func(X[start : start + rows], *args), range(0, n, rows))
+    assert parts is not None  # threads: local_map ran them
+    return np.concatenate([np.asarray(p) for p in parts])
 
 
 def compute(client: Any, *collections: Any) -> tuple[Any, ...]:

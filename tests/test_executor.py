@@ -108,6 +108,23 @@ def test_blocks_in_this_process_stay_here_with_a_current_client(blobs, client):
     np.testing.assert_array_equal(here.params.cluster_centers, there.params.cluster_centers)
 
 
+def test_row_functions_use_the_thread_pool_on_large_in_memory_data():
+    from dask_em.executor import map_row_slices
+
+    X = np.arange(70_000 * 64, dtype=np.float64).reshape(70_000, 64)  # 34 MiB: three 16 MiB blocks
+    sizes = []
+
+    def row_sums(block, offset):
+        sizes.append(len(block))
+        return block.sum(axis=1) + offset
+
+    np.testing.assert_array_equal(map_row_slices(row_sums, X, 1.0), X.sum(axis=1) + 1.0)
+    assert len(sizes) == 3 and sum(sizes) == len(X)
+    sizes.clear()
+    np.testing.assert_array_equal(map_row_slices(row_sums, X[:100], 0.0), X[:100].sum(axis=1))
+    assert sizes == [100]  # small data: one call
+
+
 def _run_script(tmp_path, body: str, env: dict | None = None) -> subprocess.CompletedProcess:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(body))

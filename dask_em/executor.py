@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -224,18 +225,57 @@ def local_map(func: Callable[[Any], Any], items: Sequence[Any]) -> list[Any] | N
     E-step of a small block). Serial for one item or Dask's synchronous
     scheduler; None when ``dask.config`` names another scheduler (processes,
     a custom one), which then runs the pass as a Dask graph.
+
+    The calling thread takes items too, beside one pool thread per other
+    core, each taking the next item left: a pass wakes one thread fewer,
+    and the caller never sleeps while items remain. On a loaded machine
+    every wake-up waits for the OS scheduler; waiting for each result in
+    turn cost more than the E-steps themselves (KMeans, 1e6 x 16: 0.2 s
+    per pass for 0.05 CPU s). Results are stored by index, so the order
+    (and the tree of sums over them) does not depend on which thread ran
+    which item. A helper that has not started when the items run out is
+    cancelled, so a call nested inside a pool thread never waits for the
+    pool.
     """
     global _pool
     scheduler = local_scheduler()
-    if scheduler in _SERIAL or (scheduler in _THREADS and len(items) <= 1):
+    n_threads = os.cpu_count() or 1
+    if scheduler in _SERIAL or (scheduler in _THREADS and (len(items) <= 1 or n_threads == 1)):
         return [func(item) for item in items]
     if scheduler not in _THREADS:
         return None
     if _pool is None:
         from concurrent.futures import ThreadPoolExecutor
 
-        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="dask-em")
-    return list(_pool.map(func, items))
+        _pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="dask-em")
+    results: list[Any] = [None] * len(items)
+    taken = iter(range(len(items)))
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def drain() -> None:
+        while not failed.is_set():
+            with lock:
+                i = next(taken, None)
+            if i is None:
+                return
+            try:
+                results[i] = func(items[i])
+            except BaseException:
+                failed.set()  # the others stop taking items
+                raise
+
+    helpers = [_pool.submit(drain) for _ in range(min(n_threads, len(items)) - 1)]
+    try:
+        drain()
+    finally:
+        # A helper not started yet has nothing left to take; one that started
+        # is waited for (exception() waits), and its error raised.
+        errors = [helper.exception() for helper in helpers if not helper.cancel()]
+    error = next((e for e in errors if e is not None), None)
+    if error is not None:
+        raise error
+    return results
 
 
 def map_row_slices(func: Callable[..., Any], X: Any, *args: Any) -> Any:

@@ -125,6 +125,36 @@ def test_row_functions_use_the_thread_pool_on_large_in_memory_data():
     assert sizes == [100]  # small data: one call
 
 
+def test_local_map_keeps_order_takes_items_on_the_calling_thread_and_nests():
+    import threading
+    import time
+
+    from dask_em.executor import local_map
+
+    ran_on = []
+
+    def slow_double(x):
+        ran_on.append(threading.current_thread() is threading.main_thread())
+        time.sleep(0.02)  # long enough for both threads to take items
+        return 2 * x
+
+    assert local_map(slow_double, list(range(8))) == [2 * x for x in range(8)]
+    assert True in ran_on  # the caller took items rather than waiting for each result
+    if (os.cpu_count() or 1) > 1:
+        assert False in ran_on
+    # a call nested inside a pool thread never waits for the (busy) pool
+    nested = local_map(lambda x: sum(local_map(lambda y: x * y, list(range(4)))), list(range(6)))
+    assert nested == [6 * x for x in range(6)]
+
+    def fails_on_three(x):
+        if x == 3:
+            raise ValueError("item 3")
+        return x
+
+    with pytest.raises(ValueError, match="item 3"):
+        local_map(fails_on_three, list(range(8)))
+
+
 def _run_script(tmp_path, body: str, env: dict | None = None) -> subprocess.CompletedProcess:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(body))

@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 from numba import njit
 
-from .base import Stats, split_weights
+from ..contract import Stats, split_weights
 
 __all__ = [
     "KMeansModel",
@@ -503,7 +503,7 @@ class KMeansModel:
     def e_step(self, block: np.ndarray, params: KMeansParams) -> Stats:
         """Assign the rows of ``block`` to their nearest center and sum them.
 
-        ``block`` may be :class:`~dask_em.models.base.Weighted`: every row
+        ``block`` may be :class:`~dask_em.contract.Weighted`: every row
         then counts with its weight (in ``n``, ``counts``, ``sum_x`` and
         ``inertia``).
         """

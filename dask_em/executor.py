@@ -175,13 +175,9 @@ def _decide(client: Any, scheduler: str | None, data: Any, security: Any, verbos
 
 def _held_here(data: Any) -> bool:
     """Whether ``data`` is :class:`~dask_em.data.Blocks` whose values are all in this process's memory."""
-    from .data import Blocks
+    from .data import Blocks, in_memory_blocks
 
-    if not isinstance(data, Blocks) or data.client is not None:
-        return False
-    from .engine import in_memory_blocks
-
-    return in_memory_blocks(data) is not None
+    return isinstance(data, Blocks) and data.client is None and in_memory_blocks(data) is not None
 
 
 @contextlib.contextmanager
@@ -284,7 +280,7 @@ def map_row_slices(func: Callable[..., Any], X: Any, *args: Any) -> Any:
     blocks, or another scheduler than threads, runs in one call. A
     prediction over a million rows then uses every core, as the fit did.
     """
-    from .data import _default_chunk_rows
+    from .data.arrays import _default_chunk_rows
 
     n = X.shape[0]
     rows = _default_chunk_rows(n, X.shape[1] * max(X.dtype.itemsize, 8)) if X.ndim == 2 else n

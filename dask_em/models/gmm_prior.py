@@ -108,6 +108,25 @@ def _check_prior_fields(model: Any) -> None:
         object.__setattr__(model, "covariance_prior", _as_tuple(cov))
 
 
+def prior_arrays(model: Any, n_features: int, error: type[Exception] = ValueError) -> tuple[np.ndarray, np.ndarray]:
+    """``mean_prior`` and ``covariance_prior`` of ``model`` as arrays, checked against ``n_features``.
+
+    Raises
+    ------
+    error
+        If their shapes do not fit ``n_features`` and the covariance type.
+    """
+    D, ct = int(n_features), model.covariance_type
+    m0 = np.asarray(model.mean_prior, np.float64)
+    if m0.shape != (D,):
+        raise error(f"mean_prior must have n_features = {D} values, got shape {m0.shape}")
+    psi = np.asarray(model.covariance_prior, np.float64)
+    expected = component_shape(ct, D)
+    if psi.shape != expected:
+        raise error(f"covariance_prior for covariance_type={ct!r} must have shape {expected}, got {psi.shape}")
+    return m0, psi
+
+
 class MAPPrior:
     """The prior fields' behaviour, mixed into :class:`~dask_em.models.gmm.GaussianMixtureModel`.
 
@@ -192,15 +211,7 @@ class MAPPrior:
         alpha = 1.0 if self.weight_concentration_prior is None else float(self.weight_concentration_prior)
         kappa = 0.01 if self.mean_precision_prior is None else float(self.mean_precision_prior)
         nu = float(D + 2) if self.degrees_of_freedom_prior is None else float(self.degrees_of_freedom_prior)
-        m0 = np.asarray(self.mean_prior, np.float64)
-        if m0.shape != (D,):
-            raise ValueError(f"mean_prior must have n_features = {D} values, got shape {m0.shape}")
-        psi = np.asarray(self.covariance_prior, np.float64)
-        expected = component_shape(ct, D)
-        if psi.shape != expected:
-            raise ValueError(
-                f"covariance_prior for covariance_type={ct!r} must have shape {expected}, got {psi.shape}"
-            )
+        m0, psi = prior_arrays(self, D)
         # the MAP denominators at n_k = 0 must be positive
         offset = {"full": D + 2, "tied": D + K + 1, "diag": 3, "spherical": D + 2}[ct]
         if not nu + offset > 0:

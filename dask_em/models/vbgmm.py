@@ -50,7 +50,6 @@ from ..errors import InvalidParameterError
 from ..contract import Stats
 from ._gaussian import (
     COVARIANCE_TYPES,
-    component_shape,
     feature_precisions,
     is_square,
     log_det_cholesky,
@@ -58,7 +57,7 @@ from ._gaussian import (
     precisions_cholesky_from_covariances,
 )
 from .gmm import GaussianMixtureModel, GMMParams, HardAssignment, reference_point
-from .gmm_prior import _check_prior_fields, _Prior
+from .gmm_prior import _check_prior_fields, _Prior, prior_arrays
 from .kmeans import kmeans_plusplus
 
 WEIGHT_PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
@@ -229,7 +228,7 @@ class BayesianGaussianMixtureModel:
                 "this BayesianGaussianMixtureModel lacks mean_prior or covariance_prior; give them, "
                 "or fill them from data moments with with_prior_defaults(...)"
             )
-        K, ct = int(self.n_components), self.covariance_type
+        K = int(self.n_components)
         alpha = 1.0 / K if self.weight_concentration_prior is None else float(self.weight_concentration_prior)
         kappa = 1.0 if self.mean_precision_prior is None else float(self.mean_precision_prior)
         nu = float(D) if self.degrees_of_freedom_prior is None else float(self.degrees_of_freedom_prior)
@@ -238,15 +237,7 @@ class BayesianGaussianMixtureModel:
                 f"degrees_of_freedom_prior must be greater than n_features - 1 = {D - 1}, got {nu}; "
                 f"the default is n_features = {D}"
             )
-        m0 = np.asarray(self.mean_prior, np.float64)
-        if m0.shape != (D,):
-            raise InvalidParameterError(f"mean_prior must have n_features = {D} values, got shape {m0.shape}")
-        psi = np.asarray(self.covariance_prior, np.float64)
-        expected = component_shape(ct, D)
-        if psi.shape != expected:
-            raise InvalidParameterError(
-                f"covariance_prior for covariance_type={ct!r} must have shape {expected}, got {psi.shape}"
-            )
+        m0, psi = prior_arrays(self, D, InvalidParameterError)
         return _Prior(alpha=alpha, kappa=kappa, mean=m0, dof=nu, scale=psi)
 
     # -- expectations under the variational distributions -------------------------

@@ -236,6 +236,16 @@ def compute(client: Any, *collections: Any) -> tuple[Any, ...]:
     return dask.compute(*collections, scheduler=local_scheduler(), optimize_graph=False)
 
 
+def persist_on(client: Any, *collections: Any) -> tuple[Any, ...]:
+    """Persist Dask collections where the fit runs: on ``client``'s workers, or in this process.
+
+    Whether to persist at all is :func:`dask_em.data.should_persist`'s decision.
+    """
+    if client is not None:
+        return tuple(client.persist(list(collections)))
+    return dask.persist(*collections, scheduler=local_scheduler())
+
+
 #: How often a computation is redone after in-memory blocks were lost with a worker.
 MAX_RESCATTER = 3
 

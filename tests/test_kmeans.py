@@ -203,7 +203,7 @@ def test_kmeans_plusplus_weighted():
 
 
 def test_resume_from_checkpoint_is_bit_identical(client, data, tmp_path):
-    pytest.importorskip("dask_em.checkpoint")
+    pytest.importorskip("dask_em.storage.checkpoint")
     X, C0 = data
     path = str(tmp_path / "km.zarr")
     KMeans(6, init=C0, max_iter=3, tol=0).fit(X, client=client, checkpoint=path)

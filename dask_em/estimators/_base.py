@@ -13,8 +13,9 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from ..accelerate import make_accelerator
-from ..checkpoint import register_class
-from ..data import _check_array_meta, as_dask_array
+from ..storage.format import register_class
+from ..data import as_dask_array
+from ..data.arrays import _check_array_meta
 from ..errors import InvalidDataError, NotFittedError
 
 #: Rules for hyper-parameters many estimators share: (kind, minimum, None allowed).
@@ -68,7 +69,7 @@ class EMEstimator(BaseEstimator):
         """Register dask-em's own public estimators, the classes files may name.
 
         A subclass defined outside ``dask_em`` is registered only when its
-        author calls :func:`dask_em.checkpoint.register_class`.
+        author calls :func:`dask_em.register_class`.
         """
         super().__init_subclass__(**kwargs)
         if "fit" in cls.__dict__:

@@ -8,10 +8,8 @@ import numpy as np
 
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
-from ..executor import where
-from ..engine import fit_em, prepare_blocks
-from ..models.factor import FactorModel, FactorParams, score_block, transform_block
-from ._base import EMEstimator, map_rows, run_rngs, validate_in_memory
+from ..models.factor import FactorModel, score_block, transform_block
+from ._base import Checkpointing, EMEstimator, map_rows, validate_in_memory
 
 
 class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator):
@@ -51,17 +49,21 @@ class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator
     def _model(self) -> FactorModel:
         return FactorModel(n_components=int(self.n_components), noise=self._noise)
 
-    def fit(
-        self,
-        X: Any,
-        y: Any = None,
-        *,
-        client: Any = None,
-        checkpoint: str | None = None,
-        checkpoint_every: int = 1,
-        resume: bool | None = None,
-        force: bool = False,
-    ) -> _FactorBase:
+    @property
+    def _init_rows(self) -> int:  # type: ignore[override]
+        return int(self.init_sample)
+
+    def _fit_data(self, X: Any, model: FactorModel, client: Any, **inputs: Any) -> tuple[Any, FactorModel]:
+        blocks, model = super()._fit_data(X, model, client)
+        n_features = int(blocks.array.shape[1])
+        if model.n_components > n_features:
+            raise ValueError(
+                f"n_components={model.n_components} must not exceed n_features={n_features}; choose fewer components"
+            )
+        return blocks, model
+
+    def fit(self, X: Any, y: Any = None, *, client: Any = None, checkpoint: str | None = None,
+            checkpoint_every: int = 1, resume: bool | None = None, force: bool = False) -> _FactorBase:
         """Fit the model to ``X`` by EM; NaN entries are treated as missing.
 
         Parameters
@@ -69,54 +71,20 @@ class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator
         X : array-like, dask array, zarr array or path, of shape (n_samples, n_features)
             The data. NaN marks a missing value; infinite values are an error.
         y : ignored
-        client : distributed.Client, optional
-            Where to run (see :func:`dask_em.executor.where`); by default this process.
-        checkpoint, checkpoint_every, resume, force
-            Zarr snapshots of the fit; see :func:`dask_em.fit_em`.
+        client, checkpoint, checkpoint_every, resume, force
+            Where to run and the fit's snapshots (:class:`~dask_em.estimators._base.Checkpointing`).
 
         Returns
         -------
         self
         """
-        model = self._model()
-        # NaN marks a missing entry; infinite values are counted and reported by the first pass
-        X = validate_in_memory(self, X, reset=True, ensure_all_finite=False, ensure_min_samples=2)
-        with where(client, data=X, verbose=self.verbose) as active:
-            blocks = prepare_blocks(X, active)
-            n_features = int(blocks.array.shape[1])
-            if model.n_components > n_features:
-                raise ValueError(
-                    f"n_components={model.n_components} must not exceed n_features={n_features}; "
-                    "choose fewer components"
-                )
-            rng = run_rngs(self.random_state, 1)[0]
+        return self._fit(X, client=client, checkpointing=Checkpointing(checkpoint, checkpoint_every, resume, force))
 
-            def init() -> FactorParams:
-                return model.init_params(blocks.sample(int(self.init_sample), rng), rng)
-
-            result = fit_em(
-                model,
-                blocks,
-                params=init,
-                max_iter=self.max_iter,
-                tol=self.tol,
-                client=active,
-                verbose=self.verbose, accelerate=self.accelerate,
-                checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-                force=force,
-                checkpoint_meta=self.checkpoint_meta(),
-            )
+    def _set_fitted(self, result: Any, model: FactorModel, blocks: Any) -> None:
         params = result.params
         self.mean_ = np.asarray(params.mean)
         self._set_loadings(np.asarray(params.loadings), np.asarray(params.noise_variance))
-        self.n_iter_ = result.n_iter
-        self.converged_ = result.converged
-        self.lower_bound_ = result.lower_bound
-        self.lower_bounds_ = list(result.history)
-        self.n_features_in_ = n_features
-        return self
+        self.n_features_in_ = int(blocks.array.shape[1])
 
     def _set_loadings(self, loadings: np.ndarray, noise: np.ndarray) -> None:
         self._loadings = loadings

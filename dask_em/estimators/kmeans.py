@@ -27,7 +27,7 @@ from ..models.kmeans import (
     kmeans_plusplus,
     nearest_center,
 )
-from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs, validate_in_memory
+from ._base import Checkpointing, EMEstimator, map_rows, run_rngs, validate_in_memory
 from ._online import PartialFitMixin
 
 __all__ = ["KMeans", "kmeans_centers", "kmeans_parallel_init"]
@@ -671,7 +671,7 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                     split_every=self.split_every,
                     client=active,
                     verbose=bool(self.verbose),
-                    checkpoint=run_checkpoint(checkpoint, run) if n_init > 1 else checkpoint,
+                    checkpoint=Checkpointing(checkpoint).for_run(run, n_init).path,
                     checkpoint_every=checkpoint_every,
                     resume=resume,
                     force=force,

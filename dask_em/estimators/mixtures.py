@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
 
-from ..data import weighted_blocks
-from ..executor import where
-from ..engine import fit_em, prepare_blocks
-from ..errors import ConvergenceWarning
 from ..models.mixtures import (
     INITS,
     BernoulliMixtureModel,
@@ -20,7 +15,7 @@ from ..models.mixtures import (
     _DiscreteMixture,
 )
 from ..online import OnlineEM
-from ._base import EMEstimator, check_n_samples, map_rows, run_rngs, shared_restarts
+from ._base import Checkpointing, EMEstimator, check_n_samples, map_rows
 from ._online import PartialFitMixin
 
 
@@ -57,8 +52,8 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
             weight_concentration=float(self.weight_concentration_prior),
         )
 
-    def _start(self, model: _DiscreteMixture, blocks: Any, rng: np.random.Generator) -> Any:
-        start = model.init_params(blocks.sample(10_000, rng), rng)
+    def _initial_params(self, model: _DiscreteMixture, blocks: Any, rng: np.random.Generator, client: Any = None) -> Any:
+        start = super()._initial_params(model, blocks, rng, client)
         weights = start.weights if self.weights_init is None else np.asarray(self.weights_init, float)
         component_init = getattr(self, self._init_attr)
         component = getattr(start, model.component_name) if component_init is None else np.asarray(component_init, float)
@@ -73,28 +68,15 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
             fields["mean_total"] = start.mean_total
         return model.params_class(**fields)
 
-    def _restarts(self, model: _DiscreteMixture, blocks: Any, data: Any, client: Any) -> Any:
-        """Every restart's start from a sample of ``blocks``, ``n_init_iter`` shared iterations on ``data``, the best one."""
-        candidates = [self._start(model, blocks, rng) for rng in run_rngs(self.random_state, int(self.n_init))]
-        best, logliks = shared_restarts(
-            model, data, candidates, n_iter=int(self.n_init_iter), client=client, verbose=bool(self.verbose)
-        )
-        self._init_logliks = logliks
-        return best
+    _input_checks = None  # counts and binary data are taken as they are
+    _not_converged = (
+        "best of {self.n_init} initialisation(s) did not converge in {self.max_iter} iterations; "
+        "increase max_iter or tol, or check the data"
+    )
 
-    def fit(
-        self,
-        X: Any,
-        y: Any = None,
-        sample_weight: Any = None,
-        *,
-        client: Any = None,
-        checkpoint: str | None = None,
-        checkpoint_every: int = 1,
-        resume: bool | None = None,
-        force: bool = False,
-        online_passes: int = 0,
-    ) -> Any:
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None, *, client: Any = None,
+            checkpoint: str | None = None, checkpoint_every: int = 1, resume: bool | None = None,
+            force: bool = False, online_passes: int = 0) -> Any:
         """Estimate the mixture by EM, keeping the best of ``n_init`` restarts.
 
         Restarts share their passes: all ``n_init`` starting points (each
@@ -113,10 +95,9 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
             integer weight is the same as repeating the row. The weights
             travel with the data's blocks; the initialisation draws from
             the rows without their weights.
-        client : distributed.Client, optional
-        checkpoint, checkpoint_every, resume, force
-            Zarr snapshots of the fit (the shared restarts are redone only
-            when no snapshot exists). See :func:`dask_em.fit_em`.
+        client, checkpoint, checkpoint_every, resume, force
+            Where to run and the fit's snapshots (:class:`~dask_em.estimators._base.Checkpointing`;
+            the shared restarts are redone only when no snapshot exists).
         online_passes : int, default=0
             Passes of online EM over shuffled blocks before batch EM (see
             :func:`dask_em.fit_em`).
@@ -125,43 +106,12 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
         -------
         self
         """
-        model = self._model()
-        self._init_logliks = None
-        with where(client, data=X, verbose=self.verbose) as active:
-            blocks = prepare_blocks(X, active)
-            data = blocks if sample_weight is None else weighted_blocks(blocks, sample_weight, active)
-            best = fit_em(
-                model,
-                data,
-                params=lambda: self._restarts(model, blocks, data, active),
-                max_iter=self.max_iter,
-                tol=self.tol,
-                client=active,
-                random_state=run_rngs(self.random_state, 1)[0],
-                verbose=self.verbose,
-                accelerate=self.accelerate,
-                checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-                force=force,
-                checkpoint_meta=self.checkpoint_meta(),
-                warn_not_converged=False,
-                online_passes=online_passes,
-            )
-        if not best.converged and self.max_iter > 0:
-            warnings.warn(
-                f"best of {self.n_init} initialisation(s) did not converge in {self.max_iter} iterations; "
-                "increase max_iter or tol, or check the data",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        self._set_params(best.params, model)
-        self.n_iter_ = best.n_iter
-        self.converged_ = best.converged
-        self.lower_bound_ = best.lower_bound
-        self.lower_bounds_ = list(best.history)
+        return self._fit(X, client=client, checkpointing=Checkpointing(checkpoint, checkpoint_every, resume, force),
+                         sample_weight=sample_weight, online_passes=online_passes)
+
+    def _set_fitted(self, result: Any, model: _DiscreteMixture, blocks: Any) -> None:
+        self._set_params(result.params, model)
         self.n_features_in_ = int(blocks.array.shape[1])
-        return self
 
     def _set_params(self, params: Any, model: _DiscreteMixture) -> None:
         self._params = params
@@ -173,7 +123,7 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
     # -- online EM ------------------------------------------------------------
     def _online_start(self, blocks: Any, rng: np.random.Generator, client: Any) -> tuple[Any, Any]:
         model = self._model()
-        return model, self._start(model, blocks, rng)
+        return model, self._initial_params(model, blocks, rng)
 
     def _online_set(self, state: OnlineEM) -> None:
         self._set_params(state.params, state.model)

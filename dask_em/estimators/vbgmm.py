@@ -16,7 +16,7 @@ from ..models.base import Stats
 from ..models.gmm import GaussianMixtureModel, HardAssignment, _Workspace, data_moments
 from ..models.gmm import precisions_from_cholesky
 from ..models.vbgmm import PRIOR_FIELDS, BayesianGaussianMixtureModel, VBGMMParams
-from ._base import EMEstimator, run_checkpoint, run_rngs, validate_in_memory
+from ._base import Checkpointing, EMEstimator, run_rngs, validate_in_memory
 from .gmm import INIT_PARAMS, GaussianMixture, _stored_prior
 
 
@@ -261,7 +261,7 @@ class BayesianGaussianMixture(EMEstimator):
             resolved = None  # the prior's data-derived defaults, filled once
             best = best_model = None
             for run, rng in enumerate(rngs):
-                run_path = run_checkpoint(checkpoint, run) if len(rngs) > 1 else checkpoint
+                run_path = Checkpointing(checkpoint).for_run(run, len(rngs)).path
                 run_model, start = model, None
                 if model.prior_needs_data:
                     run_model = _stored_prior(model, run_path, resume) or resolved  # type: ignore[arg-type]

@@ -313,7 +313,7 @@ def test_checkpoint_resume_skips_initialisation(client, X, tmp_path, monkeypatch
     def no_init(*args, **kw):
         raise AssertionError("a resumed fit must not initialise again")
 
-    monkeypatch.setattr(GaussianMixture, "_initial_params", no_init)
+    monkeypatch.setattr(GaussianMixture, "_gmm_start", no_init)
     again = GaussianMixture(**kwargs).fit(X, client=client, checkpoint=path)
     np.testing.assert_array_equal(again.means_, first.means_)
     assert again.lower_bounds_ == first.lower_bounds_

@@ -15,7 +15,7 @@ from sklearn.datasets import make_blobs
 from dask_em import KMeans
 from dask_em.data import array_blocks, as_dask_array
 from dask_em.errors import InvalidDataError
-from dask_em.estimators.kmeans import kmeans_centers, kmeans_parallel_init
+from dask_em.init import kmeans_centers, kmeans_parallel_init
 from dask_em.models.kmeans import KMeansModel, KMeansParams, kmeans_plusplus, nearest_center
 from dask_em.stats import add_stats
 

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any
 
 import numpy as np
 
 from ..data import Blocks
-from ..engine import expected_stats, fit_em, prepare_blocks
-from ..errors import ConvergenceWarning, InvalidDataError, InvalidParameterError
-from ..executor import where
+from ..engine import expected_stats
+from ..errors import InvalidParameterError
+from ..init import kmeans_stats, random_stats
 from ..models.base import Stats
 from ..models.gmm import GaussianMixtureModel, HardAssignment, _Workspace, data_moments
 from ..models.gmm import precisions_from_cholesky
 from ..models.vbgmm import PRIOR_FIELDS, BayesianGaussianMixtureModel, VBGMMParams
-from ._base import Checkpointing, EMEstimator, run_rngs, validate_in_memory
+from ._base import Checkpointing, EMEstimator
 from .gmm import INIT_PARAMS, GaussianMixture, _stored_prior
 
 
@@ -163,15 +162,15 @@ class BayesianGaussianMixture(EMEstimator):
 
     _check_X = GaussianMixture._check_X
     _map = GaussianMixture._map
-    _kmeans_stats = GaussianMixture._kmeans_stats
-    _random_stats = GaussianMixture._random_stats
-    _initial_params = GaussianMixture._initial_params
+    _fit_data = GaussianMixture._fit_data
+    _gmm_start = GaussianMixture._gmm_start
     score_samples = GaussianMixture.score_samples
     predict_proba = GaussianMixture.predict_proba
     predict = GaussianMixture.predict
     score = GaussianMixture.score
     fit_predict = GaussianMixture.fit_predict
     sample = GaussianMixture.sample
+    _not_converged = GaussianMixture._not_converged
 
     # -- checks ---------------------------------------------------------------
 
@@ -205,30 +204,19 @@ class BayesianGaussianMixture(EMEstimator):
             **{name: getattr(self, name) for name in PRIOR_FIELDS},
         )
 
-    # -- fitting --------------------------------------------------------------
+    # -- fitting: the hooks of EMEstimator._fit --------------------------------
 
-    def fit(
-        self,
-        X: Any,
-        y: Any = None,
-        *,
-        client: Any = None,
-        checkpoint: str | None = None,
-        checkpoint_every: int = 1,
-        resume: bool | None = None,
-        force: bool = False,
-    ) -> BayesianGaussianMixture:
+    def fit(self, X: Any, y: Any = None, *, client: Any = None, checkpoint: str | None = None,
+            checkpoint_every: int = 1, resume: bool | None = None, force: bool = False) -> BayesianGaussianMixture:
         """Fit the variational distributions.
 
         Parameters
         ----------
         X : array-like, dask array, zarr array or path, of shape (n_samples, n_features)
         y : ignored
-        client : distributed.Client, optional
-            Where to run (see :func:`dask_em.executor.where`); by default this process.
-        checkpoint, checkpoint_every, resume, force
-            Zarr snapshots of the fit; see :func:`dask_em.fit_em`. With
-            ``n_init > 1`` each initialisation has its own sub-group.
+        client, checkpoint, checkpoint_every, resume, force
+            Where to run and the fit's snapshots (:class:`~dask_em.estimators._base.Checkpointing`).
+            With ``n_init > 1`` each initialisation has its own sub-group.
 
         Returns
         -------
@@ -241,85 +229,46 @@ class BayesianGaussianMixture(EMEstimator):
         InvalidParameterError
             For invalid hyper-parameters or priors (a ``ValueError``).
         """
+        return self._fit(X, client=client, checkpointing=Checkpointing(checkpoint, checkpoint_every, resume, force))
+
+    _tol_on = "total"
+    _restarts = "apart"
+
+    def _fit_model(self) -> BayesianGaussianMixtureModel:
         self._check_parameters()
-        model = self._model()
-        # NaN and infinite values are counted and reported by the first pass
-        X = validate_in_memory(self, X, reset=True, ensure_all_finite=False, ensure_min_samples=2)
-        K = int(self.n_components)
-        with where(client, data=X, verbose=bool(self.verbose)) as active:
-            blocks = prepare_blocks(X, active)
-            n_samples, n_features = (int(s) for s in blocks.array.shape)
-            if n_samples < max(K, 2):
-                raise InvalidDataError(
-                    f"expected n_samples >= n_components (and at least 2), got n_components={K}, "
-                    f"n_samples={n_samples}; decrease n_components or give more data"
-                )
-            if not model.prior_needs_data:
-                model.prior(n_features)  # check the prior's shapes before any pass
-            do_init = not (self.warm_start and hasattr(self, "converged_"))
-            rngs = run_rngs(self.random_state, int(self.n_init) if do_init else 1)
-            resolved = None  # the prior's data-derived defaults, filled once
-            best = best_model = None
-            for run, rng in enumerate(rngs):
-                run_path = Checkpointing(checkpoint).for_run(run, len(rngs)).path
-                run_model, start = model, None
-                if model.prior_needs_data:
-                    run_model = _stored_prior(model, run_path, resume) or resolved  # type: ignore[arg-type]
-                    if run_model is None and not do_init:
-                        run_model = self._previous_prior(model, n_features)
-                    if run_model is None:
-                        stats, center, moments = self._initial_stats(blocks, rng, active, need_moments=True)
-                        run_model = model.with_prior_defaults(n_features, *moments)
-                        start = run_model.params_from_stats(stats, center)
-                    run_model.prior(n_features)
-                    resolved = resolved or run_model
-                if start is None:
-                    start = self._start(run_model, blocks, rng, active) if do_init else self._fitted_params
-                result = fit_em(
-                    run_model,
-                    blocks,
-                    params=start,
-                    max_iter=int(self.max_iter),
-                    tol=float(self.tol),
-                    tol_on="total",
-                    split_every=int(self.split_every),
-                    client=active,
-                    random_state=rng,
-                    verbose=bool(self.verbose),
-                    accelerate=self.accelerate,
-                    checkpoint=run_path,
-                    checkpoint_every=checkpoint_every,
-                    resume=resume,
-                    force=force,
-                    checkpoint_meta=self.checkpoint_meta(),
-                    warn_not_converged=False,
-                )
-                if best is None or result.lower_bound > best.lower_bound:
-                    best, best_model = result, run_model
-        assert best is not None and best_model is not None
-        if not best.converged and self.max_iter > 0:
-            warnings.warn(
-                "Best performing initialization did not converge. Try different init parameters, "
-                "or increase max_iter, tol, or check for degenerate data.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        self._set_fitted(best.params, best_model)
-        self.converged_ = bool(best.converged)
-        self.n_iter_ = int(best.n_iter)
-        self.lower_bound_ = float(best.lower_bound)
-        self.lower_bounds_ = [float(v) for v in best.history]
-        self.n_features_in_ = n_features
-        return self
+        return self._model()
 
-    def _start(self, model: BayesianGaussianMixtureModel, blocks: Blocks, rng: np.random.Generator, client: Any) -> Any:
-        """The initialisation, deferred: fit_em skips it when it resumes a checkpoint."""
+    def _start(
+        self, model: BayesianGaussianMixtureModel, blocks: Blocks, data: Any, rngs: list[np.random.Generator],
+        client: Any, checkpointing: Checkpointing,
+    ) -> tuple[BayesianGaussianMixtureModel, Any]:
+        """A run's start, and the model with the prior's data-derived defaults filled in (once, by the first run).
 
-        def start() -> VBGMMParams:
+        The defaults come from the checkpoint the run resumes, else the
+        last fit's (a warm start), else the initialisation's pass.
+        """
+        rng, n_features = rngs[0], int(blocks.array.shape[1])
+        if model.prior_needs_data:
+            filled = _stored_prior(model, checkpointing) or (self._previous_prior(model, n_features) if self._warm() else None)
+            if filled is None:
+                stats, center, moments = self._initial_stats(blocks, rng, client, need_moments=True)
+                filled = model.with_prior_defaults(n_features, *moments)
+                filled.prior(n_features)
+                return filled, filled.params_from_stats(stats, center)
+            model = filled
+        model.prior(n_features)  # check the prior's shapes before any pass
+        if self._warm():
+            return model, self._fitted_params
+
+        def start() -> VBGMMParams:  # deferred: fit_em skips it when it resumes a checkpoint
             stats, center, _ = self._initial_stats(blocks, rng, client, need_moments=False)
             return model.params_from_stats(stats, center)
 
-        return start
+        return model, start
+
+    def _set_fitted(self, result: Any, model: BayesianGaussianMixtureModel, blocks: Blocks) -> None:
+        self._set_variational(result.params, model)
+        self.n_features_in_ = int(blocks.array.shape[1])
 
     def _initial_stats(
         self, blocks: Blocks, rng: np.random.Generator, client: Any, *, need_moments: bool
@@ -335,13 +284,13 @@ class BayesianGaussianMixture(EMEstimator):
         K, ct = int(self.n_components), self.covariance_type
         gmm = GaussianMixtureModel(K, ct)
         if self.init_params == "kmeans":
-            stats, center = self._kmeans_stats(gmm, blocks, rng, client)
+            stats, center = kmeans_stats(gmm, blocks, rng, client, int(self.split_every))
         elif self.init_params == "random":
-            stats, center = self._random_stats(gmm, blocks, rng, client)
+            stats, center = random_stats(gmm, blocks, rng, client, int(self.split_every))
         else:
             # GaussianMixture's choice of rows; its covariances are not used
             # (a positive reg_covar keeps them factorisable).
-            rows = self._initial_params(
+            rows = self._gmm_start(
                 GaussianMixtureModel(K, ct, reg_covar=1.0), blocks, (None, None, None), rng, client
             )[0].means
             rows = np.asarray(rows, np.float64)
@@ -378,7 +327,7 @@ class BayesianGaussianMixture(EMEstimator):
             precisions_cholesky=np.asarray(self.precisions_cholesky_, np.float64),
         )
 
-    def _set_fitted(self, params: VBGMMParams, model: BayesianGaussianMixtureModel) -> None:
+    def _set_variational(self, params: VBGMMParams, model: BayesianGaussianMixtureModel) -> None:
         wc = np.asarray(params.weight_concentration)
         dp = self.weight_concentration_prior_type == "dirichlet_process"
         self.weight_concentration_ = (wc[0], wc[1]) if dp else wc

@@ -555,3 +555,31 @@ def _moments_block(block: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     mean = X.mean(axis=0) if n else np.zeros(X.shape[1])
     dev = X - mean
     return n, mean, np.einsum("ij,ij->j", dev, dev)
+
+
+# -- per-row outputs of a fitted k-means (``KMeans.predict``, ``transform``, ``score``; run on workers) --
+
+
+def _finite_block(block: np.ndarray) -> np.ndarray:
+    """``block``, refused when it holds NaN or inf (they would get a label and a nan inertia)."""
+    n_invalid = int(np.count_nonzero(~np.isfinite(block)))
+    if n_invalid:
+        from ..errors import InvalidDataError
+
+        raise InvalidDataError(KMeansModel().describe_invalid(n_invalid))
+    return block
+
+
+def labels_block(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the nearest center of every row, shape (n_rows,)."""
+    return nearest_center(_finite_block(block), centers)[0]
+
+
+def min_sq_dist_block(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Squared distance of every row to its nearest center, shape (n_rows,)."""
+    return nearest_center(_finite_block(block), centers)[1]
+
+
+def distances_block(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Euclidean distance of every row to every center, shape (n_rows, n_centers)."""
+    return center_distances(_finite_block(block), centers)

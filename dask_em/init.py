@@ -105,13 +105,8 @@ def weighted_lloyd(
 
 
 def kmeans_parallel_init(
-    blocks: Blocks,
-    n_clusters: int,
-    rng: np.random.Generator,
-    *,
-    oversampling_factor: float = 2.0,
-    n_rounds: int = 5,
-    client: Any = None,
+    blocks: Blocks, n_clusters: int, rng: np.random.Generator, *, oversampling_factor: float = 2.0,
+    n_rounds: int = 5, client: Any = None,
 ) -> np.ndarray:
     """k-means|| seeding (Bahmani et al. 2012), one pass over the blocks per round.
 
@@ -197,15 +192,8 @@ def _sample_size(blocks: Blocks, n_clusters: int) -> int:
 
 
 def initial_centers(
-    blocks: Blocks,
-    n_clusters: int,
-    init: Any,
-    rng: np.random.Generator,
-    *,
-    oversampling_factor: float = 2.0,
-    init_max_iter: int = 5,
-    client: Any = None,
-    sample_weight: np.ndarray | None = None,
+    blocks: Blocks, n_clusters: int, init: Any, rng: np.random.Generator, *, oversampling_factor: float = 2.0,
+    init_max_iter: int = 5, client: Any = None, sample_weight: np.ndarray | None = None,
 ) -> np.ndarray:
     """Initial centers by ``init``: "k-means||", "k-means++", "random" or an array.
 
@@ -237,12 +225,17 @@ def initial_centers(
         if init == "random":
             return _rows(blocks, client, rng.choice(blocks.n_samples, size=n_clusters, replace=False))
         raise ValueError(f"init must be one of {INITS} or an array of shape (n_clusters, n_features), got {init!r}")
-    centers = np.array(init, dtype=np.float64)
+    centers = np.array(init, dtype=np.float64)  # a copy: the caller's array is never touched
     n_features = blocks.array.shape[1] if blocks.array is not None else centers.shape[-1]
-    if centers.shape != (n_clusters, n_features):
+    # scikit-learn's messages
+    if centers.ndim != 2 or centers.shape[0] != n_clusters:
         raise ValueError(
-            f"init array has shape {centers.shape}, expected (n_clusters, n_features) = "
-            f"({n_clusters}, {n_features})"
+            f"The shape of the initial centers {centers.shape} does not match the number of clusters {n_clusters}."
+        )
+    if centers.shape[1] != n_features:
+        raise ValueError(
+            f"The shape of the initial centers {centers.shape} does not match the number of "
+            f"features of the data {n_features}."
         )
     if not np.isfinite(centers).all():
         raise ValueError("init array contains NaN or infinite values")

@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import math
 import numbers
+import string
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ _COMMON_PARAMS: dict[str, tuple[str, float, bool]] = {
     "n_components": ("int", 1, False),
     "n_clusters": ("int", 1, False),
     "n_init": ("int", 1, False),
+    "n_init_iter": ("int", 0, False),
     "n_mix": ("int", 1, False),
     "max_iter": ("int", 0, False),
     "n_iter": ("int", 0, True),
@@ -36,6 +38,42 @@ _COMMON_PARAMS: dict[str, tuple[str, float, bool]] = {
     "min_covar": ("real", 0, False),
     "alpha": ("real", 0, False),
 }
+
+
+_ACCELERATE_DOC = """accelerate : {None, "squarem"}, default=None
+        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
+        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
+        fraction of the passes where plain EM is slow, never a lower
+        log-likelihood at any recorded step. None runs plain EM, which
+        matches the reference libraries iteration by iteration."""
+
+#: Descriptions many estimators share, written ``$name`` in their docstrings
+#: (substituted when the class is created, as pandas' ``Substitution`` does;
+#: a class adds its family's in a ``_docs`` dict).
+SHARED_DOCS = {
+    "accelerate": _ACCELERATE_DOC,
+    "em_options": _ACCELERATE_DOC + """
+    verbose : bool, default=False
+        Print a progress line per iteration.""",
+    "seed_em_options": """random_state : int or Generator, optional
+    """ + _ACCELERATE_DOC + """
+    verbose : bool, default=False
+        Print a progress line per iteration.""",
+    "n_passes_": """n_passes_ : int
+        Passes over the data the last ``fit`` made: initialisation,
+        restarts and refused extrapolations included.""",
+    "fit_options": """client, checkpoint, checkpoint_every, resume, force
+            Where to run (see :func:`dask_em.executor.where`; by default this
+            process) and the fit's snapshots (:class:`Checkpointing`, see
+            :func:`dask_em.fit_em`).""",
+}
+
+
+def store_params(estimator: Any, values: dict[str, Any]) -> None:
+    """Store ``__init__``'s arguments (``locals()``) under their names, as scikit-learn asks."""
+    for name, value in values.items():
+        if name not in ("self", "__class__"):
+            setattr(estimator, name, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +146,9 @@ class EMEstimator(BaseEstimator):
         author calls :func:`dask_em.checkpoint.register_class`.
         """
         super().__init_subclass__(**kwargs)
+        for owner in (cls, *(f for f in vars(cls).values() if callable(f) and getattr(f, "__doc__", None))):
+            if owner.__doc__ and "$" in owner.__doc__:
+                owner.__doc__ = string.Template(owner.__doc__).safe_substitute(SHARED_DOCS, **getattr(cls, "_docs", {}))
         if "fit" in cls.__dict__:
             cls.fit = _counting_passes(cls.__dict__["fit"])
         if (cls.__module__ == "dask_em" or cls.__module__.startswith("dask_em.")) and not cls.__name__.startswith("_"):
@@ -117,18 +158,34 @@ class EMEstimator(BaseEstimator):
         """Refuse hyper-parameter values no fit accepts, before anything runs.
 
         Applies the shared rules of :data:`_COMMON_PARAMS` (type and range of
-        ``n_components``, ``tol``, ``max_iter``, ...) and ``random_state``;
-        estimators extend it with their own checks. :func:`dask_em.load` and
-        ``dask-em resume`` run it on every configuration read from a file.
+        ``n_components``, ``tol``, ``max_iter``, ...) and ``random_state``,
+        then the estimator's own (:meth:`_fit_model`, the checks a fit runs
+        before reading data). :func:`dask_em.load` and ``dask-em resume`` run
+        it on every configuration read from a file.
 
         Raises
         ------
         ValueError
             Naming the parameter, its value and what is allowed.
         """
+        self._check_ranges()
+        params = self.get_params()
+        if params.get("accelerate", None) not in (None, "none", "squarem"):
+            raise ValueError(f"accelerate must be None, 'none' or 'squarem', got {params['accelerate']!r}")
+        state = params.get("random_state")
+        if not (state is None or isinstance(state, (np.random.Generator, np.random.RandomState))
+                or (isinstance(state, numbers.Integral) and not isinstance(state, bool) and state >= 0)):
+            raise ValueError(f"random_state must be None, a non-negative integer or a numpy Generator, got {state!r}")
+        self._fit_model()  # the estimator's own checks: those of a fit before it reads data
+
+    def _check_ranges(self, names: tuple[str, ...] | None = None, error: type[Exception] = ValueError) -> None:
+        """Apply the rules of :data:`_COMMON_PARAMS` to the estimator's parameters (those in ``names``).
+
+        Raises ``error`` naming the parameter, its value and what is allowed.
+        """
         params = self.get_params()
         for name, (kind, minimum, none_ok) in _COMMON_PARAMS.items():
-            if name not in params or (none_ok and params[name] is None):
+            if name not in params or (names is not None and name not in names) or (none_ok and params[name] is None):
                 continue
             if name == "n_init" and isinstance(params[name], str) and params[name] == "auto":  # scikit-learn's KMeans
                 continue
@@ -139,15 +196,9 @@ class EMEstimator(BaseEstimator):
             else:
                 ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
                       and np.isfinite(value) and value >= minimum)
-                wanted = f"a finite number >= {minimum:g}"
+                wanted = "a non-negative number" if minimum == 0 else f"a number >= {minimum:g}"
             if not ok:
-                raise ValueError(f"{name} must be {wanted}, got {value!r}")
-        if params.get("accelerate", None) not in (None, "none", "squarem"):
-            raise ValueError(f"accelerate must be None, 'none' or 'squarem', got {params['accelerate']!r}")
-        state = params.get("random_state")
-        if not (state is None or isinstance(state, (np.random.Generator, np.random.RandomState))
-                or (isinstance(state, numbers.Integral) and not isinstance(state, bool) and state >= 0)):
-            raise ValueError(f"random_state must be None, a non-negative integer or a numpy Generator, got {state!r}")
+                raise error(f"{name} must be {wanted}, got {value!r}")
 
     def __sklearn_tags__(self) -> Any:
         """scikit-learn's estimator tags (``clone`` and ``Pipeline`` ask for them)."""
@@ -196,6 +247,23 @@ class EMEstimator(BaseEstimator):
             if not same:
                 changed.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(changed)})"
+
+    def _checked_input(self, X: Any, **check: Any) -> Any:
+        """``X`` for a fitted estimator's per-row outputs: :func:`validate_in_memory` and the fitted width."""
+        X = validate_in_memory(self, X, reset=False, **check)
+        shape = getattr(X, "shape", None)
+        if shape is not None and len(shape) == 2 and shape[1] != self.n_features_in_:
+            raise InvalidDataError(
+                f"X has {shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input"
+            )
+        return X
+
+    def _fitted_as(self, params_class: type) -> Any:
+        """The fitted attributes named after the fields of ``params_class`` (``field_``), as float64 arrays."""
+        names = [field.name for field in dataclasses.fields(params_class)]
+        self._check_fitted(names[0] + "_")
+        return params_class(**{name: np.asarray(getattr(self, name + "_"), np.float64) for name in names})
 
     def _check_fitted(self, attribute: str) -> None:
         if not hasattr(self, attribute):
@@ -271,8 +339,12 @@ class EMEstimator(BaseEstimator):
         """Whether this fit starts from the last one's parameters (``warm_start``, as scikit-learn)."""
         return bool(getattr(self, "warm_start", False)) and hasattr(self, "converged_")
 
+    def _model(self) -> Any:
+        """The model the hyper-parameters describe (None where it needs the data: see :meth:`_fit_data`)."""
+        return None
+
     def _fit_model(self) -> Any:
-        """The model, before any data is read (so bad hyper-parameters fail first); see :meth:`_fit_data`."""
+        """The model, checked before any data is read (bad hyper-parameters fail first)."""
         return self._model()
 
     def _fit_input(self, X: Any) -> Any:

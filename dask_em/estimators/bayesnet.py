@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InvalidDataError
 from ..models.bayesnet import MAX_VARIABLES, BayesianNetworkModel, BayesNetParams, topological_order
-from ._base import Checkpointing, EMEstimator, map_rows
+from ._base import Checkpointing, EMEstimator, map_rows, store_params
 
 
 class DiscreteBayesianNetwork(EMEstimator):
@@ -52,13 +52,7 @@ class DiscreteBayesianNetwork(EMEstimator):
         Convergence threshold on the mean log-likelihood per row.
     random_state : int or Generator, optional
         Seed of the random initial CPDs.
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
+    $em_options
 
     Attributes
     ----------
@@ -74,33 +68,12 @@ class DiscreteBayesianNetwork(EMEstimator):
 
     _estimator_type = "density_estimator"
 
-    def __init__(
-        self,
-        edges: Sequence[Sequence[str]] = (),
-        latent: Mapping[str, int] | None = None,
-        cardinality: Mapping[str, int] | None = None,
-        cpds_init: Mapping[str, Any] | None = None,
-        pseudo_counts: float = 0.0,
-        prior_type: str = "uniform",
-        missing_code: int | None = None,
-        max_iter: int = 100,
-        tol: float = 1e-3,
-        random_state: Any = None,
-        accelerate: str | None = None,
-        verbose: bool = False,
-    ) -> None:
-        self.edges = edges
-        self.latent = latent
-        self.cardinality = cardinality
-        self.cpds_init = cpds_init
-        self.pseudo_counts = pseudo_counts
-        self.prior_type = prior_type
-        self.missing_code = missing_code
-        self.max_iter = max_iter
-        self.tol = tol
-        self.random_state = random_state
-        self.verbose = verbose
-        self.accelerate = accelerate
+    def __init__(self, edges: Sequence[Sequence[str]] = (), latent: Mapping[str, int] | None = None,
+                 cardinality: Mapping[str, int] | None = None, cpds_init: Mapping[str, Any] | None = None,
+                 pseudo_counts: float = 0.0, prior_type: str = "uniform", missing_code: int | None = None,
+                 max_iter: int = 100, tol: float = 1e-3, random_state: Any = None, accelerate: str | None = None,
+                 verbose: bool = False) -> None:
+        store_params(self, locals())
 
     # -- structure ---------------------------------------------------------------
     def validate_params(self) -> None:
@@ -282,8 +255,7 @@ class DiscreteBayesianNetwork(EMEstimator):
         columns : sequence of str, optional
             The variable of each column; required for arrays and Zarr stores,
             and selects and orders the columns of a DataFrame.
-        client, checkpoint, checkpoint_every, resume, force
-            Where to run and the fit's snapshots (:class:`~dask_em.estimators._base.Checkpointing`).
+        $fit_options
 
         Returns
         -------

@@ -17,8 +17,7 @@ import numpy as np
 from ..data import as_dask_array, open_zarr_array
 from ..errors import InvalidDataError
 from ..models.experts import ExpertsParams, MixtureOfExpertsModel
-from ._base import Checkpointing, EMEstimator, map_rows
-from .mixtures import _set
+from ._base import Checkpointing, EMEstimator, map_rows, store_params
 
 
 def _as_target_array(y: Any) -> Any:
@@ -155,14 +154,7 @@ class MixtureOfExperts(EMEstimator):
     init_params : {"kmeans", "random"}, default="kmeans"
         Initial responsibilities from k-means++ clusters of the standardised
         ``(x, y)`` rows of a sample, or random ones.
-    random_state : int or Generator, optional
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
+    $seed_em_options
 
     Attributes
     ----------
@@ -187,28 +179,10 @@ class MixtureOfExperts(EMEstimator):
     _estimator_type = "regressor"
     _gating = "gaussian"
 
-    def __init__(
-        self,
-        n_components: int = 2,
-        *,
-        covariance_type: str = "full",
-        reg_covar: float = 1e-6,
-        max_iter: int = 100,
-        tol: float = 1e-3,
-        n_init: int = 1,
-        init_params: str = "kmeans",
-        random_state: Any = None,
-        accelerate: str | None = None,
-        verbose: bool = False,
-    ) -> None:
-        _set(self, locals())
-
-    def _check_params(self) -> None:
-        """The checks of a fit, without data (run on configurations read from files too)."""
-        check = getattr(super(), "_check_params", None)  # the shared rules, where the base class has them
-        if check is not None:
-            check()
-        self._model(1)
+    def __init__(self, n_components: int = 2, *, covariance_type: str = "full", reg_covar: float = 1e-6,
+                 max_iter: int = 100, tol: float = 1e-3, n_init: int = 1, init_params: str = "kmeans",
+                 random_state: Any = None, accelerate: str | None = None, verbose: bool = False) -> None:
+        store_params(self, locals())
 
     def _model(self, n_targets: int) -> MixtureOfExpertsModel:
         if int(self.n_init) < 1:
@@ -242,9 +216,8 @@ class MixtureOfExperts(EMEstimator):
             Targets (numpy, Dask or Zarr); their row chunks are matched to ``X``'s.
         target_columns : sequence of int, optional
             With ``y`` None, the columns of ``X`` that are the targets.
-        client, checkpoint, checkpoint_every, resume, force
-            Where to run and the fit's snapshots (:class:`~dask_em.estimators._base.Checkpointing`;
-            one sub-group per restart).
+        $fit_options
+            One sub-group per restart.
 
         Returns
         -------
@@ -255,8 +228,8 @@ class MixtureOfExperts(EMEstimator):
 
     _input_checks = None  # xy_array checks the inputs and targets
 
-    def _fit_model(self) -> None:
-        return None  # its shape needs the number of targets: built by _fit_data
+    def _fit_model(self) -> MixtureOfExpertsModel:
+        return self._model(1)  # the checks; the fitted model's shape needs the targets: built by _fit_data
 
     def _fit_data(self, X: Any, model: Any, client: Any, **inputs: Any) -> tuple[Any, MixtureOfExpertsModel]:
         joined, n_targets = xy_array(X, inputs["y"], target_columns=inputs["target_columns"], client=client)
@@ -361,17 +334,7 @@ class MixtureOfLinearRegressions(MixtureOfExperts):
 
     _gating = "constant"
 
-    def __init__(
-        self,
-        n_components: int = 2,
-        *,
-        reg_covar: float = 1e-6,
-        max_iter: int = 100,
-        tol: float = 1e-3,
-        n_init: int = 1,
-        init_params: str = "kmeans",
-        random_state: Any = None,
-        accelerate: str | None = None,
-        verbose: bool = False,
-    ) -> None:
-        _set(self, locals())
+    def __init__(self, n_components: int = 2, *, reg_covar: float = 1e-6, max_iter: int = 100, tol: float = 1e-3,
+                 n_init: int = 1, init_params: str = "kmeans", random_state: Any = None,
+                 accelerate: str | None = None, verbose: bool = False) -> None:
+        store_params(self, locals())

@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
 from ..models.factor import FactorModel, score_block, transform_block
-from ._base import Checkpointing, EMEstimator, map_rows, validate_in_memory
+from ._base import SHARED_DOCS, Checkpointing, EMEstimator, map_rows, store_params, validate_in_memory
 
 
 class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator):
@@ -17,29 +17,28 @@ class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator
 
     _noise = "diagonal"
     _nan_is_missing = True
+    _docs = {
+        "factor_options": """max_iter : int, default=1000
+        Maximum number of EM iterations.
+    tol : float, default=1e-8
+        Stop when the mean log-likelihood per row changes by less than this.
+    init_sample : int, default=10000
+        Rows of the random sample whose principal components start the fit.
+    random_state : int or Generator, optional
+        Chooses the starting sample.
+    """ + SHARED_DOCS["em_options"],
+        "factor_fitted": SHARED_DOCS["n_passes_"] + """
+    n_iter_ : int
+    converged_ : bool
+    lower_bound_ : float
+        Log-likelihood per row of the parameters that entered the last iteration.
+    lower_bounds_ : list of float
+    n_features_in_ : int""",
+    }
 
-    def __init__(
-        self,
-        n_components: int = 2,
-        *,
-        max_iter: int = 1000,
-        tol: float = 1e-8,
-        init_sample: int = 10_000,
-        random_state: Any = None,
-        accelerate: str | None = None,
-        verbose: bool = False,
-    ) -> None:
-        self.n_components = n_components
-        self.max_iter = max_iter
-        self.tol = tol
-        self.init_sample = init_sample
-        self.random_state = random_state
-        self.verbose = verbose
-        self.accelerate = accelerate
-
-    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
-        super()._check_params()
-        self._model()  # its checks are those of a fit
+    def __init__(self, n_components: int = 2, *, max_iter: int = 1000, tol: float = 1e-8, init_sample: int = 10_000,
+                 random_state: Any = None, accelerate: str | None = None, verbose: bool = False) -> None:
+        store_params(self, locals())
 
     @property
     def _n_features_out(self) -> int:
@@ -71,8 +70,7 @@ class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator
         X : array-like, dask array, zarr array or path, of shape (n_samples, n_features)
             The data. NaN marks a missing value; infinite values are an error.
         y : ignored
-        client, checkpoint, checkpoint_every, resume, force
-            Where to run and the fit's snapshots (:class:`~dask_em.estimators._base.Checkpointing`).
+        $fit_options
 
         Returns
         -------
@@ -141,22 +139,7 @@ class FactorAnalysis(_FactorBase):
     ----------
     n_components : int, default=2
         Number of latent factors.
-    max_iter : int, default=1000
-        Maximum number of EM iterations.
-    tol : float, default=1e-8
-        Stop when the mean log-likelihood per row changes by less than this.
-    init_sample : int, default=10000
-        Rows of the random sample whose principal components start the fit.
-    random_state : int or Generator, optional
-        Chooses the starting sample.
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
-        Print a progress line per iteration.
+    $factor_options
 
     Attributes
     ----------
@@ -164,15 +147,7 @@ class FactorAnalysis(_FactorBase):
         Loadings ``W'`` (as scikit-learn's ``FactorAnalysis``).
     noise_variance_ : ndarray of shape (n_features,)
     mean_ : ndarray of shape (n_features,)
-    n_passes_ : int
-        Passes over the data the last ``fit`` made: initialisation,
-        restarts and refused extrapolations included.
-    n_iter_ : int
-    converged_ : bool
-    lower_bound_ : float
-        Log-likelihood per row of the parameters that entered the last iteration.
-    lower_bounds_ : list of float
-    n_features_in_ : int
+    $factor_fitted
     """
 
     _noise = "diagonal"
@@ -190,22 +165,7 @@ class PPCA(_FactorBase):
     ----------
     n_components : int, default=2
         Dimension of the principal subspace.
-    max_iter : int, default=1000
-        Maximum number of EM iterations.
-    tol : float, default=1e-8
-        Stop when the mean log-likelihood per row changes by less than this.
-    init_sample : int, default=10000
-        Rows of the random sample whose principal components start the fit.
-    random_state : int or Generator, optional
-        Chooses the starting sample.
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
-        Print a progress line per iteration.
+    $factor_options
 
     Attributes
     ----------
@@ -219,15 +179,7 @@ class PPCA(_FactorBase):
     noise_variance_ : float
         ``sigma^2``.
     mean_ : ndarray of shape (n_features,)
-    n_passes_ : int
-        Passes over the data the last ``fit`` made: initialisation,
-        restarts and refused extrapolations included.
-    n_iter_ : int
-    converged_ : bool
-    lower_bound_ : float
-        Log-likelihood per row of the parameters that entered the last iteration.
-    lower_bounds_ : list of float
-    n_features_in_ : int
+    $factor_fitted
     """
 
     _noise = "isotropic"

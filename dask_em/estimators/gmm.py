@@ -27,7 +27,7 @@ from ..models.gmm import (
     precisions_from_cholesky,
     sample_moments,
 )
-from ._base import Checkpointing, EMEstimator, check_n_samples, map_rows, validate_in_memory
+from ._base import Checkpointing, EMEstimator, check_n_samples, map_rows, store_params
 from ._online import PartialFitMixin
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -36,7 +36,108 @@ INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 INIT_SAMPLE_ROWS = 10_000
 
 
-class GaussianMixture(PartialFitMixin, EMEstimator):
+class _GaussianMixtureBase(EMEstimator):
+    """What :class:`GaussianMixture` and :class:`BayesianGaussianMixture` share: checks, fit hooks, per-row outputs."""
+
+    _estimator_type = "density_estimator"
+    #: The parameters of a fit, named as the fitted attributes without their ``_``.
+    _params_class: type
+
+    _not_converged = (
+        "Best performing initialization did not converge. Try different init parameters, "
+        "or increase max_iter, tol, or check for degenerate data."
+    )
+
+    def _fit_model(self) -> Any:
+        self._check_parameters()
+        return self._model()
+
+    def _fit_data(self, X: Any, model: Any, client: Any, **inputs: Any) -> tuple[Blocks, Any]:
+        blocks, model = super()._fit_data(X, model, client)
+        K, n_samples = int(self.n_components), blocks.n_samples
+        if n_samples < max(K, 2):
+            raise InvalidDataError(
+                f"expected n_samples >= n_components (and at least 2), got n_components={K}, "
+                f"n_samples={n_samples}; decrease n_components or give more data"
+            )
+        return blocks, model
+
+    @property
+    def _fitted_params(self) -> Any:
+        return self._fitted_as(self._params_class)
+
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None, **fit_kwargs: Any) -> Any:
+        """Fit, then the most likely component of every row (lazy for Dask input)."""
+        if sample_weight is not None:  # only given on: BayesianGaussianMixture takes no weights
+            fit_kwargs["sample_weight"] = sample_weight
+        return self.fit(X, **fit_kwargs).predict(X)
+
+    # -- inference ------------------------------------------------------------
+
+    def _check_X(self, X: Any) -> Any:
+        self._check_fitted("weights_")
+        return self._checked_input(X, ensure_all_finite=getattr(self, "missing", "raise") != "em")
+
+    def _map(self, X: Any, what: str, n_columns: int | None, dtype: Any = None) -> Any:
+        X = self._check_X(X)
+        if dtype is None:
+            # scikit-learn returns float32 log-probabilities for float32 rows
+            dtype = np.float32 if getattr(X, "dtype", None) == np.float32 else np.float64
+        return map_rows(X, _rows_output, self._model(), self._fitted_params, what, n_columns=n_columns, dtype=dtype)
+
+    def score_samples(self, X: Any) -> Any:
+        """Log-likelihood of every row under the mixture.
+
+        Returns
+        -------
+        ndarray or dask.array.Array of shape (n_samples,)
+            Lazy (nothing computed) for Dask, Zarr or path input.
+        """
+        return self._map(X, "score_samples", None)
+
+    def predict_proba(self, X: Any) -> Any:
+        """Posterior probability of each component for every row: (n_samples, n_components)."""
+        return self._map(X, "predict_proba", int(self.n_components))
+
+    def predict(self, X: Any) -> Any:
+        """The most likely component of every row: (n_samples,) integers."""
+        return self._map(X, "predict", None, dtype=np.int64)
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean log-likelihood per row (computes for Dask input)."""
+        values = self.score_samples(X)
+        if isinstance(values, np.ndarray):
+            return float(values.mean())
+        return float(values.mean().compute())
+
+    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n_samples`` rows from the fitted mixture (in memory).
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        y : ndarray of shape (n_samples,)
+            The component each row was drawn from.
+        """
+        self._check_fitted("weights_")
+        check_n_samples(n_samples)
+        rs = self.random_state
+        rng = rs if isinstance(rs, (np.random.RandomState, np.random.Generator)) else np.random.RandomState(rs)
+        counts = rng.multinomial(n_samples, self.weights_)
+        D = self.means_.shape[1]
+        if self.covariance_type in ("full", "tied"):
+            covs = self.covariances_ if self.covariance_type == "full" else [self.covariances_] * len(counts)
+            parts = [rng.multivariate_normal(m, c, int(k)) for m, c, k in zip(self.means_, covs, counts)]
+        else:
+            parts = [
+                m + rng.standard_normal(size=(int(k), D)) * np.sqrt(c)
+                for m, c, k in zip(self.means_, self.covariances_, counts)
+            ]
+        y = np.concatenate([np.full(int(k), j, dtype=int) for j, k in enumerate(counts)])
+        return np.vstack(parts), y
+
+
+class GaussianMixture(PartialFitMixin, _GaussianMixtureBase):
     """Gaussian mixture fitted by EM on Dask, with scikit-learn's interface.
 
     Every EM iteration is one pass over the data; only the per-component
@@ -93,12 +194,7 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
         Seed of the initialisations and of :meth:`sample`.
     warm_start : bool, default=False
         Start ``fit`` from the last fit's parameters (with ``n_init=1``).
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
+    $accelerate
     verbose : int, default=0
         Print a progress line per iteration.
     missing : {"raise", "em"}, default="raise"
@@ -144,9 +240,7 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
     precisions_ : ndarray
     precisions_cholesky_ : ndarray
     converged_ : bool
-    n_passes_ : int
-        Passes over the data the last ``fit`` made: initialisation,
-        restarts and refused extrapolations included.
+    $n_passes_
     n_iter_ : int
     lower_bound_ : float
         Mean log-likelihood per sample at the last iteration of the best
@@ -195,84 +289,29 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
     prior.
     """
 
-    _estimator_type = "density_estimator"
+    _params_class = GMMParams
 
-    def __init__(
-        self,
-        n_components: int = 1,
-        *,
-        covariance_type: str = "full",
-        tol: float = 1e-3,
-        reg_covar: float = 1e-6,
-        max_iter: int = 100,
-        n_init: int = 1,
-        n_init_iter: int = 5,
-        init_params: str = "kmeans",
-        weights_init: Any = None,
-        means_init: Any = None,
-        precisions_init: Any = None,
-        random_state: Any = None,
-        warm_start: bool = False,
-        verbose: int = 0,
-        missing: str = "raise",
-        split_every: int = 8,
-        weight_concentration_prior: float | None = None,
-        mean_precision_prior: float | None = None,
-        mean_prior: Any = None,
-        degrees_of_freedom_prior: float | None = None,
-        covariance_prior: Any = None,
-        accelerate: str | None = None,
-    ) -> None:
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.n_init_iter = n_init_iter
-        self.init_params = init_params
-        self.weights_init = weights_init
-        self.means_init = means_init
-        self.precisions_init = precisions_init
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.verbose = verbose
-        self.accelerate = accelerate
-        self.missing = missing
-        self.split_every = split_every
-        self.weight_concentration_prior = weight_concentration_prior
-        self.mean_precision_prior = mean_precision_prior
-        self.mean_prior = mean_prior
-        self.degrees_of_freedom_prior = degrees_of_freedom_prior
-        self.covariance_prior = covariance_prior
+    def __init__(self, n_components: int = 1, *, covariance_type: str = "full", tol: float = 1e-3,
+                 reg_covar: float = 1e-6, max_iter: int = 100, n_init: int = 1, n_init_iter: int = 5,
+                 init_params: str = "kmeans", weights_init: Any = None, means_init: Any = None,
+                 precisions_init: Any = None, random_state: Any = None, warm_start: bool = False, verbose: int = 0,
+                 missing: str = "raise", split_every: int = 8, weight_concentration_prior: float | None = None,
+                 mean_precision_prior: float | None = None, mean_prior: Any = None,
+                 degrees_of_freedom_prior: float | None = None, covariance_prior: Any = None,
+                 accelerate: str | None = None) -> None:
+        store_params(self, locals())
 
     # -- checks ---------------------------------------------------------------
 
-    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
-        super()._check_params()
-        self._check_parameters()
-
     def _check_parameters(self) -> None:
-        if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
-            raise ValueError(f"n_components must be an integer >= 1, got {self.n_components!r}")
+        self._check_ranges(("n_components",))
         if self.covariance_type not in COVARIANCE_TYPES:
             raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}")
         if self.missing not in ("raise", "em"):
             raise ValueError(f"missing must be 'raise' or 'em', got {self.missing!r}")
         if self.init_params not in INIT_PARAMS:
             raise ValueError(f"init_params must be one of {INIT_PARAMS}, got {self.init_params!r}")
-        if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
-            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
-        if not (isinstance(self.reg_covar, (int, float)) and self.reg_covar >= 0):
-            raise ValueError(f"reg_covar must be a non-negative number, got {self.reg_covar!r}")
-        if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 0:
-            raise ValueError(f"max_iter must be an integer >= 0, got {self.max_iter!r}")
-        if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
-            raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
-        if not isinstance(self.n_init_iter, (int, np.integer)) or self.n_init_iter < 0:
-            raise ValueError(f"n_init_iter must be an integer >= 0, got {self.n_init_iter!r}")
-        if not isinstance(self.split_every, (int, np.integer)) or self.split_every < 2:
-            raise ValueError(f"split_every must be an integer >= 2, got {self.split_every!r}")
+        self._check_ranges(("tol", "reg_covar", "max_iter", "n_init", "n_init_iter", "split_every"))
 
     def _checked_inits(self, n_features: int) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         """``weights_init``, ``means_init`` and the Cholesky factors of ``precisions_init``."""
@@ -342,8 +381,7 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
             integer weight is the same as repeating the row. The weights
             travel with the data's blocks. The initialisation is computed
             from the rows without their weights.
-        client, checkpoint, checkpoint_every, resume, force
-            Where to run and the fit's snapshots (:class:`~dask_em.estimators._base.Checkpointing`).
+        $fit_options
             The initialisations (shared restarts included) are redone only
             when no snapshot exists.
         online_passes : int, default=0
@@ -367,28 +405,9 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
         return self._fit(X, client=client, checkpointing=Checkpointing(checkpoint, checkpoint_every, resume, force),
                          sample_weight=sample_weight, online_passes=online_passes)
 
-    _not_converged = (
-        "Best performing initialization did not converge. Try different init parameters, "
-        "or increase max_iter, tol, or check for degenerate data."
-    )
-
-    def _fit_model(self) -> Any:
-        self._check_parameters()
-        return self._model()
-
     @property
     def _input_checks(self) -> dict[str, Any]:  # type: ignore[override]
         return {"ensure_all_finite": getattr(self, "missing", "raise") != "em", "ensure_min_samples": 2}
-
-    def _fit_data(self, X: Any, model: Any, client: Any, **inputs: Any) -> tuple[Blocks, Any]:
-        blocks, model = EMEstimator._fit_data(self, X, model, client)
-        K, n_samples = int(self.n_components), blocks.n_samples
-        if n_samples < max(K, 2):
-            raise InvalidDataError(
-                f"expected n_samples >= n_components (and at least 2), got n_components={K}, "
-                f"n_samples={n_samples}; decrease n_components or give more data"
-            )
-        return blocks, model
 
     def _start(
         self, model: Any, blocks: Blocks, data: Any, rngs: list[np.random.Generator], client: Any,
@@ -499,22 +518,6 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
         sample = blocks.sample(max(INIT_SAMPLE_ROWS, model.n_components), rng)
         return model.with_prior_defaults(n_features, *sample_moments(sample, model.covariance_type))
 
-    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None, **fit_kwargs: Any) -> Any:
-        """Fit, then the most likely component of every row (lazy for Dask input)."""
-        if sample_weight is not None:  # only given on: BayesianGaussianMixture borrows this and takes no weights
-            fit_kwargs["sample_weight"] = sample_weight
-        return self.fit(X, **fit_kwargs).predict(X)
-
-    @property
-    def _fitted_params(self) -> GMMParams:
-        self._check_fitted("weights_")
-        return GMMParams(
-            weights=np.asarray(self.weights_, np.float64),
-            means=np.asarray(self.means_, np.float64),
-            covariances=np.asarray(self.covariances_, np.float64),
-            precisions_cholesky=np.asarray(self.precisions_cholesky_, np.float64),
-        )
-
     def _set_mixture(self, params: GMMParams, dtype: Any = np.float64) -> None:
         """Fitted attributes in the data's float type, as scikit-learn (fitted in float64)."""
         self.weights_ = np.asarray(params.weights, dtype)
@@ -596,51 +599,6 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
             weights = np.full(K, (1.0 + 10 * np.finfo(np.float64).eps) / n_samples)
         return _with_inits(base, weights, inits, ct), model
 
-    # -- inference ------------------------------------------------------------
-
-    def _check_X(self, X: Any) -> Any:
-        self._check_fitted("weights_")
-        X = validate_in_memory(self, X, reset=False, ensure_all_finite=getattr(self, "missing", "raise") != "em")
-        shape = getattr(X, "shape", None)
-        if shape is not None and len(shape) == 2 and shape[1] != self.n_features_in_:
-            raise InvalidDataError(
-                f"X has {shape[1]} features, but {type(self).__name__} is expecting "
-                f"{self.n_features_in_} features as input"
-            )
-        return X
-
-    def _map(self, X: Any, what: str, n_columns: int | None, dtype: Any = None) -> Any:
-        X = self._check_X(X)
-        if dtype is None:
-            # scikit-learn returns float32 log-probabilities for float32 rows
-            dtype = np.float32 if getattr(X, "dtype", None) == np.float32 else np.float64
-        return map_rows(X, _rows_output, self._model(), self._fitted_params, what, n_columns=n_columns, dtype=dtype)
-
-    def score_samples(self, X: Any) -> Any:
-        """Log-likelihood of every row under the mixture.
-
-        Returns
-        -------
-        ndarray or dask.array.Array of shape (n_samples,)
-            Lazy (nothing computed) for Dask, Zarr or path input.
-        """
-        return self._map(X, "score_samples", None)
-
-    def predict_proba(self, X: Any) -> Any:
-        """Posterior probability of each component for every row: (n_samples, n_components)."""
-        return self._map(X, "predict_proba", int(self.n_components))
-
-    def predict(self, X: Any) -> Any:
-        """The most likely component of every row: (n_samples,) integers."""
-        return self._map(X, "predict", None, dtype=np.int64)
-
-    def score(self, X: Any, y: Any = None) -> float:
-        """Mean log-likelihood per row (computes for Dask input)."""
-        values = self.score_samples(X)
-        if isinstance(values, np.ndarray):
-            return float(values.mean())
-        return float(values.mean().compute())
-
     def _n_parameters(self) -> int:
         K, D = np.shape(self.means_)
         cov = {"full": K * D * (D + 1) / 2.0, "diag": K * D, "tied": D * (D + 1) / 2.0, "spherical": K}[
@@ -661,32 +619,6 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
         """Akaike information criterion on ``X`` (lower is better)."""
         n = self._n_rows(X)
         return -2 * self.score(X) * n + 2 * self._n_parameters()
-
-    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``n_samples`` rows from the fitted mixture (in memory).
-
-        Returns
-        -------
-        X : ndarray of shape (n_samples, n_features)
-        y : ndarray of shape (n_samples,)
-            The component each row was drawn from.
-        """
-        self._check_fitted("weights_")
-        check_n_samples(n_samples)
-        rs = self.random_state
-        rng = rs if isinstance(rs, (np.random.RandomState, np.random.Generator)) else np.random.RandomState(rs)
-        counts = rng.multinomial(n_samples, self.weights_)
-        D = self.means_.shape[1]
-        if self.covariance_type in ("full", "tied"):
-            covs = self.covariances_ if self.covariance_type == "full" else [self.covariances_] * len(counts)
-            parts = [rng.multivariate_normal(m, c, int(k)) for m, c, k in zip(self.means_, covs, counts)]
-        else:
-            parts = [
-                m + rng.standard_normal(size=(int(k), D)) * np.sqrt(c)
-                for m, c, k in zip(self.means_, self.covariances_, counts)
-            ]
-        y = np.concatenate([np.full(int(k), j, dtype=int) for j, k in enumerate(counts)])
-        return np.vstack(parts), y
 
 
 def _with_inits(base: GMMParams, weights: np.ndarray, inits: Any, covariance_type: str) -> GMMParams:

@@ -20,7 +20,7 @@ from ..engine import expected_stats
 from ..errors import ConvergenceWarning
 from ..init import INITS, initial_centers, kmeans_centers, lloyd_options, mean_variance
 from ..models.kmeans import KMeansModel, KMeansParams, distances_block, labels_block, min_sq_dist_block
-from ._base import Checkpointing, EMEstimator, map_rows, validate_in_memory
+from ._base import Checkpointing, EMEstimator, map_rows, store_params
 from ._online import PartialFitMixin
 
 __all__ = ["KMeans", "kmeans_centers"]
@@ -57,12 +57,7 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         Stop when the squared total shift of the centers is at most ``tol``
         times the mean variance of the features, as scikit-learn does (the
         variance costs one pass at the start when ``tol > 0``).
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
+    $accelerate
     verbose : int, default=0
         Print scikit-learn's lines on standard output ("Initialization
         complete", "Iteration i, inertia ...", how it converged) and a
@@ -91,9 +86,7 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     inertia_ : float
         Sum of (weighted) squared distances of the rows to their nearest
         center, under the final centers.
-    n_passes_ : int
-        Passes over the data the last ``fit`` made: initialisation,
-        restarts and refused extrapolations included.
+    $n_passes_
     n_iter_ : int
         Lloyd iterations of the kept run.
     labels_ : ndarray or dask.array.Array of shape (n_samples,)
@@ -118,40 +111,11 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 
     _estimator_type = "clusterer"
 
-    def __init__(
-        self,
-        n_clusters: int = 8,
-        *,
-        init: Any = "k-means||",
-        n_init: int | str = "auto",
-        max_iter: int = 300,
-        tol: float = 1e-4,
-        verbose: int = 0,
-        random_state: Any = None,
-        copy_x: bool = True,
-        algorithm: str = "lloyd",
-        split_every: int = 8,
-        oversampling_factor: float = 2.0,
-        init_max_iter: int = 5,
-        accelerate: str | None = None,
-    ) -> None:
-        self.n_clusters = n_clusters
-        self.init = init
-        self.n_init = n_init
-        self.max_iter = max_iter
-        self.tol = tol
-        self.verbose = verbose
-        self.accelerate = accelerate
-        self.random_state = random_state
-        self.copy_x = copy_x
-        self.algorithm = algorithm
-        self.split_every = split_every
-        self.oversampling_factor = oversampling_factor
-        self.init_max_iter = init_max_iter
-
-    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
-        super()._check_params()
-        self._validate()
+    def __init__(self, n_clusters: int = 8, *, init: Any = "k-means||", n_init: int | str = "auto",
+                 max_iter: int = 300, tol: float = 1e-4, verbose: int = 0, random_state: Any = None,
+                 copy_x: bool = True, algorithm: str = "lloyd", split_every: int = 8,
+                 oversampling_factor: float = 2.0, init_max_iter: int = 5, accelerate: str | None = None) -> None:
+        store_params(self, locals())
 
     @property
     def _n_features_out(self) -> int:
@@ -210,31 +174,9 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         if callable(init):
             data = X if isinstance(X, np.ndarray) else blocks.array
             init = np.asarray(init(data, self.n_clusters, np.random.RandomState(int(rng.integers(2**31)))))
-        if not isinstance(init, str):
-            centers = np.array(init, dtype=np.float64)  # a copy: the user's array is never touched
-            n_features = int(blocks.array.shape[1])
-            if centers.ndim != 2 or centers.shape[0] != self.n_clusters:
-                raise ValueError(
-                    f"The shape of the initial centers {centers.shape} does not match the number of "
-                    f"clusters {self.n_clusters}."
-                )
-            if centers.shape[1] != n_features:
-                raise ValueError(
-                    f"The shape of the initial centers {centers.shape} does not match the number of "
-                    f"features of the data {n_features}."
-                )
-            if not np.isfinite(centers).all():
-                raise ValueError("init array contains NaN or infinite values")
-            return centers
         return initial_centers(
-            blocks,
-            self.n_clusters,
-            str(init),
-            rng,
-            oversampling_factor=self.oversampling_factor,
-            init_max_iter=self.init_max_iter,
-            client=client,
-            sample_weight=sample_weight,
+            blocks, self.n_clusters, init, rng, oversampling_factor=self.oversampling_factor,
+            init_max_iter=self.init_max_iter, client=client, sample_weight=sample_weight,
         )
 
     _input_checks: dict[str, Any] = {}
@@ -252,9 +194,8 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         sample_weight : array-like or dask array of shape (n_samples,), optional
             Weight of every row (default 1). An integer weight is the same
             as repeating the row; the weights travel with the data's blocks.
-        client, checkpoint, checkpoint_every, resume, force
-            Where to run and the fit's snapshots (:class:`~dask_em.estimators._base.Checkpointing`;
-            one sub-group per run when ``n_init > 1``).
+        $fit_options
+            One sub-group per run when ``n_init > 1``.
 
         Returns
         -------
@@ -364,14 +305,7 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 
     def _check_input(self, X: Any) -> Any:
         self._check_fitted("cluster_centers_")
-        X = validate_in_memory(self, X, reset=False)
-        shape = getattr(X, "shape", None)
-        if shape is not None and len(shape) == 2 and shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {shape[1]} features, but {type(self).__name__} is expecting "
-                f"{self.n_features_in_} features as input"
-            )
-        return X
+        return self._checked_input(X)
 
     def predict(self, X: Any) -> Any:
         """Index of the nearest center of every row.

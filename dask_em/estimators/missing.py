@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..models.mvn_missing import MVNMissingModel, MVNParams, impute_block, score_block
-from ._base import Checkpointing, EMEstimator, map_rows, validate_in_memory
+from ._base import Checkpointing, EMEstimator, map_rows, store_params, validate_in_memory
 from ._online import PartialFitMixin
 
 
@@ -40,22 +40,13 @@ class MultivariateNormal(PartialFitMixin, EMEstimator):
         column variances of a sample.
     random_state : int or Generator, optional
         Chooses the sample the default start is computed from.
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
-        Print a progress line per iteration.
+    $em_options
 
     Attributes
     ----------
     mean_ : ndarray of shape (n_features,)
     covariance_ : ndarray of shape (n_features, n_features)
-    n_passes_ : int
-        Passes over the data the last ``fit`` made: initialisation,
-        restarts and refused extrapolations included.
+    $n_passes_
     n_iter_ : int
     converged_ : bool
     lower_bound_ : float
@@ -71,30 +62,10 @@ class MultivariateNormal(PartialFitMixin, EMEstimator):
 
     _nan_is_missing = True
 
-    def __init__(
-        self,
-        *,
-        max_iter: int = 100,
-        tol: float = 1e-4,
-        reg_covar: float = 0.0,
-        mean_init: Any = None,
-        covariance_init: Any = None,
-        random_state: Any = None,
-        accelerate: str | None = None,
-        verbose: bool = False,
-    ) -> None:
-        self.max_iter = max_iter
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.mean_init = mean_init
-        self.covariance_init = covariance_init
-        self.random_state = random_state
-        self.verbose = verbose
-        self.accelerate = accelerate
-
-    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
-        super()._check_params()
-        self._model()  # its checks are those of a fit
+    def __init__(self, *, max_iter: int = 100, tol: float = 1e-4, reg_covar: float = 0.0, mean_init: Any = None,
+                 covariance_init: Any = None, random_state: Any = None, accelerate: str | None = None,
+                 verbose: bool = False) -> None:
+        store_params(self, locals())
 
     def _model(self) -> MVNMissingModel:
         if self.reg_covar < 0:
@@ -111,8 +82,7 @@ class MultivariateNormal(PartialFitMixin, EMEstimator):
         X : array-like, dask array, zarr array or path, of shape (n_samples, n_features)
             The data; NaN marks a missing value.
         y : ignored
-        client, checkpoint, checkpoint_every, resume, force
-            Where to run and the fit's snapshots (:class:`~dask_em.estimators._base.Checkpointing`).
+        $fit_options
         online_passes : int, default=0
             Passes of online (stepwise) EM over shuffled blocks before batch
             EM (see :func:`dask_em.fit_em`).

@@ -15,7 +15,7 @@ from ..models.mixtures import (
     _DiscreteMixture,
 )
 from ..online import OnlineEM
-from ._base import Checkpointing, EMEstimator, check_n_samples, map_rows
+from ._base import Checkpointing, EMEstimator, check_n_samples, map_rows, store_params
 from ._online import PartialFitMixin
 
 
@@ -23,14 +23,26 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
     """fit / predict / score for the discrete mixtures; subclasses name the component parameter."""
 
     _estimator_type = "density_estimator"
+    _docs = {
+        "weight_prior": """weight_concentration_prior : float, default=1.0
+        Concentration of a symmetric Dirichlet prior on the weights (MAP-EM):
+        weights are ``max(N_k + a - 1, 0)`` normalised, so a > 1 keeps small
+        components alive and a < 1 prunes them. With a prior (a != 1 or
+        ``alpha`` >= 1e-6) ``lower_bound_`` is the log posterior per row,
+        which is what EM then increases; ``score`` stays the log-likelihood.""",
+        "head": """n_components : int, default=1
+    tol : float, default=1e-3
+    max_iter : int, default=100
+    n_init : int, default=1
+        Restarts, sharing their passes (see ``PoissonMixture``).
+    n_init_iter : int, default=5
+    init_params : {"k-means++", "random", "random_from_data"}, default="k-means++"
+        As ``PoissonMixture``'s (the categorical mixture seeds on row proportions).""",
+    }
 
     _model_class: type[_DiscreteMixture]
     _component_attr: str  # fitted attribute of the component parameters, e.g. "lambdas_"
     _init_attr: str  # hyper-parameter with initial component parameters, e.g. "lambdas_init"
-
-    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
-        super()._check_params()
-        self._model()  # its checks are those of a fit
 
     _online_attr = "weights_"
 
@@ -95,9 +107,8 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
             integer weight is the same as repeating the row. The weights
             travel with the data's blocks; the initialisation draws from
             the rows without their weights.
-        client, checkpoint, checkpoint_every, resume, force
-            Where to run and the fit's snapshots (:class:`~dask_em.estimators._base.Checkpointing`;
-            the shared restarts are redone only when no snapshot exists).
+        $fit_options
+            The shared restarts are redone only when no snapshot exists.
         online_passes : int, default=0
             Passes of online EM over shuffled blocks before batch EM (see
             :func:`dask_em.fit_em`).
@@ -181,12 +192,6 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
         return np.repeat(np.arange(len(counts)), counts)
 
 
-def _set(est: Any, values: dict[str, Any]) -> None:
-    for name, value in values.items():
-        if name != "self":
-            setattr(est, name, value)
-
-
 class PoissonMixture(_MixtureEstimator):
     """Mixture of independent per-feature Poisson distributions, for count data.
 
@@ -209,22 +214,10 @@ class PoissonMixture(_MixtureEstimator):
     alpha : float, default=1e-10
         Pseudo-count that keeps rates positive (a zero rate gives a count
         of one or more probability zero).
-    weight_concentration_prior : float, default=1.0
-        Concentration of a symmetric Dirichlet prior on the weights (MAP-EM):
-        weights are ``max(N_k + a - 1, 0)`` normalised, so a > 1 keeps small
-        components alive and a < 1 prunes them. With a prior (a != 1 or
-        ``alpha`` >= 1e-6) ``lower_bound_`` is the log posterior per row,
-        which is what EM then increases; ``score`` stays the log-likelihood.
+    $weight_prior
     weights_init : array-like of shape (n_components,), optional
     lambdas_init : array-like of shape (n_components, n_features), optional
-    random_state : int or Generator, optional
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
+    $seed_em_options
 
     Attributes
     ----------
@@ -238,24 +231,11 @@ class PoissonMixture(_MixtureEstimator):
     _component_attr = "lambdas_"
     _init_attr = "lambdas_init"
 
-    def __init__(
-        self,
-        n_components: int = 1,
-        *,
-        tol: float = 1e-3,
-        max_iter: int = 100,
-        n_init: int = 1,
-        n_init_iter: int = 5,
-        init_params: str = "k-means++",
-        alpha: float = 1e-10,
-        weight_concentration_prior: float = 1.0,
-        weights_init: Any = None,
-        lambdas_init: Any = None,
-        random_state: Any = None,
-        accelerate: str | None = None,
-        verbose: bool = False,
-    ) -> None:
-        _set(self, locals())
+    def __init__(self, n_components: int = 1, *, tol: float = 1e-3, max_iter: int = 100, n_init: int = 1,
+                 n_init_iter: int = 5, init_params: str = "k-means++", alpha: float = 1e-10,
+                 weight_concentration_prior: float = 1.0, weights_init: Any = None, lambdas_init: Any = None,
+                 random_state: Any = None, accelerate: str | None = None, verbose: bool = False) -> None:
+        store_params(self, locals())
 
     def sample(self, n_samples: int = 1, random_state: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Draw counts and their component labels, sorted by component."""
@@ -265,37 +245,31 @@ class PoissonMixture(_MixtureEstimator):
         return rng.poisson(self.lambdas_[labels]).astype(np.float64), labels
 
 
-class BernoulliMixture(_MixtureEstimator):
+class _ProbabilityMixture(_MixtureEstimator):
+    """What the Bernoulli and categorical mixtures share: component probabilities."""
+
+    _component_attr = "probabilities_"
+    _init_attr = "probabilities_init"
+
+    def __init__(self, n_components: int = 1, *, tol: float = 1e-3, max_iter: int = 100, n_init: int = 1,
+                 n_init_iter: int = 5, init_params: str = "k-means++", alpha: float = 1e-10,
+                 weight_concentration_prior: float = 1.0, weights_init: Any = None, probabilities_init: Any = None,
+                 random_state: Any = None, accelerate: str | None = None, verbose: bool = False) -> None:
+        store_params(self, locals())
+
+
+class BernoulliMixture(_ProbabilityMixture):
     """Mixture of independent per-feature Bernoulli distributions, for binary data.
 
     Parameters
     ----------
-    n_components : int, default=1
-    tol : float, default=1e-3
-    max_iter : int, default=100
-    n_init : int, default=1
-        Restarts, sharing their passes (see ``PoissonMixture``).
-    n_init_iter : int, default=5
-    init_params : {"k-means++", "random", "random_from_data"}, default="k-means++"
-        As ``PoissonMixture``'s (the categorical mixture seeds on row proportions).
+    $head
     alpha : float, default=1e-10
         Pseudo-count that keeps probabilities strictly between 0 and 1.
-    weight_concentration_prior : float, default=1.0
-        Concentration of a symmetric Dirichlet prior on the weights (MAP-EM):
-        weights are ``max(N_k + a - 1, 0)`` normalised, so a > 1 keeps small
-        components alive and a < 1 prunes them. With a prior (a != 1 or
-        ``alpha`` >= 1e-6) ``lower_bound_`` is the log posterior per row,
-        which is what EM then increases; ``score`` stays the log-likelihood.
+    $weight_prior
     weights_init : array-like of shape (n_components,), optional
     probabilities_init : array-like of shape (n_components, n_features), optional
-    random_state : int or Generator, optional
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
+    $seed_em_options
 
     Attributes
     ----------
@@ -306,27 +280,6 @@ class BernoulliMixture(_MixtureEstimator):
     """
 
     _model_class = BernoulliMixtureModel
-    _component_attr = "probabilities_"
-    _init_attr = "probabilities_init"
-
-    def __init__(
-        self,
-        n_components: int = 1,
-        *,
-        tol: float = 1e-3,
-        max_iter: int = 100,
-        n_init: int = 1,
-        n_init_iter: int = 5,
-        init_params: str = "k-means++",
-        alpha: float = 1e-10,
-        weight_concentration_prior: float = 1.0,
-        weights_init: Any = None,
-        probabilities_init: Any = None,
-        random_state: Any = None,
-        accelerate: str | None = None,
-        verbose: bool = False,
-    ) -> None:
-        _set(self, locals())
 
     def sample(self, n_samples: int = 1, random_state: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Draw binary rows and their component labels, sorted by component."""
@@ -336,39 +289,20 @@ class BernoulliMixture(_MixtureEstimator):
         return (rng.random((len(labels), self.n_features_in_)) < self.probabilities_[labels]).astype(np.float64), labels
 
 
-class CategoricalMixture(_MixtureEstimator):
+class CategoricalMixture(_ProbabilityMixture):
     """Mixture of multinomials, for rows of category counts such as document-term matrices.
 
     Parameters
     ----------
-    n_components : int, default=1
-    tol : float, default=1e-3
-    max_iter : int, default=100
-    n_init : int, default=1
-        Restarts, sharing their passes (see ``PoissonMixture``).
-    n_init_iter : int, default=5
-    init_params : {"k-means++", "random", "random_from_data"}, default="k-means++"
-        As ``PoissonMixture``'s (the categorical mixture seeds on row proportions).
+    $head
     alpha : float, default=1e-10
         Pseudo-count added to every category (word) of every component, so
         that no word has probability zero.
-    weight_concentration_prior : float, default=1.0
-        Concentration of a symmetric Dirichlet prior on the weights (MAP-EM):
-        weights are ``max(N_k + a - 1, 0)`` normalised, so a > 1 keeps small
-        components alive and a < 1 prunes them. With a prior (a != 1 or
-        ``alpha`` >= 1e-6) ``lower_bound_`` is the log posterior per row,
-        which is what EM then increases; ``score`` stays the log-likelihood.
+    $weight_prior
     weights_init : array-like of shape (n_components,), optional
     probabilities_init : array-like of shape (n_components, n_features), optional
         Rows sum to 1.
-    random_state : int or Generator, optional
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
+    $seed_em_options
 
     Attributes
     ----------
@@ -382,27 +316,6 @@ class CategoricalMixture(_MixtureEstimator):
     """
 
     _model_class = CategoricalMixtureModel
-    _component_attr = "probabilities_"
-    _init_attr = "probabilities_init"
-
-    def __init__(
-        self,
-        n_components: int = 1,
-        *,
-        tol: float = 1e-3,
-        max_iter: int = 100,
-        n_init: int = 1,
-        n_init_iter: int = 5,
-        init_params: str = "k-means++",
-        alpha: float = 1e-10,
-        weight_concentration_prior: float = 1.0,
-        weights_init: Any = None,
-        probabilities_init: Any = None,
-        random_state: Any = None,
-        accelerate: str | None = None,
-        verbose: bool = False,
-    ) -> None:
-        _set(self, locals())
 
     def sample(
         self, n_samples: int = 1, n_trials: int | None = None, random_state: Any = None

@@ -10,7 +10,7 @@ import numpy as np
 from ..engine import expected_stats
 from ..groups import GroupedBlocks, grouped_blocks
 from ..models.random_effects import RandomEffectsModel, RandomEffectsParams, blup_frame
-from ._base import Checkpointing, EMEstimator
+from ._base import Checkpointing, EMEstimator, store_params
 
 
 class RandomEffects(EMEstimator):
@@ -37,14 +37,7 @@ class RandomEffects(EMEstimator):
     tol : float, default=1e-9
         Stop when the (restricted) log-likelihood per observation changes by
         less than this.
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
-        Print a progress line per iteration.
+    $em_options
 
     Attributes
     ----------
@@ -65,9 +58,7 @@ class RandomEffects(EMEstimator):
     lower_bounds_ : list of float
         (Restricted) log-likelihood per observation at each iteration.
     lower_bound_ : float
-    n_passes_ : int
-        Passes over the data the last ``fit`` made: initialisation,
-        restarts and refused extrapolations included.
+    $n_passes_
     n_iter_ : int
     converged_ : bool
     n_groups_ : int or None
@@ -79,15 +70,7 @@ class RandomEffects(EMEstimator):
         self, method: str = "reml", *, max_iter: int = 1000, tol: float = 1e-9, accelerate: str | None = None,
         verbose: bool = False,
     ) -> None:
-        self.method = method
-        self.max_iter = max_iter
-        self.tol = tol
-        self.verbose = verbose
-        self.accelerate = accelerate
-
-    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
-        super()._check_params()
-        self._model()  # its checks are those of a fit
+        store_params(self, locals())
 
     def _model(self) -> RandomEffectsModel:
         return RandomEffectsModel(method=str(self.method).lower())

@@ -15,11 +15,11 @@ from ..models.base import Stats
 from ..models.gmm import GaussianMixtureModel, HardAssignment, _Workspace, data_moments
 from ..models.gmm import precisions_from_cholesky
 from ..models.vbgmm import PRIOR_FIELDS, BayesianGaussianMixtureModel, VBGMMParams
-from ._base import Checkpointing, EMEstimator
-from .gmm import INIT_PARAMS, GaussianMixture, _stored_prior
+from ._base import Checkpointing, store_params
+from .gmm import INIT_PARAMS, GaussianMixture, _GaussianMixtureBase, _stored_prior
 
 
-class BayesianGaussianMixture(EMEstimator):
+class BayesianGaussianMixture(_GaussianMixtureBase):
     """Variational Bayesian Gaussian mixture on Dask, with scikit-learn's interface.
 
     Every iteration is one pass over the data: the E-step returns the
@@ -68,12 +68,7 @@ class BayesianGaussianMixture(EMEstimator):
     random_state : int, Generator or RandomState, optional
     warm_start : bool, default=False
         Start ``fit`` from the last fit's variational parameters.
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
+    $accelerate
     verbose : int, default=0
     split_every : int, default=8
         Fan-in of the tree reduction of the statistics.
@@ -92,9 +87,7 @@ class BayesianGaussianMixture(EMEstimator):
     weight_concentration_prior_, mean_precision_prior_, mean_prior_, degrees_of_freedom_prior_, covariance_prior_
         The prior the fit used, defaults filled in.
     converged_ : bool
-    n_passes_ : int
-        Passes over the data the last ``fit`` made: initialisation,
-        restarts and refused extrapolations included.
+    $n_passes_
     n_iter_ : int
     lower_bound_ : float
         The evidence lower bound of the best initialisation at its last
@@ -115,85 +108,23 @@ class BayesianGaussianMixture(EMEstimator):
     iteration of a warm-started fit never counts as converged.
     """
 
-    _estimator_type = "density_estimator"
+    def __init__(self, n_components: int = 1, *, covariance_type: str = "full", tol: float = 1e-3,
+                 reg_covar: float = 1e-6, max_iter: int = 100, n_init: int = 1, init_params: str = "kmeans",
+                 weight_concentration_prior_type: str = "dirichlet_process",
+                 weight_concentration_prior: float | None = None, mean_precision_prior: float | None = None,
+                 mean_prior: Any = None, degrees_of_freedom_prior: float | None = None, covariance_prior: Any = None,
+                 random_state: Any = None, warm_start: bool = False, verbose: int = 0, split_every: int = 8,
+                 accelerate: str | None = None) -> None:
+        store_params(self, locals())
 
-    def __init__(
-        self,
-        n_components: int = 1,
-        *,
-        covariance_type: str = "full",
-        tol: float = 1e-3,
-        reg_covar: float = 1e-6,
-        max_iter: int = 100,
-        n_init: int = 1,
-        init_params: str = "kmeans",
-        weight_concentration_prior_type: str = "dirichlet_process",
-        weight_concentration_prior: float | None = None,
-        mean_precision_prior: float | None = None,
-        mean_prior: Any = None,
-        degrees_of_freedom_prior: float | None = None,
-        covariance_prior: Any = None,
-        random_state: Any = None,
-        warm_start: bool = False,
-        verbose: int = 0,
-        split_every: int = 8,
-        accelerate: str | None = None,
-    ) -> None:
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
-        self.weight_concentration_prior_type = weight_concentration_prior_type
-        self.weight_concentration_prior = weight_concentration_prior
-        self.mean_precision_prior = mean_precision_prior
-        self.mean_prior = mean_prior
-        self.degrees_of_freedom_prior = degrees_of_freedom_prior
-        self.covariance_prior = covariance_prior
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.verbose = verbose
-        self.accelerate = accelerate
-        self.split_every = split_every
-
-    # -- shared with GaussianMixture: one implementation of each ---------------------
-
-    _check_X = GaussianMixture._check_X
-    _map = GaussianMixture._map
-    _fit_data = GaussianMixture._fit_data
-    _gmm_start = GaussianMixture._gmm_start
-    score_samples = GaussianMixture.score_samples
-    predict_proba = GaussianMixture.predict_proba
-    predict = GaussianMixture.predict
-    score = GaussianMixture.score
-    fit_predict = GaussianMixture.fit_predict
-    sample = GaussianMixture.sample
-    _not_converged = GaussianMixture._not_converged
-
-    # -- checks ---------------------------------------------------------------
-
-    def _check_params(self) -> None:
-        """The checks of a fit, without data (run on configurations read from files too)."""
-        check = getattr(super(), "_check_params", None)  # the shared rules, where the base class has them
-        if check is not None:
-            check()
-        self._check_parameters()
-        self._model()
+    _params_class = VBGMMParams
+    _gmm_start = GaussianMixture._gmm_start  # the rows GaussianMixture's "k-means++" and "random_from_data" pick
 
     def _check_parameters(self) -> None:
         """The fit's own parameters; the model's (:meth:`_model`) check themselves."""
         if self.init_params not in INIT_PARAMS:
             raise InvalidParameterError(f"init_params must be one of {INIT_PARAMS}, got {self.init_params!r}")
-        if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
-            raise InvalidParameterError(f"tol must be a non-negative number, got {self.tol!r}")
-        if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 0:
-            raise InvalidParameterError(f"max_iter must be an integer >= 0, got {self.max_iter!r}")
-        if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
-            raise InvalidParameterError(f"n_init must be an integer >= 1, got {self.n_init!r}")
-        if not isinstance(self.split_every, (int, np.integer)) or self.split_every < 2:
-            raise InvalidParameterError(f"split_every must be an integer >= 2, got {self.split_every!r}")
+        self._check_ranges(("tol", "max_iter", "n_init", "split_every"), InvalidParameterError)
 
     def _model(self) -> BayesianGaussianMixtureModel:
         return BayesianGaussianMixtureModel(
@@ -214,8 +145,7 @@ class BayesianGaussianMixture(EMEstimator):
         ----------
         X : array-like, dask array, zarr array or path, of shape (n_samples, n_features)
         y : ignored
-        client, checkpoint, checkpoint_every, resume, force
-            Where to run and the fit's snapshots (:class:`~dask_em.estimators._base.Checkpointing`).
+        $fit_options
             With ``n_init > 1`` each initialisation has its own sub-group.
 
         Returns
@@ -233,10 +163,6 @@ class BayesianGaussianMixture(EMEstimator):
 
     _tol_on = "total"
     _restarts = "apart"
-
-    def _fit_model(self) -> BayesianGaussianMixtureModel:
-        self._check_parameters()
-        return self._model()
 
     def _start(
         self, model: BayesianGaussianMixtureModel, blocks: Blocks, data: Any, rngs: list[np.random.Generator],
@@ -314,18 +240,6 @@ class BayesianGaussianMixture(EMEstimator):
         return dataclasses.replace(model, **changes)
 
     # -- fitted state ------------------------------------------------------------
-
-    @property
-    def _fitted_params(self) -> VBGMMParams:
-        self._check_fitted("weight_concentration_")
-        return VBGMMParams(
-            weight_concentration=np.asarray(self.weight_concentration_, np.float64),
-            mean_precision=np.asarray(self.mean_precision_, np.float64),
-            means=np.asarray(self.means_, np.float64),
-            degrees_of_freedom=np.asarray(self.degrees_of_freedom_, np.float64),
-            covariances=np.asarray(self.covariances_, np.float64),
-            precisions_cholesky=np.asarray(self.precisions_cholesky_, np.float64),
-        )
 
     def _set_variational(self, params: VBGMMParams, model: BayesianGaussianMixtureModel) -> None:
         wc = np.asarray(params.weight_concentration)

@@ -13,20 +13,18 @@ from ..data import Blocks, as_dask_array
 from ..errors import InvalidDataError
 from ..init import kmeans_stats, random_stats, sample_stats
 from ..models.gmm_missing import GaussianMixtureMissingModel
-from ..models.gmm import (
+from ..models._gaussian import (
     COVARIANCE_TYPES,
-    PRIOR_FIELDS,
-    GaussianMixtureModel,
-    GMMParams,
-    _rows_output,
     covariances_from_precisions_cholesky,
     data_moments,
-    kmeans_plusplus,
     precisions_cholesky_from_covariances,
     precisions_cholesky_from_precisions,
     precisions_from_cholesky,
     sample_moments,
 )
+from ..models.gmm import GaussianMixtureModel, GMMParams, _rows_output
+from ..models.gmm_prior import PRIOR_FIELDS
+from ..models.kmeans import kmeans_plusplus
 from ._base import Checkpointing, EMEstimator, check_n_samples, map_rows, store_params
 from ._online import PartialFitMixin
 
@@ -581,7 +579,7 @@ class GaussianMixture(PartialFitMixin, _GaussianMixtureBase):
             if needs_data:
                 model = model.with_prior_defaults(n_features, *sample_moments(sample, ct))
             if self.init_params == "k-means++":
-                means = kmeans_plusplus(sample, K, rng)
+                means = kmeans_plusplus(sample, K, rng, uniform_draws=True)
             else:
                 means = sample[rng.choice(len(sample), size=K, replace=False)]
             # one row per component, as scikit-learn: covariance reg_covar * I

@@ -12,8 +12,8 @@ from ..engine import expected_stats
 from ..errors import InvalidParameterError
 from ..init import kmeans_stats, random_stats
 from ..models.base import Stats
-from ..models.gmm import GaussianMixtureModel, HardAssignment, _Workspace, data_moments
-from ..models.gmm import precisions_from_cholesky
+from ..models._gaussian import data_moments, precisions_from_cholesky
+from ..models.gmm import GaussianMixtureModel, HardAssignment, _Workspace
 from ..models.vbgmm import PRIOR_FIELDS, BayesianGaussianMixtureModel, VBGMMParams
 from ._base import Checkpointing, store_params
 from .gmm import INIT_PARAMS, GaussianMixture, _GaussianMixtureBase, _stored_prior

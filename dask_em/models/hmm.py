@@ -44,7 +44,7 @@ from llvmlite import ir as llvm_ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .._kernels import exp_reduced
+from ._gaussian import exp_reduced
 from ..errors import InvalidDataError
 from .base import Stats
 from .stacked import Stacked as StackedHMM  # restarts sharing passes (one generic wrapper)

@@ -176,13 +176,20 @@ def kmeans_parallel_init(
 def _distinct_rows_plusplus(
     X: np.ndarray, sample_weight: np.ndarray | None, n_clusters: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Weighted k-means++ on the distinct rows of ``X`` (sorted), each weighing the sum of its copies' weights."""
+    """Weighted k-means++ on the distinct rows of ``X`` (sorted), each weighing the sum of its copies' weights.
+
+    With fewer distinct rows than clusters (constant or repetitive data),
+    k-means++ runs on the weighted rows themselves: some centers then
+    coincide, and the fit reports fewer distinct clusters.
+    """
     X, n_invalid = _finite_rows(X)
     if n_invalid:
         raise _invalid_error(n_invalid)
     w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, np.float64)  # computes Dask weights
     keep = w > 0
     rows, inverse = np.unique(np.asarray(X[keep], np.float64), axis=0, return_inverse=True)
+    if len(rows) < n_clusters:
+        return kmeans_plusplus(np.asarray(X[keep], np.float64), n_clusters, rng, sample_weight=w[keep])
     weights = np.bincount(inverse.ravel(), weights=w[keep], minlength=len(rows))
     return kmeans_plusplus(rows, n_clusters, rng, sample_weight=weights)
 

@@ -257,14 +257,11 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                   f"{result.n_iter} iterations", file=sys.stderr)
         return -result.extra["inertia"]
 
+    _not_converged = "k-means did not converge in max_iter={self.max_iter} iterations (tol={self.tol}); increase max_iter or tol"
+
     def _warn_not_converged(self, best: Any) -> None:
-        if not best.converged and self.tol > 0:
-            warnings.warn(
-                f"k-means did not converge in max_iter={self.max_iter} iterations (tol={self.tol}); "
-                "increase max_iter or tol",
-                ConvergenceWarning,
-                stacklevel=4,
-            )
+        if self.tol > 0:  # with tol=0, scikit-learn runs max_iter iterations and says nothing
+            super()._warn_not_converged(best)
         if best.extra["n_distinct"] < self.n_clusters:
             warnings.warn(
                 f"Number of distinct clusters ({best.extra['n_distinct']}) found smaller than n_clusters "

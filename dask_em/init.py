@@ -26,11 +26,11 @@ from typing import Any
 import dask
 import numpy as np
 
-from .data import Blocks
-from .engine import expected_stats, fit_em, in_memory_blocks, map_parts
+from .contract import Stats
+from .data import Blocks, in_memory_blocks
+from .engine import expected_stats, fit_em, map_parts
 from .errors import InvalidDataError
 from .executor import compute
-from .models.base import Stats
 from .models.gmm import SUB_BLOCK_ROWS, GaussianMixtureModel, HardAssignment, _with_index, _Workspace
 from .models.kmeans import (
     KMeansModel,

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import resumable_config
+from ..storage.snapshots import resumable_config
 from ..data import Blocks, as_dask_array
 from ..errors import InvalidDataError
 from ..init import kmeans_stats, random_stats, sample_stats

@@ -45,7 +45,7 @@ from ..models.hmm import (
     PoissonHMMParams,
 )
 from ..models.hmm_segments import SegmentedHMM, SegmentedStackedHMM
-from ..sequences import SequenceBlocks, _as_2d, _is_bag, check_lengths, sequence_blocks
+from ..data.sequences import SequenceBlocks, _as_2d, _is_bag, check_lengths, sequence_blocks
 from ._base import EMEstimator, run_rngs, shared_restarts
 from ._online import PartialFitMixin
 

@@ -8,7 +8,7 @@ import dask
 import numpy as np
 
 from ..engine import expected_stats
-from ..groups import GroupedBlocks, grouped_blocks
+from ..data.groups import GroupedBlocks, grouped_blocks
 from ..models.random_effects import RandomEffectsModel, RandomEffectsParams, blup_frame
 from ._base import Checkpointing, EMEstimator, store_params
 

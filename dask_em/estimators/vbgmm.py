@@ -11,7 +11,7 @@ from ..data import Blocks
 from ..engine import expected_stats
 from ..errors import InvalidParameterError
 from ..init import kmeans_stats, random_stats
-from ..models.base import Stats
+from ..contract import Stats
 from ..models._gaussian import data_moments, precisions_from_cholesky
 from ..models.gmm import GaussianMixtureModel, HardAssignment, _Workspace
 from ..models.vbgmm import PRIOR_FIELDS, BayesianGaussianMixtureModel, VBGMMParams

@@ -46,7 +46,7 @@ from numba.extending import intrinsic
 
 from ._gaussian import exp_reduced
 from ..errors import InvalidDataError
-from .base import Stats
+from ..contract import Stats
 from .stacked import Stacked as StackedHMM  # restarts sharing passes (one generic wrapper)
 from .stacked import StackedParams
 

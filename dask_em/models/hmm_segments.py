@@ -44,7 +44,7 @@ from typing import Any, Callable
 import numpy as np
 from numba import njit
 
-from .base import Stats
+from ..contract import Stats
 from .hmm import _exp_nonpos, _size_tags, forward_backward, viterbi
 from .stacked import Stacked, StackedParams
 

@@ -179,8 +179,9 @@ def _distinct_rows_plusplus(
     """Weighted k-means++ on the distinct rows of ``X`` (sorted), each weighing the sum of its copies' weights.
 
     With fewer distinct rows than clusters (constant or repetitive data),
-    k-means++ runs on the weighted rows themselves: some centers then
-    coincide, and the fit reports fewer distinct clusters.
+    each distinct row stands as many times as it takes (its weight shared
+    among its copies): some centers then coincide, and the fit reports
+    fewer distinct clusters.
     """
     X, n_invalid = _finite_rows(X)
     if n_invalid:
@@ -188,9 +189,10 @@ def _distinct_rows_plusplus(
     w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, np.float64)  # computes Dask weights
     keep = w > 0
     rows, inverse = np.unique(np.asarray(X[keep], np.float64), axis=0, return_inverse=True)
-    if len(rows) < n_clusters:
-        return kmeans_plusplus(np.asarray(X[keep], np.float64), n_clusters, rng, sample_weight=w[keep])
     weights = np.bincount(inverse.ravel(), weights=w[keep], minlength=len(rows))
+    copies = -(-n_clusters // max(len(rows), 1))
+    if copies > 1:
+        rows, weights = np.repeat(rows, copies, axis=0), np.repeat(weights / copies, copies)
     return kmeans_plusplus(rows, n_clusters, rng, sample_weight=weights)
 
 

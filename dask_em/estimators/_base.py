@@ -15,6 +15,7 @@ import dask.array as da
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from ..accelerate import make_accelerator
 from ..data import Blocks, as_dask_array, weighted_blocks
 from ..data.arrays import _check_array_meta
 from ..errors import ConvergenceWarning, InvalidDataError, NotFittedError
@@ -172,8 +173,8 @@ class EMEstimator(BaseEstimator):
         """
         self._check_ranges()
         params = self.get_params()
-        if params.get("accelerate", None) not in (None, "none", "squarem"):
-            raise ValueError(f"accelerate must be None, 'none' or 'squarem', got {params['accelerate']!r}")
+        if "accelerate" in params:
+            make_accelerator(params["accelerate"], None)  # a bad name is an error before anything runs
         state = params.get("random_state")
         if not (state is None or isinstance(state, (np.random.Generator, np.random.RandomState))
                 or (isinstance(state, numbers.Integral) and not isinstance(state, bool) and state >= 0)):

@@ -43,9 +43,10 @@ _COMMON_PARAMS: dict[str, tuple[str, float, bool]] = {
 }
 
 
-_ACCELERATE_DOC = """accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
+_ACCELERATE_DOC = """accelerate : {None, "squarem", "anderson"}, default=None
+        ``"squarem"`` (Varadhan & Roland 2008) or ``"anderson"`` (Anderson
+        acceleration, as in Henderson & Varadhan 2019) extrapolates the EM
+        iterations (see :mod:`dask_em.accelerate`): the same optimum in a
         fraction of the passes where plain EM is slow, never a lower
         log-likelihood at any recorded step. None runs plain EM, which
         matches the reference libraries iteration by iteration."""

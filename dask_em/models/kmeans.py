@@ -556,8 +556,14 @@ class KMeansModel:
         )
 
 
-def kmeans_in_memory(X: np.ndarray, n_clusters: int, rng: np.random.Generator, n_iter: int = 10) -> np.ndarray:
-    """k-means++ seeding and ``n_iter`` Lloyd iterations on in-memory rows (a sample), no Dask.
+def kmeans_in_memory(
+    X: np.ndarray, n_clusters: int, rng: np.random.Generator, n_iter: int = 10, tol: float = 0.0
+) -> np.ndarray:
+    """k-means++ seeding and up to ``n_iter`` Lloyd iterations on in-memory rows (a sample), no Dask.
+
+    With ``tol > 0`` the iterations stop, as scikit-learn's do, once the
+    squared total shift of the centres is at most ``tol`` times the mean
+    variance of the columns.
 
     Returns
     -------
@@ -565,8 +571,11 @@ def kmeans_in_memory(X: np.ndarray, n_clusters: int, rng: np.random.Generator, n
     """
     model = KMeansModel(n_clusters)
     params = KMeansParams.from_centers(kmeans_plusplus(X, n_clusters, rng))
+    tol_scaled = tol * float(np.var(X, axis=0).mean()) if tol > 0 else -1.0
     for _ in range(n_iter):
         params = model.m_step(model.e_step(X, params), params)
+        if float(params.center_shift) <= tol_scaled:
+            break
     return params.cluster_centers
 
 

@@ -127,6 +127,38 @@ def prior_arrays(model: Any, n_features: int, error: type[Exception] = ValueErro
     return m0, psi
 
 
+def data_prior_defaults(
+    model: Any, n_features: int, mean: Any, covariance: Any, *, shrink: float | None = None,
+    error: type[Exception] = ValueError,
+) -> dict[str, Any]:
+    """``mean_prior`` and ``covariance_prior`` of ``model`` filled from data moments where unset.
+
+    ``covariance`` in the layout of one covariance of the type
+    (:func:`~dask_em.models._gaussian.one_covariance_from_data`), divided by
+    ``shrink`` when given.
+
+    Raises
+    ------
+    error
+        If a needed moment is missing, or a full or tied type is given variances only.
+    """
+    D = int(n_features)
+    changes: dict[str, Any] = {}
+    if model.mean_prior is None:
+        if mean is None:
+            raise error("mean_prior is unset: give the data mean to fill it")
+        changes["mean_prior"] = np.asarray(mean, np.float64).reshape(D)
+    if model.covariance_prior is None:
+        if covariance is None:
+            raise error("covariance_prior is unset: give the data covariance to fill it")
+        try:
+            cov = one_covariance_from_data(covariance, model.covariance_type, D)
+        except ValueError as exc:
+            raise error(str(exc)) from None
+        changes["covariance_prior"] = cov if shrink is None else cov / shrink
+    return changes
+
+
 class MAPPrior:
     """The prior fields' behaviour, mixed into :class:`~dask_em.models.gmm.GaussianMixtureModel`.
 
@@ -189,15 +221,7 @@ class MAPPrior:
             changes["mean_precision_prior"] = 0.01
         if self.degrees_of_freedom_prior is None:
             changes["degrees_of_freedom_prior"] = float(D + 2)
-        if self.mean_prior is None:
-            if mean is None:
-                raise ValueError("mean_prior is unset: give the data mean to fill it")
-            changes["mean_prior"] = np.asarray(mean, np.float64).reshape(D)
-        if self.covariance_prior is None:
-            if covariance is None:
-                raise ValueError("covariance_prior is unset: give the data covariance to fill it")
-            shrink = float(K) ** (2.0 / D)
-            changes["covariance_prior"] = one_covariance_from_data(covariance, self.covariance_type, D) / shrink
+        changes.update(data_prior_defaults(self, D, mean, covariance, shrink=float(K) ** (2.0 / D)))
         return replace(self, **changes) if changes else self
 
     def _prior(self, D: int) -> _Prior:

@@ -53,11 +53,10 @@ from ._gaussian import (
     feature_precisions,
     is_square,
     log_det_cholesky,
-    one_covariance_from_data,
     precisions_cholesky_from_covariances,
 )
 from .gmm import GaussianMixtureModel, GMMParams, HardAssignment, reference_point
-from .gmm_prior import _check_prior_fields, _Prior, prior_arrays
+from .gmm_prior import _check_prior_fields, _Prior, data_prior_defaults, prior_arrays
 from .kmeans import kmeans_plusplus
 
 WEIGHT_PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
@@ -206,18 +205,7 @@ class BayesianGaussianMixtureModel:
             spherical (needed when ``covariance_prior`` is unset).
         """
         D = int(n_features)
-        changes: dict[str, Any] = {}
-        if self.mean_prior is None:
-            if mean is None:
-                raise InvalidParameterError("mean_prior is unset: give the data mean to fill it")
-            changes["mean_prior"] = np.asarray(mean, np.float64).reshape(D)
-        if self.covariance_prior is None:
-            if covariance is None:
-                raise InvalidParameterError("covariance_prior is unset: give the data covariance to fill it")
-            try:
-                changes["covariance_prior"] = one_covariance_from_data(covariance, self.covariance_type, D)
-            except ValueError as exc:
-                raise InvalidParameterError(str(exc)) from None
+        changes = data_prior_defaults(self, D, mean, covariance, error=InvalidParameterError)
         return replace(self, **changes) if changes else self
 
     def prior(self, n_features: int) -> _Prior:

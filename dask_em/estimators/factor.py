@@ -90,10 +90,24 @@ class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator
         self.components_ = loadings.T.copy()
         self.noise_variance_ = noise
 
+    def _factors(self) -> tuple[np.ndarray, np.ndarray]:
+        """The loadings ``W`` and the noise variance of every feature.
+
+        Kept as fitted; an estimator read back by :func:`dask_em.load` holds
+        only the public attributes, and rebuilds them from those.
+        """
+        if "_loadings" not in vars(self):
+            self._loadings = np.asarray(self.components_).T
+            self._noise_vector = np.broadcast_to(
+                np.asarray(self.noise_variance_, np.float64), (self._loadings.shape[0],)
+            ).copy()
+        return self._loadings, self._noise_vector
+
     def get_covariance(self) -> np.ndarray:
         """The model's covariance ``W W' + Psi``, of shape (n_features, n_features)."""
         self._check_fitted("mean_")
-        return self._loadings @ self._loadings.T + np.diag(self._noise_vector)
+        loadings, noise = self._factors()
+        return loadings @ loadings.T + np.diag(noise)
 
     def transform(self, X: Any) -> Any:
         """Posterior means of the latent factors, ``E[z | x]``, using each row's observed entries.
@@ -105,9 +119,8 @@ class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator
         """
         self._check_fitted("mean_")
         X = validate_in_memory(self, X, reset=False, ensure_all_finite="allow-nan")
-        return map_rows(
-            X, transform_block, self.mean_, self._loadings, self._noise_vector, n_columns=self._loadings.shape[1]
-        )
+        loadings, noise = self._factors()
+        return map_rows(X, transform_block, self.mean_, loadings, noise, n_columns=loadings.shape[1])
 
     def score_samples(self, X: Any) -> Any:
         """Log-density of the observed entries of each row.
@@ -119,7 +132,7 @@ class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator
         """
         self._check_fitted("mean_")
         X = validate_in_memory(self, X, reset=False, ensure_all_finite="allow-nan")
-        return map_rows(X, score_block, self.mean_, self._loadings, self._noise_vector, n_columns=None)
+        return map_rows(X, score_block, self.mean_, *self._factors(), n_columns=None)
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-likelihood per row (scikit-learn's ``score``)."""
@@ -183,6 +196,13 @@ class PPCA(_FactorBase):
     """
 
     _noise = "isotropic"
+
+    def _factors(self) -> tuple[np.ndarray, np.ndarray]:
+        if "_loadings" not in vars(self):  # read back by load: W = axes * sqrt(variance - sigma^2)
+            scale = np.sqrt(np.maximum(np.asarray(self.explained_variance_) - self.noise_variance_, 0.0))
+            self._loadings = np.asarray(self.components_).T * scale
+            self._noise_vector = np.full(self._loadings.shape[0], float(self.noise_variance_))
+        return self._loadings, self._noise_vector
 
     def _set_loadings(self, loadings: np.ndarray, noise: np.ndarray) -> None:
         # The likelihood is invariant to rotations of z: report the

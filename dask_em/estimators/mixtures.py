@@ -131,6 +131,17 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
         if hasattr(params, "mean_total"):
             self.mean_total_ = float(params.mean_total)
 
+    def _fitted_params(self) -> Any:
+        """The fitted parameters: as fitted, or rebuilt from the public attributes of a loaded estimator."""
+        if "_params" not in vars(self):
+            model = self._model()
+            values = {"weights": np.asarray(self.weights_, np.float64),
+                      model.component_name: np.asarray(getattr(self, self._component_attr), np.float64)}
+            if hasattr(self, "mean_total_"):
+                values["mean_total"] = np.asarray(self.mean_total_, np.float64)
+            self._params = model.params_class(**values)
+        return self._params
+
     # -- online EM ------------------------------------------------------------
     def _online_start(self, blocks: Any, rng: np.random.Generator, client: Any) -> tuple[Any, Any]:
         model = self._model()
@@ -153,7 +164,7 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
         Lazy (a Dask array) for Dask, Zarr or path input.
         """
         self._check_fitted("weights_")
-        return map_rows(X, self._model().predict_proba_block, self._params, n_columns=int(self.n_components))
+        return map_rows(X, self._model().predict_proba_block, self._fitted_params(), n_columns=int(self.n_components))
 
     def predict(self, X: Any) -> Any:
         """Most likely component of each row, shape (n_samples,)."""
@@ -163,7 +174,7 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
     def score_samples(self, X: Any) -> Any:
         """Log-likelihood of each row under the mixture, shape (n_samples,)."""
         self._check_fitted("weights_")
-        return map_rows(X, self._model().score_samples_block, self._params, n_columns=None)
+        return map_rows(X, self._model().score_samples_block, self._fitted_params(), n_columns=None)
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-likelihood per row."""

@@ -14,7 +14,8 @@ from ..init import kmeans_stats, random_stats
 from ..contract import Stats
 from ..models._gaussian import data_moments, precisions_from_cholesky
 from ..models.gmm import GaussianMixtureModel, HardAssignment, _Workspace
-from ..models.vbgmm import PRIOR_FIELDS, BayesianGaussianMixtureModel, VBGMMParams
+from ..models.gmm_prior import PRIOR_FIELDS
+from ..models.vbgmm import BayesianGaussianMixtureModel, VBGMMParams
 from ._base import Checkpointing, store_params
 from .gmm import INIT_PARAMS, GaussianMixture, _GaussianMixtureBase, _stored_prior
 

@@ -61,15 +61,6 @@ from .kmeans import kmeans_plusplus
 
 WEIGHT_PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
 
-#: The prior fields (scikit-learn's ``BayesianGaussianMixture`` names).
-PRIOR_FIELDS = (
-    "weight_concentration_prior",
-    "mean_precision_prior",
-    "mean_prior",
-    "degrees_of_freedom_prior",
-    "covariance_prior",
-)
-
 _EPS10 = 10 * np.finfo(np.float64).eps
 
 

@@ -44,9 +44,9 @@ from typing import Any, Callable
 import numpy as np
 from numba import njit
 
-from .base import Stats
-from .hmm import _exp_nonpos, _size_tags, forward_backward, viterbi
-from .stacked import Stacked, StackedParams
+from ..base import Stats
+from ..stacked import Stacked, StackedParams
+from .recursions import _exp_nonpos, forward_backward, size_tags, viterbi
 
 
 # --------------------------------------------------------------------------
@@ -432,7 +432,7 @@ class TransferPass:
                     scales[r, block.segment] = max_plus_operator(logB, log_a, first, out)
                 else:
                     a = np.ascontiguousarray(params.transmat, dtype=np.float64)
-                    scales[r, block.segment] = transfer_operator(logB, a, first, out, _size_tags(K, 1)[0])
+                    scales[r, block.segment] = transfer_operator(logB, a, first, out, size_tags(K, 1)[0])
                 ops[r, block.segment] = out
         return {"n": np.array(0.0), "loglik": np.array(0.0), "ops": ops, "log_scales": scales}
 

@@ -4,8 +4,10 @@ A block is one partition of a sequence collection: a tuple ``(values,
 lengths)`` where ``values`` holds the concatenated observations of whole
 sequences (shape (n_steps, n_features), or (n_steps,) for symbols) and
 ``lengths`` the length of each sequence; or an array of shape
-(n_sequences, n_steps, n_features) of sequences of equal length. The
-E-step of such a block is exact on its own; a sequence longer than a block
+(n_sequences, n_steps, n_features) of sequences of equal length; or a
+plain array of observations (n_steps, n_features), each a sequence of one
+step (so that an HMM also runs on the chunks of a Dask array, as the
+contract checks of :mod:`dask_em.testing` do). The E-step of such a block is exact on its own; a sequence longer than a block
 is cut into segments fitted with :mod:`dask_em.models.hmm.segments`.
 
 An emission model subclasses :class:`HMMModel` and supplies its parameter
@@ -32,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..base import Stats
-from .recursions import forward_backward, fused_e_step, size_tags, viterbi
+from .recursions import forward_backward, size_tags, viterbi
 
 
 def _prior(value: Any) -> Any:
@@ -43,9 +45,11 @@ def _prior(value: Any) -> Any:
 
 def _block_parts(block: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(values, lengths)`` of a block (see the module docstring for the forms accepted)."""
-    if isinstance(block, np.ndarray) and block.ndim == 3:
-        n_seq, n_steps, n_features = block.shape
-        return block.reshape(n_seq * n_steps, n_features), np.full(n_seq, n_steps, dtype=np.int64)
+    if isinstance(block, np.ndarray):
+        if block.ndim == 3:
+            n_seq, n_steps, n_features = block.shape
+            return block.reshape(n_seq * n_steps, n_features), np.full(n_seq, n_steps, dtype=np.int64)
+        return block, np.ones(len(block), dtype=np.int64)
     values, lengths = block
     return np.asarray(values), np.asarray(lengths, dtype=np.int64)
 
@@ -182,9 +186,13 @@ class HMMModel(_HMMBase):
 
     An emission supplies the Python side of its kernel: :meth:`_kernel_data`
     (the block's values as its compiled pieces read them), :meth:`_kernel`
-    (the kernel tuple from the parameters) and :meth:`_stat_arrays` (its
-    zeroed statistics, in the order its ``stats`` piece adds to them).
+    (the kernel tuple from the parameters), :meth:`_stat_arrays` (its
+    zeroed statistics, in the order its ``stats`` piece adds to them) and
+    ``_fused_e_step``, its module's cached entry point.
     """
+
+    #: The emission module's cached entry point of the fused E-step.
+    _fused_e_step: ClassVar[Any] = None
 
     def _kernel_data(self, values: np.ndarray) -> np.ndarray:
         return _as_float_2d(values)
@@ -214,7 +222,7 @@ class HMMModel(_HMMBase):
         kernel = self._kernel(params, data)
         emission = self._stat_arrays(data)
         sum_start, sum_trans = np.zeros(K), np.zeros((K, K))
-        loglik, bad = fused_e_step(
+        loglik, bad = self._fused_e_step(
             kernel, data, lengths, _f64(params.startprob), _f64(params.transmat), tuple(emission.values()),
             sum_start, sum_trans, *size_tags(K, data.shape[1] if data.ndim == 2 else 1),
         )

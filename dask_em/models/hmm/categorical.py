@@ -17,7 +17,7 @@ from numba import njit
 
 from ..base import Stats
 from .base import HMMModel
-from .recursions import _exp_nonpos, register_emission
+from .recursions import _exp_nonpos, fused_e_step, register_emission
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,12 @@ register_emission(CategoricalKernel, _work, _probs, _stats)
 
 
 @njit(nogil=True, cache=True)
+def _fused(kernel, data, lengths, startprob, transmat, stats, sum_start, sum_trans, k_tag, d_tag):  # pragma: no cover - compiled
+    """The fused E-step (:func:`.recursions.fused_e_step`) for this emission, cached with this module."""
+    return fused_e_step(kernel, data, lengths, startprob, transmat, stats, sum_start, sum_trans, k_tag, d_tag)
+
+
+@njit(nogil=True, cache=True)
 def _categorical_logpmf(x, log_emission, out):  # pragma: no cover - compiled
     """Symbol log-probabilities; returns the number of invalid symbols."""
     T = x.shape[0]
@@ -147,6 +153,7 @@ class CategoricalHMMModel(HMMModel):
     params: tuple[str, ...] = ("startprob", "transmat", "emissionprob")
 
     params_class = CategoricalHMMParams
+    _fused_e_step = staticmethod(_fused)
 
     @staticmethod
     def _symbols(values: np.ndarray) -> np.ndarray:

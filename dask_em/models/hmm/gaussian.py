@@ -11,7 +11,10 @@ one sequence along the fast axis:
 - :func:`diag_moments` / :func:`full_moments`: a component's weighted
   sums of ``x - means[c]`` and of its squares or outer products, centred
   on the component's mean so that data far from the origin loses no
-  precision (an offset of 3e7 gives the same variances as centred data).
+  precision (an offset of 3e7 gives the same variances as centred data);
+- :func:`component_logdens` / :func:`component_moments`: the one or the
+  other, chosen at compile time by the kernel's type (a kernel with
+  ``whiten`` is full).
 
 :class:`GaussianHMMModel` plugs them into the fused E-step
 (:mod:`.recursions`) as the ``work``/``probs``/``stats`` pieces of two
@@ -26,11 +29,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
 from ...errors import InvalidDataError
 from ..base import Stats
 from .base import HMMModel, _as_float_2d
-from .recursions import _dot, _shift_exp, _sum, _valid_weights, register_emission
+from .recursions import _dot, _shift_exp, _sum, _valid_weights, fused_e_step, register_emission
 
 COVARIANCE_TYPES = ("spherical", "diag", "full", "tied")
 LOG_2PI = math.log(2.0 * math.pi)
@@ -267,48 +271,77 @@ def _gauss_work(kernel, X, max_len, k_tag, d_tag):  # pragma: no cover - compile
             np.empty(max_len))
 
 
+def _is_full(kernel: Any) -> bool:
+    """Whether a kernel type holds whitening matrices (full, tied) rather than diagonal precisions."""
+    return "whiten" in getattr(kernel, "fields", ())
+
+
+def component_logdens(kernel, XT, L, Y, out, c_tag, d_tag):  # pragma: no cover - compiled through the overload
+    """``out[c, :L]``: the log-densities of the kernel's components (diagonal or full, by its type)."""
+    raise NotImplementedError("component_logdens runs only inside compiled code")
+
+
+def component_moments(kernel, g, XT, L, c, GX, sum_dx, second, d_tag):  # pragma: no cover - compiled
+    """Add component c's weighted moments: :func:`diag_moments` or :func:`full_moments`, by the kernel's type."""
+    raise NotImplementedError("component_moments runs only inside compiled code")
+
+
+@overload(component_logdens, jit_options={"nogil": True})
+def _component_logdens(kernel, XT, L, Y, out, c_tag, d_tag):  # pragma: no cover - typing
+    if _is_full(kernel):
+        def full(kernel, XT, L, Y, out, c_tag, d_tag):
+            full_logdens(XT, L, kernel.means, kernel.whiten, kernel.log_norm, Y, out, c_tag, d_tag)
+
+        return full
+
+    def diag(kernel, XT, L, Y, out, c_tag, d_tag):
+        diag_logdens(XT, L, kernel.means, kernel.half_prec, kernel.log_norm, out, c_tag, d_tag)
+
+    return diag
+
+
+@overload(component_moments, jit_options={"nogil": True})
+def _component_moments(kernel, g, XT, L, c, GX, sum_dx, second, d_tag):  # pragma: no cover - typing
+    if _is_full(kernel):
+        def full(kernel, g, XT, L, c, GX, sum_dx, second, d_tag):
+            full_moments(g, XT, L, kernel.means, c, GX, sum_dx, second, d_tag)
+
+        return full
+
+    def diag(kernel, g, XT, L, c, GX, sum_dx, second, d_tag):
+        diag_moments(g, XT, L, kernel.means, c, sum_dx, second, d_tag)
+
+    return diag
+
+
 @njit(nogil=True, cache=True)
-def _diag_probs(kernel, X, start, L, work, ET, mx, k_tag, d_tag):  # pragma: no cover - compiled
+def _gauss_probs(kernel, X, start, L, work, ET, mx, k_tag, d_tag):  # pragma: no cover - compiled
     XT, valid = work[0], work[1]
     n_bad = load_steps(X, start, L, XT, valid, d_tag)
-    diag_logdens(XT, L, kernel.means, kernel.half_prec, kernel.log_norm, ET, k_tag, d_tag)
+    component_logdens(kernel, XT, L, work[3], ET, k_tag, d_tag)
     if n_bad:
         zero_invalid(ET, L, valid, kernel.means.shape[0])
     return _shift_exp(ET, L, mx, k_tag), n_bad
 
 
 @njit(nogil=True, cache=True)
-def _full_probs(kernel, X, start, L, work, ET, mx, k_tag, d_tag):  # pragma: no cover - compiled
-    XT, valid = work[0], work[1]
-    n_bad = load_steps(X, start, L, XT, valid, d_tag)
-    full_logdens(XT, L, kernel.means, kernel.whiten, kernel.log_norm, work[3], ET, k_tag, d_tag)
-    if n_bad:
-        zero_invalid(ET, L, valid, kernel.means.shape[0])
-    return _shift_exp(ET, L, mx, k_tag), n_bad
-
-
-@njit(nogil=True, cache=True)
-def _diag_stats(kernel, X, start, L, GT, work, n_bad, stats, k_tag, d_tag):  # pragma: no cover - compiled
+def _gauss_stats(kernel, X, start, L, GT, work, n_bad, stats, k_tag, d_tag):  # pragma: no cover - compiled
     K = len(k_tag) if len(k_tag) > 0 else GT.shape[0]
-    sum_post, sum_dx, sum_dx2 = stats
+    sum_post, sum_dx, second = stats
     for k in range(K):
         sum_post[k] += _sum(GT[k], L)
         g = _valid_weights(GT[k], work[1], L, n_bad, work[2])
-        diag_moments(g, work[0], L, kernel.means, k, sum_dx, sum_dx2, d_tag)
+        component_moments(kernel, g, work[0], L, k, work[4], sum_dx, second, d_tag)
+
+
+register_emission(DiagKernel, _gauss_work, _gauss_probs, _gauss_stats)
+register_emission(FullKernel, _gauss_work, _gauss_probs, _gauss_stats)
 
 
 @njit(nogil=True, cache=True)
-def _full_stats(kernel, X, start, L, GT, work, n_bad, stats, k_tag, d_tag):  # pragma: no cover - compiled
-    K = len(k_tag) if len(k_tag) > 0 else GT.shape[0]
-    sum_post, sum_dx, sum_dxdxT = stats
-    for k in range(K):
-        sum_post[k] += _sum(GT[k], L)
-        g = _valid_weights(GT[k], work[1], L, n_bad, work[2])
-        full_moments(g, work[0], L, kernel.means, k, work[4], sum_dx, sum_dxdxT, d_tag)
-
-
-register_emission(DiagKernel, _gauss_work, _diag_probs, _diag_stats)
-register_emission(FullKernel, _gauss_work, _full_probs, _full_stats)
+def _fused(kernel, data, lengths, startprob, transmat, stats, sum_start, sum_trans, k_tag, d_tag):  # pragma: no cover - compiled
+    """The fused E-step (:func:`.recursions.fused_e_step`) for this emission, cached with this module."""
+    return fused_e_step(kernel, data, lengths, startprob, transmat, stats, sum_start, sum_trans, k_tag, d_tag)
 
 
 # -- the three-pass path -------------------------------------------------------
@@ -454,6 +487,7 @@ class GaussianHMMModel(HMMModel):
     params: tuple[str, ...] = ("startprob", "transmat", "means", "covars")
 
     params_class = GaussianHMMParams
+    _fused_e_step = staticmethod(_fused)
 
     def __post_init__(self) -> None:
         check_covariance_type(self.covariance_type)

@@ -30,12 +30,10 @@ from .base import HMMModel, _as_float_2d
 from .gaussian import (
     _cholesky,
     check_covariance_type,
+    component_logdens,
+    component_moments,
     describe_non_finite,
-    diag_logdens,
-    diag_moments,
     diag_terms,
-    full_logdens,
-    full_moments,
     load_steps,
     log_densities,
     symmetrize_lower,
@@ -43,7 +41,7 @@ from .gaussian import (
     whitening,
     zero_invalid,
 )
-from .recursions import _exp_nonpos, _shift_exp, _sum, _valid_weights, register_emission
+from .recursions import _exp_nonpos, _shift_exp, _sum, _valid_weights, fused_e_step, register_emission
 
 
 @dataclass(frozen=True)
@@ -133,11 +131,11 @@ def _mix(LC, ET, W, L, K, M):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True)
-def _diag_probs(kernel, X, start, L, work, ET, mx, k_tag, d_tag):  # pragma: no cover - compiled
+def _probs(kernel, X, start, L, work, ET, mx, k_tag, d_tag):  # pragma: no cover - compiled
     XT, valid, LC = work[0], work[1], work[5]
     K = len(k_tag) if len(k_tag) > 0 else ET.shape[0]
     n_bad = load_steps(X, start, L, XT, valid, d_tag)
-    diag_logdens(XT, L, kernel.means, kernel.half_prec, kernel.log_norm, LC, (), d_tag)
+    component_logdens(kernel, XT, L, work[3], LC, (), d_tag)
     _mix(LC, ET, work[6], L, K, kernel.n_mix)
     if n_bad:
         zero_invalid(ET, L, valid, K)
@@ -145,58 +143,31 @@ def _diag_probs(kernel, X, start, L, work, ET, mx, k_tag, d_tag):  # pragma: no 
 
 
 @njit(nogil=True, cache=True)
-def _full_probs(kernel, X, start, L, work, ET, mx, k_tag, d_tag):  # pragma: no cover - compiled
-    XT, valid, LC = work[0], work[1], work[5]
-    K = len(k_tag) if len(k_tag) > 0 else ET.shape[0]
-    n_bad = load_steps(X, start, L, XT, valid, d_tag)
-    full_logdens(XT, L, kernel.means, kernel.whiten, kernel.log_norm, work[3], LC, (), d_tag)
-    _mix(LC, ET, work[6], L, K, kernel.n_mix)
-    if n_bad:
-        zero_invalid(ET, L, valid, K)
-    return _shift_exp(ET, L, mx, k_tag), n_bad
-
-
-@njit(nogil=True, cache=True)
-def _component_weights(GT, k, work, L, n_bad, m, M):  # pragma: no cover - compiled
-    """Posterior of state k times the responsibility of its component m (valid steps only), into ``work[6]``."""
-    g = _valid_weights(GT[k], work[1], L, n_bad, work[2])
-    r = work[5][k * M + m]
-    W = work[6]
-    for t in range(L):
-        W[t] = g[t] * r[t]
-    return g, W
-
-
-@njit(nogil=True, cache=True)
-def _diag_stats(kernel, X, start, L, GT, work, n_bad, stats, k_tag, d_tag):  # pragma: no cover - compiled
+def _stats(kernel, X, start, L, GT, work, n_bad, stats, k_tag, d_tag):  # pragma: no cover - compiled
     K = len(k_tag) if len(k_tag) > 0 else GT.shape[0]
     M = kernel.n_mix
-    sum_post, sum_post_mix, sum_dx, sum_dx2 = stats
+    sum_post, sum_post_mix, sum_dx, second = stats
     for k in range(K):
+        g = _valid_weights(GT[k], work[1], L, n_bad, work[2])
+        sum_post[k] += _sum(g, L)
         for m in range(M):
-            g, W = _component_weights(GT, k, work, L, n_bad, m, M)
-            if m == 0:
-                sum_post[k] += _sum(g, L)
+            # posterior of state k times the responsibility of its component m
+            c = k * M + m
+            r, W = work[5][c], work[6]
+            for t in range(L):
+                W[t] = g[t] * r[t]
             sum_post_mix[k, m] += _sum(W, L)
-            diag_moments(W, work[0], L, kernel.means, k * M + m, sum_dx, sum_dx2, d_tag)
+            component_moments(kernel, W, work[0], L, c, work[4], sum_dx, second, d_tag)
+
+
+register_emission(GMMDiagKernel, _work, _probs, _stats)
+register_emission(GMMFullKernel, _work, _probs, _stats)
 
 
 @njit(nogil=True, cache=True)
-def _full_stats(kernel, X, start, L, GT, work, n_bad, stats, k_tag, d_tag):  # pragma: no cover - compiled
-    K = len(k_tag) if len(k_tag) > 0 else GT.shape[0]
-    M = kernel.n_mix
-    sum_post, sum_post_mix, sum_dx, sum_dxdxT = stats
-    for k in range(K):
-        for m in range(M):
-            g, W = _component_weights(GT, k, work, L, n_bad, m, M)
-            if m == 0:
-                sum_post[k] += _sum(g, L)
-            sum_post_mix[k, m] += _sum(W, L)
-            full_moments(W, work[0], L, kernel.means, k * M + m, work[4], sum_dx, sum_dxdxT, d_tag)
-
-
-register_emission(GMMDiagKernel, _work, _diag_probs, _diag_stats)
-register_emission(GMMFullKernel, _work, _full_probs, _full_stats)
+def _fused(kernel, data, lengths, startprob, transmat, stats, sum_start, sum_trans, k_tag, d_tag):  # pragma: no cover - compiled
+    """The fused E-step (:func:`.recursions.fused_e_step`) for this emission, cached with this module."""
+    return fused_e_step(kernel, data, lengths, startprob, transmat, stats, sum_start, sum_trans, k_tag, d_tag)
 
 
 def _logsumexp_groups(LC: np.ndarray, M: int) -> tuple[np.ndarray, np.ndarray]:
@@ -233,6 +204,7 @@ class GMMHMMModel(HMMModel):
     params: tuple[str, ...] = ("startprob", "transmat", "weights", "means", "covars")
 
     params_class = GMMHMMParams
+    _fused_e_step = staticmethod(_fused)
 
     def __post_init__(self) -> None:
         check_covariance_type(self.covariance_type)

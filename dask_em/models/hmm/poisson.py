@@ -11,7 +11,7 @@ from numba import njit
 
 from ..base import Stats
 from .base import HMMModel, _as_float_2d
-from .recursions import _dot, _shift_exp, _sum, register_emission
+from .recursions import _dot, _shift_exp, _sum, fused_e_step, register_emission
 
 #: Counts whose log-factorial the fused E-step reads from a table.
 _N_TABLE = 1024
@@ -123,6 +123,12 @@ register_emission(PoissonKernel, _work, _probs, _stats)
 
 
 @njit(nogil=True, cache=True)
+def _fused(kernel, data, lengths, startprob, transmat, stats, sum_start, sum_trans, k_tag, d_tag):  # pragma: no cover - compiled
+    """The fused E-step (:func:`.recursions.fused_e_step`) for this emission, cached with this module."""
+    return fused_e_step(kernel, data, lengths, startprob, transmat, stats, sum_start, sum_trans, k_tag, d_tag)
+
+
+@njit(nogil=True, cache=True)
 def _poisson_logpmf(X, log_lambdas, lambdas, out):  # pragma: no cover - compiled
     """Poisson log-probabilities (product over features); returns the number of invalid rows."""
     T, D = X.shape
@@ -165,6 +171,7 @@ class PoissonHMMModel(HMMModel):
     params: tuple[str, ...] = ("startprob", "transmat", "lambdas")
 
     params_class = PoissonHMMParams
+    _fused_e_step = staticmethod(_fused)
 
     def _kernel(self, params: PoissonHMMParams, data: np.ndarray) -> PoissonKernel:
         lam = np.ascontiguousarray(params.lambdas, dtype=np.float64)

@@ -27,10 +27,12 @@ registered with :func:`register_emission` for the class of its *kernel*
 
 The skeleton is compiled once per kernel class (numba dispatches on the
 type, through :func:`numba.extending.overload`), so the emission's loops
-are compiled into it exactly as if written inline; it is cached on disk.
-After editing an emission's compiled pieces, touch this file (or clear the
-``__pycache__`` numba cache): numba's cache of the skeleton is keyed on
-this file only.
+are compiled into it exactly as if written inline. It is cached on disk
+through a three-line entry point in each emission's module
+(``_fused``, ``@njit(cache=True)``), because numba keys a cached function
+on its own file only: an edit to an emission's pieces then recompiles its
+fused E-step. (After editing this file, clear the numba cache of the
+emission modules: ``find dask_em -name "*.nbi" -delete``.)
 
 In both paths the emission log-probabilities are shifted by their per-step
 maximum before ``exp`` and the forward variables are normalised at every
@@ -431,6 +433,10 @@ _PIECES: dict[type, tuple[Any, Any, Any]] = {}
 def register_emission(kernel_class: type, work: Callable, probs: Callable, stats: Callable) -> None:
     """Plug an emission into :func:`fused_e_step` (see the module docstring for the three pieces).
 
+    The emission's module also defines the cached entry point its model
+    calls: a ``@njit(nogil=True, cache=True)`` function of its own that
+    returns ``fused_e_step(...)`` (see the module docstring).
+
     Parameters
     ----------
     kernel_class : type
@@ -462,7 +468,7 @@ def emission_stats(kernel, data, start, L, GT, work, n_invalid, stats, k_tag, d_
     raise NotImplementedError("emission_stats runs only inside compiled code")
 
 
-@overload(emission_work, jit_options={"cache": True, "nogil": True})
+@overload(emission_work, jit_options={"nogil": True})
 def _emission_work(kernel, data, max_len, k_tag, d_tag):  # pragma: no cover - typing
     impl = _piece(kernel, 0)
     if impl is None:
@@ -474,7 +480,7 @@ def _emission_work(kernel, data, max_len, k_tag, d_tag):  # pragma: no cover - t
     return work
 
 
-@overload(emission_probs, jit_options={"cache": True, "nogil": True})
+@overload(emission_probs, jit_options={"nogil": True})
 def _emission_probs(kernel, data, start, L, work, ET, mx, k_tag, d_tag):  # pragma: no cover - typing
     impl = _piece(kernel, 1)
     if impl is None:
@@ -486,7 +492,7 @@ def _emission_probs(kernel, data, start, L, work, ET, mx, k_tag, d_tag):  # prag
     return probs
 
 
-@overload(emission_stats, jit_options={"cache": True, "nogil": True})
+@overload(emission_stats, jit_options={"nogil": True})
 def _emission_stats(kernel, data, start, L, GT, work, n_invalid, stats, k_tag, d_tag):  # pragma: no cover - typing
     impl = _piece(kernel, 2)
     if impl is None:
@@ -498,7 +504,7 @@ def _emission_stats(kernel, data, start, L, GT, work, n_invalid, stats, k_tag, d
     return add
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True)
 def fused_e_step(kernel, data, lengths, startprob, transmat, stats, sum_start, sum_trans,
                  k_tag, d_tag):  # pragma: no cover - compiled
     """Fused E-step of an HMM over the sequences of one block.

@@ -1,26 +1,13 @@
 """What the HMM estimators share: hmmlearn's vocabulary over the models of :mod:`dask_em.models.hmm`.
 
-Sequences are partitioned across workers (whole sequences per partition,
-balanced by total length); every EM iteration is one pass over them.
-
-Initialisation and restarts
----------------------------
-EM for HMMs has local optima. By default (``n_init=4``) the estimators draw
-``n_init`` initial parameter sets and run ``n_init_iter`` short EM
-iterations on all of them *in the same passes over the data* (one stacked
-E-step per partition evaluates every set), then continue the set with the
-highest log-likelihood to convergence. Parameters given through
-``*_init`` are the same in every set; when every parameter is given there
-is a single run.
-
-Per-parameter initialisation: Gaussian means by k-means (the library's
-out-of-core k-means for the first set, k-means++ plus Lloyd on a sample for
-the others), covariances from the sample covariance plus ``min_covar``
-(as hmmlearn), symbol probabilities from the data frequencies of a sample
-with random multiplicative noise, Poisson rates drawn from a gamma
-distribution matching the sample mean and variance (as hmmlearn), start
-probabilities uniform-Dirichlet and transition rows a mix of the identity
-and a uniform-Dirichlet draw.
+:class:`_BaseHMM` holds the fit (one pass an iteration, restarts stacked
+into shared passes, segments of long sequences), online EM, inference
+(``score``, ``predict``, ``predict_proba``, ``decode``, ``sample``) on
+in-memory and lazy input, and hmmlearn's parameter handling
+(``params``/``init_params`` letters, ``*_init``, attributes set by hand).
+The emission-specific faces are in :mod:`dask_em.estimators.hmm`; the
+per-block functions they map over partitions in
+:mod:`dask_em.models.hmm.workers`.
 """
 
 from __future__ import annotations

@@ -60,6 +60,17 @@ def _as_float_2d(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(X, dtype=np.float64)
 
 
+def _chain_stats(n_steps: int, loglik: float, n_invalid: int, sum_start: np.ndarray, sum_trans: np.ndarray) -> Stats:
+    """The statistics every HMM E-step returns: steps, log-likelihood, invalid steps, Markov-chain sums."""
+    return {
+        "n": np.array(float(n_steps)),
+        "loglik": np.array(loglik),
+        "n_invalid": np.array(float(n_invalid)),
+        "sum_start": sum_start,
+        "sum_trans": sum_trans,
+    }
+
+
 def _f64(a: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float64)
 
@@ -114,14 +125,7 @@ class _HMMBase:
         sum_trans = np.zeros((K, K))
         loglik = forward_backward(logB, lengths, _f64(params.startprob), _f64(params.transmat), gamma, sum_start,
                                   sum_trans)
-        stats = {
-            "n": np.array(float(len(logB))),
-            "loglik": np.array(loglik),
-            "n_invalid": np.array(float(n_invalid)),
-            "sum_start": sum_start,
-            "sum_trans": sum_trans,
-        }
-        return gamma, stats
+        return gamma, _chain_stats(len(logB), loglik, n_invalid, sum_start, sum_trans)
 
     def e_step(self, block: Any, params: Any) -> Stats:
         """Expected sufficient statistics of one partition (the three-pass path).
@@ -226,13 +230,7 @@ class HMMModel(_HMMBase):
             kernel, data, lengths, _f64(params.startprob), _f64(params.transmat), tuple(emission.values()),
             sum_start, sum_trans, *size_tags(K, data.shape[1] if data.ndim == 2 else 1),
         )
-        stats = {
-            "n": np.array(float(len(data))),
-            "loglik": np.array(loglik),
-            "n_invalid": np.array(float(bad)),
-            "sum_start": sum_start,
-            "sum_trans": sum_trans,
-        }
+        stats = _chain_stats(len(data), loglik, bad, sum_start, sum_trans)
         stats.update(emission)
         return self._finish_kernel_stats(stats)
 

@@ -91,12 +91,8 @@ def time_sklearn(X: np.ndarray, k: int, covariance_type: str, n_iter: int, inits
 
 def time_dask_em(client, blocks, k: int, covariance_type: str, n_iter: int, inits: dict) -> tuple[float, float, object]:
     from dask_em import expected_stats, fit_em
-    from dask_em.models.gmm import (
-        GaussianMixtureModel,
-        GMMParams,
-        covariances_from_precisions_cholesky,
-        precisions_cholesky_from_precisions,
-    )
+    from dask_em.models._gaussian import covariances_from_precisions_cholesky, precisions_cholesky_from_precisions
+    from dask_em.models.gmm import GaussianMixtureModel, GMMParams
 
     model = GaussianMixtureModel(k, covariance_type)
     prec_chol = precisions_cholesky_from_precisions(inits["precisions_init"], covariance_type)

@@ -32,20 +32,18 @@ from typing import Any
 import numba
 import numpy as np
 
-from ._kernels import normalize_columns
 from .errors import DaskEMError
 from .models.base import Stats
+from .models._gaussian import LOG_2PI as _LOG_2PI
+from .models._gaussian import COVARIANCE_TYPES, normalize_columns, recenter_moments
 from .models.gmm import (
-    _FAST,
-    _LOG_2PI,
-    COVARIANCE_TYPES,
     GaussianMixtureModel,
     GMMParams,
     HardAssignment,
-    recenter_moments,
     reference_point,
     sub_block_rows,
 )
+from .models.gmm_kernels import _FAST
 from .monitor import ConvergenceMonitor
 
 __all__ = ["ModelSelection", "StackedModel", "n_parameters", "select"]
@@ -715,7 +713,7 @@ def _as_estimator(member: _Member, reg_covar: float, max_iter: int, tol: float, 
         from .estimators.gmm import GaussianMixture
     except ImportError:
         return None
-    from .models.gmm import precisions_from_cholesky
+    from .models._gaussian import precisions_from_cholesky
 
     p = member.params
     est = GaussianMixture(

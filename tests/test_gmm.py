@@ -11,13 +11,12 @@ from sklearn.mixture import GaussianMixture as SKGaussianMixture
 
 from dask_em import GaussianMixture
 from dask_em.errors import ConvergenceWarning, InvalidDataError, LikelihoodDecreaseWarning
-from dask_em.models.gmm import (
+from dask_em.models._gaussian import (
     COVARIANCE_TYPES,
-    GaussianMixtureModel,
-    GMMParams,
     IllConditionedCovarianceError,
     precisions_cholesky_from_covariances,
 )
+from dask_em.models.gmm import GaussianMixtureModel, GMMParams
 from dask_em.stats import add_stats
 
 K = 3
@@ -343,7 +342,7 @@ def test_missing_em_equals_plain_fit_without_nan_and_fits_with_nan(client):
 
 
 def test_normalisation_exp_matches_numpy():
-    from dask_em._kernels import exp_minus_top
+    from dask_em.models._gaussian import exp_minus_top
 
     x = np.concatenate([
         np.linspace(-745.0, 0.0, 200_001),

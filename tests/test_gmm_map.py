@@ -13,13 +13,12 @@ import scipy.stats
 from dask_em import GaussianMixture
 from dask_em.checkpoint import read_checkpoint
 from dask_em.errors import ConvergenceWarning
-from dask_em.models.gmm import (
+from dask_em.models._gaussian import (
     COVARIANCE_TYPES,
-    GaussianMixtureModel,
-    GMMParams,
     IllConditionedCovarianceError,
     precisions_cholesky_from_covariances,
 )
+from dask_em.models.gmm import GaussianMixtureModel, GMMParams
 from dask_em.testing import assert_resume_bit_identical, check_model
 
 pytestmark = [

@@ -83,33 +83,6 @@ def _normalize_rows(a: np.ndarray) -> np.ndarray:
     return a / a.sum(axis=-1, keepdims=True)
 
 
-def _kmeans_sample(X: np.ndarray, k: int, rng: np.random.Generator, n_iter: int = 20) -> np.ndarray:
-    """k-means++ seeding and a few Lloyd iterations on an in-memory sample."""
-    X = np.asarray(X, dtype=np.float64)
-    if len(X) < k:
-        raise InvalidDataError(f"n_samples={len(X)} should be >= n_components={k}; decrease n_components")
-    centers = np.empty((k, X.shape[1]))
-    centers[0] = X[rng.integers(len(X))]
-    d2 = ((X - centers[0]) ** 2).sum(axis=1)
-    for i in range(1, k):
-        total = d2.sum()
-        j = rng.choice(len(X), p=d2 / total) if total > 0 else rng.integers(len(X))
-        centers[i] = X[j]
-        d2 = np.minimum(d2, ((X - centers[i]) ** 2).sum(axis=1))
-    for _ in range(n_iter):
-        dist = ((X[:, None, :] - centers[None]) ** 2).sum(axis=2)
-        label = dist.argmin(axis=1)
-        new = centers.copy()
-        for c in range(k):
-            members = X[label == c]
-            if len(members):
-                new[c] = members.mean(axis=0)
-        if np.allclose(new, centers):
-            break
-        centers = new
-    return centers
-
-
 def _to_json(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()

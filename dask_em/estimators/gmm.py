@@ -19,9 +19,18 @@ from ..errors import ConvergenceWarning, InvalidDataError
 from ..models.base import Stats
 from ..models.gmm_missing import GaussianMixtureMissingModel
 from ..models.kmeans import kmeans_in_memory
-from ..models.gmm import (
+from ..models._gaussian import (
     COVARIANCE_TYPES,
-    PRIOR_FIELDS,
+    covariances_from_precisions_cholesky,
+    data_moments,
+    precisions_cholesky_from_covariances,
+    precisions_cholesky_from_precisions,
+    precisions_from_cholesky,
+    sample_moments,
+)
+from ..models.gmm_prior import PRIOR_FIELDS
+from ..models.kmeans import kmeans_plusplus
+from ..models.gmm import (
     SUB_BLOCK_ROWS,
     GaussianMixtureModel,
     GMMParams,
@@ -29,13 +38,6 @@ from ..models.gmm import (
     _rows_output,
     _with_index,
     _Workspace,
-    covariances_from_precisions_cholesky,
-    data_moments,
-    kmeans_plusplus,
-    precisions_cholesky_from_covariances,
-    precisions_cholesky_from_precisions,
-    precisions_from_cholesky,
-    sample_moments,
 )
 from ._base import EMEstimator, check_n_samples, map_rows, run_rngs, shared_restarts, validate_in_memory
 from ._online import PartialFitMixin
@@ -647,7 +649,7 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
             if needs_data:
                 model = model.with_prior_defaults(n_features, *sample_moments(sample, ct))
             if self.init_params == "k-means++":
-                means = kmeans_plusplus(sample, K, rng)
+                means = kmeans_plusplus(sample, K, rng, uniform_draws=True)
             else:
                 means = sample[rng.choice(len(sample), size=K, replace=False)]
             # one row per component, as scikit-learn: covariance reg_covar * I

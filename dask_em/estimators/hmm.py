@@ -35,11 +35,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidDataError
+from ..models._gaussian import covariance_shape, from_tied, n_covariance_parameters
 from ..models.hmm import CategoricalHMMModel, GaussianHMMModel, GMMHMMModel, PoissonHMMModel
 from ..models.hmm.base import _prior
 from ..models.hmm.workers import part_max
+from ..models.kmeans import kmeans_in_memory
 from ..sequences import SequenceBlocks, sequence_blocks
-from ._hmm_base import _BaseHMM, _common_doc, _kmeans_sample, _normalize_rows, _store_params
+from ._hmm_base import _BaseHMM, _common_doc, _normalize_rows, _store_params
 
 
 # ---------------------------------------------------------------------------
@@ -69,7 +71,9 @@ def _state_means(est: _BaseHMM, X: np.ndarray, rng: np.random.Generator, blocks:
                 return centres
         except (ImportError, InvalidDataError):  # k-means unavailable, or NaN in the data
             pass
-    return _kmeans_sample(X, K, rng)
+    if len(X) < K:
+        raise InvalidDataError(f"n_samples={len(X)} should be >= n_components={K}; decrease n_components")
+    return kmeans_in_memory(X, K, rng, n_iter=20)
 
 
 def _sample_covariance(X: np.ndarray, min_covar: float) -> np.ndarray:
@@ -78,24 +82,17 @@ def _sample_covariance(X: np.ndarray, min_covar: float) -> np.ndarray:
 
 
 def _covariance_shape(covariance_type: str, K: int, D: int, M: int | None = None) -> tuple[int, ...]:
-    """Compact shape of the covariances (``M``: mixture components per state, None for one Gaussian)."""
-    lead = (K,) if M is None else (K, M)
-    return {"spherical": lead, "diag": lead + (D,), "full": lead + (D, D), "tied": (K, D, D) if M else (D, D)}[
-        covariance_type]
+    """Compact shape of the covariances; with ``M`` mixture components per state, each state's as a mixture's."""
+    if M is None:
+        return covariance_shape(covariance_type, K, D)
+    return (K, *covariance_shape(covariance_type, M, D))
 
 
 def _initial_covars(cv: np.ndarray, covariance_type: str, K: int, M: int | None = None) -> np.ndarray:
-    """The covariance ``cv`` in the compact shape of ``covariance_type``."""
-    D = cv.shape[0]
-    one = {"spherical": np.array(cv.diagonal().mean()), "diag": cv.diagonal(), "full": cv, "tied": cv}[covariance_type]
-    return np.broadcast_to(one, _covariance_shape(covariance_type, K, D, M)).copy()
-
-
-def _n_covariance_scalars(covariance_type: str, K: int, D: int, M: int = 1, tied_per_state: bool = False) -> int:
-    """hmmlearn's count of free covariance scalars."""
-    tri = D * (D + 1) // 2
-    return {"spherical": K * M, "diag": K * M * D, "full": K * M * tri,
-            "tied": (K if tied_per_state else 1) * tri}[covariance_type]
+    """The covariance ``cv`` in the compact shape of ``covariance_type`` (per state's mixture with ``M``)."""
+    if M is None:
+        return from_tied(cv, covariance_type, K)
+    return np.broadcast_to(from_tied(cv, covariance_type, M), _covariance_shape(covariance_type, K, cv.shape[0], M)).copy()
 
 
 class GaussianHMM(_BaseHMM):
@@ -214,7 +211,7 @@ class GaussianHMM(_BaseHMM):
 
     def _emission_scalars(self) -> dict[str, int]:
         K, D = self.n_components, int(self.n_features)
-        return {"means": K * D, "covars": _n_covariance_scalars(self.covariance_type, K, D)}
+        return {"means": K * D, "covars": n_covariance_parameters(self.covariance_type, K, D)}
 
     def _set_emission_attributes(self, params: Any, model: GaussianHMMModel) -> None:
         self.means_ = np.asarray(params.means)
@@ -348,7 +345,7 @@ class GMMHMM(_BaseHMM):
     def _emission_scalars(self) -> dict[str, int]:
         K, M, D = self.n_components, int(self.n_mix), int(self.n_features)
         return {"weights": M - 1, "means": K * M * D,
-                "covars": _n_covariance_scalars(self.covariance_type, K, D, M, tied_per_state=True)}
+                "covars": K * n_covariance_parameters(self.covariance_type, M, D)}
 
 
 class CategoricalHMM(_BaseHMM):

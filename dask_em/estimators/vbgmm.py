@@ -13,8 +13,8 @@ from ..engine import expected_stats, fit_em, prepare_blocks
 from ..errors import ConvergenceWarning, InvalidDataError, InvalidParameterError
 from ..executor import where
 from ..models.base import Stats
-from ..models.gmm import GaussianMixtureModel, HardAssignment, _Workspace, data_moments
-from ..models.gmm import precisions_from_cholesky
+from ..models._gaussian import data_moments, precisions_from_cholesky
+from ..models.gmm import GaussianMixtureModel, HardAssignment, _Workspace
 from ..models.vbgmm import PRIOR_FIELDS, BayesianGaussianMixtureModel, VBGMMParams
 from ._base import EMEstimator, run_checkpoint, run_rngs, validate_in_memory
 from .gmm import INIT_PARAMS, GaussianMixture, _stored_prior

@@ -41,19 +41,11 @@ from typing import Any
 import numba
 import numpy as np
 
-from .._kernels import normalize_columns
 from .base import Stats
-from .gmm import (
-    COVARIANCE_TYPES,
-    EMPTY_MASS,
-    GaussianMixtureModel,
-    GMMParams,
-    _Workspace,
-    _weigh_rows,
-    kmeans_plusplus,
-    precisions_cholesky_from_covariances,
-    sub_block_rows,
-)
+from ._gaussian import COVARIANCE_TYPES, normalize_columns, precisions_cholesky_from_covariances
+from .gmm import EMPTY_MASS, GaussianMixtureModel, GMMParams, _Workspace, sub_block_rows
+from .gmm_kernels import _weigh_rows
+from .kmeans import kmeans_plusplus
 
 GATINGS = ("gaussian", "constant")
 INITS = ("kmeans", "random")
@@ -173,7 +165,7 @@ class MixtureOfExpertsModel:
             joint = np.hstack([X, y])
             scale = joint.std(axis=0)
             joint = (joint - joint.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
-            centers = kmeans_plusplus(joint, K, rng)
+            centers = kmeans_plusplus(joint, K, rng, uniform_draws=True)
             labels = ((joint[:, None, :] - centers[None]) ** 2).sum(axis=2).argmin(axis=1)
             respT = np.zeros((K, len(X)))
             respT[labels, np.arange(len(X))] = 1.0

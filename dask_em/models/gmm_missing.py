@@ -21,7 +21,8 @@ from scipy.special import logsumexp
 
 from ..errors import InvalidDataError
 from .base import Stats
-from .gmm import COVARIANCE_TYPES, GaussianMixtureModel, GMMParams, recenter_moments, reference_point
+from ._gaussian import COVARIANCE_TYPES, recenter_moments
+from .gmm import GaussianMixtureModel, GMMParams, reference_point
 from .mvn_missing import as_float_block, condition, conditional_cov_sum, missingness_patterns
 
 _LOG_2PI = math.log(2.0 * math.pi)

@@ -273,8 +273,13 @@ def kmeans_plusplus(
     rng: np.random.Generator,
     sample_weight: np.ndarray | None = None,
     n_local_trials: int | None = None,
+    uniform_draws: bool = False,
 ) -> np.ndarray:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007) on in-memory rows.
+
+    The one k-means++ of the library: k-means, the Gaussian mixtures, the
+    variational mixture, the mixture of experts and model selection all
+    seed with it.
 
     Each new center is the best, by the resulting potential, of
     ``n_local_trials`` rows drawn with probability proportional to weight
@@ -291,6 +296,12 @@ def kmeans_plusplus(
         Weight of every row (e.g. how many data rows a candidate stands for).
     n_local_trials : int, optional
         Default ``2 + int(log(n_clusters))``.
+    uniform_draws : bool
+        Draw the rows picked uniformly (the first center without weights,
+        and candidates once every row coincides with a center) by
+        ``rng.integers`` rather than ``rng.choice``. Both are uniform but
+        consume the generator differently; the Gaussian mixtures seed this
+        way, so that their seeded fits keep the centers they always had.
 
     Returns
     -------
@@ -298,11 +309,16 @@ def kmeans_plusplus(
     """
     X = np.asarray(X, dtype=np.float64)
     n = X.shape[0]
+    if n < n_clusters:
+        raise ValueError(f"k-means++ needs at least {n_clusters} rows, got {n}")
     w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     if n_local_trials is None:
         n_local_trials = 2 + int(np.log(n_clusters))
     centers = np.empty((n_clusters, X.shape[1]))
-    first = int(rng.choice(n, p=w / w.sum()))
+    if uniform_draws and sample_weight is None:
+        first = int(rng.integers(n))
+    else:
+        first = int(rng.choice(n, p=w / w.sum()))
     centers[0] = X[first]
     closest = center_distances(X, X[first : first + 1], squared=True)[:, 0]
     for c in range(1, n_clusters):
@@ -310,7 +326,7 @@ def kmeans_plusplus(
         total = weighted.sum()
         if total <= 0:
             # Every row already coincides with a center: take any unused row.
-            candidates = rng.choice(n, size=1)
+            candidates = rng.integers(n, size=n_local_trials) if uniform_draws else rng.choice(n, size=1)
         else:
             cdf = np.cumsum(weighted)
             candidates = np.searchsorted(cdf, rng.uniform(size=n_local_trials) * cdf[-1], side="right")

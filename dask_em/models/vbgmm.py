@@ -48,16 +48,10 @@ import scipy.special
 
 from ..errors import InvalidParameterError
 from .base import Stats
-from .gmm import (
-    COVARIANCE_TYPES,
-    GaussianMixtureModel,
-    GMMParams,
-    HardAssignment,
-    _check_prior_fields,
-    kmeans_plusplus,
-    precisions_cholesky_from_covariances,
-    reference_point,
-)
+from ._gaussian import COVARIANCE_TYPES, precisions_cholesky_from_covariances
+from .gmm import GaussianMixtureModel, GMMParams, HardAssignment, reference_point
+from .gmm_prior import _check_prior_fields
+from .kmeans import kmeans_plusplus
 
 WEIGHT_PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
 
@@ -333,7 +327,7 @@ class BayesianGaussianMixtureModel:
         """k-means++ centres from ``sample``, hard assignments, then one variational update."""
         sample = np.asarray(sample, np.float64)
         sample = sample[np.isfinite(sample).all(axis=1)]
-        centers = kmeans_plusplus(sample, self.n_components, rng)
+        centers = kmeans_plusplus(sample, self.n_components, rng, uniform_draws=True)
         hard = HardAssignment(centers=centers, covariance_type=self.covariance_type)
         return self.params_from_stats(hard.e_step(sample, None), hard.reference())
 

@@ -15,9 +15,10 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 from numba import njit
 
+from .._gaussian import exp_nonpos
 from ..base import Stats
 from .base import HMMModel
-from .recursions import _exp_nonpos, fused_e_step, register_emission
+from .recursions import fused_e_step, register_emission
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def _work(kernel, x, max_len, k_tag, d_tag):  # pragma: no cover - compiled
                 mxm = log_emission[k, m]
         sym_max[m] = mxm
         for k in range(K):
-            table[k, m] = _exp_nonpos(log_emission[k, m] - mxm) if mxm > -np.inf else 0.0
+            table[k, m] = exp_nonpos(log_emission[k, m] - mxm) if mxm > -np.inf else 0.0
     return table, sym_max, np.empty(max_len, dtype=np.int64)
 
 

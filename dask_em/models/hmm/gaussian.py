@@ -32,12 +32,11 @@ from numba import njit
 from numba.extending import overload
 
 from ...errors import InvalidDataError
+from .._gaussian import LOG_2PI, check_covariance_type, is_square, recenter_moments, to_full
 from ..base import Stats
 from .base import HMMModel, _as_float_2d
 from .recursions import _dot, _shift_exp, _sum, _valid_weights, fused_e_step, register_emission
 
-COVARIANCE_TYPES = ("spherical", "diag", "full", "tied")
-LOG_2PI = math.log(2.0 * math.pi)
 #: Rows per sub-block for the BLAS parts of the three-pass path (cache-sized).
 SUB_BLOCK = 4096
 #: Added to the diagonal of a full covariance whose Cholesky factorisation
@@ -46,13 +45,8 @@ CHOLESKY_JITTER = 1e-7
 
 
 # --------------------------------------------------------------------------
-# Covariance helpers (one place; the Gaussian toolkit will own them)
+# Covariances as the HMMs factorise them (types, shapes: :mod:`.._gaussian`)
 # --------------------------------------------------------------------------
-
-
-def check_covariance_type(covariance_type: str) -> None:
-    if covariance_type not in COVARIANCE_TYPES:
-        raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
 
 
 def _cholesky(cov: np.ndarray, state: int) -> np.ndarray:
@@ -103,18 +97,6 @@ def whitening(covs: np.ndarray, labels: Any = None) -> tuple[np.ndarray, np.ndar
         whiten[c] = np.linalg.inv(chol)
         log_norm[c] = -0.5 * (D * LOG_2PI) - np.log(np.diag(chol)).sum()
     return whiten, log_norm
-
-
-def full_matrices(covars: np.ndarray, covariance_type: str, n_components: int, n_features: int) -> np.ndarray:
-    """Covariances as (n_components, D, D) matrices whatever the covariance type."""
-    K, D = n_components, n_features
-    if covariance_type == "full":
-        return np.asarray(covars)
-    if covariance_type == "tied":
-        return np.tile(covars, (K, 1, 1))
-    if covariance_type == "diag":
-        return np.array([np.diag(c) for c in covars])
-    return np.asarray(covars).reshape(K, 1, 1) * np.eye(D)
 
 
 # --------------------------------------------------------------------------
@@ -494,7 +476,7 @@ class GaussianHMMModel(HMMModel):
 
     @property
     def _square(self) -> bool:
-        return self.covariance_type in ("full", "tied")
+        return is_square(self.covariance_type)
 
     def param_constraints(self, params: GaussianHMMParams) -> dict[str, str]:
         """How accelerated EM may move each parameter (see :mod:`dask_em.accelerate`)."""
@@ -502,7 +484,7 @@ class GaussianHMMModel(HMMModel):
 
     def full_covars(self, covars: np.ndarray, n_features: int) -> np.ndarray:
         """Covariances as (K, D, D) matrices whatever the covariance type."""
-        return full_matrices(covars, self.covariance_type, self.n_components, n_features)
+        return to_full(covars, self.covariance_type, self.n_components, n_features)
 
     def _diag_terms(self, params: GaussianHMMParams, n_features: int) -> tuple[np.ndarray, np.ndarray]:
         """Precisions (K, D) and log normalising constants (K,) of diag/spherical covariances."""
@@ -548,8 +530,6 @@ class GaussianHMMModel(HMMModel):
 
     def recenter_stats(self, stats: Stats, old: GaussianHMMParams, new: GaussianHMMParams) -> Stats:
         """Statistics centred on ``old.means`` moved to ``new.means`` (for online EM)."""
-        from ..gmm import recenter_moments
-
         d = np.asarray(old.means, np.float64) - np.asarray(new.means, np.float64)
         return recenter_moments(stats, d, weight="sum_post", first="sum_dx", outer="sum_dxdxT", square="sum_dx2")
 
@@ -626,4 +606,4 @@ class GaussianHMMModel(HMMModel):
         return X
 
 
-__all__ = ["COVARIANCE_TYPES", "GaussianHMMModel", "GaussianHMMParams"]
+__all__ = ["GaussianHMMModel", "GaussianHMMParams"]

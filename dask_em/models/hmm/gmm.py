@@ -25,11 +25,11 @@ from typing import Any, NamedTuple
 import numpy as np
 from numba import njit
 
+from .._gaussian import check_covariance_type, exp_nonpos, is_square, recenter_moments
 from ..base import Stats
 from .base import HMMModel, _as_float_2d
 from .gaussian import (
     _cholesky,
-    check_covariance_type,
     component_logdens,
     component_moments,
     describe_non_finite,
@@ -41,7 +41,7 @@ from .gaussian import (
     whitening,
     zero_invalid,
 )
-from .recursions import _exp_nonpos, _shift_exp, _sum, _valid_weights, fused_e_step, register_emission
+from .recursions import _shift_exp, _sum, _valid_weights, fused_e_step, register_emission
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def _mix(LC, ET, W, L, K, M):  # pragma: no cover - compiled
         for m in range(M):
             lc = LC[base + m]
             for t in range(L):
-                e = _exp_nonpos(lc[t] - W[t]) if W[t] > -np.inf else 0.0
+                e = exp_nonpos(lc[t] - W[t]) if W[t] > -np.inf else 0.0
                 lc[t] = e
                 row[t] += e
         for t in range(L):
@@ -213,7 +213,7 @@ class GMMHMMModel(HMMModel):
 
     @property
     def _square(self) -> bool:
-        return self.covariance_type in ("full", "tied")
+        return is_square(self.covariance_type)
 
     def param_constraints(self, params: GMMHMMParams) -> dict[str, str]:
         """How accelerated EM may move each parameter (see :mod:`dask_em.accelerate`)."""
@@ -289,8 +289,6 @@ class GMMHMMModel(HMMModel):
 
     def recenter_stats(self, stats: Stats, old: GMMHMMParams, new: GMMHMMParams) -> Stats:
         """Statistics centred on ``old.means`` moved to ``new.means`` (for online EM)."""
-        from ..gmm import recenter_moments
-
         D = np.shape(old.means)[-1]
         d = (np.asarray(old.means, np.float64) - np.asarray(new.means, np.float64)).reshape(-1, D)
         flat = dict(stats, _weight=np.asarray(stats["sum_post_mix"]).ravel())

@@ -51,11 +51,10 @@ import math
 from typing import Any, Callable
 
 import numpy as np
-from llvmlite import ir as llvm_ir
-from numba import njit, types
-from numba.extending import intrinsic, overload
+from numba import njit
+from numba.extending import overload
 
-from ..._kernels import exp_reduced
+from .._gaussian import exp_nonpos
 
 #: Largest sizes for which the fused kernel is compiled with constant sizes.
 _MAX_TAGGED_COMPONENTS, _MAX_TAGGED_FEATURES = 16, 32
@@ -218,44 +217,6 @@ def viterbi(logB, lengths, log_startprob, log_transmat, states):  # pragma: no c
     return total
 
 
-# Exponential of non-positive numbers in a form LLVM vectorises (no libm
-# call): Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, Taylor polynomial
-# of degree 13 (truncation < 0.05 ulp), 2^n written into the exponent bits.
-# Within 1 ulp of libm's exp on [-708, 0]; 0 below -708 (no subnormals).
-_LOG2E = 1.4426950408889634
-_LN2_HI = 6.93147180369123816490e-01
-_LN2_LO = 1.90821492927058770002e-10
-#: 1.5 * 2**52: adding it rounds to an integer held in the low mantissa bits.
-_ROUND_SHIFT = 6755399441055744.0
-
-
-@intrinsic
-def _f64_bits(typingctx, x):  # pragma: no cover - compiled
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], llvm_ir.IntType(64))
-
-    return types.int64(types.float64), codegen
-
-
-@intrinsic
-def _bits_f64(typingctx, i):  # pragma: no cover - compiled
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], llvm_ir.DoubleType())
-
-    return types.float64(types.int64), codegen
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _exp_nonpos(x):  # pragma: no cover - compiled
-    """``exp(x)`` for ``x <= 0``; 0 below -708."""
-    kd = x * _LOG2E + _ROUND_SHIFT
-    ki = _f64_bits(kd)
-    kd -= _ROUND_SHIFT
-    r = x - kd * _LN2_HI - kd * _LN2_LO
-    y = exp_reduced(r) * _bits_f64((ki + 1023) << 52)
-    return y if x >= -708.0 else 0.0
-
-
 # Sums over time steps: reassociation lets LLVM use several vector
 # accumulators (the order is fixed by the compiled code, so results are
 # reproducible run to run).
@@ -304,7 +265,7 @@ def _shift_exp(ET, L, mx, k_tag):  # pragma: no cover - compiled
     for k in range(K):
         row = ET[k]
         for t in range(L):
-            row[t] = _exp_nonpos(row[t] - mx[t])
+            row[t] = exp_nonpos(row[t] - mx[t])
     return shift
 
 

@@ -44,9 +44,10 @@ from typing import Any, Callable
 import numpy as np
 from numba import njit
 
+from .._gaussian import exp_nonpos
 from ..base import Stats
 from ..stacked import Stacked, StackedParams
-from .recursions import _exp_nonpos, forward_backward, size_tags, viterbi
+from .recursions import forward_backward, size_tags, viterbi
 
 
 # --------------------------------------------------------------------------
@@ -156,7 +157,7 @@ def transfer_operator(logB, transmat, first, out, k_tag):  # pragma: no cover - 
             return -np.inf
         log_scale += mx
         for k in range(K):
-            b[k] = _exp_nonpos(logB[t, k] - mx)
+            b[k] = exp_nonpos(logB[t, k] - mx)
         if t == 0:
             for i in range(K):
                 for j in range(K):

@@ -212,14 +212,7 @@ class HMMModel(_HMMBase):
         return stats
 
     def e_step(self, block: Any, params: Any) -> Stats:
-        """Expected sufficient statistics of one partition in one fused compiled pass.
-
-        Returns
-        -------
-        dict
-            ``n`` (steps), ``loglik``, ``n_invalid``, ``sum_start (K,)``,
-            ``sum_trans (K, K)`` and the emission statistics of the model.
-        """
+        """The statistics of :meth:`_HMMBase.e_step` (the three-pass path) in one fused compiled pass."""
         values, lengths = _block_parts(block)
         data = self._kernel_data(values)
         K = self.n_components

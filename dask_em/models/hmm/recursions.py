@@ -301,7 +301,11 @@ def _scaled_posteriors(ET, L, startprob, transmat, trans_T, AT, GT, scale, prev,
     if c < 1e-100:
         loglik += math.log(c)
     else:
+        # checked here too: many one-step sequences would otherwise underflow the product
         prod *= c
+        if prod < 1e-150 or prod > 1e150:
+            loglik += math.log(prod)
+            prod = 1.0
     for t in range(1, L):
         for j in range(K):
             cur[j] = 0.0

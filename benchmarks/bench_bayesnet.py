@@ -154,7 +154,9 @@ def main() -> None:
     from distributed import Client
 
     print(f"load average before: {os.getloadavg()}")
-    with local_cluster() as cluster, Client(cluster) as client:
+    # Not the default client: the in-process figures must be what a user without a client gets
+    # (a current client would run them on this cluster, shipping the data in every pass).
+    with local_cluster() as cluster, Client(cluster, set_as_default=False) as client:
         for name in args.networks:
             model, _ = network(name)
             init_params = model.init_params(None, np.random.default_rng(1))

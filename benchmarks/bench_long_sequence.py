@@ -215,7 +215,7 @@ def run(args: argparse.Namespace, n_workers: int, path: str) -> dict[str, Any]:
     from dask_em.engine import fit_em
     from dask_em.models.hmm import GaussianHMMModel
     from dask_em.models.hmm.segments import SegmentedHMM
-    from dask_em.sequences import sequence_blocks
+    from dask_em.data.sequences import sequence_blocks
 
     import dask
 

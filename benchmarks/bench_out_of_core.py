@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     from distributed import Client, LocalCluster
 
     from dask_em.datasets import load_truth, make_blobs_zarr
-    from dask_em.sequences import sequence_blocks
+    from dask_em.data.sequences import sequence_blocks
 
     limit = parse_size(args.memory_limit)
     D, K = args.n_features, args.n_components

@@ -11,8 +11,9 @@ client is given, so dask-em runs in this process on its thread pool.
 2. GaussianMixture full, 300,000 x 16, K=8, 5 iterations from ``means_init``
    (``tol=0``), against scikit-learn's whole call from the same means.
 3. KMeans, 1,000,000 x 16, K=8, 20 Lloyd iterations from the same centers
-   (``n_init=1``, ``tol=0``), against scikit-learn and dask-ml (dask-ml on
-   the same data as a Dask array with the same blocks, dask's threads).
+   (``n_init=1``, ``tol=0``), against scikit-learn and dask-ml (with its
+   defaults, dask's threads in this process: given the numpy array, and given a
+   Dask array of dask-em's blocks; the faster is the reference).
 
 Run::
 
@@ -50,11 +51,11 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float, Any]:
 def row(what: str, wall: float, cpu: float, n_iter: int | None = None, ref: float | None = None) -> None:
     per_iter = f"{wall / n_iter:8.4f}" if n_iter else "       -"
     ratio = f"{ref / wall:6.2f}x" if ref else "      "
-    print(f"{what:46s} {wall:9.4f} {cpu:9.3f} {per_iter} {ratio}", flush=True)
+    print(f"{what:62s} {wall:9.4f} {cpu:9.3f} {per_iter} {ratio}", flush=True)
 
 
 def header(title: str) -> None:
-    print(f"\n{title}\n{'call':46s} {'wall s':>9s} {'CPU s':>9s} {'s/iter':>8s} {'speed-up':>7s}", flush=True)
+    print(f"\n{title}\n{'call':62s} {'wall s':>9s} {'CPU s':>9s} {'s/iter':>8s} {'speed-up':>7s}", flush=True)
 
 
 COLD = """
@@ -133,10 +134,18 @@ def kmeans(n: int, repeat: int) -> None:
         return
     from dask_em.data import as_dask_array
 
-    Xd = da.from_array(X, chunks=as_dask_array(X).chunks)  # dask-em's blocks
-    dm_wall, dm_cpu, dm = timed(lambda: DMKMeans(**settings, oversampling_factor=2).fit(Xd), repeat)
-    row(f"dask-ml whole fit ({dm.n_iter_} it)", dm_wall, dm_cpu, dm.n_iter_, ref=sk_wall)
-    print(f"dask-em vs dask-ml: {dm_wall / em_wall:.1f}x faster; vs scikit-learn: {em_wall / sk_wall:.2f}x its time")
+    # dask-ml as its users run it, with its defaults (dask's threaded scheduler in this
+    # process, no client): given the numpy array itself (dask-ml cuts it into one block
+    # per core), and given a Dask array of dask-em's blocks. The faster is the reference.
+    Xd = da.from_array(X, chunks=as_dask_array(X).chunks)
+    results = {}
+    for label, data in (("numpy input, dask-ml's blocks", X), (f"dask array, {Xd.numblocks[0]} blocks as dask-em's", Xd)):
+        dm_wall, dm_cpu, dm = timed(lambda data=data: DMKMeans(**settings).fit(data), repeat)
+        row(f"dask-ml whole fit ({dm.n_iter_} it), {label}", dm_wall, dm_cpu, dm.n_iter_, ref=sk_wall)
+        results[label] = (dm_wall, dm_cpu)
+    dm_wall, dm_cpu = min(results.values())
+    print(f"dask-em vs dask-ml (its faster input): {dm_wall / em_wall:.1f}x faster wall, {dm_cpu / em_cpu:.1f}x less CPU; "
+          f"vs scikit-learn: {em_wall / sk_wall:.2f}x its wall time, {em_cpu / sk_cpu:.2f}x its CPU")
 
 
 def main() -> None:

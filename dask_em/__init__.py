@@ -25,18 +25,22 @@ _LAZY = {
     "RandomEffects": "estimators.random_effects",
     "MixtureOfExperts": "estimators.experts",
     "MixtureOfLinearRegressions": "estimators.experts",
-    "describe": "io",
-    "load": "io",
-    "save": "io",
+    "describe": "storage.io",
+    "load": "storage.io",
+    "save": "storage.io",
+    "Checkpoint": "storage.checkpoint",
+    "checkpoint_iteration": "storage.snapshots",
+    "read_checkpoint": "storage.snapshots",
+    "register_class": "storage.format",
     "BernoulliMixture": "estimators.mixtures",
     "CategoricalMixture": "estimators.mixtures",
     "PoissonMixture": "estimators.mixtures",
-    "EMModel": "models.base",
-    "Stats": "models.base",
+    "EMModel": "contract",
+    "Stats": "contract",
     "ModelSelection": "select",
     "select": "select",
-    "sequence_blocks": "sequences",
-    "to_zarr_sequences": "sequences",
+    "sequence_blocks": "data.sequences",
+    "to_zarr_sequences": "data.sequences",
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
@@ -50,11 +54,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .estimators.factor import PPCA, FactorAnalysis
     from .estimators.random_effects import RandomEffects
     from .estimators.experts import MixtureOfExperts, MixtureOfLinearRegressions
-    from .io import describe, load, save
+    from .storage.checkpoint import Checkpoint
+    from .storage.format import register_class
+    from .storage.io import describe, load, save
+    from .storage.snapshots import checkpoint_iteration, read_checkpoint
     from .estimators.mixtures import BernoulliMixture, CategoricalMixture, PoissonMixture
-    from .models.base import EMModel, Stats
+    from .contract import EMModel, Stats
     from .select import ModelSelection, select
-    from .sequences import sequence_blocks, to_zarr_sequences
+    from .data.sequences import sequence_blocks, to_zarr_sequences
 
 
 def __getattr__(name: str) -> Any:
@@ -62,7 +69,7 @@ def __getattr__(name: str) -> Any:
 
     module_name = _LAZY.get(name)
     if module_name is None:
-        # A submodule (dask_em.io, dask_em.testing, ...) loads on first use too,
+        # A submodule (dask_em.testing, dask_em.storage, ...) loads on first use too,
         # as it did when this package imported its modules eagerly.
         try:
             return importlib.import_module(f".{name}", __name__)
@@ -96,7 +103,7 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "BayesianGaussianMixture",
@@ -118,14 +125,18 @@ __all__ = [
     "MultivariateNormal",
     "BernoulliMixture",
     "CategoricalMixture",
+    "Checkpoint",
     "PoissonMixture",
     "PoissonHMM",
     "Stats",
     "__version__",
+    "checkpoint_iteration",
     "expected_stats",
     "fit_em",
     "describe",
     "load",
+    "read_checkpoint",
+    "register_class",
     "save",
     "select",
     "sequence_blocks",

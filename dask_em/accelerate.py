@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from .contract import hooks
+
 #: The kinds of constraint a parameter field may declare.
 CONSTRAINTS = ("real", "positive", "unit", "simplex", "spd", "derived", "fixed")
 
@@ -68,8 +70,7 @@ def constraints_of(model: Any, params: Any) -> dict[str, str]:
 
     Non-floating fields are always ``"fixed"``.
     """
-    declare = getattr(model, "param_constraints", None)
-    declared: Mapping[str, str] = declare(params) if declare is not None else getattr(type(params), "constraints", {})
+    declared = hooks(model).param_constraints(params)
     kinds = {}
     for f in dataclasses.fields(params):
         value = np.asarray(getattr(params, f.name))
@@ -152,8 +153,7 @@ def from_vector(model: Any, vector: np.ndarray, like: Any) -> Any:
         changes[name] = _backward(vector[start : start + size], old, kind).astype(old.dtype, copy=False)
         start += size
     params = dataclasses.replace(like, **changes)
-    complete = getattr(model, "complete_params", None)
-    return complete(params) if complete is not None else params
+    return hooks(model).complete_params(params)
 
 
 @dataclasses.dataclass

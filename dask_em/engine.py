@@ -18,10 +18,10 @@ from typing import Any
 import dask
 import numpy as np
 
-from .data import Blocks, array_blocks, as_dask_array, check_visible_to_workers
-from .executor import compute, local_map, local_scheduler, lost_or_gone, retry_lost, where
+from .data import Blocks, computed_values, prepare_blocks
+from .executor import compute, local_map, retry_lost, where
 from .errors import DaskEMError, InvalidDataError
-from .models.base import EMModel, Stats
+from .contract import EMModel, Stats, hooks
 from .monitor import ConvergenceMonitor, count_pass
 from .stats import TreeSum, add_stats, tree_reduce
 
@@ -163,7 +163,7 @@ def _one_pass(
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
     if client is None and not hash_blocks:
-        values = _computed_values(blocks.parts)
+        values = computed_values(blocks.parts)
         per_block = None if values is None else local_map(lambda block: model.e_step(block, params), values)
         if per_block is not None:  # the same tree, without building a graph
             return _checked(model, tree_reduce(per_block, split_every), params, finite)
@@ -180,23 +180,22 @@ def _one_pass(
             dask.delayed(combine, pure=True)(*level[i : i + split_every])
             for i in range(0, len(level), split_every)
         ]
-    if client is not None:
-        try:
-            stats = _compute(client, level[0])
-        except RuntimeError as exc:
-            if "deserializ" not in str(exc):
-                raise
-            module = type(model).__module__
-            first = str(exc).split(". ")[0]
-            raise DaskEMError(
-                f"the Dask scheduler or workers could not load the task graph ({exc.__class__.__name__}: "
-                f"{first}). The model class {type(model).__name__} comes from module "
-                f"{module!r}: the cluster must be able to import it (install it there, or send it with "
-                f"client.upload_file('{module.replace('.', '/')}.py')), and run the same dask-em, dask and "
-                "numpy versions as this client."
-            ) from exc
-    else:
-        stats = level[0].compute(scheduler=local_scheduler(), optimize_graph=False)
+    try:
+        (stats,) = compute(client, level[0])
+    except RuntimeError as exc:
+        if client is None:
+            raise
+        if "deserializ" not in str(exc):
+            raise
+        module = type(model).__module__
+        first = str(exc).split(". ")[0]
+        raise DaskEMError(
+            f"the Dask scheduler or workers could not load the task graph ({exc.__class__.__name__}: "
+            f"{first}). The model class {type(model).__name__} comes from module "
+            f"{module!r}: the cluster must be able to import it (install it there, or send it with "
+            f"client.upload_file('{module.replace('.', '/')}.py')), and run the same dask-em, dask and "
+            "numpy versions as this client."
+        ) from exc
     if hash_blocks:
         stats, hashes = stats
         hashes = [hashes[i] for i in range(len(blocks.parts))]
@@ -214,7 +213,7 @@ def map_parts(func: Callable[..., Any], blocks: Blocks, client: Any, *args: Any,
     count_pass()
     where_ = client if client is not None else blocks.client
     if where_ is None:
-        values = _computed_values(blocks.parts)
+        values = computed_values(blocks.parts)
         if values is not None:
             out = local_map(lambda item: func(item[1], *args, *((item[0],) if index else ())), list(enumerate(values)))
             if out is not None:
@@ -231,42 +230,14 @@ def map_parts(func: Callable[..., Any], blocks: Blocks, client: Any, *args: Any,
     return retry_lost(blocks, run)
 
 
-def in_memory_blocks(blocks: Blocks) -> list[Any] | None:
-    """The values of ``blocks`` when they are all held in this process, else None."""
-    return _computed_values(blocks.parts) if blocks.client is None else None
-
-
-def _computed_values(parts: Sequence[Any]) -> list[Any] | None:
-    """The blocks' values when every part is already computed in this process, else None."""
-    from dask._task_spec import DataNode, GraphNode
-    from dask.core import istask
-
-    values = []
-    for part in parts:
-        graph = part.__dask_graph__()
-        value = graph.get(part.key)
-        if isinstance(value, DataNode):
-            value = value.value
-        if value is None or isinstance(value, GraphNode) or istask(value) or _is_key(value, graph):
-            return None
-        values.append(value)
-    return values
-
-
-def _is_key(value: Any, graph: Any) -> bool:
-    try:
-        return value in graph  # an alias of another key
-    except TypeError:  # unhashable: data
-        return False
-
-
 def iteration_stats(
     model: EMModel, blocks: Blocks, params: Any, client: Any, split_every: int = 8, hash_blocks: bool = False,
     finite: bool = True,
 ) -> tuple[Stats, int]:
     """The E-step statistics of one iteration and the number of passes over the data it took.
 
-    A model may declare ``prepare_e_step(params, run_pass)``: called first,
+    The model's ``prepare_e_step(params, run_pass)`` hook
+    (:class:`dask_em.contract.ModelHooks`) is called first:
     it may run passes of its own through ``run_pass(pass_model,
     pass_params)`` (each one compute over the same blocks, summed in the
     same tree) and returns the parameters the E-step pass is given. A
@@ -281,8 +252,7 @@ def iteration_stats(
         return expected_stats(pass_model, blocks, pass_params, client, split_every, hash_blocks=hash_blocks,
                               finite=finite)
 
-    prepare = getattr(model, "prepare_e_step", None)
-    e_params = prepare(params, run_pass) if prepare is not None else params
+    e_params = hooks(model).prepare_e_step(params, run_pass)
     return run_pass(model, e_params, hash_blocks, finite), passes
 
 
@@ -359,9 +329,9 @@ def _run_e_steps(model: EMModel, params: Any, run: _Run, split_every: int, hash_
         block = recipe({key: needs[key] for key in recipe.dependencies})
         tree.push(model.e_step(block, params))
         if hash_blocks:
-            from .checkpoint import _hash_block
+            from .storage.snapshots import hash_block
 
-            hashes[index] = _hash_block(block)
+            hashes[index] = hash_block(block)
         del block  # one block of the run in memory at a time
     stats = tree.result()
     return (stats, hashes) if hash_blocks else stats
@@ -455,33 +425,14 @@ def _block_recipes(parts: Sequence[Any]) -> tuple[list[Any], dict[Any, Any]]:
     return recipes, needs
 
 
-def _compute(client: Any, graph: Any) -> Stats:
-    """``graph`` computed on ``client``, with cluster failures told apart.
-
-    A worker that dies is handled by the scheduler, which recomputes its
-    tasks; what reaches here is a lost scheduler, or scattered blocks lost
-    with their only worker (they have no recipe to recompute them).
-    """
-    from concurrent.futures import CancelledError
-
-    try:
-        return client.compute(graph, optimize_graph=False).result()
-    except CancelledError as exc:
-        raise lost_or_gone(client, exc) from exc
-
-
 def _checked(model: EMModel, stats: Stats, params: Any = None, finite: bool = True) -> Stats:
     stats = dict(stats)
     n_invalid = int(stats.pop("n_invalid", 0))
     if n_invalid > 0:
-        describe = getattr(model, "describe_invalid", None)
-        message = describe(n_invalid) if describe else f"{n_invalid} values are outside the model's support"
-        raise InvalidDataError(message)
-    # Optional: a model whose log-likelihood is not a sum over blocks (e.g.
-    # REML's log det of a summed matrix) completes it from the summed stats.
-    finish = getattr(model, "finish_stats", None)
-    if finish is not None:
-        stats = finish(stats, params)
+        raise InvalidDataError(hooks(model).describe_invalid(n_invalid))
+    # A model whose log-likelihood is not a sum over blocks (e.g. REML's
+    # log det of a summed matrix) completes it from the summed stats.
+    stats = hooks(model).finish_stats(stats, params)
     loglik = float(stats["loglik"])
     if finite and not math.isfinite(loglik):
         raise DaskEMError(
@@ -534,7 +485,7 @@ def _engine_state(monitor: ConvergenceMonitor, accelerator: Any) -> dict[str, An
 
 def _restore_engine_state(state: Any, monitor: ConvergenceMonitor, accelerator: Any, params: Any) -> None:
     """Undo :func:`_engine_state` from a snapshot (checked: the file may be damaged)."""
-    from .checkpoint import CheckpointError
+    from .errors import CheckpointError
 
     saved = state.state
     if accelerator is None or not saved:
@@ -563,29 +514,6 @@ def _check_picklable(model: EMModel, params: Any) -> None:
                 f"{type(exc).__name__}: {exc}. Keep model fields to plain values (numbers, strings, "
                 "tuples) and parameters to numpy arrays; open files, locks or clients belong outside."
             ) from exc
-
-
-def prepare_blocks(data: Any, client: Any, persist: bool | None = None) -> Blocks:
-    """Blocks for ``data`` unless it already is :class:`Blocks`."""
-    if isinstance(data, Blocks):
-        return data
-    if isinstance(data, str) or hasattr(data, "__fspath__"):
-        check_visible_to_workers(data, client)
-    blocks = array_blocks(as_dask_array(data, client=client), client, persist=persist)
-    if client is not None and _in_memory(data):
-        # Scattered blocks die with their worker: give the engine a way to
-        # scatter them again, in place, so callers holding ``blocks`` heal too.
-        blocks.rebuild = lambda: blocks.refill(array_blocks(as_dask_array(data, client=client), client, persist))
-    return blocks
-
-
-def _in_memory(data: Any) -> bool:
-    """Whether ``data`` is scattered from this process (no recipe to recompute it)."""
-    import dask.array as da
-
-    module = type(data).__module__
-    return not (isinstance(data, (str, da.Array)) or hasattr(data, "__fspath__") or module.startswith("zarr"))
-
 
 
 def print_progress(info: IterationInfo) -> None:
@@ -724,7 +652,8 @@ def fit_em(
 
             accelerator = Squarem(model)
         if checkpoint is not None:
-            from .checkpoint import Checkpoint, data_fingerprint, logger
+            from .storage.checkpoint import Checkpoint, logger
+            from .storage.snapshots import data_fingerprint
 
             settings: dict[str, Any] = {"tol_on": tol_on, "split_every": split_every}
             if accelerator is not None:

@@ -14,10 +14,12 @@ import contextlib
 import contextvars
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dask
+import numpy as np
 
 from . import cluster
 
@@ -98,8 +100,10 @@ def where(
 ) -> Iterator[Any]:
     """Yield the client a fit runs on, or None to run it in this process.
 
-    The order is: ``client`` if given; a ``scheduler`` address; an
-    in-process scheduler chosen with ``dask.config.set(scheduler=...)``
+    The order is: ``client`` if given (or the client ``data``'s blocks
+    live on); a ``scheduler`` address; this process for blocks already held
+    in its memory (:func:`dask_em.engine.prepare_blocks` without a client);
+    an in-process scheduler chosen with ``dask.config.set(scheduler=...)``
     (``"synchronous"``, ``"threads"``, ``"processes"``); the current
     distributed client; ``$DASK_EM_SCHEDULER`` or Dask's
     ``scheduler-address``; this process's LocalCluster when asked for
@@ -141,6 +145,12 @@ def _decide(client: Any, scheduler: str | None, data: Any, security: Any, verbos
     if client is not None:
         yield client
         return
+    if scheduler is None and _held_here(data):
+        # Blocks prepared for this process: a current client would be sent
+        # them inside every pass's graph (61 MiB a pass for 1e6 x 8).
+        with _one_blas_thread():
+            yield None
+        return
     if scheduler is None and not _local_configured():
         current = cluster._current_client()
         if current is not None:
@@ -161,6 +171,13 @@ def _decide(client: Any, scheduler: str | None, data: Any, security: Any, verbos
         return
     with _one_blas_thread():
         yield None
+
+
+def _held_here(data: Any) -> bool:
+    """Whether ``data`` is :class:`~dask_em.data.Blocks` whose values are all in this process's memory."""
+    from .data import Blocks, in_memory_blocks
+
+    return isinstance(data, Blocks) and data.client is None and in_memory_blocks(data) is not None
 
 
 @contextlib.contextmanager
@@ -204,18 +221,75 @@ def local_map(func: Callable[[Any], Any], items: Sequence[Any]) -> list[Any] | N
     E-step of a small block). Serial for one item or Dask's synchronous
     scheduler; None when ``dask.config`` names another scheduler (processes,
     a custom one), which then runs the pass as a Dask graph.
+
+    The calling thread takes items too, beside one pool thread per other
+    core, each taking the next item left: a pass wakes one thread fewer,
+    and the caller never sleeps while items remain (on a loaded machine
+    each wake-up waits for the OS scheduler). Results are stored by index, so the order
+    (and the tree of sums over them) does not depend on which thread ran
+    which item. A helper that has not started when the items run out is
+    cancelled, so a call nested inside a pool thread never waits for the
+    pool.
     """
     global _pool
     scheduler = local_scheduler()
-    if scheduler in _SERIAL or (scheduler in _THREADS and len(items) <= 1):
+    n_threads = os.cpu_count() or 1
+    if scheduler in _SERIAL or (scheduler in _THREADS and (len(items) <= 1 or n_threads == 1)):
         return [func(item) for item in items]
     if scheduler not in _THREADS:
         return None
     if _pool is None:
         from concurrent.futures import ThreadPoolExecutor
 
-        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="dask-em")
-    return list(_pool.map(func, items))
+        _pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="dask-em")
+    results: list[Any] = [None] * len(items)
+    taken = iter(range(len(items)))
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def drain() -> None:
+        while not failed.is_set():
+            with lock:
+                i = next(taken, None)
+            if i is None:
+                return
+            try:
+                results[i] = func(items[i])
+            except BaseException:
+                failed.set()  # the others stop taking items
+                raise
+
+    helpers = [_pool.submit(drain) for _ in range(min(n_threads, len(items)) - 1)]
+    try:
+        drain()
+    finally:
+        # A helper not started yet has nothing left to take; one that started
+        # is waited for (exception() waits), and its error raised.
+        errors = [helper.exception() for helper in helpers if not helper.cancel()]
+    error = next((e for e in errors if e is not None), None)
+    if error is not None:
+        raise error
+    return results
+
+
+def map_row_slices(func: Callable[..., Any], X: Any, *args: Any) -> Any:
+    """``func(X, *args)`` for a function computed row by row, over slices of rows on the thread pool.
+
+    The slices are the blocks an in-process fit cuts from ``X`` (about
+    16 MiB each), their outputs joined in order; data smaller than two
+    blocks, or another scheduler than threads, runs in one call. A
+    prediction over a million rows then uses every core, as the fit did.
+    """
+    from .data.arrays import _default_chunk_rows
+
+    n = X.shape[0]
+    rows = _default_chunk_rows(n, X.shape[1] * max(X.dtype.itemsize, 8)) if X.ndim == 2 else n
+    if n < 2 * rows or local_scheduler() not in _THREADS or (os.cpu_count() or 1) == 1:
+        return func(X, *args)
+    with _one_blas_thread():
+        parts = local_map(lambda start: func(X[start : start + rows], *args), range(0, n, rows))
+    assert parts is not None  # threads: local_map ran them
+    return np.concatenate([np.asarray(p) for p in parts])
 
 
 def compute(client: Any, *collections: Any) -> tuple[Any, ...]:
@@ -234,6 +308,16 @@ def compute(client: Any, *collections: Any) -> tuple[Any, ...]:
         except CancelledError as exc:
             raise lost_or_gone(client, exc) from exc
     return dask.compute(*collections, scheduler=local_scheduler(), optimize_graph=False)
+
+
+def persist_on(client: Any, *collections: Any) -> tuple[Any, ...]:
+    """Persist Dask collections where the fit runs: on ``client``'s workers, or in this process.
+
+    Whether to persist at all is :func:`dask_em.data.should_persist`'s decision.
+    """
+    if client is not None:
+        return tuple(client.persist(list(collections)))
+    return dask.persist(*collections, scheduler=local_scheduler())
 
 
 #: How often a computation is redone after in-memory blocks were lost with a worker.

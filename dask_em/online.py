@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from .data import Blocks
-from .models.base import EMModel, Stats
+from .contract import EMModel, Stats, hooks
 from .monitor import count_pass, counting_passes
 
 __all__ = ["OnlineEM", "online_passes", "step_size"]
@@ -137,10 +137,8 @@ class OnlineEM:
         scaled = {k: v * n_batch for k, v in stats.items()} | latest
         scaled["n"] = np.array(n_batch)
         new = self.model.m_step(scaled, self.params)
-        recenter = getattr(self.model, "recenter_stats", None)
-        if recenter is not None:
-            stats = recenter(stats | {"n": np.array(1.0)}, self.params, new)
-            stats.pop("n", None)
+        stats = hooks(self.model).recenter_stats(stats | {"n": np.array(1.0)}, self.params, new)
+        stats.pop("n", None)
         return replace(
             self, params=new, stats=stats, n_updates=self.n_updates + 1, n_seen=self.n_seen + n_batch, loglik=loglik
         )

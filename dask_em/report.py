@@ -194,7 +194,7 @@ def _row_sample(data: Any, n: int, rng: np.random.Generator, client: Any) -> np.
 
 def _sequence_sample(data: Any, lengths: Any, n: int, rng: np.random.Generator, client: Any, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
     """About ``n`` steps of whole sequences (values, lengths) from a few partitions."""
-    from .sequences import sequence_blocks
+    from .data.sequences import sequence_blocks
 
     blocks = sequence_blocks(data, lengths, client=client, persist=False, dtype=dtype)
     parts = blocks.sample_parts(n, rng)
@@ -736,7 +736,7 @@ def make_report(
         raise ValueError(f"sample_size must be a positive integer, got {sample_size!r}")
     est = estimator_or_path
     if isinstance(est, (str, os.PathLike)):
-        from .io import load
+        from .storage.io import load
 
         est = load(est)
     if not (hasattr(est, "fitted_state") and est.fitted_state()):

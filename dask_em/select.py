@@ -33,7 +33,7 @@ import numba
 import numpy as np
 
 from .errors import DaskEMError
-from .models.base import Stats
+from .contract import Stats
 from .models._gaussian import LOG_2PI as _LOG_2PI
 from .models._gaussian import COVARIANCE_TYPES, normalize_columns, recenter_moments
 from .models.gmm import (

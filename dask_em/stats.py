@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .models.base import Stats
+from .contract import Stats
 
 
 def add_stats(*parts: Stats) -> Stats:

@@ -43,9 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import POINTER, CheckpointState, Location, read_checkpoint
+from .storage.location import Location
+from .storage.snapshots import POINTER, CheckpointState, read_checkpoint
 from .errors import ConvergenceWarning
-from .models.base import EMModel, Stats
+from .contract import EMModel
 from .stats import add_stats
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "check_resume_bit_identical",
     "checkpoint_progress",
     "final_snapshots",
+    "split_sequences",
 ]
 
 
@@ -76,8 +78,19 @@ def _fields(params: Any) -> dict[str, Any]:
 
 
 def _same_bits(a: Any, b: Any) -> bool:
+    if _is_record(a):  # a statistic that is not a sum (e.g. k-means' farthest rows): field by field
+        return type(a) is type(b) and all(_same_bits(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
     a, b = np.asarray(a), np.asarray(b)
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def _same_block(a: Any, b: Any) -> bool:
+    """Whether two blocks hold the same bits: arrays, lists of sequences, or tuples such as (values, lengths)."""
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same_block(x, y) for x, y in zip(a, b))
+    if isinstance(a, list):
+        return _same_bits(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
+    return _same_bits(a, b)
 
 
 def _assert_same_bits(a: Mapping[str, Any], b: Mapping[str, Any], what: str) -> None:
@@ -91,7 +104,16 @@ def _assert_same_bits(a: Mapping[str, Any], b: Mapping[str, Any], what: str) -> 
             raise AssertionError(f"{what}: {name!r} is not bit-identical ({x.dtype}{x.shape} vs {y.dtype}{y.shape}{detail})")
 
 
+def _is_record(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
 def _assert_close(a: Any, b: Any, rtol: float, what: str) -> None:
+    if _is_record(a):
+        assert type(a) is type(b), f"{what}: a {type(a).__name__} and a {type(b).__name__}"
+        for f in dataclasses.fields(a):
+            _assert_close(getattr(a, f.name), getattr(b, f.name), rtol, f"{what} (field {f.name!r})")
+        return
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     assert a.shape == b.shape, f"{what}: shapes {a.shape} and {b.shape} differ"
     scale = float(np.max(np.abs(a))) if a.size else 0.0
@@ -103,6 +125,8 @@ def _copy_tree(value: Any) -> Any:
 
 
 def _split_block(block: Any) -> tuple[Any, Any]:
+    if _is_sequences(block):
+        return split_sequences(block)
     n = len(block)
     if n < 2:
         raise AssertionError("additivity needs a block of at least two rows or sequences")
@@ -110,15 +134,46 @@ def _split_block(block: Any) -> tuple[Any, Any]:
     return block[:half], block[half:]
 
 
+def _is_sequences(block: Any) -> bool:
+    """Whether ``block`` is ``(values, lengths)``: whole sequences, as the HMMs' blocks are."""
+    if not (isinstance(block, tuple) and len(block) == 2):
+        return False
+    lengths = np.asarray(block[1])
+    return lengths.ndim == 1 and lengths.dtype.kind in "iu" and int(lengths.sum()) == len(block[0])
+
+
+def split_sequences(block: Any) -> tuple[Any, Any]:
+    """A block of whole sequences ``(values, lengths)`` as two blocks of whole sequences (for additivity)."""
+    values, lengths = block
+    lengths = np.asarray(lengths)
+    if len(lengths) < 2:
+        raise AssertionError("additivity needs a block of at least two sequences")
+    half = len(lengths) // 2
+    cut = int(lengths[:half].sum())
+    make = type(block) if type(block) is not tuple else (lambda *parts: tuple(parts))
+    return make(values[:cut], lengths[:half]), make(values[cut:], lengths[half:])
+
+
+def _is_blocks(data: Any) -> bool:
+    from .data import Blocks
+
+    return isinstance(data, Blocks)
+
+
 def _initial_params(model: EMModel, data: Any, params: Any, random_state: int) -> Any:
     if params is not None:
         return params
     rng = np.random.default_rng(random_state)
+    if _is_blocks(data):
+        assert data.array is not None, "give params= for data in blocks of sequences or groups"
+        return model.init_params(data.sample(10_000, rng), rng)
     sample = np.asarray(data)
     return model.init_params(sample[: min(len(sample), 10_000)], rng)
 
 
 def _first_block(data: Any, rows: int = 1000) -> Any:
+    if _is_blocks(data):
+        return data.compute(data.parts[0])[0]
     return np.asarray(data)[:rows] if not isinstance(data, list) else data[: max(2, min(len(data), 50))]
 
 
@@ -161,7 +216,7 @@ def check_purity(model: EMModel, block: Any, params: Any) -> None:
     for key in stats:
         assert _same_bits(stats[key], again[key]), f"e_step is not deterministic: {key!r} differs between two calls"
     _assert_same_bits(params_before, _fields(params), "e_step mutated the parameters")
-    assert _same_bits(np.asarray(block_before, dtype=object) if isinstance(block, list) else block_before, np.asarray(block, dtype=object) if isinstance(block, list) else block), "e_step mutated its block"
+    assert _same_block(block_before, block), "e_step mutated its block"
     stats_before = _copy_tree(stats)
     new = model.m_step(stats, params)
     _assert_same_bits(params_before, _fields(params), "m_step mutated the parameters it was given")
@@ -213,16 +268,26 @@ def check_loglik_nondecreasing(
 
 def check_chunking_invariance(
     model: EMModel, data: Any, params: Any = None, *, client: Any, chunk_rows: Sequence[int] | None = None,
-    n_iter: int = 5, rtol: float = 1e-10, random_state: int = 0,
+    n_iter: int = 5, rtol: float = 1e-10, random_state: int = 0, chunkings: Sequence[Any] | None = None,
 ) -> None:
-    """The same fit on differently chunked data agrees to ``rtol``."""
+    """The same fit on differently chunked data agrees to ``rtol``.
+
+    ``data`` in blocks (sequences, groups) cannot be chunked again here:
+    give the same data in other blocks as ``chunkings``.
+    """
     from .data import as_dask_array
 
-    X = np.asarray(data)
-    params = _initial_params(model, X, params, random_state)
-    n = len(X)
-    chunk_rows = chunk_rows or (max(1, n // 3 + 1), max(1, n // 7 + 1))
-    results = [_fit(model, as_dask_array(X, chunk_rows=int(r)), params, client, max_iter=n_iter) for r in chunk_rows]
+    if _is_blocks(data) or chunkings is not None:
+        assert chunkings, "give chunkings=: the same data in other blocks (sequences, groups are not rechunked here)"
+        assert params is not None, "give params= for data in blocks"
+        versions, chunk_rows = [data, *chunkings], [f"blocks {i}" for i in range(len(chunkings) + 1)]
+    else:
+        X = np.asarray(data)
+        params = _initial_params(model, X, params, random_state)
+        n = len(X)
+        chunk_rows = chunk_rows or (max(1, n // 3 + 1), max(1, n // 7 + 1))
+        versions = [as_dask_array(X, chunk_rows=int(r)) for r in chunk_rows]
+    results = [_fit(model, version, params, client, max_iter=n_iter) for version in versions]
     first = results[0]
     for rows, other in zip(chunk_rows[1:], results[1:]):
         for name, value in _fields(first.params).items():
@@ -272,7 +337,7 @@ def _fail(message: str) -> Any:
 
 def check_model(
     model: EMModel, data: Any, params: Any = None, *, client: Any, block: Any = None, random_state: int = 0,
-    rtol: float = 1e-10, n_iter: int = 8, resume: bool = True,
+    rtol: float = 1e-10, n_iter: int = 8, resume: bool = True, chunkings: Sequence[Any] | None = None,
 ) -> None:
     """Run the whole contract suite on ``model``.
 
@@ -280,14 +345,17 @@ def check_model(
     ----------
     model : EMModel
         The model under test.
-    data : array-like of shape (n_samples, n_features)
-        A small data set (a few thousand rows) the model accepts.
+    data : array-like of shape (n_samples, n_features), or Blocks
+        A small data set (a few thousand rows) the model accepts, or
+        blocks of it (sequences, groups: see ``chunkings``).
     params : object, optional
         Parameters to test with; by default ``model.init_params`` on ``data``.
     client : distributed.Client
         Where the fits run.
     block : object, optional
-        One block for the pure checks; by default the first 1000 rows.
+        One block for the pure checks; by default the first 1000 rows (the
+        first block of data in blocks). Its halves for additivity are rows,
+        groups, or whole sequences for a ``(values, lengths)`` block.
     random_state : int
         Seed of the initialisation.
     rtol : float
@@ -296,6 +364,9 @@ def check_model(
         Iterations of the fits.
     resume : bool
         Also check an in-process stop and bit-identical resume.
+    chunkings : sequence, optional
+        For data in blocks: the same data in other blocks, for chunking
+        invariance (array data is rechunked here).
     """
     assert isinstance(model, EMModel), f"{type(model).__name__} lacks init_params, e_step or m_step"
     params = _initial_params(model, data, params, random_state)
@@ -304,7 +375,7 @@ def check_model(
     check_purity(model, block, params)
     check_pickling(model, params, block)
     check_loglik_nondecreasing(model, data, params, client=client, n_iter=n_iter)
-    check_chunking_invariance(model, data, params, client=client, n_iter=min(n_iter, 5), rtol=rtol)
+    check_chunking_invariance(model, data, params, client=client, n_iter=min(n_iter, 5), rtol=rtol, chunkings=chunkings)
     if resume:
         check_resume_bit_identical(model, data, params, client=client, stop_at=max(1, n_iter // 2), n_iter=n_iter)
 
@@ -393,7 +464,7 @@ def _block_after_snapshot(root: str, kill_after: int, ready: str) -> None:
     fit, waits too. The parent kills the process when ``ready`` appears:
     the kill point is where the child stands, never a race against a timer.
     """
-    from . import checkpoint as ckpt
+    from .storage import checkpoint as ckpt
 
     write = ckpt.Checkpoint._write
 

@@ -27,7 +27,7 @@ import numpy as np
 
 import dask_em
 from dask_em import GaussianMixture
-from dask_em.checkpoint import checkpoint_iteration
+from dask_em import checkpoint_iteration
 from dask_em.cluster import get_client
 
 SETTINGS = dict(n_components=3, covariance_type="full", tol=0.0, random_state=42)

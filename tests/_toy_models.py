@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from dask_em.checkpoint import register_class
+from dask_em.storage.format import register_class
 from dask_em.estimators import EMEstimator
 
 

@@ -181,33 +181,6 @@ def test_recovers_a_simulated_network():
     assert min(errors) < 0.03, errors
 
 
-def test_plug_in_contract(client):
-    from dask_em.testing import check_loglik_nondecreasing, check_model
-
-    model, _, df = _simulate(900, missing=0.1)
-    check_model(model, df.to_numpy(), client=client, n_iter=4)
-    # with pseudo-counts the objective is the log posterior, which must not decrease either
-    check_loglik_nondecreasing(_model(pseudo_counts=2.0, prior_type="bdeu"), df.to_numpy(), client=client, n_iter=4)
-
-
-def make_network():
-    """Factory for the SIGKILL resume test (imported by the subprocess)."""
-    return DiscreteBayesianNetwork(EDGES, latent={"L": 2}, cardinality={k: CARDS[k] for k in OBSERVED},
-                                   max_iter=8, tol=0.0, random_state=0)
-
-
-def test_resume_after_sigkill_is_bit_identical(client, tmp_path):
-    from dask_em.testing import assert_resume_bit_identical
-
-    _, _, df = _simulate(2000, missing=0.1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        report = assert_resume_bit_identical("tests.test_bayesnet:make_network", df.to_numpy(), client=client,
-                                             tmp_path=tmp_path, fit_kwargs={"columns": OBSERVED}, n_kills=1,
-                                             seed=0)
-    assert len(report) == 1
-
-
 def test_outputs_zarr_missing_code_and_save_load(client, tmp_path):
     import zarr
 

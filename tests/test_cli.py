@@ -19,7 +19,7 @@ import zarr
 from dask_em.datasets import make_blobs, make_blobs_zarr
 
 SUBCOMMANDS = ["demo", "fit", "resume", "predict", "score", "info", "select", "report"]
-needs_io = pytest.mark.skipif(importlib.util.find_spec("dask_em.io") is None, reason="dask_em.io not available")
+needs_io = pytest.mark.skipif(importlib.util.find_spec("dask_em.storage.io") is None, reason="dask_em.storage.io not available")
 
 
 def run(*args: str, check: int | None = 0, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -84,6 +84,77 @@ def test_blocks_on_a_cluster_stay_there(blobs, client):
         assert active is client
 
 
+def _e_step_transitions(dask_scheduler) -> int:
+    return sum(1 for entry in dask_scheduler.transition_log if "e_step" in str(entry[0]))
+
+
+def test_blocks_in_this_process_stay_here_with_a_current_client(blobs, client):
+    from dask_em.engine import fit_em, prepare_blocks
+    from dask_em.models.kmeans import KMeansModel, KMeansParams
+
+    blocks = prepare_blocks(blobs, None)  # held in this process: never shipped in a pass's graph
+    with client.as_current():
+        with where(data=blocks) as active:
+            assert active is None
+        with where(data=blobs) as active:  # a plain array still goes to the current client
+            assert active is client
+        model = KMeansModel(3)
+        start = KMeansParams(blobs[:3].copy(), np.array(np.inf))
+        before = client.run_on_scheduler(_e_step_transitions)
+        here = fit_em(model, blocks, start, max_iter=3, tol=0.0, warn_not_converged=False)
+        after = client.run_on_scheduler(_e_step_transitions)
+    assert after == before  # no E-step task reached the cluster
+    there = fit_em(model, blocks, start, max_iter=3, tol=0.0, warn_not_converged=False)
+    np.testing.assert_array_equal(here.params.cluster_centers, there.params.cluster_centers)
+
+
+def test_row_functions_use_the_thread_pool_on_large_in_memory_data():
+    from dask_em.executor import map_row_slices
+
+    X = np.arange(70_000 * 64, dtype=np.float64).reshape(70_000, 64)  # 34 MiB: three 16 MiB blocks
+    sizes = []
+
+    def row_sums(block, offset):
+        sizes.append(len(block))
+        return block.sum(axis=1) + offset
+
+    np.testing.assert_array_equal(map_row_slices(row_sums, X, 1.0), X.sum(axis=1) + 1.0)
+    assert len(sizes) == 3 and sum(sizes) == len(X)
+    sizes.clear()
+    np.testing.assert_array_equal(map_row_slices(row_sums, X[:100], 0.0), X[:100].sum(axis=1))
+    assert sizes == [100]  # small data: one call
+
+
+def test_local_map_keeps_order_takes_items_on_the_calling_thread_and_nests():
+    import threading
+    import time
+
+    from dask_em.executor import local_map
+
+    ran_on = []
+
+    def slow_double(x):
+        ran_on.append(threading.current_thread() is threading.main_thread())
+        time.sleep(0.02)  # long enough for both threads to take items
+        return 2 * x
+
+    assert local_map(slow_double, list(range(8))) == [2 * x for x in range(8)]
+    assert True in ran_on  # the caller took items rather than waiting for each result
+    if (os.cpu_count() or 1) > 1:
+        assert False in ran_on
+    # a call nested inside a pool thread never waits for the (busy) pool
+    nested = local_map(lambda x: sum(local_map(lambda y: x * y, list(range(4)))), list(range(6)))
+    assert nested == [6 * x for x in range(6)]
+
+    def fails_on_three(x):
+        if x == 3:
+            raise ValueError("item 3")
+        return x
+
+    with pytest.raises(ValueError, match="item 3"):
+        local_map(fails_on_three, list(range(8)))
+
+
 def _run_script(tmp_path, body: str, env: dict | None = None) -> subprocess.CompletedProcess:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(body))

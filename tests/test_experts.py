@@ -12,7 +12,6 @@ import zarr
 import dask_em
 from dask_em.errors import InvalidDataError
 from dask_em.models.experts import ExpertsParams, MixtureOfExpertsModel
-from dask_em.testing import assert_resume_bit_identical, check_model
 
 
 def piecewise(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -178,25 +177,6 @@ def test_latent_class_regression_recovers_crossing_lines(client):
     agree = (post[:, order[1]] > 0.5) == which
     assert agree.mean() > 0.9
     np.testing.assert_allclose(est.predict_proba(x[:5, None]), np.tile(est.weights_, (5, 1)))
-
-
-def test_contract_suite(client):
-    x, y = piecewise(1200)
-    for gating, cov in (("gaussian", "full"), ("constant", "full")):
-        model = MixtureOfExpertsModel(2, n_targets=1, gating=gating, covariance_type=cov)
-        check_model(model, np.hstack([x, y[:, None]]), client=client, n_iter=4, rtol=1e-9, resume=gating == "gaussian")
-
-
-def make_experts() -> dask_em.MixtureOfExperts:
-    return dask_em.MixtureOfExperts(2, max_iter=4, tol=0.0, random_state=0)
-
-
-def test_resume_after_sigkill_is_bit_identical(client, tmp_path):
-    x, y = piecewise(2000)
-    assert_resume_bit_identical(
-        "tests.test_experts:make_experts", np.hstack([x, y[:, None]]), client=client, tmp_path=tmp_path,
-        fit_kwargs={"target_columns": [-1]}, kill_after=[2], seed=0,
-    )
 
 
 def test_save_load_round_trip(client, tmp_path):

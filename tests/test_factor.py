@@ -12,7 +12,6 @@ from dask_em.errors import InvalidDataError
 from dask_em.estimators.factor import PPCA, FactorAnalysis
 from dask_em.models.factor import FactorModel
 from dask_em.stats import add_stats
-from dask_em.testing import assert_resume_bit_identical, check_model
 
 
 def _data(n=30_000, d=12, q=3, seed=0, diagonal=False):
@@ -108,22 +107,3 @@ def test_infinite_values_are_reported(client):
 def test_n_components_too_large(client):
     with pytest.raises(ValueError, match="n_components=7"):
         PPCA(7).fit(np.ones((50, 4)), client=client)
-
-
-@pytest.mark.parametrize("noise", ["isotropic", "diagonal"])
-def test_contract_suite(client, noise):
-    X = _data(n=2000, d=6, q=2, seed=5, diagonal=noise == "diagonal")
-    X[np.arange(0, 2000, 11), np.arange(0, 2000, 11) % 6] = np.nan  # missing values go through the contract too
-    check_model(FactorModel(2, noise), X, client=client, rtol=1e-9)
-
-
-def make_ppca():
-    """PPCA with missing values, a few iterations from a seeded start."""
-    return PPCA(2, max_iter=6, tol=0.0, random_state=3)
-
-
-def test_resume_is_bit_identical(client, tmp_path):
-    X = _data(n=1500, d=6, q=2, seed=6)
-    X[np.arange(0, 1500, 13), np.arange(0, 1500, 13) % 6] = np.nan
-    report = assert_resume_bit_identical(make_ppca, X, client=client, tmp_path=tmp_path, seed=2, n_kills=2)
-    assert len(report) == 2

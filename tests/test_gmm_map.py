@@ -11,7 +11,6 @@ import pytest
 import scipy.stats
 
 from dask_em import GaussianMixture
-from dask_em.checkpoint import read_checkpoint
 from dask_em.errors import ConvergenceWarning
 from dask_em.models._gaussian import (
     COVARIANCE_TYPES,
@@ -19,7 +18,6 @@ from dask_em.models._gaussian import (
     precisions_cholesky_from_covariances,
 )
 from dask_em.models.gmm import GaussianMixtureModel, GMMParams
-from dask_em.testing import assert_resume_bit_identical, check_model
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::dask_em.errors.ConvergenceWarning"),
@@ -313,12 +311,6 @@ def test_a_component_without_points_takes_the_prior_mode():
 # --------------------------------------------------------------------------- contract, chunking, resume
 
 
-@pytest.mark.parametrize("covariance_type", ["full", "diag"])
-def test_contract_suite_on_the_map_model(client, covariance_type):
-    model = GaussianMixtureModel(K, covariance_type, 0.0, **prior_values(covariance_type))
-    check_model(model, blobs(1200), client=client, n_iter=4)
-
-
 def test_chunking_invariance_of_the_estimator(client):
     X = blobs(900)
     # the same starting point whatever the chunks (k-means|| seeding draws per chunk)
@@ -332,21 +324,6 @@ def test_chunking_invariance_of_the_estimator(client):
         for name in ("weights_", "means_", "covariances_"):
             assert rel_err(getattr(other, name), getattr(fits[0], name)) < 1e-10, name
         assert rel_err(other.lower_bounds_, fits[0].lower_bounds_) < 1e-12
-
-
-def make_map_gmm():
-    """A MAP mixture whose prior defaults come from its k-means initialisation pass."""
-    return GaussianMixture(
-        K, covariance_type="full", max_iter=6, tol=0.0, random_state=5, n_init=2, weight_concentration_prior=2.0
-    )
-
-
-def test_resume_is_bit_identical_with_data_derived_prior(client, tmp_path):
-    report = assert_resume_bit_identical(make_map_gmm, blobs(600), client=client, tmp_path=tmp_path, seed=1, n_kills=2)
-    assert len(report) == 2
-    config = read_checkpoint(tmp_path / "reference.zarr").info["model"]["config"]  # one fit: restarts share passes
-    assert config["mean_precision_prior"] == 0.01 and config["degrees_of_freedom_prior"] == D + 2
-    assert len(config["mean_prior"]) == D and len(config["covariance_prior"]) == D
 
 
 def test_resume_takes_the_recorded_prior(client, tmp_path):

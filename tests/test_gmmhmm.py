@@ -8,7 +8,8 @@ import pytest
 from dask_em import GMMHMM
 from dask_em.models.hmm import GMMHMMModel, GMMHMMParams
 from dask_em.models.hmm.base import _HMMBase
-from dask_em.testing import check_additivity, check_model, check_pickling, check_purity
+from dask_em.data.sequences import sequence_blocks
+from dask_em.testing import check_model
 
 hmm = pytest.importorskip("hmmlearn.hmm")
 
@@ -103,17 +104,15 @@ def test_fused_e_step_matches_three_pass_path(covariance_type):
         np.testing.assert_allclose(fused[key], ref[key], rtol=1e-10, atol=1e-12, err_msg=key)
 
 
-def test_contract(client):
-    """dask_em.testing.check_model on the model (rows of a Dask array: one-step sequences), and the pure
-    checks on a block of equal-length sequences (n_sequences, n_steps, D), where transitions count."""
+def test_contract():
+    """dask_em.testing.check_model on the model, sequences in 3 partitions (and 2 for chunking invariance)."""
     rng = np.random.default_rng(4)
+    lengths = np.array([40, 25, 35, 30, 45, 25])
+    X = _data(rng, lengths)
     model = GMMHMMModel(n_components=K, n_mix=M, covariance_type="full")
     params = GMMHMMParams(**_start(np.random.default_rng(5), "full"))
-    check_model(model, _data(rng, np.array([1200])), params, client=client, n_iter=4, rtol=1e-9)
-    block = _data(rng, np.full(20, 40)).reshape(20, 40, D)
-    check_additivity(model, block, params, rtol=1e-9)
-    check_purity(model, block, params)
-    check_pickling(model, params, block)
+    blocks, other = (sequence_blocks(X, lengths, n_partitions=n) for n in (3, 2))
+    check_model(model, blocks, params, client=None, n_iter=4, chunkings=[other], rtol=1e-9)
 
 
 def test_checkpoint_resume_is_bit_identical(client, sequences, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from dask_em import CategoricalHMM, GaussianHMM, PoissonHMM, to_zarr_sequences
 from dask_em.errors import InvalidDataError
-from dask_em.sequences import plan_partitions, sequence_blocks
+from dask_em.data.sequences import plan_partitions, sequence_blocks
 
 hmm = pytest.importorskip("hmmlearn.hmm")
 

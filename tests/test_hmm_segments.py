@@ -18,7 +18,7 @@ from dask_em.models.hmm import (
     PoissonHMMParams,
 )
 from dask_em.models.hmm.segments import SegmentedHMM, SegmentPart
-from dask_em.sequences import plan_blocks, sequence_blocks
+from dask_em.data.sequences import plan_blocks, sequence_blocks
 from dask_em.stats import add_stats
 
 hmm = pytest.importorskip("hmmlearn.hmm")

@@ -203,7 +203,7 @@ def test_kmeans_plusplus_weighted():
 
 
 def test_resume_from_checkpoint_is_bit_identical(client, data, tmp_path):
-    pytest.importorskip("dask_em.checkpoint")
+    pytest.importorskip("dask_em.storage.checkpoint")
     X, C0 = data
     path = str(tmp_path / "km.zarr")
     KMeans(6, init=C0, max_iter=3, tol=0).fit(X, client=client, checkpoint=path)
@@ -229,3 +229,24 @@ def test_one_cluster_is_the_weighted_mean(client, data):
     w = np.arange(len(X)) % 3
     est = KMeans(1, init=X[:1]).fit(X, sample_weight=w, client=client)  # no row can be relocated: none is
     np.testing.assert_allclose(est.cluster_centers_[0], np.average(X, axis=0, weights=w), rtol=1e-10)
+
+
+@pytest.mark.parametrize("n", [1003, 6, 1])
+def test_lloyd_kernel_four_rows_at_a_time_equals_one_row_at_a_time(n):
+    from dask_em.models.kmeans import _lloyd_block, _lloyd_block_f64
+
+    rng = np.random.default_rng(n)
+    X = rng.normal(size=(n, 5)) * 3
+    if n > 100:
+        X[5, 3], X[77, 0], X[78] = np.nan, np.inf, 1e200  # skipped rows; a finite row whose distance overflows
+    w = rng.uniform(0.5, 2.0, size=n)
+    C = rng.normal(size=(4, 5))
+    out = []
+    for kernel in (_lloyd_block_f64, _lloyd_block):  # the second copies rows and takes them one at a time
+        counts, sums, d2, labels = np.zeros(4), np.zeros((4, 5)), np.empty(n), np.empty(n, dtype=np.int64)
+        totals = kernel(X, w, C, counts, sums, d2, labels)
+        out.append((totals, counts, sums, d2, labels[d2 >= 0]))
+    (t_a, *a), (t_b, *b) = out
+    assert t_a == t_b
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)

@@ -294,15 +294,3 @@ def test_gmm_missing_is_monotone_and_checks_columns(client):
     X[:, 2] = np.nan
     with pytest.raises(InvalidDataError, match=r"column\(s\) \[2\]"):
         fit_em(GaussianMixtureMissingModel(2, "diag"), X, max_iter=2, client=client, random_state=0)
-
-
-@pytest.mark.parametrize("which", ["mvn", "gmm-full"])
-def test_models_keep_the_plug_in_contract(which, client):
-    from dask_em.testing import check_model
-
-    X = _two_clusters(5)
-    rng = np.random.default_rng(6)
-    X[rng.random(X.shape) < 0.2] = np.nan
-    X = X[~np.isnan(X).all(axis=1)]
-    model = {"mvn": MVNMissingModel(), "gmm-full": GaussianMixtureMissingModel(2, "full")}[which]
-    check_model(model, X, client=client, n_iter=4, rtol=1e-9)

@@ -207,13 +207,3 @@ def test_get_set_params():
     assert est.set_params(max_iter=5).max_iter == 5
     with pytest.raises(ValueError, match="invalid parameter"):
         est.set_params(bogus=1)
-
-
-@pytest.mark.parametrize("family", list(CASES))
-def test_models_keep_the_plug_in_contract(family, client):
-    from dask_em.testing import check_model
-
-    X, _, _ = CASES[family][2](np.random.default_rng(7), n=600)
-    model = {"poisson": PoissonMixtureModel, "bernoulli": BernoulliMixtureModel,
-             "categorical": CategoricalMixtureModel}[family](n_components=2)
-    check_model(model, X, client=client, n_iter=4)

@@ -12,14 +12,8 @@ import pytest
 
 from dask_em.errors import InvalidDataError
 from dask_em.estimators.random_effects import RandomEffects
-from dask_em.groups import GroupedBlock, group_starts, grouped_blocks, partition_groups
+from dask_em.data.groups import GroupedBlock, group_starts, grouped_blocks, partition_groups
 from dask_em.models.random_effects import RandomEffectsModel
-from dask_em.testing import (
-    check_additivity,
-    check_loglik_nondecreasing,
-    check_pickling,
-    check_resume_bit_identical,
-)
 
 sm = pytest.importorskip("statsmodels.api")
 
@@ -145,19 +139,6 @@ def test_groups_are_never_split():
     assert sorted(seen.tolist()) == sorted(set(g.tolist())) and len(seen) == 50
     for block in dask.compute(*blocks.parts):
         assert block.starts[-1] == len(block.y)
-
-
-def test_model_contract(client, data):
-    X, y, g, Z = data
-    blocks = grouped_blocks(X, y, g, Z, client=client, n_partitions=4)
-    block = blocks.compute(blocks.parts[0])[0]
-    for method in ("ml", "reml"):
-        model = RandomEffectsModel(method)
-        params = model.init_params(block, np.random.default_rng(0))
-        check_additivity(model, block, params)
-        check_pickling(model, params, block)
-        check_loglik_nondecreasing(model, blocks, params, client=client, n_iter=10)
-        check_resume_bit_identical(model, blocks, params, client=client, stop_at=3, n_iter=6)
 
 
 def test_invalid_rows_are_reported(client, data):

@@ -129,10 +129,10 @@ def test_runs_are_bit_identical_for_scattered_blocks(client, store):
 
 
 def test_runs_are_bit_identical_for_sequences_and_groups(client):
-    from dask_em.groups import grouped_blocks
+    from dask_em.data.groups import grouped_blocks
     from dask_em.models.hmm import GaussianHMMModel, GaussianHMMParams
     from dask_em.models.random_effects import RandomEffectsModel
-    from dask_em.sequences import sequence_blocks
+    from dask_em.data.sequences import sequence_blocks
 
     rng = np.random.default_rng(3)
     lengths = rng.integers(5, 40, 60)

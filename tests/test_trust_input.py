@@ -113,7 +113,8 @@ def test_scheduler_address_refused_at_once_without_client_del_traceback(files):
 
 def test_every_advertised_model_exists():
     import dask_em
-    from dask_em.cli import MODELS, _estimator_class
+    from dask_em.cli.models import MODELS
+    from dask_em.cli.models import estimator_class as _estimator_class
     from dask_em.estimators import EMEstimator
 
     assert {"gmm", "kmeans", "hmm", "poisson-mixture", "categorical-hmm"} <= set(MODELS)

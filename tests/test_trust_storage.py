@@ -26,8 +26,11 @@ import zarr
 
 import dask_em
 from dask_em import GaussianMixture
-from dask_em import checkpoint as ckpt
-from dask_em.checkpoint import CheckpointError, checksum, read_checkpoint, resolve_class
+from dask_em.storage import format as storage_format
+from dask_em.storage.lease import LEASE_TIMEOUT
+from dask_em.errors import CheckpointError
+from dask_em.storage.format import checksum, resolve_class
+from dask_em.storage.snapshots import read_checkpoint
 from dask_em.errors import ConvergenceWarning
 from dask_em.testing import assert_resume_bit_identical, write_data
 
@@ -148,16 +151,16 @@ def test_resolve_class_accepts_only_registered_or_own_parameter_classes():
         def __init__(self, n_components: int = 1) -> None:
             self.n_components = n_components
 
-    record = ckpt.class_name(Mine)
+    record = storage_format.class_name(Mine)
     with pytest.raises(CheckpointError, match="register"):
-        ckpt.estimator_from_record(record, {"n_components": 2}, where="test")
-    ckpt.register_class(Mine)
+        storage_format.estimator_from_record(record, {"n_components": 2}, where="test")
+    storage_format.register_class(Mine)
     try:
-        assert ckpt.estimator_from_record(record, {"n_components": 2}, where="test").n_components == 2
+        assert storage_format.estimator_from_record(record, {"n_components": 2}, where="test").n_components == 2
         with pytest.raises(CheckpointError, match="n_components must be an integer >= 1"):
-            ckpt.estimator_from_record(record, {"n_components": 0}, where="test")
+            storage_format.estimator_from_record(record, {"n_components": 0}, where="test")
     finally:
-        ckpt._REGISTRY.pop(ckpt._dotted(record))
+        storage_format._REGISTRY.pop(storage_format.dotted(record))
 
 
 # --------------------------------------------------------------------------- item 3: values are data
@@ -287,7 +290,7 @@ def test_a_lease_from_another_host_is_live_until_its_heartbeat_is_stale(X, clien
     (path / "lease.json").write_text(json.dumps(lease))
     with pytest.raises(CheckpointError, match="being written by another fit: owner '0123abcd'"):
         fit(X, client, path, 5)
-    lease["heartbeat"] = time.time() - 10 * ckpt.LEASE_TIMEOUT
+    lease["heartbeat"] = time.time() - 10 * LEASE_TIMEOUT
     (path / "lease.json").write_text(json.dumps(lease))
     with pytest.warns(UserWarning, match="taking over the lease of owner '0123abcd'.*heartbeat is"):
         assert fit(X, client, path, 5).n_iter_ == 5

@@ -16,7 +16,6 @@ from dask_em.errors import InvalidDataError, InvalidParameterError
 from dask_em.models.gmm import GaussianMixtureModel, _Workspace
 from dask_em.models.vbgmm import BayesianGaussianMixtureModel, VBGMMParams
 from dask_em.stats import add_stats
-from dask_em.testing import assert_resume_bit_identical, check_model
 
 TYPES = ["full", "tied", "diag", "spherical"]
 PRIORS = ["dirichlet_process", "dirichlet_distribution"]
@@ -157,24 +156,6 @@ def test_converged_dirichlet_process_from_the_same_start_equals_sklearn(client):
     np.testing.assert_allclose(result.params.means, sk.means_, rtol=1e-8)
     np.testing.assert_allclose(result.history[-1], sk.lower_bound_, rtol=1e-10)
     assert (model.expected_weights(result.params) > 1e-3).sum() == 3
-
-
-@pytest.mark.parametrize("ct, pt", [("full", "dirichlet_process"), ("tied", "dirichlet_distribution")])
-def test_contract(client, ct, pt):
-    """Additivity, purity, pickling, non-decreasing ELBO, chunking invariance, in-process resume."""
-    model = _model_and_start(ct, pt)[0]
-    check_model(model, X, client=client, n_iter=6, rtol=1e-9)
-
-
-def make_vbgmm():
-    """A fit whose prior defaults come from the data (recorded in the checkpoint)."""
-    return dask_em.BayesianGaussianMixture(3, covariance_type="diag", init_params="random", max_iter=6, tol=0.0,
-                                           random_state=4)
-
-
-def test_resume_after_sigkill_is_bit_identical(client, tmp_path):
-    report = assert_resume_bit_identical(make_vbgmm, X, client=client, tmp_path=tmp_path, seed=5, n_kills=1)
-    assert len(report) == 1
 
 
 def test_initialisations_reach_the_clusters(client):

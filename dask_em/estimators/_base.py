@@ -12,9 +12,11 @@ import dask.array as da
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from ..checkpoint import register_class
-from ..data import _check_array_meta, as_dask_array
+from ..storage.format import register_class
+from ..data import as_dask_array
+from ..data.arrays import _check_array_meta
 from ..errors import InvalidDataError, NotFittedError
+from ..executor import map_row_slices
 
 #: Rules for hyper-parameters many estimators share: (kind, minimum, None allowed).
 #: ``_check_params`` applies those an estimator has; its own checks add the rest.
@@ -67,7 +69,7 @@ class EMEstimator(BaseEstimator):
         """Register dask-em's own public estimators, the classes files may name.
 
         A subclass defined outside ``dask_em`` is registered only when its
-        author calls :func:`dask_em.checkpoint.register_class`.
+        author calls :func:`dask_em.register_class`.
         """
         super().__init_subclass__(**kwargs)
         if "fit" in cls.__dict__:
@@ -252,7 +254,7 @@ def map_rows(
     if not is_out_of_core(X):
         X = np.asarray(X)
         _check_array_meta(X.shape, X.dtype)
-        return np.asarray(func(X if X.dtype.kind == "f" else X.astype(np.float64), *args))
+        return np.asarray(map_row_slices(func, X if X.dtype.kind == "f" else X.astype(np.float64), *args))
     X = as_dask_array(X)
     if n_columns is None:
         return X.map_blocks(func, *args, drop_axis=1, dtype=dtype, meta=np.empty((0,), dtype))

@@ -35,7 +35,7 @@ from ..models.hmm.workers import (
     seq_score,
     seq_viterbi_logp,
 )
-from ..sequences import SequenceBlocks, _as_2d, _is_bag, check_lengths, sequence_blocks
+from ..data.sequences import SequenceBlocks, _as_2d, _is_bag, check_lengths, sequence_blocks
 from ._base import EMEstimator, run_rngs, shared_restarts
 from ._online import PartialFitMixin
 

@@ -16,7 +16,7 @@ from ..executor import where
 from ..data import Blocks, as_dask_array, weighted_blocks
 from ..engine import expected_stats, fit_em, prepare_blocks
 from ..errors import ConvergenceWarning, InvalidDataError
-from ..models.base import Stats
+from ..contract import Stats
 from ..models.gmm_missing import GaussianMixtureMissingModel
 from ..models.kmeans import kmeans_in_memory
 from ..models._gaussian import (
@@ -824,7 +824,9 @@ def _stored_prior(model: GaussianMixtureModel, path: Any, resume: bool | None) -
     """
     if path is None or resume is False:
         return None
-    from ..checkpoint import CheckpointError, from_jsonable, read_checkpoint
+    from ..errors import CheckpointError
+    from ..storage.format import from_jsonable
+    from ..storage.snapshots import read_checkpoint
 
     try:
         state = read_checkpoint(path)

@@ -40,7 +40,7 @@ from ..models.hmm import CategoricalHMMModel, GaussianHMMModel, GMMHMMModel, Poi
 from ..models.hmm.base import _prior
 from ..models.hmm.workers import part_max
 from ..models.kmeans import kmeans_in_memory
-from ..sequences import SequenceBlocks, sequence_blocks
+from ..data.sequences import SequenceBlocks, sequence_blocks
 from ._hmm_base import _BaseHMM, _common_doc, _normalize_rows, _store_params
 
 

@@ -12,8 +12,8 @@ import dask.array as da
 import numpy as np
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 
-from ..data import Blocks, weighted_blocks
-from ..engine import expected_stats, fit_em, in_memory_blocks, map_parts, prepare_blocks
+from ..data import Blocks, in_memory_blocks, weighted_blocks
+from ..engine import expected_stats, fit_em, map_parts, prepare_blocks
 from ..executor import compute, where
 from ..errors import ConvergenceWarning, InvalidDataError
 from ..models.kmeans import (

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..executor import where
 from ..engine import expected_stats, fit_em
-from ..groups import GroupedBlocks, grouped_blocks
+from ..data.groups import GroupedBlocks, grouped_blocks
 from ..models.random_effects import RandomEffectsModel, RandomEffectsParams, blup_block
 from ._base import EMEstimator
 

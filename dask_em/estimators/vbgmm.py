@@ -12,7 +12,7 @@ from ..data import Blocks
 from ..engine import expected_stats, fit_em, prepare_blocks
 from ..errors import ConvergenceWarning, InvalidDataError, InvalidParameterError
 from ..executor import where
-from ..models.base import Stats
+from ..contract import Stats
 from ..models._gaussian import data_moments, precisions_from_cholesky
 from ..models.gmm import GaussianMixtureModel, HardAssignment, _Workspace
 from ..models.vbgmm import PRIOR_FIELDS, BayesianGaussianMixtureModel, VBGMMParams

@@ -1,5 +1,5 @@
 """Pure models: ``init_params`` / ``e_step`` / ``m_step``, no Dask inside."""
 
-from .base import EMModel, Stats
+from ..contract import EMModel, Stats
 
 __all__ = ["EMModel", "Stats"]

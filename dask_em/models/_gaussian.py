@@ -41,7 +41,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from ..errors import DaskEMError
-from .base import Stats
+from ..contract import Stats
 
 __all__ = [
     "COVARIANCE_TYPES",

@@ -27,7 +27,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from .base import Stats
+from ..contract import Stats
 
 #: np.einsum names axes with integers below 52; one is the batch of patterns.
 MAX_VARIABLES = 51

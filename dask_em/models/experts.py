@@ -41,7 +41,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from .base import Stats
+from ..contract import Stats
 from ._gaussian import COVARIANCE_TYPES, normalize_columns, precisions_cholesky_from_covariances
 from .gmm import EMPTY_MASS, GaussianMixtureModel, GMMParams, _Workspace, sub_block_rows
 from .gmm_kernels import _weigh_rows

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import Stats
+from ..contract import Stats
 
 _LOG_2PI = math.log(2.0 * math.pi)
 #: Rows per sub-block of the E-step: keeps (rows x features) temporaries in cache.

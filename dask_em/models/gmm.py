@@ -59,7 +59,7 @@ from ._gaussian import (
     recenter_moments,
     zero_stats,
 )
-from .base import Stats, split_weights
+from ..contract import Stats, split_weights
 from .gmm_kernels import (
     _e_step_full,
     _log_prob_full,

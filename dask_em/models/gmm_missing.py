@@ -20,7 +20,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from ..errors import InvalidDataError
-from .base import Stats
+from ..contract import Stats
 from ._gaussian import COVARIANCE_TYPES, recenter_moments
 from .gmm import GaussianMixtureModel, GMMParams, reference_point
 from .mvn_missing import as_float_block, condition, conditional_cov_sum, missingness_patterns

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.special
 
 from ._gaussian import LOG_2PI, component_shape, feature_precisions, is_square, log_det_cholesky
-from .base import Stats
+from ..contract import Stats
 
 if TYPE_CHECKING:
     from .gmm import GaussianMixtureModel, GMMParams

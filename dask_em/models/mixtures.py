@@ -16,7 +16,7 @@ import numpy as np
 from scipy.special import gammaln, logsumexp
 
 from ..errors import InvalidDataError
-from .base import Stats, split_weights
+from ..contract import Stats, split_weights
 
 #: Floor on probabilities and rates inside logarithms: a zero times log(0)
 #: stays zero, and a positive count under a zero rate is very unlikely
@@ -166,7 +166,7 @@ class _DiscreteMixture:
         Returns ``n`` (), ``loglik`` (), ``sum_resp`` (K,) = sum of the
         responsibilities, ``sum_x`` (K, D) = responsibility-weighted sum of
         the rows, and ``n_invalid`` () = values outside the support. A
-        :class:`~dask_em.models.base.Weighted` block weighs every row's
+        :class:`~dask_em.contract.Weighted` block weighs every row's
         contribution (``n`` is then the sum of the weights).
         """
         rows, w = split_weights(block)

@@ -34,7 +34,7 @@ import numba
 import numpy as np
 
 from ..errors import DaskEMError, InvalidDataError
-from .base import Stats
+from ..contract import Stats
 
 _LOG_2PI = math.log(2.0 * math.pi)
 #: Rows per sub-block of the E-step: keeps the temporaries in cache.

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import Stats
+from ..contract import Stats
 
 _LOG_2PI = math.log(2.0 * math.pi)
 #: Rows per sub-block when forming per-group cross-products.
@@ -92,7 +92,7 @@ class RandomEffectsModel:
     def init_params(self, sample: Any, rng: np.random.Generator) -> RandomEffectsParams:
         """OLS fixed effects; the OLS residual variance split between ``G`` and ``s^2``.
 
-        ``sample`` is a :class:`dask_em.groups.GroupedBlock` (a few groups).
+        ``sample`` is a :class:`dask_em.data.groups.GroupedBlock` (a few groups).
         """
         X, y, Z = np.asarray(sample.X), np.asarray(sample.y), sample.Z_or_ones
         beta, *_ = np.linalg.lstsq(X, y, rcond=None)

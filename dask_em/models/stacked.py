@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Stats
+from ..contract import Stats
 
 __all__ = ["Stacked", "StackedParams", "member_stats"]
 

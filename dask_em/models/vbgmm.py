@@ -47,7 +47,7 @@ import numpy as np
 import scipy.special
 
 from ..errors import InvalidParameterError
-from .base import Stats
+from ..contract import Stats
 from ._gaussian import COVARIANCE_TYPES, precisions_cholesky_from_covariances
 from .gmm import GaussianMixtureModel, GMMParams, HardAssignment, reference_point
 from .gmm_prior import _check_prior_fields

@@ -3,11 +3,7 @@
 A block is one partition of a sequence collection: a tuple ``(values,
 lengths)`` where ``values`` holds the concatenated observations of whole
 sequences (shape (n_steps, n_features), or (n_steps,) for symbols) and
-``lengths`` the length of each sequence; or an array of shape
-(n_sequences, n_steps, n_features) of sequences of equal length; or a
-plain array of observations (n_steps, n_features), each a sequence of one
-step (so that an HMM also runs on the chunks of a Dask array, as the
-contract checks of :mod:`dask_em.testing` do). The E-step of such a block is exact on its own; a sequence longer than a block
+``lengths`` the length of each sequence. The E-step of such a block is exact on its own; a sequence longer than a block
 is cut into segments fitted with :mod:`dask_em.models.hmm.segments`.
 
 An emission model subclasses :class:`HMMModel` and supplies its parameter
@@ -33,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..base import Stats
+from ...contract import Stats
 from .recursions import forward_backward, size_tags, viterbi
 
 
@@ -44,12 +40,7 @@ def _prior(value: Any) -> Any:
 
 
 def _block_parts(block: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(values, lengths)`` of a block (see the module docstring for the forms accepted)."""
-    if isinstance(block, np.ndarray):
-        if block.ndim == 3:
-            n_seq, n_steps, n_features = block.shape
-            return block.reshape(n_seq * n_steps, n_features), np.full(n_seq, n_steps, dtype=np.int64)
-        return block, np.ones(len(block), dtype=np.int64)
+    """``(values, lengths)`` of a block as arrays."""
     values, lengths = block
     return np.asarray(values), np.asarray(lengths, dtype=np.int64)
 

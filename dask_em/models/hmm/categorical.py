@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 from .._gaussian import exp_nonpos
-from ..base import Stats
+from ...contract import Stats
 from .base import HMMModel
 from .recursions import fused_e_step, register_emission
 

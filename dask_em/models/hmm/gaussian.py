@@ -33,7 +33,7 @@ from numba.extending import overload
 
 from ...errors import InvalidDataError
 from .._gaussian import LOG_2PI, check_covariance_type, is_square, recenter_moments, to_full
-from ..base import Stats
+from ...contract import Stats
 from .base import HMMModel, _as_float_2d
 from .recursions import _dot, _shift_exp, _sum, _valid_weights, fused_e_step, register_emission
 

@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 from .._gaussian import check_covariance_type, exp_nonpos, is_square, recenter_moments
-from ..base import Stats
+from ...contract import Stats
 from .base import HMMModel, _as_float_2d
 from .gaussian import (
     _cholesky,

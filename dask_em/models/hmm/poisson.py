@@ -9,7 +9,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 from numba import njit
 
-from ..base import Stats
+from ...contract import Stats
 from .base import HMMModel, _as_float_2d
 from .recursions import _dot, _shift_exp, _sum, fused_e_step, register_emission
 

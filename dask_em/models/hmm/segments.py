@@ -45,7 +45,7 @@ import numpy as np
 from numba import njit
 
 from .._gaussian import exp_nonpos
-from ..base import Stats
+from ...contract import Stats
 from ..stacked import Stacked, StackedParams
 from .recursions import forward_backward, size_tags, viterbi
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import dask
@@ -15,9 +16,10 @@ import dask.array as da
 import numpy as np
 from dask.delayed import Delayed
 
-from .errors import ChunkSizeWarning, InvalidDataError
+from ..errors import ChunkSizeWarning, InvalidDataError
 
-#: Data smaller than this fraction of the cluster's memory is persisted once.
+#: Data smaller than this fraction of the memory where it would be held
+#: (the cluster's, or this process's) is persisted once (:func:`should_persist`).
 PERSIST_FRACTION = 0.4
 #: A block and its E-step working set (the block in float64 and its
 #: statistics; temporaries are sub-blocked) must stay under this fraction
@@ -42,8 +44,13 @@ def absolute_path(source: Any) -> str:
     text = str(source)
     if not is_local_path(text):
         return text
-    local = text[len("file://") :] if text.startswith("file://") else text
-    return os.path.abspath(os.path.expanduser(local))
+    return os.path.abspath(os.path.expanduser(local_path(text)))
+
+
+def local_path(source: Any) -> str:
+    """``source`` without a ``file://`` prefix (a local path as the file system names it)."""
+    text = str(source)
+    return text[len("file://") :] if text.startswith("file://") else text
 
 
 def check_chunks_present(array: Any, source: str) -> None:
@@ -243,7 +250,7 @@ class Blocks:
 
     def compute(self, *collections: Any) -> tuple[Any, ...]:
         """Compute Dask collections on the blocks' client (or in this process)."""
-        from .executor import compute
+        from ..executor import compute
 
         return compute(self.client, *collections)
 
@@ -263,13 +270,90 @@ class Blocks:
             if rows >= n:
                 break
         chosen.sort()
-        from .executor import retry_lost
+        from ..executor import retry_lost
 
         # self.array after a rebuild holds the blocks scattered again
         sample = np.concatenate(retry_lost(self, lambda: self.compute(*[self.array.blocks[i] for i in chosen])), axis=0)
         if len(sample) > n:
             sample = sample[np.sort(rng.choice(len(sample), n, replace=False))]
         return sample
+
+
+def in_memory_blocks(blocks: Blocks) -> list[Any] | None:
+    """The values of ``blocks`` when they are all held in this process, else None."""
+    return computed_values(blocks.parts) if blocks.client is None else None
+
+
+def computed_values(parts: Sequence[Any]) -> list[Any] | None:
+    """The blocks' values when every part is already computed in this process, else None."""
+    from dask._task_spec import DataNode, GraphNode
+    from dask.core import istask
+
+    values = []
+    for part in parts:
+        graph = part.__dask_graph__()
+        value = graph.get(part.key)
+        if isinstance(value, DataNode):
+            value = value.value
+        if value is None or isinstance(value, GraphNode) or istask(value) or _is_key(value, graph):
+            return None
+        values.append(value)
+    return values
+
+
+def _is_key(value: Any, graph: Any) -> bool:
+    try:
+        return value in graph  # an alias of another key
+    except TypeError:  # unhashable: data
+        return False
+
+
+def should_persist(nbytes: float, client: Any, persist: bool | None = None) -> bool:
+    """The one rule for holding data in memory rather than reading it from its source every pass.
+
+    Parameters
+    ----------
+    nbytes : float
+        Size of the data once in memory.
+    client : distributed.Client or None
+        Where it would be held: the cluster's memory, or (None) this
+        process's (:func:`dask_em.executor.memory_budget`).
+    persist : bool, optional
+        The caller's choice, which wins when given.
+
+    Returns
+    -------
+    bool
+        ``persist`` when given, else whether ``nbytes`` is under
+        :data:`PERSIST_FRACTION` of that memory.
+    """
+    if persist is not None:
+        return bool(persist)
+    from ..cluster import cluster_memory
+    from ..executor import memory_budget
+
+    memory = cluster_memory(client) if client is not None else memory_budget()
+    return memory > 0 and nbytes < PERSIST_FRACTION * memory
+
+
+def prepare_blocks(data: Any, client: Any, persist: bool | None = None) -> Blocks:
+    """Blocks for ``data`` (array-like, Dask or Zarr array, Zarr path) unless it already is :class:`Blocks`."""
+    if isinstance(data, Blocks):
+        return data
+    if isinstance(data, str) or hasattr(data, "__fspath__"):
+        check_visible_to_workers(data, client)
+    blocks = array_blocks(as_dask_array(data, client=client), client, persist=persist)
+    if client is not None and _scattered(data):
+        # Scattered blocks die with their worker: give the engine a way to
+        # scatter them again, in place, so callers holding ``blocks`` heal too.
+        blocks.rebuild = lambda: blocks.refill(array_blocks(as_dask_array(data, client=client), client, persist))
+    return blocks
+
+
+def _scattered(data: Any) -> bool:
+    """Whether ``data`` is scattered from this process (no recipe to recompute it)."""
+    module = type(data).__module__
+    return not (isinstance(data, (str, da.Array)) or hasattr(data, "__fspath__") or module.startswith("zarr"))
 
 
 def array_blocks(X: da.Array, client: Any = None, persist: bool | None = None) -> Blocks:
@@ -283,22 +367,18 @@ def array_blocks(X: da.Array, client: Any = None, persist: bool | None = None) -
         Used to size the cluster's memory for the persist decision; without
         it, lazy data is held in this process when it fits its memory.
     persist : bool, optional
-        Force persisting (True) or streaming from the source (False).
+        Force persisting (True) or streaming from the source (False);
+        by default :func:`should_persist` decides.
     """
     if client is not None:
         _warn_large_blocks(X, client)
     if persist is None and client is None and X.name.startswith("in-memory-"):
         persist = False  # already in this process
-    if persist is None:
-        from .cluster import cluster_memory
-        from .executor import memory_budget
-
-        memory = cluster_memory(client) if client is not None else memory_budget()
-        persist = memory > 0 and X.nbytes < PERSIST_FRACTION * memory
+    persist = should_persist(X.nbytes, client, persist)
     if persist:
-        from .executor import local_scheduler
+        from ..executor import persist_on
 
-        X = client.persist(X) if client is not None else X.persist(scheduler=local_scheduler())
+        (X,) = persist_on(client, X)
     fingerprint = {
         "shape": list(X.shape),
         "dtype": str(X.dtype),
@@ -312,7 +392,7 @@ def _warn_large_blocks(X: da.Array, client: Any) -> None:
     """Warn when one block would not fit comfortably in one worker."""
     import warnings
 
-    from .cluster import worker_memory
+    from ..cluster import worker_memory
 
     limit = worker_memory(client)
     largest = max(X.chunks[0]) * X.shape[1] * max(X.dtype.itemsize, 8)
@@ -348,13 +428,13 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray | da.A
 
 
 def weighted_blocks(blocks: Blocks, sample_weight: Any, client: Any = None) -> Blocks:
-    """``blocks`` whose parts carry their rows' weights (:class:`dask_em.models.base.Weighted`).
+    """``blocks`` whose parts carry their rows' weights (:class:`dask_em.contract.Weighted`).
 
     The weights are cut along the data's own row chunks, so block ``i`` of
     the weights always travels with block ``i`` of the rows whatever the
     chunking; in-memory weights are scattered once, like in-memory data.
     """
-    from .models.base import Weighted
+    from ..contract import Weighted
 
     assert blocks.array is not None
     w = check_sample_weight(sample_weight, blocks.n_samples)

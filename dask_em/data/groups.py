@@ -30,8 +30,9 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .data import TARGET_BLOCK_BYTES, Blocks
-from .errors import InvalidDataError
+from ..errors import InvalidDataError
+from ..executor import compute, persist_on
+from .arrays import TARGET_BLOCK_BYTES, Blocks, should_persist
 
 
 @dataclass(frozen=True)
@@ -198,17 +199,6 @@ def _n_workers(client: Any) -> int:
         return 1
 
 
-def _persist_decision(nbytes: float, client: Any, persist: bool | None) -> bool:
-    if persist is not None:
-        return bool(persist)
-    from .cluster import cluster_memory
-    from .data import PERSIST_FRACTION
-    from .executor import memory_budget
-
-    memory = cluster_memory(client) if client is not None else memory_budget()
-    return memory > 0 and nbytes < PERSIST_FRACTION * memory
-
-
 def grouped_blocks(
     X: Any,
     y: Any,
@@ -315,10 +305,8 @@ def grouped_blocks(
                 )
             )
         parts = source
-        if _persist_decision(n * row_bytes, client, persist):
-            from .sequences import _persist  # on the client, or in this process
-
-            parts = _persist(source, client)
+        if should_persist(n * row_bytes, client, persist):
+            parts = list(persist_on(client, *source))
     fingerprint = {
         "kind": "groups",
         "n_samples": int(n),
@@ -403,8 +391,8 @@ def _dataframe_blocks(
         # known divisions is streamed from its source.
         persist = client is not None and not (index_is_group and frame.known_divisions)
     if persist and client is not None:
-        parts = list(client.persist(source))
-    sizes = _compute_list([dask.delayed(_n_rows)(p) for p in parts], client)
+        parts = list(persist_on(client, *source))
+    sizes = compute(client, *[dask.delayed(_n_rows)(p) for p in parts])
     n = int(sum(sizes))
     fingerprint = {
         "kind": "groups",
@@ -432,9 +420,3 @@ def _dataframe_blocks(
 
 def _n_rows(block: GroupedBlock) -> int:
     return len(block.y)
-
-
-def _compute_list(values: list[Any], client: Any) -> list[Any]:
-    from .executor import compute
-
-    return list(compute(client, *values))

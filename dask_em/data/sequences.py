@@ -30,8 +30,9 @@ import dask
 import numpy as np
 from dask.delayed import Delayed
 
-from .data import PERSIST_FRACTION, Blocks, absolute_path, check_chunks_present, check_visible_to_workers
-from .errors import InvalidDataError
+from ..errors import InvalidDataError
+from ..executor import compute, persist_on
+from .arrays import Blocks, absolute_path, check_chunks_present, check_visible_to_workers, should_persist
 
 #: Largest partition we aim for when choosing the partition count.
 TARGET_PARTITION_BYTES = 64 * 2**20
@@ -257,7 +258,7 @@ def _part(values: np.ndarray, lengths: np.ndarray, segment: tuple[int, bool] | N
     """A block: whole sequences, or (``segment`` = (index, first)) one segment of a long sequence."""
     if segment is None:
         return SequencePart(values, lengths)
-    from .models.hmm.segments import SegmentPart
+    from ..models.hmm.segments import SegmentPart
 
     return SegmentPart(values, lengths, *segment)
 
@@ -287,7 +288,7 @@ def _build(plan: list[tuple[str, int, int, int]], lengths: np.ndarray, read: Any
             parts.append(read(a, b, part_lengths[-1], segment))
     table = None
     if seq_of:
-        from .models.hmm.segments import SegmentTable
+        from ..models.hmm.segments import SegmentTable
 
         table = SegmentTable(np.array(seq_of, dtype=np.int64), np.array(first, dtype=bool))
     return parts, part_lengths, table
@@ -457,25 +458,6 @@ def _is_zarr_group(X: Any) -> bool:
     return type(X).__module__.startswith("zarr") and hasattr(X, "arrays")
 
 
-def _persist_decision(persist: bool | None, nbytes: float, client: Any) -> bool:
-    if persist is not None:
-        return persist
-    if client is None:
-        return True
-    from .cluster import cluster_memory
-
-    memory = cluster_memory(client)
-    return memory > 0 and nbytes < PERSIST_FRACTION * memory
-
-
-def _persist(parts: list[Delayed], client: Any) -> list[Delayed]:
-    if client is not None:
-        return list(client.persist(parts))
-    from .executor import local_scheduler
-
-    return list(dask.persist(*parts, scheduler=local_scheduler()))
-
-
 def sequence_blocks(
     X: Any,
     lengths: Any = None,
@@ -619,8 +601,8 @@ def _dask_array_blocks(X: Any, lengths: Any, client: Any, n_partitions: int | No
     seg_len = _segment_length(segment_length, X.shape[1], X.dtype.itemsize)
     plan = plan_blocks(lengths, n_partitions or default_partitions(client, nbytes), np.cumsum(X.chunks[0]), seg_len)
     parts, part_lengths, table = _build(plan, lengths, lambda a, b, l_, seg: dask.delayed(_pack)(X[a:b], l_, seg))
-    if _persist_decision(persist, nbytes, client):
-        parts = _persist(parts, client)
+    if should_persist(nbytes, client, persist):
+        parts = list(persist_on(client, *parts))
     return SequenceBlocks(
         parts=parts, n_samples=int(X.shape[0]),
         fingerprint=_fingerprint(lengths, X.shape[1], str(X.dtype), part_lengths, "dask"),
@@ -665,8 +647,8 @@ def _zarr_blocks(source: Any, lengths: Any, client: Any, n_partitions: int | Non
         return part
 
     parts, part_lengths, table = _build(plan, lengths, read)
-    if _persist_decision(persist, nbytes, client):
-        parts = _persist(parts, client)
+    if should_persist(nbytes, client, persist):
+        parts = list(persist_on(client, *parts))
     return SequenceBlocks(
         parts=parts, n_samples=n_samples,
         fingerprint=_fingerprint(lengths, n_features, str(vdtype), part_lengths, "zarr"),
@@ -685,8 +667,8 @@ def _bag_blocks(bag: Any, client: Any, n_partitions: int | None, persist: bool |
         src = [dask.delayed(_astype, pure=True)(p, np.dtype(dtype)) for p in src]
     keep = persist is not False
     if keep:
-        src = _persist(src, client)
-    infos = _compute(client, [dask.delayed(_part_info, pure=True)(p) for p in src])
+        src = list(persist_on(client, *src))
+    infos = compute(client, *[dask.delayed(_part_info, pure=True)(p) for p in src])
     src_lengths = [np.asarray(i[0], dtype=np.int64) for i in infos]
     widths = {i[1] for i, l_ in zip(infos, src_lengths) if len(l_)}
     if len(widths) > 1:
@@ -710,7 +692,7 @@ def _bag_blocks(bag: Any, client: Any, n_partitions: int | None, persist: bool |
                 used.append(src[int(s)])
             parts.append(dask.delayed(_take, pure=True)(ranges, *used))
             part_lengths.append(all_lengths[lo:hi])
-        parts = _persist(parts, client)
+        parts = list(persist_on(client, *parts))
         del src
     else:
         parts = [p for p, l_ in zip(src, src_lengths) if len(l_)]
@@ -720,12 +702,6 @@ def _bag_blocks(bag: Any, client: Any, n_partitions: int | None, persist: bool |
         fingerprint=_fingerprint(all_lengths, n_features, vdtype, part_lengths, "bag"),
         client=client, part_lengths=part_lengths, n_features=int(n_features), dtype=vdtype, kind="bag", bag=bag,
     )
-
-
-def _compute(client: Any, collections: list[Any]) -> list[Any]:
-    from .executor import compute
-
-    return list(compute(client, *collections))
 
 
 def to_zarr_sequences(

@@ -10,9 +10,10 @@ A saved model is a Zarr group (local path or fsspec URL)::
 The root attributes are written last, so a save interrupted half-way is
 not mistaken for a model. Nothing is pickled; the estimator class must be
 one of dask-em's own or registered with
-:func:`dask_em.checkpoint.register_class`, and its configuration and
+:func:`dask_em.register_class`, and its configuration and
 fitted values are checked as a fit checks them
-(:func:`dask_em.checkpoint.estimator_from_record`).
+(:func:`dask_em.storage.format.estimator_from_record`). This module uses
+only the public names of the format, location and snapshot layers.
 """
 
 from __future__ import annotations
@@ -22,25 +23,24 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import (
+from ..errors import CheckpointError, NotFittedError
+from .format import (
     ATTR_KEY,
     FORMAT_VERSION,
-    POINTER,
-    Location,
-    _check_format,
-    _library_version,
-    _now,
-    _value_entry,
-    _value_from_entry,
+    check_format,
     check_values,
     class_name,
     estimator_from_record,
-    latest_state,
+    library_version,
     read_checked_array,
+    timestamp,
     to_jsonable,
+    value_entry,
+    value_from_entry,
     write_arrays,
 )
-from .errors import CheckpointError, NotFittedError
+from .location import Location
+from .snapshots import POINTER, latest_state
 
 __all__ = ["describe", "load", "save"]
 
@@ -81,7 +81,7 @@ def save(estimator: Any, path: Any, *, overwrite: bool = False, storage_options:
         location.remove("")
     fitted, arrays = {}, {}
     for name, value in state.items():
-        entry, array = _value_entry(value, f"fitted attribute {name!r}")
+        entry, array = value_entry(value, f"fitted attribute {name!r}")
         fitted[name] = entry
         if array is not None:
             arrays[f"fitted/{name}"] = array
@@ -89,8 +89,8 @@ def save(estimator: Any, path: Any, *, overwrite: bool = False, storage_options:
     info = {
         "kind": "model",
         "format_version": FORMAT_VERSION,
-        "library_version": _library_version(),
-        "created": _now(),
+        "library_version": library_version(),
+        "created": timestamp(),
         "estimator": class_name(type(estimator)),
         "config": to_jsonable(get_params() if get_params else {}),
         "fitted": fitted,
@@ -117,7 +117,7 @@ def load(path: Any, *, storage_options: dict[str, Any] | None = None) -> Any:
     if info is None or info.get("kind") != "model":
         what = "a checkpoint (resume it with fit(..., checkpoint=...))" if info else "no complete saved model"
         raise CheckpointError(f"{location.url} holds {what}; load needs a model written by dask_em.save")
-    _check_format(info, f"model {location.url}")
+    check_format(info, f"model {location.url}")
     try:
         cls_name, config, fitted = info["estimator"], info["config"], dict(info["fitted"])
     except (KeyError, TypeError) as exc:
@@ -135,7 +135,7 @@ def load(path: Any, *, storage_options: dict[str, Any] | None = None) -> Any:
         if entry["kind"] not in ("none", "array", "numpy_scalar", "list", "bool", "int", "float"):
             raise CheckpointError(f"{where}: the fitted attribute {name!r} has unknown kind {entry['kind']!r}")
         array = None if entry["kind"] == "none" else read_checked_array(group, f"fitted/{name}", entry, where)
-        values[name] = _value_from_entry(entry, array)
+        values[name] = value_from_entry(entry, array)
     check_values(values, where)  # before any of it reaches the estimator
     for name, value in values.items():
         setattr(estimator, name, value)
@@ -162,7 +162,7 @@ def describe(path: Any, *, storage_options: dict[str, Any] | None = None) -> dic
     location = Location(path, storage_options)
     info = location.group_attrs()
     if info is not None and info.get("kind") == "model":
-        _check_format(info, f"model {location.url}")
+        check_format(info, f"model {location.url}")
         fitted = info.get("fitted") or {}
         scalars = {}
         if any(k in fitted for k in ("n_iter_", "lower_bound_", "converged_")):

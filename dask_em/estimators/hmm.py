@@ -253,9 +253,8 @@ class GMMHMM(_BaseHMM):
     weights_ : ndarray of shape (n_components, n_mix)
     means_ : ndarray of shape (n_components, n_mix, n_features)
     covars_ : ndarray
-        (n_components, n_mix) spherical, (n_components, n_mix, n_features)
-        diag, (n_components, n_mix, n_features, n_features) full,
-        (n_components, n_features, n_features) tied, as hmmlearn.
+        In the compact shape of ``covariance_type``, as hmmlearn (see
+        :class:`dask_em.models.hmm.GMMHMMParams`).
     converged_, n_iter_, history_, lower_bound_
     """
 

@@ -30,7 +30,7 @@ worker functions need no change: they see only the model's hooks.
 
 from ..stacked import Stacked as StackedHMM
 from ..stacked import StackedParams
-from .base import HMMModel
+from .base import HMMModel, HMMParams
 from .categorical import CategoricalHMMModel, CategoricalHMMParams
 from .gaussian import GaussianHMMModel, GaussianHMMParams
 from .gmm import GMMHMMModel, GMMHMMParams
@@ -45,6 +45,7 @@ __all__ = [
     "GaussianHMMModel",
     "GaussianHMMParams",
     "HMMModel",
+    "HMMParams",
     "PoissonHMMModel",
     "PoissonHMMParams",
     "StackedHMM",

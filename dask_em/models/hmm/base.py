@@ -67,6 +67,20 @@ def _f64(a: Any) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class HMMParams:
+    """What the parameters of every HMM hold; each emission's class adds its own fields after these.
+
+    Attributes
+    ----------
+    startprob : ndarray of shape (n_components,)
+    transmat : ndarray of shape (n_components, n_components)
+    """
+
+    startprob: np.ndarray
+    transmat: np.ndarray
+
+
+@dataclass(frozen=True)
 class _HMMBase:
     """What the HMMs share: forward-backward, Viterbi and the Markov-chain M-step.
 
@@ -219,4 +233,4 @@ class HMMModel(_HMMBase):
         return self._finish_kernel_stats(stats)
 
 
-__all__ = ["HMMModel"]
+__all__ = ["HMMModel", "HMMParams"]

@@ -17,16 +17,14 @@ from numba import njit
 
 from .._gaussian import exp_nonpos
 from ...contract import Stats
-from .base import HMMModel
+from .base import HMMModel, HMMParams
 from .recursions import fused_e_step, register_emission
 
 
 @dataclass(frozen=True)
-class CategoricalHMMParams:
+class CategoricalHMMParams(HMMParams):
     """Parameters of a categorical HMM: emissionprob of shape (n_components, n_features)."""
 
-    startprob: np.ndarray
-    transmat: np.ndarray
     emissionprob: np.ndarray
 
     #: How accelerated EM may move each field (:mod:`dask_em.accelerate`).
@@ -105,9 +103,8 @@ register_emission(CategoricalKernel, _work, _probs, _stats)
 
 
 @njit(nogil=True, cache=True)
-def _fused(kernel, data, lengths, startprob, transmat, stats, sum_start, sum_trans, k_tag, d_tag):  # pragma: no cover - compiled
-    """The fused E-step (:func:`.recursions.fused_e_step`) for this emission, cached with this module."""
-    return fused_e_step(kernel, data, lengths, startprob, transmat, stats, sum_start, sum_trans, k_tag, d_tag)
+def _fused(*args):  # pragma: no cover - compiled; cached with this module (see .recursions)
+    return fused_e_step(*args)
 
 
 @njit(nogil=True, cache=True)

@@ -34,7 +34,7 @@ from numba.extending import overload
 from ...errors import InvalidDataError
 from .._gaussian import LOG_2PI, check_covariance_type, is_square, recenter_moments, to_full
 from ...contract import Stats
-from .base import HMMModel, _as_float_2d
+from .base import HMMModel, HMMParams, _as_float_2d
 from .recursions import _dot, _shift_exp, _sum, _valid_weights, fused_e_step, register_emission
 
 #: Rows per sub-block for the BLAS parts of the three-pass path (cache-sized).
@@ -321,9 +321,8 @@ register_emission(FullKernel, _gauss_work, _gauss_probs, _gauss_stats)
 
 
 @njit(nogil=True, cache=True)
-def _fused(kernel, data, lengths, startprob, transmat, stats, sum_start, sum_trans, k_tag, d_tag):  # pragma: no cover - compiled
-    """The fused E-step (:func:`.recursions.fused_e_step`) for this emission, cached with this module."""
-    return fused_e_step(kernel, data, lengths, startprob, transmat, stats, sum_start, sum_trans, k_tag, d_tag)
+def _fused(*args):  # pragma: no cover - compiled; cached with this module (see .recursions)
+    return fused_e_step(*args)
 
 
 # -- the three-pass path -------------------------------------------------------
@@ -430,21 +429,17 @@ def describe_non_finite(n: int, model: str) -> str:
 
 
 @dataclass(frozen=True)
-class GaussianHMMParams:
-    """Parameters of a Gaussian HMM.
+class GaussianHMMParams(HMMParams):
+    """Parameters of a Gaussian HMM: those of :class:`.base.HMMParams` and
 
     Attributes
     ----------
-    startprob : ndarray of shape (n_components,)
-    transmat : ndarray of shape (n_components, n_components)
     means : ndarray of shape (n_components, n_features)
     covars : ndarray
         (n_components,) spherical, (n_components, n_features) diag,
         (n_components, n_features, n_features) full, (n_features, n_features) tied.
     """
 
-    startprob: np.ndarray
-    transmat: np.ndarray
     means: np.ndarray
     covars: np.ndarray
 

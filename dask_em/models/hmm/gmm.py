@@ -27,7 +27,7 @@ from numba import njit
 
 from .._gaussian import check_covariance_type, exp_nonpos, is_square, recenter_moments
 from ...contract import Stats
-from .base import HMMModel, _as_float_2d
+from .base import HMMModel, HMMParams, _as_float_2d
 from .gaussian import (
     _cholesky,
     component_logdens,
@@ -45,13 +45,11 @@ from .recursions import _shift_exp, _sum, _valid_weights, fused_e_step, register
 
 
 @dataclass(frozen=True)
-class GMMHMMParams:
-    """Parameters of an HMM with Gaussian-mixture emissions.
+class GMMHMMParams(HMMParams):
+    """Parameters of an HMM with Gaussian-mixture emissions: those of :class:`.base.HMMParams` and
 
     Attributes
     ----------
-    startprob : ndarray of shape (n_components,)
-    transmat : ndarray of shape (n_components, n_components)
     weights : ndarray of shape (n_components, n_mix)
     means : ndarray of shape (n_components, n_mix, n_features)
     covars : ndarray
@@ -61,8 +59,6 @@ class GMMHMMParams:
         shared by its components, as in hmmlearn).
     """
 
-    startprob: np.ndarray
-    transmat: np.ndarray
     weights: np.ndarray
     means: np.ndarray
     covars: np.ndarray
@@ -165,9 +161,8 @@ register_emission(GMMFullKernel, _work, _probs, _stats)
 
 
 @njit(nogil=True, cache=True)
-def _fused(kernel, data, lengths, startprob, transmat, stats, sum_start, sum_trans, k_tag, d_tag):  # pragma: no cover - compiled
-    """The fused E-step (:func:`.recursions.fused_e_step`) for this emission, cached with this module."""
-    return fused_e_step(kernel, data, lengths, startprob, transmat, stats, sum_start, sum_trans, k_tag, d_tag)
+def _fused(*args):  # pragma: no cover - compiled; cached with this module (see .recursions)
+    return fused_e_step(*args)
 
 
 def _logsumexp_groups(LC: np.ndarray, M: int) -> tuple[np.ndarray, np.ndarray]:

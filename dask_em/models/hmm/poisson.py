@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 
 from ...contract import Stats
-from .base import HMMModel, _as_float_2d
+from .base import HMMModel, HMMParams, _as_float_2d
 from .recursions import _dot, _shift_exp, _sum, fused_e_step, register_emission
 
 #: Counts whose log-factorial the fused E-step reads from a table.
@@ -18,11 +18,9 @@ _N_TABLE = 1024
 
 
 @dataclass(frozen=True)
-class PoissonHMMParams:
+class PoissonHMMParams(HMMParams):
     """Parameters of a Poisson HMM: lambdas of shape (n_components, n_features)."""
 
-    startprob: np.ndarray
-    transmat: np.ndarray
     lambdas: np.ndarray
 
     #: How accelerated EM may move each field (:mod:`dask_em.accelerate`).
@@ -123,9 +121,8 @@ register_emission(PoissonKernel, _work, _probs, _stats)
 
 
 @njit(nogil=True, cache=True)
-def _fused(kernel, data, lengths, startprob, transmat, stats, sum_start, sum_trans, k_tag, d_tag):  # pragma: no cover - compiled
-    """The fused E-step (:func:`.recursions.fused_e_step`) for this emission, cached with this module."""
-    return fused_e_step(kernel, data, lengths, startprob, transmat, stats, sum_start, sum_trans, k_tag, d_tag)
+def _fused(*args):  # pragma: no cover - compiled; cached with this module (see .recursions)
+    return fused_e_step(*args)
 
 
 @njit(nogil=True, cache=True)

@@ -269,6 +269,18 @@ def _shift_exp(ET, L, mx, k_tag):  # pragma: no cover - compiled
     return shift
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _add_scale(c, loglik, prod):  # pragma: no cover - compiled
+    """A scale factor into ``(loglik, prod)``: multiplied into ``prod``, taken through log only when
+    it or the product leaves a safe range."""
+    if c < 1e-100:
+        return loglik + math.log(c), prod
+    prod *= c
+    if prod < 1e-150 or prod > 1e150:
+        return loglik + math.log(prod), 1.0
+    return loglik, prod
+
+
 @njit(nogil=True, cache=True)
 def _scaled_posteriors(ET, L, startprob, transmat, trans_T, AT, GT, scale, prev, cur, beta, tmp,
                        xi, acc, k_tag):  # pragma: no cover - compiled
@@ -298,14 +310,8 @@ def _scaled_posteriors(ET, L, startprob, transmat, trans_T, AT, GT, scale, prev,
     for k in range(K):
         prev[k] /= c
         AT[k, 0] = prev[k]
-    if c < 1e-100:
-        loglik += math.log(c)
-    else:
-        # checked here too: many one-step sequences would otherwise underflow the product
-        prod *= c
-        if prod < 1e-150 or prod > 1e150:
-            loglik += math.log(prod)
-            prod = 1.0
+    # also at the first step: many one-step sequences would otherwise underflow the product
+    loglik, prod = _add_scale(c, loglik, prod)
     for t in range(1, L):
         for j in range(K):
             cur[j] = 0.0
@@ -326,13 +332,7 @@ def _scaled_posteriors(ET, L, startprob, transmat, trans_T, AT, GT, scale, prev,
             v = cur[j] * inv
             prev[j] = v
             AT[j, t] = v
-        if c < 1e-100:
-            loglik += math.log(c)
-        else:
-            prod *= c
-            if prod < 1e-150 or prod > 1e150:
-                loglik += math.log(prod)
-                prod = 1.0
+        loglik, prod = _add_scale(c, loglik, prod)
     # backward; ET[:, t] becomes b_t * beta_t / c_t, the xi factor
     for k in range(K):
         beta[k] = 1.0

@@ -1,4 +1,4 @@
-"""SQUAREM: squared extrapolation of the EM map, one data pass per map evaluation.
+"""Accelerated EM: SQUAREM and Anderson acceleration, one data pass per map evaluation.
 
 Plain EM converges linearly, and slowly where the fraction of missing
 information is large (overlapping components, sticky HMM states, many
@@ -27,9 +27,18 @@ log-likelihood (which its own pass computes) is finite and at least that of
 taken, and the largest step shrinks. So the recorded log-likelihood never
 decreases, just as in plain EM.
 
-This module is pure (no Dask): the engine calls :meth:`Squarem.step` after
-each pass with the point it evaluated, that point's log-likelihood and the
-M-step's result, and evaluates whatever point it returns next.
+**Anderson acceleration** (:class:`Anderson`; Anderson 1965, for EM as in
+Henderson & Varadhan 2019, *J. Comput. Graph. Statist.* 28, "DAAREM") uses
+every pass: each proposes the point that best cancels the last ``m``
+residuals ``F(p) - p`` by a least-squares combination of the stored EM
+images, so no pass is spent on a plain step inside a cycle. The same
+monotone safeguard applies: a proposal whose log-likelihood is lower is
+refused, its pass discarded, and the fit continues from the last accepted
+point's EM image with the memory cleared.
+
+This module is pure (no Dask): the engine calls the accelerator's ``step``
+after each pass with the point it evaluated, that point's log-likelihood and
+the M-step's result, and evaluates whatever point it returns next.
 """
 
 from __future__ import annotations
@@ -42,6 +51,9 @@ from typing import Any
 import numpy as np
 
 from .contract import hooks
+
+#: The accelerators ``fit_em(accelerate=...)`` and the estimators accept.
+ACCELERATORS = ("squarem", "anderson")
 
 #: The kinds of constraint a parameter field may declare.
 CONSTRAINTS = ("real", "positive", "unit", "simplex", "spd", "derived", "fixed")
@@ -177,6 +189,11 @@ class Squarem:
         Extrapolated points refused by the monotone safeguard.
     """
 
+    name = "squarem"
+    #: A change of the log-likelihood into an extrapolated point is not an
+    #: EM step's and says nothing about convergence: only plain steps are tested.
+    tests_extrapolated = False
+
     model: Any
     step_max0: float = 1.0
     mstep: float = 4.0
@@ -191,6 +208,11 @@ class Squarem:
 
     def __post_init__(self) -> None:
         self.step_max = max(self.step_max, self.step_max0)
+
+    @property
+    def extrapolating(self) -> bool:
+        """Whether the next pass evaluates an extrapolated point (which may be invalid)."""
+        return self.stage == 2
 
     def step(self, evaluated: Any, loglik: float, image: Any) -> tuple[Any, bool]:
         """Advance after one pass.
@@ -306,3 +328,144 @@ class Squarem:
         self._p2 = dataclasses.replace(like, **p2) if p2 else None
         if stage == 2 and self._p2 is None:
             raise ValueError("accelerated EM state at stage 2 lacks the EM point p2")
+
+
+@dataclasses.dataclass
+class Anderson:
+    """The state of an Anderson-accelerated EM fit between passes.
+
+    Each accepted pass adds its point ``x`` and EM image ``g = F(x)`` (as
+    unconstrained vectors) to a memory of the last ``memory + 1``; the next
+    point is ``g_k - dG @ gamma`` where ``gamma`` minimises
+    ``|f_k - dF @ gamma|^2 + ridge * trace * |gamma|^2`` over the columns of
+    differences of residuals ``f = g - x`` (``dF``) and of images (``dG``):
+    Anderson's type-II update, which reduces to plain EM with an empty memory.
+
+    Parameters
+    ----------
+    model : EMModel
+        Supplies the constraints and ``complete_params``.
+    memory : int
+        How many past differences the least-squares step combines (``m``).
+    ridge : float
+        Tikhonov regularisation of the least-squares step, relative to the
+        trace of ``dF.T @ dF`` (keeps nearly collinear residuals stable).
+
+    Attributes
+    ----------
+    n_rejected : int
+        Proposals refused by the monotone safeguard.
+    """
+
+    model: Any
+    memory: int = 5
+    ridge: float = 1e-10
+    n_rejected: int = 0
+    _extrapolating: bool = False
+    _x: list[np.ndarray] = dataclasses.field(default_factory=list)
+    _g: list[np.ndarray] = dataclasses.field(default_factory=list)
+    _loglik: float = -math.inf
+    _image: Any = None
+
+    name = "anderson"
+    #: Every accepted point is a step of the accelerated sequence: its change
+    #: of log-likelihood is the one tested against ``tol``.
+    tests_extrapolated = True
+
+    @property
+    def extrapolating(self) -> bool:
+        """Whether the next pass evaluates a proposal rather than a plain EM image."""
+        return self._extrapolating
+
+    def step(self, evaluated: Any, loglik: float, image: Any) -> tuple[Any, bool]:
+        """Advance after one pass (the arguments and results of :meth:`Squarem.step`)."""
+        if self._extrapolating and (image is None or not (math.isfinite(loglik) and loglik >= self._loglik)):
+            self.n_rejected += 1
+            # the memory led astray: start it again from plain EM steps
+            self._x, self._g, self._extrapolating = [], [], False
+            return self._image, False
+        self._loglik, self._image = loglik, image
+        self._x = [*self._x, to_vector(self.model, evaluated)][-(self.memory + 1):]
+        self._g = [*self._g, to_vector(self.model, image)][-(self.memory + 1):]
+        proposal = self._proposal()
+        self._extrapolating = proposal is not None
+        if proposal is None:
+            return image, True
+        try:
+            return from_vector(self.model, proposal, image), True
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+            self._extrapolating = False
+            return image, True
+
+    def _proposal(self) -> np.ndarray | None:
+        """The Anderson point from the memory, or None when it is the EM image itself."""
+        if len(self._x) < 2:
+            return None
+        G = np.array(self._g)
+        F = G - np.array(self._x)
+        dF, dG = np.diff(F, axis=0).T, np.diff(G, axis=0).T
+        gram = dF.T @ dF
+        scale = float(np.trace(gram))
+        if not (math.isfinite(scale) and scale > 0):
+            return None
+        gram[np.diag_indices_from(gram)] += self.ridge * scale
+        try:
+            gamma = np.linalg.solve(gram, dF.T @ F[-1])
+        except np.linalg.LinAlgError:
+            return None
+        proposal = G[-1] - dG @ gamma
+        return proposal if np.all(np.isfinite(proposal)) else None
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint must hold to continue bit-identically (see :meth:`Squarem.state`)."""
+        out: dict[str, Any] = {
+            "extrapolating": int(self._extrapolating),
+            "n_rejected": self.n_rejected,
+            "loglik": self._loglik,
+            "x": np.array(self._x) if self._x else None,
+            "g": np.array(self._g) if self._g else None,
+        }
+        if self._image is not None:
+            out.update({f"image.{f.name}": np.asarray(getattr(self._image, f.name))
+                        for f in dataclasses.fields(self._image)})
+        return out
+
+    def restore(self, state: Mapping[str, Any], like: Any) -> None:
+        """Continue from :meth:`state` (``like`` gives the parameter class and shapes).
+
+        Raises
+        ------
+        ValueError
+            If the state is not one this class writes (a damaged or crafted file).
+        """
+        size = to_vector(self.model, like).size
+        memory = []
+        for key in ("x", "g"):
+            value = state.get(key)
+            value = np.zeros((0, size)) if value is None else np.asarray(value, np.float64)
+            if value.ndim != 2 or value.shape[1] != size or len(value) > self.memory + 1 or not np.all(
+                np.isfinite(value)
+            ):
+                raise ValueError(f"Anderson state {key!r} is not a finite array of rows of length {size}")
+            memory.append([row.copy() for row in value])
+        if len(memory[0]) != len(memory[1]):
+            raise ValueError("Anderson state holds different numbers of points and images")
+        image = {k[len("image."):]: np.asarray(v) for k, v in state.items() if k.startswith("image.")}
+        self._extrapolating = bool(int(state["extrapolating"]))
+        if self._extrapolating and not image:
+            raise ValueError("Anderson state with a pending proposal lacks the last EM image")
+        self.n_rejected = int(state["n_rejected"])
+        self._loglik = float(state["loglik"])
+        self._x, self._g = memory
+        self._image = dataclasses.replace(like, **image) if image else None
+
+
+def make_accelerator(name: str | None, model: Any) -> Squarem | Anderson | None:
+    """The accelerator ``fit_em(accelerate=name)`` runs, or None for plain EM."""
+    if name in (None, "none"):
+        return None
+    if name == "squarem":
+        return Squarem(model)
+    if name == "anderson":
+        return Anderson(model)
+    raise ValueError(f"accelerate must be None, 'none' or one of {ACCELERATORS}, got {name!r}")

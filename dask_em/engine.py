@@ -480,7 +480,7 @@ def _engine_state(monitor: ConvergenceMonitor, accelerator: Any) -> dict[str, An
     if accelerator is None:
         return {}
     state = {"refused": monitor.refused, "last_is_em_step": monitor.last_is_em_step}
-    return {**state, **{f"squarem.{k}": v for k, v in accelerator.state().items()}}
+    return {**state, **{f"{accelerator.name}.{k}": v for k, v in accelerator.state().items()}}
 
 
 def _restore_engine_state(state: Any, monitor: ConvergenceMonitor, accelerator: Any, params: Any) -> None:
@@ -493,7 +493,8 @@ def _restore_engine_state(state: Any, monitor: ConvergenceMonitor, accelerator: 
     try:
         monitor.refused = int(saved["refused"])
         monitor.last_is_em_step = bool(saved["last_is_em_step"])
-        accelerator.restore({k[len("squarem."):]: v for k, v in saved.items() if k.startswith("squarem.")}, params)
+        prefix = f"{accelerator.name}."
+        accelerator.restore({k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}, params)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"snapshot {state.path}: the accelerated EM state is damaged ({exc})") from None
 
@@ -610,8 +611,8 @@ def fit_em(
         The monitored value before the first iteration: a warm start passes
         the previous fit's last value, so that its first iteration can
         already meet ``tol`` (scikit-learn's ``warm_start``).
-    accelerate : {None, "squarem"}
-        ``"squarem"`` extrapolates the EM map (:mod:`dask_em.accelerate`):
+    accelerate : {None, "squarem", "anderson"}
+        ``"squarem"`` or ``"anderson"`` extrapolates the EM map (:mod:`dask_em.accelerate`):
         the same optimum in far fewer passes where plain EM is slow. The
         history keeps only accepted points, so it never decreases; every
         pass, refused extrapolations included, counts towards ``max_iter``.
@@ -638,19 +639,16 @@ def fit_em(
         raise ValueError(
             f"checkpoint_every must be an integer >= 1 (a snapshot every that many iterations), got {checkpoint_every!r}"
         )
-    if accelerate not in (None, "none", "squarem"):
-        raise ValueError(f"accelerate must be None, 'none' or 'squarem', got {accelerate!r}")
+    from .accelerate import make_accelerator
+
+    make_accelerator(accelerate, None)  # a bad name is an error before anything runs
     with where(client, scheduler, data=data, verbose=verbose) as active:
         blocks = prepare_blocks(data, active)
         rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
         monitor = ConvergenceMonitor(tol=tol, max_iter=max_iter, signed=signed_change, start=float(start_value))
         store = None
         resumed_from = 0
-        accelerator = None
-        if accelerate == "squarem":
-            from .accelerate import Squarem
-
-            accelerator = Squarem(model)
+        accelerator = make_accelerator(accelerate, model)
         if checkpoint is not None:
             from .storage.checkpoint import Checkpoint, logger
             from .storage.snapshots import data_fingerprint
@@ -707,7 +705,7 @@ def fit_em(
         final = params  # the M-step's result for the last accepted point
         while not monitor.done:
             start = time.perf_counter()
-            extrapolated = accelerator is not None and accelerator.stage == 2
+            extrapolated = accelerator is not None and accelerator.extrapolating
             # The first pass with a checkpoint hashes every block as it reads it.
             stats, passes = iteration_stats(model, blocks, params, active, split_every, finite=not extrapolated,
                                             hash_blocks=store is not None and "blocks" not in store.record)
@@ -732,7 +730,7 @@ def fit_em(
                 params, accepted = accelerator.step(params, value, image)
                 final = image if accepted else params
                 if accepted:
-                    monitor.report(value, em_step=not extrapolated)
+                    monitor.report(value, em_step=not extrapolated or accelerator.tests_extrapolated)
                 else:
                     monitor.refused += 1
             if stop is not None and accepted and stop(old_params, final):

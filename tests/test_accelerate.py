@@ -1,4 +1,4 @@
-"""SQUAREM's pieces on their own: the unconstrained map and the safeguard."""
+"""The accelerators' pieces on their own (the unconstrained map, the safeguards) and through the engine."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dask_em.accelerate import Squarem, from_vector, to_vector
+from dask_em.accelerate import Anderson, Squarem, from_vector, to_vector
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +115,50 @@ def test_state_restores_the_same_continuation(stage):
     assert run(a, x, 6)[0].__repr__() == run(b, x, 6)[0].__repr__()
 
 
+def test_anderson_solves_a_linear_fixed_point_in_few_steps_and_refuses_a_decrease():
+    # F(x) = A x + b with a contraction A: plain iteration crawls (rate 0.95),
+    # Anderson with memory >= the dimension lands on the fixed point exactly.
+    A = np.diag([0.95, 0.5, 0.2])
+    b = np.array([1.0, -2.0, 0.5])
+    fixed = np.linalg.solve(np.eye(3) - A, b)
+
+    @dataclasses.dataclass(frozen=True)
+    class P:
+        x: np.ndarray
+
+    acc = Anderson(None, memory=5)
+    p, value = P(np.zeros(3)), -100.0
+    for i in range(6):
+        image = P(A @ p.x + b)
+        p, ok = acc.step(p, value + i, image)
+        assert ok
+    np.testing.assert_allclose(p.x, fixed, rtol=1e-9)
+    assert acc.extrapolating
+    # a proposal whose log-likelihood is lower than the last accepted point's is refused
+    last_image = acc._image
+    nxt, ok = acc.step(p, value - 1.0, P(fixed))
+    assert not ok and nxt is last_image and acc.n_rejected == 1 and not acc.extrapolating
+
+
+def test_anderson_state_restores_the_same_continuation():
+    def run(acc, start, steps):
+        out, x = [], start
+        for i in range(steps):
+            nxt, ok = acc.step(x, -10.0 / (i + 1), _point(float(np.asarray(x.means).flat[0]) * 0.5 + 1.0))
+            out.append((np.asarray(nxt.means).copy(), ok))
+            x = nxt
+        return out, x
+
+    a = Anderson(None, memory=3)
+    _, x = run(a, _point(0.0), 4)
+    b = Anderson(None, memory=3)
+    b.restore(a.state(), x)
+    assert repr(run(a, x, 6)[0]) == repr(run(b, x, 6)[0])
+    bad = {**a.state(), "x": np.full((2, 3), np.nan)}
+    with pytest.raises(ValueError, match="finite"):
+        Anderson(None, memory=3).restore(bad, x)
+
+
 # -- through the engine --------------------------------------------------------
 
 from dask_em.engine import fit_em  # noqa: E402
@@ -142,16 +186,17 @@ def _stop_after(passes: int):
     return callback
 
 
-@pytest.mark.parametrize("covariance_type", ["full", "diag"])
-def test_squarem_needs_fewer_passes_and_never_decreases(client, covariance_type):
+@pytest.mark.parametrize("covariance_type,accelerate", [("full", "squarem"), ("diag", "squarem"), ("full", "anderson")])
+def test_acceleration_needs_fewer_passes_and_never_decreases(covariance_type, accelerate):
     import dask.array as da
 
     X = da.from_array(_overlapping(), chunks=(700, -1))
     model = GaussianMixtureModel(3, covariance_type=covariance_type)
-    kwargs = dict(tol=1e-8, max_iter=2000, random_state=3, client=client, warn_not_converged=False)
+    # in this process (the default): plain EM's hundreds of passes cost a round trip each on a cluster
+    kwargs = dict(tol=1e-8, max_iter=2000, random_state=3, warn_not_converged=False)
     plain = fit_em(model, X, **kwargs)
     points = []
-    fast = fit_em(model, X, accelerate="squarem", callbacks=[lambda info: points.append(info.params)], **kwargs)
+    fast = fit_em(model, X, accelerate=accelerate, callbacks=[lambda info: points.append(info.params)], **kwargs)
     assert plain.converged and fast.converged
     assert fast.n_passes <= plain.n_passes / 3, (fast.n_passes, plain.n_passes)
     assert np.all(np.diff(fast.history) >= -1e-12)
@@ -164,15 +209,16 @@ def test_squarem_needs_fewer_passes_and_never_decreases(client, covariance_type)
             assert np.all(p.covariances > 0)
 
 
-def test_squarem_resumes_bit_identically_from_any_stage(client, tmp_path):
+@pytest.mark.parametrize("accelerate", ["squarem", "anderson"])
+def test_acceleration_resumes_bit_identically_from_any_stage(client, tmp_path, accelerate):
     import dask.array as da
 
     X = da.from_array(_overlapping(800, seed=1), chunks=(200, -1))
     model = GaussianMixtureModel(3, covariance_type="full")
-    kwargs = dict(tol=0.0, max_iter=14, random_state=5, client=client, accelerate="squarem", warn_not_converged=False)
+    kwargs = dict(tol=0.0, max_iter=14, random_state=5, client=client, accelerate=accelerate, warn_not_converged=False)
     reference = fit_em(model, X, **kwargs)
     assert reference.extra["n_refused"] >= 0
-    for stop in (4, 5, 6):  # the three stages of a cycle
+    for stop in (4, 5, 6):  # the three stages of a SQUAREM cycle; Anderson with 3, 4, 5 points in memory
         path = str(tmp_path / f"c{stop}.zarr")
         with pytest.raises(_Stop):
             fit_em(model, X, checkpoint=path, callbacks=[_stop_after(stop)], **kwargs)

@@ -12,6 +12,7 @@ import dask.array as da
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from ..accelerate import make_accelerator
 from ..storage.format import register_class
 from ..data import as_dask_array
 from ..data.arrays import _check_array_meta
@@ -106,8 +107,8 @@ class EMEstimator(BaseEstimator):
                 wanted = f"a finite number >= {minimum:g}"
             if not ok:
                 raise ValueError(f"{name} must be {wanted}, got {value!r}")
-        if params.get("accelerate", None) not in (None, "none", "squarem"):
-            raise ValueError(f"accelerate must be None, 'none' or 'squarem', got {params['accelerate']!r}")
+        if "accelerate" in params:
+            make_accelerator(params["accelerate"], None)  # a bad name is an error before anything runs
         state = params.get("random_state")
         if not (state is None or isinstance(state, (np.random.Generator, np.random.RandomState))
                 or (isinstance(state, numbers.Integral) and not isinstance(state, bool) and state >= 0)):

@@ -720,8 +720,8 @@ def _as_estimator(member: _Member, reg_covar: float, max_iter: int, tol: float, 
         n_components=member.n_components, covariance_type=member.covariance_type, reg_covar=reg_covar,
         max_iter=max_iter, tol=tol, random_state=random_state,
     )
-    if hasattr(est, "_set_fitted"):
-        est._set_fitted(p)
+    if hasattr(est, "_set_mixture"):
+        est._set_mixture(p)
     else:
         est.weights_ = np.asarray(p.weights)
         est.means_ = np.asarray(p.means)

@@ -324,6 +324,45 @@ def test_save_load_predicts_and_describes(client, tmp_path):
         dask_em.save(GaussianMixture(2), str(tmp_path / "unfitted.zarr"))
 
 
+def _fitted_examples():
+    """A small fitted estimator of every kind a user saves, with the data to score it on."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 3))
+    counts = rng.poisson(3.0, size=(200, 2))
+    codes = rng.integers(0, 3, size=(200, 1))
+    y = X @ np.array([1.0, -2.0, 0.5]) + rng.normal(scale=0.1, size=200)
+    fits = [
+        (dask_em.GaussianMixture(2, max_iter=2), (X,)),
+        (dask_em.BayesianGaussianMixture(n_components=2, max_iter=2), (X,)),
+        (dask_em.KMeans(2, max_iter=2, n_init=1), (X,)),
+        (dask_em.FactorAnalysis(1, max_iter=2), (X,)),
+        (dask_em.PPCA(1, max_iter=2), (X,)),
+        (dask_em.MultivariateNormal(max_iter=2), (X,)),
+        (dask_em.PoissonMixture(2, max_iter=2), (counts,)),
+        (dask_em.BernoulliMixture(2, max_iter=2), ((counts > 3).astype(float),)),
+        (dask_em.CategoricalMixture(2, max_iter=2), (codes,)),
+        (dask_em.GaussianHMM(2, n_iter=2), (X,)),
+        (dask_em.CategoricalHMM(2, n_iter=2), (codes,)),
+        (dask_em.PoissonHMM(2, n_iter=2), (counts,)),
+        (dask_em.MixtureOfExperts(2, max_iter=2), (X, y)),
+    ]
+    return [(est.fit(*data), data) for est, data in fits]
+
+
+def test_every_estimator_scores_the_same_after_save_and_load(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        examples = _fitted_examples()
+    for i, (est, data) in enumerate(examples):
+        path = str(tmp_path / f"m{i}.zarr")
+        dask_em.save(est, path)
+        loaded = dask_em.load(path)
+        assert type(loaded) is type(est)
+        assert loaded.score(*data) == pytest.approx(est.score(*data), rel=1e-12), type(est).__name__
+
+
 def test_save_keeps_array_hyper_parameters(client, tmp_path):
     from dask_em import GaussianMixture
 

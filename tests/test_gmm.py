@@ -161,6 +161,25 @@ def test_every_init_fits_separated_clusters(client, init_params):
     assert np.all(np.isfinite(gm.covariances_))
 
 
+def test_kmeans_start_on_many_rows_clusters_a_sample_in_two_passes():
+    # Above KMEANS_START_ROWS rows the "kmeans" start clusters a uniform sample in
+    # memory: two passes (the sampled rows, the assignments), not one per Lloyd iteration.
+    from dask_em.init import KMEANS_START_ROWS
+
+    rng = np.random.default_rng(5)
+    centers = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0], [6.0, 6.0]])
+    n = KMEANS_START_ROWS + 10_000
+    X = centers[np.argsort(rng.random(n)) % 4] + rng.normal(size=(n, 2))  # rows in no cluster order
+    one = GaussianMixture(4, max_iter=1, tol=0.0, random_state=0).fit(X)
+    assert one.n_passes_ <= 3, one.n_passes_  # 2 for the start, 1 EM iteration
+    found = sorted(map(tuple, np.round(one.means_)))
+    assert found == sorted(map(tuple, centers)), one.means_
+    np.testing.assert_allclose(np.sort(one.means_, axis=0), np.sort(centers, axis=0), atol=0.1)
+    full = GaussianMixture(4, tol=1e-8, random_state=0).fit(X)
+    ref = SKGaussianMixture(4, tol=1e-8, random_state=0).fit(X)
+    assert full.lower_bound_ == pytest.approx(ref.lower_bound_, abs=1e-7)
+
+
 def test_float32_input(client, X):
     inits = initial_values(X, "full")
     X32 = X.astype(np.float32)
@@ -312,7 +331,7 @@ def test_checkpoint_resume_skips_initialisation(client, X, tmp_path, monkeypatch
     def no_init(*args, **kw):
         raise AssertionError("a resumed fit must not initialise again")
 
-    monkeypatch.setattr(GaussianMixture, "_initial_params", no_init)
+    monkeypatch.setattr(GaussianMixture, "_gmm_start", no_init)
     again = GaussianMixture(**kwargs).fit(X, client=client, checkpoint=path)
     np.testing.assert_array_equal(again.means_, first.means_)
     assert again.lower_bounds_ == first.lower_bounds_

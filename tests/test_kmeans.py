@@ -15,7 +15,7 @@ from sklearn.datasets import make_blobs
 from dask_em import KMeans
 from dask_em.data import array_blocks, as_dask_array
 from dask_em.errors import InvalidDataError
-from dask_em.estimators.kmeans import kmeans_centers, kmeans_parallel_init
+from dask_em.init import kmeans_centers, kmeans_parallel_init
 from dask_em.models.kmeans import KMeansModel, KMeansParams, kmeans_plusplus, nearest_center
 from dask_em.stats import add_stats
 
@@ -229,6 +229,23 @@ def test_one_cluster_is_the_weighted_mean(client, data):
     w = np.arange(len(X)) % 3
     est = KMeans(1, init=X[:1]).fit(X, sample_weight=w, client=client)  # no row can be relocated: none is
     np.testing.assert_allclose(est.cluster_centers_[0], np.average(X, axis=0, weights=w), rtol=1e-10)
+
+
+def test_what_workers_run_imports_no_scikit_learn():
+    """The per-block starts and per-row outputs the estimators send to workers import neither scikit-learn nor pandas."""
+    import os
+    import subprocess
+    import sys
+
+    from dask_em.init import RandomResponsibilities
+    from dask_em.models.kmeans import distances_block, labels_block, min_sq_dist_block
+    from dask_em.models.random_effects import blup_frame
+
+    sent = (RandomResponsibilities, labels_block, min_sq_dist_block, distances_block, blup_frame)
+    modules = sorted({f.__module__ for f in sent})
+    code = f"import sys, {', '.join(modules)}; print(sorted(m for m in ('sklearn', 'pandas') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=dict(os.environ))
+    assert out.stdout.strip() == "[]", (modules, out.stdout)
 
 
 @pytest.mark.parametrize("n", [1003, 6, 1])

@@ -73,7 +73,7 @@ def test_mixture_restarts_share_passes_and_equal_separate_fits():
     blocks = prepare_blocks(X, None)
     logliks = []
     for rng in run_rngs(0, 4):
-        alone = fit_em(model, blocks, est._start(model, blocks, rng), max_iter=3, tol=0.0, warn_not_converged=False)
+        alone = fit_em(model, blocks, est._initial_params(model, blocks, rng, None), max_iter=3, tol=0.0, warn_not_converged=False)
         logliks.append(alone.history[-1] * len(X))
     np.testing.assert_array_equal(est._init_logliks, logliks)
     np.testing.assert_allclose(np.sort(est.lambdas_[:, 0]), [3, 15], atol=0.6)
@@ -97,7 +97,7 @@ def test_gmm_restarts_share_passes_and_equal_separate_fits(client):
     est.fit(X, client=client)
     model, blocks, inits = est._model(), prepare_blocks(X, client), est._checked_inits(2)
     rngs = run_rngs(0, 3)
-    starts = [est._initial_params(model, blocks, inits, rngs[0], client)[0]]
+    starts = [est._gmm_start(model, blocks, inits, rngs[0], client)[0]]
     starts += [est._sample_start(model, blocks, inits, rng) for rng in rngs[1:]]
     for r, start in enumerate(starts):
         alone = fit_em(model, blocks, start, max_iter=2, tol=0.0, client=client, warn_not_converged=False)

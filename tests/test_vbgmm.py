@@ -111,7 +111,7 @@ def test_predictions_match_sklearn():
     for ct, pt in (("full", "dirichlet_process"), ("diag", "dirichlet_distribution")):
         sk = _sklearn(ct, pt, 5)
         ours = dask_em.BayesianGaussianMixture(K, covariance_type=ct, weight_concentration_prior_type=pt)
-        ours._set_fitted(VBGMMParams(np.asarray(sk.weight_concentration_), sk.mean_precision_, sk.means_,
+        ours._set_variational(VBGMMParams(np.asarray(sk.weight_concentration_), sk.mean_precision_, sk.means_,
                                      np.asarray(sk.degrees_of_freedom_), sk.covariances_, sk.precisions_cholesky_),
                          _model_and_start(ct, pt)[0])
         ours.n_features_in_ = 3

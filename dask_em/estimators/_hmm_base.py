@@ -98,13 +98,6 @@ def _to_json(value: Any) -> Any:
 # ---------------------------------------------------------------------------
 
 
-def _store_params(estimator: Any, values: dict[str, Any]) -> None:
-    """Set every argument of an estimator's ``__init__`` as the attribute of that name (scikit-learn's rule)."""
-    for name, value in values.items():
-        if name not in ("self", "__class__"):
-            setattr(estimator, name, value)
-
-
 class _BaseHMM(PartialFitMixin, EMEstimator):
     """What the HMM estimators share (see the module docstring).
 

@@ -9,11 +9,9 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from ..engine import fit_em, prepare_blocks
 from ..errors import InvalidDataError
-from ..executor import where
 from ..models.bayesnet import MAX_VARIABLES, BayesianNetworkModel, BayesNetParams, topological_order
-from ._base import EMEstimator, map_rows
+from ._base import Checkpointing, EMEstimator, map_rows, store_params
 
 
 class DiscreteBayesianNetwork(EMEstimator):
@@ -54,13 +52,7 @@ class DiscreteBayesianNetwork(EMEstimator):
         Convergence threshold on the mean log-likelihood per row.
     random_state : int or Generator, optional
         Seed of the random initial CPDs.
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
+    $em_options
 
     Attributes
     ----------
@@ -76,33 +68,12 @@ class DiscreteBayesianNetwork(EMEstimator):
 
     _estimator_type = "density_estimator"
 
-    def __init__(
-        self,
-        edges: Sequence[Sequence[str]] = (),
-        latent: Mapping[str, int] | None = None,
-        cardinality: Mapping[str, int] | None = None,
-        cpds_init: Mapping[str, Any] | None = None,
-        pseudo_counts: float = 0.0,
-        prior_type: str = "uniform",
-        missing_code: int | None = None,
-        max_iter: int = 100,
-        tol: float = 1e-3,
-        random_state: Any = None,
-        accelerate: str | None = None,
-        verbose: bool = False,
-    ) -> None:
-        self.edges = edges
-        self.latent = latent
-        self.cardinality = cardinality
-        self.cpds_init = cpds_init
-        self.pseudo_counts = pseudo_counts
-        self.prior_type = prior_type
-        self.missing_code = missing_code
-        self.max_iter = max_iter
-        self.tol = tol
-        self.random_state = random_state
-        self.verbose = verbose
-        self.accelerate = accelerate
+    def __init__(self, edges: Sequence[Sequence[str]] = (), latent: Mapping[str, int] | None = None,
+                 cardinality: Mapping[str, int] | None = None, cpds_init: Mapping[str, Any] | None = None,
+                 pseudo_counts: float = 0.0, prior_type: str = "uniform", missing_code: int | None = None,
+                 max_iter: int = 100, tol: float = 1e-3, random_state: Any = None, accelerate: str | None = None,
+                 verbose: bool = False) -> None:
+        store_params(self, locals())
 
     # -- structure ---------------------------------------------------------------
     def validate_params(self) -> None:
@@ -246,7 +217,7 @@ class DiscreteBayesianNetwork(EMEstimator):
             raise InvalidDataError(f"data of shape {X.shape} does not have the {len(names)} columns {names}")
         return X, names
 
-    def _start(self, model: BayesianNetworkModel, rng: np.random.Generator) -> BayesNetParams:
+    def _cpds_start(self, model: BayesianNetworkModel, rng: np.random.Generator) -> BayesNetParams:
         tables = model.split(model.init_params(None, rng).values.copy())
         for name, value in (self.cpds_init or {}).items():
             if name not in model.variables:
@@ -270,18 +241,9 @@ class DiscreteBayesianNetwork(EMEstimator):
         return [model.variables[p] for p in model.parents[v]]
 
     # -- fit -------------------------------------------------------------------------
-    def fit(
-        self,
-        data: Any,
-        y: Any = None,
-        *,
-        columns: Sequence[str] | None = None,
-        client: Any = None,
-        checkpoint: str | None = None,
-        checkpoint_every: int = 1,
-        resume: bool | None = None,
-        force: bool = False,
-    ) -> DiscreteBayesianNetwork:
+    def fit(self, data: Any, y: Any = None, *, columns: Sequence[str] | None = None, client: Any = None,
+            checkpoint: str | None = None, checkpoint_every: int = 1, resume: bool | None = None,
+            force: bool = False) -> DiscreteBayesianNetwork:
         """Estimate every CPD by EM.
 
         Parameters
@@ -293,9 +255,7 @@ class DiscreteBayesianNetwork(EMEstimator):
         columns : sequence of str, optional
             The variable of each column; required for arrays and Zarr stores,
             and selects and orders the columns of a DataFrame.
-        client : distributed.Client, optional
-        checkpoint, checkpoint_every, resume, force
-            Zarr snapshots; see :func:`dask_em.fit_em`.
+        $fit_options
 
         Returns
         -------
@@ -311,24 +271,27 @@ class DiscreteBayesianNetwork(EMEstimator):
         """
         X, names = self._as_array(data, columns)
         model = self._model(names, X)
-        rng = np.random.default_rng(self.random_state) if not isinstance(self.random_state, np.random.Generator) \
-            else self.random_state
-        with where(client, data=X, verbose=self.verbose) as active:
-            blocks = prepare_blocks(X, active)
-            result = fit_em(
-                model, blocks, params=lambda: self._start(model, rng), max_iter=self.max_iter, tol=self.tol,
-                client=active, verbose=self.verbose, accelerate=self.accelerate, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                resume=resume, force=force, checkpoint_meta=self.checkpoint_meta(),
-            )
-        self._set_fitted(model, result.params)
-        self.columns_ = list(names)
-        self.n_iter_ = result.n_iter
-        self.converged_ = result.converged
-        self.lower_bound_ = result.lower_bound
-        self.lower_bounds_ = list(result.history)
-        return self
+        return self._fit(X, client=client, checkpointing=Checkpointing(checkpoint, checkpoint_every, resume, force),
+                         network=model)
 
-    def _set_fitted(self, model: BayesianNetworkModel, params: BayesNetParams) -> None:
+    # -- the fit loop's hooks (EMEstimator._fit) --------------------------------
+    _input_checks = None  # _as_array checks the columns
+
+    def _fit_model(self) -> None:
+        return None  # it needs the data's columns: built by fit
+
+    def _fit_data(self, X: Any, model: Any, client: Any, **inputs: Any) -> tuple[Any, BayesianNetworkModel]:
+        return super()._fit_data(X, None, client)[0], inputs["network"]
+
+    def _initial_params(self, model: BayesianNetworkModel, blocks: Any, rng: Any, client: Any) -> BayesNetParams:
+        state = self.random_state
+        return self._cpds_start(model, state if isinstance(state, np.random.Generator) else np.random.default_rng(state))
+
+    def _set_fitted(self, result: Any, model: BayesianNetworkModel, blocks: Any) -> None:
+        self._set_network(model, result.params)
+        self.columns_ = [model.variables[i] for i in model.columns]
+
+    def _set_network(self, model: BayesianNetworkModel, params: BayesNetParams) -> None:
         self._fitted_model, self._params = model, params
         self.variables_ = list(model.variables)
         self.cardinalities_ = dict(zip(model.variables, model.cardinalities))
@@ -365,7 +328,7 @@ class DiscreteBayesianNetwork(EMEstimator):
         values = np.asarray(self.cpd_values_, dtype=np.float64)
         if values.shape != (sum(math.prod(model.table_shape(v)) for v in range(len(variables))),):
             raise InvalidDataError("the saved CPDs do not match the network's shape; the model is damaged")
-        self._set_fitted(model, BayesNetParams(values))
+        self._set_network(model, BayesNetParams(values))
         self.columns_ = [variables[i] for i in order]
 
     # -- per-row outputs ---------------------------------------------------------------

@@ -8,7 +8,6 @@ Dask and Zarr inputs, streaming and checkpoints work as for any other model.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,12 +15,9 @@ import dask.array as da
 import numpy as np
 
 from ..data import as_dask_array, open_zarr_array
-from ..engine import EMResult, fit_em, prepare_blocks
-from ..errors import ConvergenceWarning, InvalidDataError
-from ..executor import where
+from ..errors import InvalidDataError
 from ..models.experts import ExpertsParams, MixtureOfExpertsModel
-from ._base import EMEstimator, map_rows, run_checkpoint, run_rngs
-from .mixtures import _set
+from ._base import Checkpointing, EMEstimator, map_rows, store_params
 
 
 def _as_target_array(y: Any) -> Any:
@@ -158,14 +154,7 @@ class MixtureOfExperts(EMEstimator):
     init_params : {"kmeans", "random"}, default="kmeans"
         Initial responsibilities from k-means++ clusters of the standardised
         ``(x, y)`` rows of a sample, or random ones.
-    random_state : int or Generator, optional
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
+    $seed_em_options
 
     Attributes
     ----------
@@ -190,28 +179,10 @@ class MixtureOfExperts(EMEstimator):
     _estimator_type = "regressor"
     _gating = "gaussian"
 
-    def __init__(
-        self,
-        n_components: int = 2,
-        *,
-        covariance_type: str = "full",
-        reg_covar: float = 1e-6,
-        max_iter: int = 100,
-        tol: float = 1e-3,
-        n_init: int = 1,
-        init_params: str = "kmeans",
-        random_state: Any = None,
-        accelerate: str | None = None,
-        verbose: bool = False,
-    ) -> None:
-        _set(self, locals())
-
-    def _check_params(self) -> None:
-        """The checks of a fit, without data (run on configurations read from files too)."""
-        check = getattr(super(), "_check_params", None)  # the shared rules, where the base class has them
-        if check is not None:
-            check()
-        self._model(1)
+    def __init__(self, n_components: int = 2, *, covariance_type: str = "full", reg_covar: float = 1e-6,
+                 max_iter: int = 100, tol: float = 1e-3, n_init: int = 1, init_params: str = "kmeans",
+                 random_state: Any = None, accelerate: str | None = None, verbose: bool = False) -> None:
+        store_params(self, locals())
 
     def _model(self, n_targets: int) -> MixtureOfExpertsModel:
         if int(self.n_init) < 1:
@@ -225,18 +196,15 @@ class MixtureOfExperts(EMEstimator):
             init=self.init_params,
         )
 
-    def fit(
-        self,
-        X: Any,
-        y: Any = None,
-        *,
-        target_columns: Sequence[int] | None = None,
-        client: Any = None,
-        checkpoint: str | None = None,
-        checkpoint_every: int = 1,
-        resume: bool | None = None,
-        force: bool = False,
-    ) -> MixtureOfExperts:
+    _restarts = "apart"
+    _not_converged = (
+        "best of {self.n_init} initialisation(s) did not converge in {self.max_iter} iterations; "
+        "increase max_iter or tol, or check the data"
+    )
+
+    def fit(self, X: Any, y: Any = None, *, target_columns: Sequence[int] | None = None, client: Any = None,
+            checkpoint: str | None = None, checkpoint_every: int = 1, resume: bool | None = None,
+            force: bool = False) -> MixtureOfExperts:
         """Fit the experts and their gates by EM, keeping the best of ``n_init`` restarts.
 
         Parameters
@@ -248,46 +216,27 @@ class MixtureOfExperts(EMEstimator):
             Targets (numpy, Dask or Zarr); their row chunks are matched to ``X``'s.
         target_columns : sequence of int, optional
             With ``y`` None, the columns of ``X`` that are the targets.
-        client : distributed.Client, optional
-        checkpoint, checkpoint_every, resume, force
-            Zarr snapshots; see :func:`dask_em.fit_em`.
+        $fit_options
+            One sub-group per restart.
 
         Returns
         -------
         self
         """
-        best: EMResult | None = None
-        with where(client, data=X, verbose=self.verbose) as active:
-            joined, n_targets = xy_array(X, y, target_columns=target_columns, client=active)
-            model = self._model(n_targets)
-            blocks = prepare_blocks(joined, active)
-            for run, rng in enumerate(run_rngs(self.random_state, int(self.n_init))):
-                result = fit_em(
-                    model,
-                    blocks,
-                    params=lambda rng=rng: model.init_params(blocks.sample(10_000, rng), rng),
-                    max_iter=self.max_iter,
-                    tol=self.tol,
-                    client=active,
-                    verbose=self.verbose, accelerate=self.accelerate,
-                    checkpoint=run_checkpoint(checkpoint, run) if self.n_init > 1 else checkpoint,
-                    checkpoint_every=checkpoint_every,
-                    resume=resume,
-                    force=force,
-                    checkpoint_meta=self.checkpoint_meta(),
-                    warn_not_converged=False,
-                )
-                if best is None or result.lower_bound > best.lower_bound:
-                    best = result
-        assert best is not None
-        if not best.converged and self.max_iter > 0:
-            warnings.warn(
-                f"best of {self.n_init} initialisation(s) did not converge in {self.max_iter} iterations; "
-                "increase max_iter or tol, or check the data",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        p = best.params
+        return self._fit(X, client=client, checkpointing=Checkpointing(checkpoint, checkpoint_every, resume, force),
+                         y=y, target_columns=target_columns)
+
+    _input_checks = None  # xy_array checks the inputs and targets
+
+    def _fit_model(self) -> MixtureOfExpertsModel:
+        return self._model(1)  # the checks; the fitted model's shape needs the targets: built by _fit_data
+
+    def _fit_data(self, X: Any, model: Any, client: Any, **inputs: Any) -> tuple[Any, MixtureOfExpertsModel]:
+        joined, n_targets = xy_array(X, inputs["y"], target_columns=inputs["target_columns"], client=client)
+        return super()._fit_data(joined, None, client)[0], self._model(n_targets)
+
+    def _set_fitted(self, result: Any, model: MixtureOfExpertsModel, blocks: Any) -> None:
+        p = result.params
         self.weights_ = np.asarray(p.weights)
         self.means_ = np.asarray(p.means)
         self.covariances_ = np.asarray(p.covariances)
@@ -295,13 +244,8 @@ class MixtureOfExperts(EMEstimator):
         self.coef_ = np.asarray(p.coef)
         self.intercept_ = np.asarray(p.intercept)
         self.noise_variance_ = np.asarray(p.noise_variance)
-        self.n_iter_ = best.n_iter
-        self.converged_ = best.converged
-        self.lower_bound_ = best.lower_bound
-        self.lower_bounds_ = list(best.history)
-        self.n_targets_ = n_targets
-        self.n_features_in_ = int(joined.shape[1]) - n_targets
-        return self
+        self.n_targets_ = int(model.n_targets)
+        self.n_features_in_ = int(blocks.array.shape[1]) - self.n_targets_
 
     # -- per-row outputs ------------------------------------------------------
 
@@ -390,17 +334,7 @@ class MixtureOfLinearRegressions(MixtureOfExperts):
 
     _gating = "constant"
 
-    def __init__(
-        self,
-        n_components: int = 2,
-        *,
-        reg_covar: float = 1e-6,
-        max_iter: int = 100,
-        tol: float = 1e-3,
-        n_init: int = 1,
-        init_params: str = "kmeans",
-        random_state: Any = None,
-        accelerate: str | None = None,
-        verbose: bool = False,
-    ) -> None:
-        _set(self, locals())
+    def __init__(self, n_components: int = 2, *, reg_covar: float = 1e-6, max_iter: int = 100, tol: float = 1e-3,
+                 n_init: int = 1, init_params: str = "kmeans", random_state: Any = None,
+                 accelerate: str | None = None, verbose: bool = False) -> None:
+        store_params(self, locals())

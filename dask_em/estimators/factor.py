@@ -8,10 +8,8 @@ import numpy as np
 
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
-from ..executor import where
-from ..engine import fit_em, prepare_blocks
-from ..models.factor import FactorModel, FactorParams, score_block, transform_block
-from ._base import EMEstimator, map_rows, run_rngs, validate_in_memory
+from ..models.factor import FactorModel, score_block, transform_block
+from ._base import SHARED_DOCS, Checkpointing, EMEstimator, map_rows, store_params, validate_in_memory
 
 
 class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator):
@@ -19,29 +17,28 @@ class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator
 
     _noise = "diagonal"
     _nan_is_missing = True
+    _docs = {
+        "factor_options": """max_iter : int, default=1000
+        Maximum number of EM iterations.
+    tol : float, default=1e-8
+        Stop when the mean log-likelihood per row changes by less than this.
+    init_sample : int, default=10000
+        Rows of the random sample whose principal components start the fit.
+    random_state : int or Generator, optional
+        Chooses the starting sample.
+    """ + SHARED_DOCS["em_options"],
+        "factor_fitted": SHARED_DOCS["n_passes_"] + """
+    n_iter_ : int
+    converged_ : bool
+    lower_bound_ : float
+        Log-likelihood per row of the parameters that entered the last iteration.
+    lower_bounds_ : list of float
+    n_features_in_ : int""",
+    }
 
-    def __init__(
-        self,
-        n_components: int = 2,
-        *,
-        max_iter: int = 1000,
-        tol: float = 1e-8,
-        init_sample: int = 10_000,
-        random_state: Any = None,
-        accelerate: str | None = None,
-        verbose: bool = False,
-    ) -> None:
-        self.n_components = n_components
-        self.max_iter = max_iter
-        self.tol = tol
-        self.init_sample = init_sample
-        self.random_state = random_state
-        self.verbose = verbose
-        self.accelerate = accelerate
-
-    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
-        super()._check_params()
-        self._model()  # its checks are those of a fit
+    def __init__(self, n_components: int = 2, *, max_iter: int = 1000, tol: float = 1e-8, init_sample: int = 10_000,
+                 random_state: Any = None, accelerate: str | None = None, verbose: bool = False) -> None:
+        store_params(self, locals())
 
     @property
     def _n_features_out(self) -> int:
@@ -51,17 +48,21 @@ class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator
     def _model(self) -> FactorModel:
         return FactorModel(n_components=int(self.n_components), noise=self._noise)
 
-    def fit(
-        self,
-        X: Any,
-        y: Any = None,
-        *,
-        client: Any = None,
-        checkpoint: str | None = None,
-        checkpoint_every: int = 1,
-        resume: bool | None = None,
-        force: bool = False,
-    ) -> _FactorBase:
+    @property
+    def _init_rows(self) -> int:  # type: ignore[override]
+        return int(self.init_sample)
+
+    def _fit_data(self, X: Any, model: FactorModel, client: Any, **inputs: Any) -> tuple[Any, FactorModel]:
+        blocks, model = super()._fit_data(X, model, client)
+        n_features = int(blocks.array.shape[1])
+        if model.n_components > n_features:
+            raise ValueError(
+                f"n_components={model.n_components} must not exceed n_features={n_features}; choose fewer components"
+            )
+        return blocks, model
+
+    def fit(self, X: Any, y: Any = None, *, client: Any = None, checkpoint: str | None = None,
+            checkpoint_every: int = 1, resume: bool | None = None, force: bool = False) -> _FactorBase:
         """Fit the model to ``X`` by EM; NaN entries are treated as missing.
 
         Parameters
@@ -69,54 +70,19 @@ class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator
         X : array-like, dask array, zarr array or path, of shape (n_samples, n_features)
             The data. NaN marks a missing value; infinite values are an error.
         y : ignored
-        client : distributed.Client, optional
-            Where to run (see :func:`dask_em.executor.where`); by default this process.
-        checkpoint, checkpoint_every, resume, force
-            Zarr snapshots of the fit; see :func:`dask_em.fit_em`.
+        $fit_options
 
         Returns
         -------
         self
         """
-        model = self._model()
-        # NaN marks a missing entry; infinite values are counted and reported by the first pass
-        X = validate_in_memory(self, X, reset=True, ensure_all_finite=False, ensure_min_samples=2)
-        with where(client, data=X, verbose=self.verbose) as active:
-            blocks = prepare_blocks(X, active)
-            n_features = int(blocks.array.shape[1])
-            if model.n_components > n_features:
-                raise ValueError(
-                    f"n_components={model.n_components} must not exceed n_features={n_features}; "
-                    "choose fewer components"
-                )
-            rng = run_rngs(self.random_state, 1)[0]
+        return self._fit(X, client=client, checkpointing=Checkpointing(checkpoint, checkpoint_every, resume, force))
 
-            def init() -> FactorParams:
-                return model.init_params(blocks.sample(int(self.init_sample), rng), rng)
-
-            result = fit_em(
-                model,
-                blocks,
-                params=init,
-                max_iter=self.max_iter,
-                tol=self.tol,
-                client=active,
-                verbose=self.verbose, accelerate=self.accelerate,
-                checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-                force=force,
-                checkpoint_meta=self.checkpoint_meta(),
-            )
+    def _set_fitted(self, result: Any, model: FactorModel, blocks: Any) -> None:
         params = result.params
         self.mean_ = np.asarray(params.mean)
         self._set_loadings(np.asarray(params.loadings), np.asarray(params.noise_variance))
-        self.n_iter_ = result.n_iter
-        self.converged_ = result.converged
-        self.lower_bound_ = result.lower_bound
-        self.lower_bounds_ = list(result.history)
-        self.n_features_in_ = n_features
-        return self
+        self.n_features_in_ = int(blocks.array.shape[1])
 
     def _set_loadings(self, loadings: np.ndarray, noise: np.ndarray) -> None:
         self._loadings = loadings
@@ -124,10 +90,24 @@ class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator
         self.components_ = loadings.T.copy()
         self.noise_variance_ = noise
 
+    def _factors(self) -> tuple[np.ndarray, np.ndarray]:
+        """The loadings ``W`` and the noise variance of every feature.
+
+        Kept as fitted; an estimator read back by :func:`dask_em.load` holds
+        only the public attributes, and rebuilds them from those.
+        """
+        if "_loadings" not in vars(self):
+            self._loadings = np.asarray(self.components_).T
+            self._noise_vector = np.broadcast_to(
+                np.asarray(self.noise_variance_, np.float64), (self._loadings.shape[0],)
+            ).copy()
+        return self._loadings, self._noise_vector
+
     def get_covariance(self) -> np.ndarray:
         """The model's covariance ``W W' + Psi``, of shape (n_features, n_features)."""
         self._check_fitted("mean_")
-        return self._loadings @ self._loadings.T + np.diag(self._noise_vector)
+        loadings, noise = self._factors()
+        return loadings @ loadings.T + np.diag(noise)
 
     def transform(self, X: Any) -> Any:
         """Posterior means of the latent factors, ``E[z | x]``, using each row's observed entries.
@@ -139,9 +119,8 @@ class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator
         """
         self._check_fitted("mean_")
         X = validate_in_memory(self, X, reset=False, ensure_all_finite="allow-nan")
-        return map_rows(
-            X, transform_block, self.mean_, self._loadings, self._noise_vector, n_columns=self._loadings.shape[1]
-        )
+        loadings, noise = self._factors()
+        return map_rows(X, transform_block, self.mean_, loadings, noise, n_columns=loadings.shape[1])
 
     def score_samples(self, X: Any) -> Any:
         """Log-density of the observed entries of each row.
@@ -153,7 +132,7 @@ class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator
         """
         self._check_fitted("mean_")
         X = validate_in_memory(self, X, reset=False, ensure_all_finite="allow-nan")
-        return map_rows(X, score_block, self.mean_, self._loadings, self._noise_vector, n_columns=None)
+        return map_rows(X, score_block, self.mean_, *self._factors(), n_columns=None)
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-likelihood per row (scikit-learn's ``score``)."""
@@ -173,22 +152,7 @@ class FactorAnalysis(_FactorBase):
     ----------
     n_components : int, default=2
         Number of latent factors.
-    max_iter : int, default=1000
-        Maximum number of EM iterations.
-    tol : float, default=1e-8
-        Stop when the mean log-likelihood per row changes by less than this.
-    init_sample : int, default=10000
-        Rows of the random sample whose principal components start the fit.
-    random_state : int or Generator, optional
-        Chooses the starting sample.
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
-        Print a progress line per iteration.
+    $factor_options
 
     Attributes
     ----------
@@ -196,15 +160,7 @@ class FactorAnalysis(_FactorBase):
         Loadings ``W'`` (as scikit-learn's ``FactorAnalysis``).
     noise_variance_ : ndarray of shape (n_features,)
     mean_ : ndarray of shape (n_features,)
-    n_passes_ : int
-        Passes over the data the last ``fit`` made: initialisation,
-        restarts and refused extrapolations included.
-    n_iter_ : int
-    converged_ : bool
-    lower_bound_ : float
-        Log-likelihood per row of the parameters that entered the last iteration.
-    lower_bounds_ : list of float
-    n_features_in_ : int
+    $factor_fitted
     """
 
     _noise = "diagonal"
@@ -222,22 +178,7 @@ class PPCA(_FactorBase):
     ----------
     n_components : int, default=2
         Dimension of the principal subspace.
-    max_iter : int, default=1000
-        Maximum number of EM iterations.
-    tol : float, default=1e-8
-        Stop when the mean log-likelihood per row changes by less than this.
-    init_sample : int, default=10000
-        Rows of the random sample whose principal components start the fit.
-    random_state : int or Generator, optional
-        Chooses the starting sample.
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
-        Print a progress line per iteration.
+    $factor_options
 
     Attributes
     ----------
@@ -251,18 +192,17 @@ class PPCA(_FactorBase):
     noise_variance_ : float
         ``sigma^2``.
     mean_ : ndarray of shape (n_features,)
-    n_passes_ : int
-        Passes over the data the last ``fit`` made: initialisation,
-        restarts and refused extrapolations included.
-    n_iter_ : int
-    converged_ : bool
-    lower_bound_ : float
-        Log-likelihood per row of the parameters that entered the last iteration.
-    lower_bounds_ : list of float
-    n_features_in_ : int
+    $factor_fitted
     """
 
     _noise = "isotropic"
+
+    def _factors(self) -> tuple[np.ndarray, np.ndarray]:
+        if "_loadings" not in vars(self):  # read back by load: W = axes * sqrt(variance - sigma^2)
+            scale = np.sqrt(np.maximum(np.asarray(self.explained_variance_) - self.noise_variance_, 0.0))
+            self._loadings = np.asarray(self.components_).T * scale
+            self._noise_vector = np.full(self._loadings.shape[0], float(self.noise_variance_))
+        return self._loadings, self._noise_vector
 
     def _set_loadings(self, loadings: np.ndarray, noise: np.ndarray) -> None:
         # The likelihood is invariant to rotations of z: report the

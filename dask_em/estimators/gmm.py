@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
-import warnings
-from dataclasses import dataclass
 from typing import Any
 
-import dask
 import numpy as np
 
-from ..executor import where
-from ..data import Blocks, as_dask_array, weighted_blocks
-from ..engine import expected_stats, fit_em, prepare_blocks
-from ..errors import ConvergenceWarning, InvalidDataError
-from ..contract import Stats
+from ..storage.snapshots import resumable_config
+from ..data import Blocks, as_dask_array
+from ..errors import InvalidDataError
+from ..init import kmeans_stats, random_stats, sample_stats
 from ..models.gmm_missing import GaussianMixtureMissingModel
-from ..models.kmeans import kmeans_in_memory
 from ..models._gaussian import (
     COVARIANCE_TYPES,
     covariances_from_precisions_cholesky,
@@ -28,18 +22,10 @@ from ..models._gaussian import (
     precisions_from_cholesky,
     sample_moments,
 )
+from ..models.gmm import GaussianMixtureModel, GMMParams, _rows_output
 from ..models.gmm_prior import PRIOR_FIELDS
 from ..models.kmeans import kmeans_plusplus
-from ..models.gmm import (
-    SUB_BLOCK_ROWS,
-    GaussianMixtureModel,
-    GMMParams,
-    HardAssignment,
-    _rows_output,
-    _with_index,
-    _Workspace,
-)
-from ._base import EMEstimator, check_n_samples, map_rows, run_rngs, shared_restarts, validate_in_memory
+from ._base import Checkpointing, EMEstimator, check_n_samples, map_rows, store_params
 from ._online import PartialFitMixin
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -48,7 +34,108 @@ INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 INIT_SAMPLE_ROWS = 10_000
 
 
-class GaussianMixture(PartialFitMixin, EMEstimator):
+class _GaussianMixtureBase(EMEstimator):
+    """What :class:`GaussianMixture` and :class:`BayesianGaussianMixture` share: checks, fit hooks, per-row outputs."""
+
+    _estimator_type = "density_estimator"
+    #: The parameters of a fit, named as the fitted attributes without their ``_``.
+    _params_class: type
+
+    _not_converged = (
+        "Best performing initialization did not converge. Try different init parameters, "
+        "or increase max_iter, tol, or check for degenerate data."
+    )
+
+    def _fit_model(self) -> Any:
+        self._check_parameters()
+        return self._model()
+
+    def _fit_data(self, X: Any, model: Any, client: Any, **inputs: Any) -> tuple[Blocks, Any]:
+        blocks, model = super()._fit_data(X, model, client)
+        K, n_samples = int(self.n_components), blocks.n_samples
+        if n_samples < max(K, 2):
+            raise InvalidDataError(
+                f"expected n_samples >= n_components (and at least 2), got n_components={K}, "
+                f"n_samples={n_samples}; decrease n_components or give more data"
+            )
+        return blocks, model
+
+    @property
+    def _fitted_params(self) -> Any:
+        return self._fitted_as(self._params_class)
+
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None, **fit_kwargs: Any) -> Any:
+        """Fit, then the most likely component of every row (lazy for Dask input)."""
+        if sample_weight is not None:  # only given on: BayesianGaussianMixture takes no weights
+            fit_kwargs["sample_weight"] = sample_weight
+        return self.fit(X, **fit_kwargs).predict(X)
+
+    # -- inference ------------------------------------------------------------
+
+    def _check_X(self, X: Any) -> Any:
+        self._check_fitted("weights_")
+        return self._checked_input(X, ensure_all_finite=getattr(self, "missing", "raise") != "em")
+
+    def _map(self, X: Any, what: str, n_columns: int | None, dtype: Any = None) -> Any:
+        X = self._check_X(X)
+        if dtype is None:
+            # scikit-learn returns float32 log-probabilities for float32 rows
+            dtype = np.float32 if getattr(X, "dtype", None) == np.float32 else np.float64
+        return map_rows(X, _rows_output, self._model(), self._fitted_params, what, n_columns=n_columns, dtype=dtype)
+
+    def score_samples(self, X: Any) -> Any:
+        """Log-likelihood of every row under the mixture.
+
+        Returns
+        -------
+        ndarray or dask.array.Array of shape (n_samples,)
+            Lazy (nothing computed) for Dask, Zarr or path input.
+        """
+        return self._map(X, "score_samples", None)
+
+    def predict_proba(self, X: Any) -> Any:
+        """Posterior probability of each component for every row: (n_samples, n_components)."""
+        return self._map(X, "predict_proba", int(self.n_components))
+
+    def predict(self, X: Any) -> Any:
+        """The most likely component of every row: (n_samples,) integers."""
+        return self._map(X, "predict", None, dtype=np.int64)
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean log-likelihood per row (computes for Dask input)."""
+        values = self.score_samples(X)
+        if isinstance(values, np.ndarray):
+            return float(values.mean())
+        return float(values.mean().compute())
+
+    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n_samples`` rows from the fitted mixture (in memory).
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        y : ndarray of shape (n_samples,)
+            The component each row was drawn from.
+        """
+        self._check_fitted("weights_")
+        check_n_samples(n_samples)
+        rs = self.random_state
+        rng = rs if isinstance(rs, (np.random.RandomState, np.random.Generator)) else np.random.RandomState(rs)
+        counts = rng.multinomial(n_samples, self.weights_)
+        D = self.means_.shape[1]
+        if self.covariance_type in ("full", "tied"):
+            covs = self.covariances_ if self.covariance_type == "full" else [self.covariances_] * len(counts)
+            parts = [rng.multivariate_normal(m, c, int(k)) for m, c, k in zip(self.means_, covs, counts)]
+        else:
+            parts = [
+                m + rng.standard_normal(size=(int(k), D)) * np.sqrt(c)
+                for m, c, k in zip(self.means_, self.covariances_, counts)
+            ]
+        y = np.concatenate([np.full(int(k), j, dtype=int) for j, k in enumerate(counts)])
+        return np.vstack(parts), y
+
+
+class GaussianMixture(PartialFitMixin, _GaussianMixtureBase):
     """Gaussian mixture fitted by EM on Dask, with scikit-learn's interface.
 
     Every EM iteration is one pass over the data; only the per-component
@@ -105,12 +192,7 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
         Seed of the initialisations and of :meth:`sample`.
     warm_start : bool, default=False
         Start ``fit`` from the last fit's parameters (with ``n_init=1``).
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
+    $accelerate
     verbose : int, default=0
         Print a progress line per iteration.
     missing : {"raise", "em"}, default="raise"
@@ -156,9 +238,7 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
     precisions_ : ndarray
     precisions_cholesky_ : ndarray
     converged_ : bool
-    n_passes_ : int
-        Passes over the data the last ``fit`` made: initialisation,
-        restarts and refused extrapolations included.
+    $n_passes_
     n_iter_ : int
     lower_bound_ : float
         Mean log-likelihood per sample at the last iteration of the best
@@ -207,84 +287,29 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
     prior.
     """
 
-    _estimator_type = "density_estimator"
+    _params_class = GMMParams
 
-    def __init__(
-        self,
-        n_components: int = 1,
-        *,
-        covariance_type: str = "full",
-        tol: float = 1e-3,
-        reg_covar: float = 1e-6,
-        max_iter: int = 100,
-        n_init: int = 1,
-        n_init_iter: int = 5,
-        init_params: str = "kmeans",
-        weights_init: Any = None,
-        means_init: Any = None,
-        precisions_init: Any = None,
-        random_state: Any = None,
-        warm_start: bool = False,
-        verbose: int = 0,
-        missing: str = "raise",
-        split_every: int = 8,
-        weight_concentration_prior: float | None = None,
-        mean_precision_prior: float | None = None,
-        mean_prior: Any = None,
-        degrees_of_freedom_prior: float | None = None,
-        covariance_prior: Any = None,
-        accelerate: str | None = None,
-    ) -> None:
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.n_init_iter = n_init_iter
-        self.init_params = init_params
-        self.weights_init = weights_init
-        self.means_init = means_init
-        self.precisions_init = precisions_init
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.verbose = verbose
-        self.accelerate = accelerate
-        self.missing = missing
-        self.split_every = split_every
-        self.weight_concentration_prior = weight_concentration_prior
-        self.mean_precision_prior = mean_precision_prior
-        self.mean_prior = mean_prior
-        self.degrees_of_freedom_prior = degrees_of_freedom_prior
-        self.covariance_prior = covariance_prior
+    def __init__(self, n_components: int = 1, *, covariance_type: str = "full", tol: float = 1e-3,
+                 reg_covar: float = 1e-6, max_iter: int = 100, n_init: int = 1, n_init_iter: int = 5,
+                 init_params: str = "kmeans", weights_init: Any = None, means_init: Any = None,
+                 precisions_init: Any = None, random_state: Any = None, warm_start: bool = False, verbose: int = 0,
+                 missing: str = "raise", split_every: int = 8, weight_concentration_prior: float | None = None,
+                 mean_precision_prior: float | None = None, mean_prior: Any = None,
+                 degrees_of_freedom_prior: float | None = None, covariance_prior: Any = None,
+                 accelerate: str | None = None) -> None:
+        store_params(self, locals())
 
     # -- checks ---------------------------------------------------------------
 
-    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
-        super()._check_params()
-        self._check_parameters()
-
     def _check_parameters(self) -> None:
-        if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
-            raise ValueError(f"n_components must be an integer >= 1, got {self.n_components!r}")
+        self._check_ranges(("n_components",))
         if self.covariance_type not in COVARIANCE_TYPES:
             raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}")
         if self.missing not in ("raise", "em"):
             raise ValueError(f"missing must be 'raise' or 'em', got {self.missing!r}")
         if self.init_params not in INIT_PARAMS:
             raise ValueError(f"init_params must be one of {INIT_PARAMS}, got {self.init_params!r}")
-        if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
-            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
-        if not (isinstance(self.reg_covar, (int, float)) and self.reg_covar >= 0):
-            raise ValueError(f"reg_covar must be a non-negative number, got {self.reg_covar!r}")
-        if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 0:
-            raise ValueError(f"max_iter must be an integer >= 0, got {self.max_iter!r}")
-        if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
-            raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
-        if not isinstance(self.n_init_iter, (int, np.integer)) or self.n_init_iter < 0:
-            raise ValueError(f"n_init_iter must be an integer >= 0, got {self.n_init_iter!r}")
-        if not isinstance(self.split_every, (int, np.integer)) or self.split_every < 2:
-            raise ValueError(f"split_every must be an integer >= 2, got {self.split_every!r}")
+        self._check_ranges(("tol", "reg_covar", "max_iter", "n_init", "n_init_iter", "split_every"))
 
     def _checked_inits(self, n_features: int) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         """``weights_init``, ``means_init`` and the Cholesky factors of ``precisions_init``."""
@@ -337,21 +362,11 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
             return GaussianMixtureMissingModel(*config)
         return GaussianMixtureModel(*config, **prior)
 
-    # -- fitting --------------------------------------------------------------
+    # -- fitting: the hooks of EMEstimator._fit --------------------------------
 
-    def fit(
-        self,
-        X: Any,
-        y: Any = None,
-        sample_weight: Any = None,
-        *,
-        client: Any = None,
-        checkpoint: str | None = None,
-        checkpoint_every: int = 1,
-        resume: bool | None = None,
-        force: bool = False,
-        online_passes: int = 0,
-    ) -> GaussianMixture:
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None, *, client: Any = None,
+            checkpoint: str | None = None, checkpoint_every: int = 1, resume: bool | None = None,
+            force: bool = False, online_passes: int = 0) -> GaussianMixture:
         """Estimate the mixture's parameters by EM.
 
         Parameters
@@ -364,12 +379,9 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
             integer weight is the same as repeating the row. The weights
             travel with the data's blocks. The initialisation is computed
             from the rows without their weights.
-        client : distributed.Client, optional
-            Where to run (see :func:`dask_em.executor.where`); by default this process.
-        checkpoint, checkpoint_every, resume, force
-            Zarr snapshots of the fit; see :func:`dask_em.fit_em`. The
-            initialisations (shared restarts included) are redone only when
-            no snapshot exists.
+        $fit_options
+            The initialisations (shared restarts included) are redone only
+            when no snapshot exists.
         online_passes : int, default=0
             Passes of online (stepwise) EM over the blocks in shuffled order
             between the initialisation and batch EM (see
@@ -388,113 +400,56 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
         ValueError
             For invalid hyper-parameters or initial values.
         """
-        self._check_parameters()
-        X = validate_in_memory(self, X, reset=True, ensure_all_finite=self.missing != "em", ensure_min_samples=2)
-        K = int(self.n_components)
-        model = self._model()
-        with where(client, data=X, verbose=bool(self.verbose)) as active:
-            blocks = prepare_blocks(X, active)
-            n_samples, n_features = (int(s) for s in blocks.array.shape)
-            if n_samples < max(K, 2):
-                raise ValueError(
-                    f"expected n_samples >= n_components (and at least 2), got n_components={K}, "
-                    f"n_samples={n_samples}; decrease n_components or give more data"
-                )
-            data = blocks if sample_weight is None else weighted_blocks(blocks, sample_weight, active)
-            inits = self._checked_inits(n_features)
-            do_init = not (self.warm_start and hasattr(self, "converged_"))
-            n_init = int(self.n_init) if do_init else 1
-            rngs = run_rngs(self.random_state, n_init)
-            rng = rngs[0]
-            if isinstance(model, GaussianMixtureModel) and model.has_prior and not model.prior_needs_data:
-                model._prior(n_features)  # check the prior's shapes before any pass
-            run_model = model
-            if do_init:
+        return self._fit(X, client=client, checkpointing=Checkpointing(checkpoint, checkpoint_every, resume, force),
+                         sample_weight=sample_weight, online_passes=online_passes)
 
-                def start(rng: np.random.Generator = rng, run_model: Any = model) -> GMMParams:
-                    return self._initial_params(run_model, blocks, inits, rng, active)[0]
+    @property
+    def _input_checks(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"ensure_all_finite": getattr(self, "missing", "raise") != "em", "ensure_min_samples": 2}
 
-            else:
-                start = self._fitted_params  # type: ignore[assignment]
-            # a prior with data-derived defaults is completed once, by the first
-            # start (from its initialisation pass or from the checkpoint)
-            if isinstance(model, GaussianMixtureModel) and model.prior_needs_data:
-                stored = _stored_prior(model, checkpoint, resume)
-                if stored is not None:
-                    run_model = stored
-                elif do_init and resume is not True:
-                    params0, run_model = self._initial_params(model, blocks, inits, rng, active)
-                    start = params0  # type: ignore[assignment]
-                else:
-                    run_model = self._fill_prior_without_pass(model, blocks, rng)
-                run_model._prior(n_features)
-                if do_init and not isinstance(start, GMMParams):
+    def _start(
+        self, model: Any, blocks: Blocks, data: Any, rngs: list[np.random.Generator], client: Any,
+        checkpointing: Checkpointing,
+    ) -> tuple[Any, Any]:
+        """The start, and the model with its prior's data-derived defaults filled in.
 
-                    def start(rng: np.random.Generator = rng, run_model: Any = run_model) -> GMMParams:
-                        return self._initial_params(run_model, blocks, inits, rng, active)[0]
-
-            self._init_logliks = None
-            if n_init > 1:
-                start = self._shared_restarts(run_model, blocks, data, inits, start, rngs[1:], active)  # type: ignore[assignment]
-            best = fit_em(
-                run_model,
-                data,
-                params=start,
-                max_iter=int(self.max_iter),
-                tol=float(self.tol),
-                tol_on="mean",
-                split_every=int(self.split_every),
-                client=active,
-                random_state=rng,
-                verbose=bool(self.verbose),
-                accelerate=self.accelerate,
-                checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-                force=force,
-                checkpoint_meta=self.checkpoint_meta(),
-                warn_not_converged=False,
-                start_value=-math.inf if do_init else float(self.lower_bound_),
-                online_passes=online_passes,
-            )
-            best_model = run_model
-        if not best.converged and self.max_iter > 0:
-            warnings.warn(
-                "Best performing initialization did not converge. Try different init parameters, "
-                "or increase max_iter, tol, or check for degenerate data.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        self._set_fitted(best.params, np.float32 if blocks.array.dtype == np.float32 else np.float64)
-        self.converged_ = bool(best.converged)
-        self.n_iter_ = int(best.n_iter)
-        self.lower_bound_ = float(best.lower_bound)
-        self.lower_bounds_ = [float(v) for v in best.history]
-        self.n_features_in_ = n_features
-        self._set_prior_attributes(best_model, best.params)
-        return self
-
-    def _shared_restarts(
-        self, model: Any, blocks: Blocks, data: Any, inits: Any, first: Any, rngs: list[np.random.Generator],
-        client: Any,
-    ) -> Any:
-        """The start of the fit: the best of ``n_init`` starts after ``n_init_iter`` shared passes over ``data``.
-
-        ``first`` is the first start (or a function computing it); the
-        others come from samples of ``blocks`` (:meth:`_sample_start`).
-        Returns a function, so that a resumed fit skips all of it.
+        Such a prior is completed once: from the checkpoint the fit
+        resumes, else by the first start's initialisation pass (or sample),
+        else (a warm start, or a resume without a snapshot yet) without a pass.
         """
+        n_features = int(blocks.array.shape[1])
+        inits = self._checked_inits(n_features)
+        first = None
+        if isinstance(model, GaussianMixtureModel) and model.has_prior:
+            if model.prior_needs_data:
+                stored = _stored_prior(model, checkpointing)
+                if stored is not None:
+                    model = stored
+                elif not self._warm() and checkpointing.resume is not True:
+                    first, model = self._gmm_start(model, blocks, inits, rngs[0], client)
+                else:
+                    model = self._fill_prior_without_pass(model, blocks, rngs[0])
+            model._prior(n_features)  # check the prior's shapes before any pass
+        if self._warm():
+            return model, self._fitted_params
+        return model, self._restart_start(model, blocks, data, rngs, client, first)
 
-        def start() -> GMMParams:
-            candidates = [first() if callable(first) else first]
-            candidates += [self._sample_start(model, blocks, inits, rng) for rng in rngs]
-            best, self._init_logliks = shared_restarts(
-                model, data, candidates, n_iter=int(self.n_init_iter), client=client,
-                split_every=int(self.split_every), verbose=bool(self.verbose),
-            )
-            return best
+    def _initial_params(self, model: Any, blocks: Blocks, rng: np.random.Generator, client: Any) -> GMMParams:
+        return self._gmm_start(model, blocks, self._checked_inits(int(blocks.array.shape[1])), rng, client)[0]
 
-        return start
+    def _restart_params(self, model: Any, blocks: Blocks, rng: np.random.Generator, client: Any) -> GMMParams:
+        return self._sample_start(model, blocks, self._checked_inits(int(blocks.array.shape[1])), rng)
+
+    def _em_options(self, blocks: Blocks, client: Any, run: int, n_runs: int) -> dict[str, Any]:
+        # a warm start continues the last fit's convergence test (scikit-learn's warm_start)
+        start_value = float(self.lower_bound_) if self._warm() else -math.inf
+        return {**super()._em_options(blocks, client, run, n_runs), "start_value": start_value}
+
+    def _set_fitted(self, result: Any, model: Any, blocks: Blocks) -> None:
+        self._set_mixture(result.params, np.float32 if blocks.array.dtype == np.float32 else np.float64)
+        self.n_features_in_ = int(blocks.array.shape[1])
+        self._set_prior_attributes(model, result.params)
+
 
     def _sample_start(self, model: Any, blocks: Blocks, inits: Any, rng: np.random.Generator) -> GMMParams:
         """A restart's start from a sample of the data, in this process (no pass).
@@ -505,18 +460,9 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
         already use a sample only.
         """
         if self.init_params not in ("kmeans", "random") or isinstance(model, GaussianMixtureMissingModel):
-            return self._initial_params(model, blocks, inits, rng, None)[0]
-        sample = np.asarray(blocks.sample(max(INIT_SAMPLE_ROWS, model.n_components), rng), np.float64)
-        sample = sample[np.isfinite(sample).all(axis=1)]
-        if self.init_params == "kmeans":
-            hard = HardAssignment(kmeans_in_memory(sample, model.n_components, rng), model.covariance_type)
-            stats, center = hard.e_step(sample, None), hard.reference()
-        else:
-            center = sample.mean(axis=0)
-            random = RandomResponsibilities(
-                model.n_components, model.covariance_type, int(rng.integers(2**63)), tuple(float(c) for c in center)
-            )
-            stats = random.e_step((0, sample), None)
+            return self._gmm_start(model, blocks, inits, rng, None)[0]
+        sample = blocks.sample(max(INIT_SAMPLE_ROWS, model.n_components), rng)
+        stats, center = sample_stats(model, sample, self.init_params, rng)
         base = model.params_from_stats(stats, center)
         return _with_inits(base, base.weights, inits, model.covariance_type)
 
@@ -526,11 +472,11 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
     def _online_start(self, blocks: Blocks, rng: np.random.Generator, client: Any) -> tuple[Any, GMMParams]:
         self._check_parameters()
         inits = self._checked_inits(int(blocks.array.shape[1]))
-        params, model = self._initial_params(self._model(), blocks, inits, rng, client)
+        params, model = self._gmm_start(self._model(), blocks, inits, rng, client)
         return model, params
 
     def _online_set(self, state: Any) -> None:
-        self._set_fitted(state.params)
+        self._set_mixture(state.params)
         self.converged_ = False
         self.lower_bound_ = float(state.loglik)
         self.n_features_in_ = int(np.shape(self.means_)[1])
@@ -570,23 +516,7 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
         sample = blocks.sample(max(INIT_SAMPLE_ROWS, model.n_components), rng)
         return model.with_prior_defaults(n_features, *sample_moments(sample, model.covariance_type))
 
-    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None, **fit_kwargs: Any) -> Any:
-        """Fit, then the most likely component of every row (lazy for Dask input)."""
-        if sample_weight is not None:  # only given on: BayesianGaussianMixture borrows this and takes no weights
-            fit_kwargs["sample_weight"] = sample_weight
-        return self.fit(X, **fit_kwargs).predict(X)
-
-    @property
-    def _fitted_params(self) -> GMMParams:
-        self._check_fitted("weights_")
-        return GMMParams(
-            weights=np.asarray(self.weights_, np.float64),
-            means=np.asarray(self.means_, np.float64),
-            covariances=np.asarray(self.covariances_, np.float64),
-            precisions_cholesky=np.asarray(self.precisions_cholesky_, np.float64),
-        )
-
-    def _set_fitted(self, params: GMMParams, dtype: Any = np.float64) -> None:
+    def _set_mixture(self, params: GMMParams, dtype: Any = np.float64) -> None:
         """Fitted attributes in the data's float type, as scikit-learn (fitted in float64)."""
         self.weights_ = np.asarray(params.weights, dtype)
         self.means_ = np.asarray(params.means, dtype)
@@ -595,7 +525,7 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
         precisions = precisions_from_cholesky(np.asarray(params.precisions_cholesky), self.covariance_type)
         self.precisions_ = np.asarray(precisions, dtype)
 
-    def _initial_params(
+    def _gmm_start(
         self,
         model: GaussianMixtureModel,
         blocks: Blocks,
@@ -628,9 +558,9 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
             weights = base.weights
         elif self.init_params in ("kmeans", "random"):
             if self.init_params == "kmeans":
-                stats, center = self._kmeans_stats(model, blocks, rng, client)
+                stats, center = kmeans_stats(model, blocks, rng, client, int(self.split_every))
             else:
-                stats, center = self._random_stats(model, blocks, rng, client)
+                stats, center = random_stats(model, blocks, rng, client, int(self.split_every))
             if needs_data:
                 model = model.with_prior_defaults(n_features, *data_moments(stats, center, ct))
             base = model.params_from_stats(stats, center)
@@ -667,93 +597,6 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
             weights = np.full(K, (1.0 + 10 * np.finfo(np.float64).eps) / n_samples)
         return _with_inits(base, weights, inits, ct), model
 
-    def _kmeans_stats(
-        self, model: GaussianMixtureModel, blocks: Blocks, rng: np.random.Generator, client: Any
-    ) -> tuple[Stats, np.ndarray]:
-        """Hard-assignment statistics around k-means centres: two steps through the engine."""
-        from .kmeans import kmeans_centers
-
-        try:
-            centers = kmeans_centers(
-                blocks, model.n_components, rng=rng, client=client, split_every=int(self.split_every)
-            )
-        except InvalidDataError as exc:
-            found = re.search(r"(\d+) NaN", str(exc))
-            if found is None:
-                raise
-            raise InvalidDataError(model.describe_invalid(int(found.group(1)))) from None
-        hard = HardAssignment(centers=np.asarray(centers, np.float64), covariance_type=model.covariance_type)
-        stats = expected_stats(hard, blocks, None, client, int(self.split_every))
-        return stats, hard.reference()
-
-    def _random_stats(
-        self, model: GaussianMixtureModel, blocks: Blocks, rng: np.random.Generator, client: Any
-    ) -> tuple[Stats, np.ndarray]:
-        """Statistics of uniformly random responsibilities, one seeded generator per block."""
-        sample = np.asarray(blocks.sample(1000, rng), np.float64)
-        finite = np.isfinite(sample).all(axis=1)
-        center = sample[finite].mean(axis=0) if finite.any() else np.zeros(sample.shape[1])
-        random_model = RandomResponsibilities(
-            n_components=model.n_components,
-            covariance_type=model.covariance_type,
-            seed=int(rng.integers(2**63)),
-            center=tuple(float(c) for c in center),
-        )
-        indexed = Blocks(
-            parts=[dask.delayed(_with_index, pure=True)(i, part) for i, part in enumerate(blocks.parts)],
-            n_samples=blocks.n_samples,
-            array=blocks.array,
-            fingerprint=blocks.fingerprint,
-            client=blocks.client,
-        )
-        stats = expected_stats(random_model, indexed, None, client, int(self.split_every))
-        return stats, center
-
-    # -- inference ------------------------------------------------------------
-
-    def _check_X(self, X: Any) -> Any:
-        self._check_fitted("weights_")
-        X = validate_in_memory(self, X, reset=False, ensure_all_finite=getattr(self, "missing", "raise") != "em")
-        shape = getattr(X, "shape", None)
-        if shape is not None and len(shape) == 2 and shape[1] != self.n_features_in_:
-            raise InvalidDataError(
-                f"X has {shape[1]} features, but {type(self).__name__} is expecting "
-                f"{self.n_features_in_} features as input"
-            )
-        return X
-
-    def _map(self, X: Any, what: str, n_columns: int | None, dtype: Any = None) -> Any:
-        X = self._check_X(X)
-        if dtype is None:
-            # scikit-learn returns float32 log-probabilities for float32 rows
-            dtype = np.float32 if getattr(X, "dtype", None) == np.float32 else np.float64
-        return map_rows(X, _rows_output, self._model(), self._fitted_params, what, n_columns=n_columns, dtype=dtype)
-
-    def score_samples(self, X: Any) -> Any:
-        """Log-likelihood of every row under the mixture.
-
-        Returns
-        -------
-        ndarray or dask.array.Array of shape (n_samples,)
-            Lazy (nothing computed) for Dask, Zarr or path input.
-        """
-        return self._map(X, "score_samples", None)
-
-    def predict_proba(self, X: Any) -> Any:
-        """Posterior probability of each component for every row: (n_samples, n_components)."""
-        return self._map(X, "predict_proba", int(self.n_components))
-
-    def predict(self, X: Any) -> Any:
-        """The most likely component of every row: (n_samples,) integers."""
-        return self._map(X, "predict", None, dtype=np.int64)
-
-    def score(self, X: Any, y: Any = None) -> float:
-        """Mean log-likelihood per row (computes for Dask input)."""
-        values = self.score_samples(X)
-        if isinstance(values, np.ndarray):
-            return float(values.mean())
-        return float(values.mean().compute())
-
     def _n_parameters(self) -> int:
         K, D = np.shape(self.means_)
         cov = {"full": K * D * (D + 1) / 2.0, "diag": K * D, "tied": D * (D + 1) / 2.0, "spherical": K}[
@@ -775,32 +618,6 @@ class GaussianMixture(PartialFitMixin, EMEstimator):
         n = self._n_rows(X)
         return -2 * self.score(X) * n + 2 * self._n_parameters()
 
-    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``n_samples`` rows from the fitted mixture (in memory).
-
-        Returns
-        -------
-        X : ndarray of shape (n_samples, n_features)
-        y : ndarray of shape (n_samples,)
-            The component each row was drawn from.
-        """
-        self._check_fitted("weights_")
-        check_n_samples(n_samples)
-        rs = self.random_state
-        rng = rs if isinstance(rs, (np.random.RandomState, np.random.Generator)) else np.random.RandomState(rs)
-        counts = rng.multinomial(n_samples, self.weights_)
-        D = self.means_.shape[1]
-        if self.covariance_type in ("full", "tied"):
-            covs = self.covariances_ if self.covariance_type == "full" else [self.covariances_] * len(counts)
-            parts = [rng.multivariate_normal(m, c, int(k)) for m, c, k in zip(self.means_, covs, counts)]
-        else:
-            parts = [
-                m + rng.standard_normal(size=(int(k), D)) * np.sqrt(c)
-                for m, c, k in zip(self.means_, self.covariances_, counts)
-            ]
-        y = np.concatenate([np.full(int(k), j, dtype=int) for j, k in enumerate(counts)])
-        return np.vstack(parts), y
-
 
 def _with_inits(base: GMMParams, weights: np.ndarray, inits: Any, covariance_type: str) -> GMMParams:
     """``base`` (with ``weights``) where the user's ``weights_init``, ``means_init``, ``precisions_init`` replace it."""
@@ -815,28 +632,16 @@ def _with_inits(base: GMMParams, weights: np.ndarray, inits: Any, covariance_typ
     return GMMParams(weights, means, cov, prec_chol)
 
 
-def _stored_prior(model: GaussianMixtureModel, path: Any, resume: bool | None) -> GaussianMixtureModel | None:
-    """``model`` with the unset prior fields taken from the checkpoint it will resume, if any.
+def _stored_prior(model: Any, checkpointing: Checkpointing) -> Any:
+    """``model`` with the unset prior fields taken from the checkpoint the fit will resume, if any.
 
     Only fields left unset are taken: a value the user gives must match the
     checkpoint's, which :func:`dask_em.fit_em` checks. None when there is
-    nothing to resume or the checkpoint holds no such values.
+    nothing to resume or the checkpoint holds no such values. (Used by
+    :class:`BayesianGaussianMixture` too.)
     """
-    if path is None or resume is False:
-        return None
-    from ..errors import CheckpointError
-    from ..storage.format import from_jsonable
-    from ..storage.snapshots import read_checkpoint
-
-    try:
-        state = read_checkpoint(path)
-    except CheckpointError:
-        return None
-    config = (state.info.get("model") or {}).get("config") or {}
-    changes = {}
-    for name in PRIOR_FIELDS:
-        if getattr(model, name) is None and config.get(name) is not None:
-            changes[name] = from_jsonable(config[name])
+    unset = [name for name in PRIOR_FIELDS if getattr(model, name) is None]
+    changes = resumable_config(checkpointing.path, checkpointing.resume, unset)
     if not changes:
         return None
     try:
@@ -844,55 +649,3 @@ def _stored_prior(model: GaussianMixtureModel, path: Any, resume: bool | None) -
     except ValueError:
         return None  # not a prior this model can take; fit_em reports the difference
     return None if filled.prior_needs_data else filled
-
-
-@dataclass(frozen=True)
-class RandomResponsibilities:
-    """Statistics of uniformly random responsibilities (scikit-learn's "random" init).
-
-    The engine maps :meth:`e_step` over ``(block_index, block)`` pairs;
-    each block's draws come from a generator seeded by ``seed`` and the
-    block's index, so the result does not depend on scheduling.
-    """
-
-    n_components: int
-    covariance_type: str
-    seed: int
-    center: tuple[float, ...]
-
-    def init_params(self, sample: Any, rng: np.random.Generator) -> None:  # pragma: no cover - unused
-        return None
-
-    def e_step(self, item: tuple[int, Any], params: Any) -> Stats:
-        """Random-responsibility sums of one block, about ``center``."""
-        index, block = item
-        X = np.asarray(block)
-        K = self.n_components
-        D = X.shape[1]
-        model = GaussianMixtureModel(K, self.covariance_type)
-        stats = model._zero_stats(D)
-        work = _Workspace(min(SUB_BLOCK_ROWS, X.shape[0]), K, D, self.covariance_type)
-        rng = np.random.default_rng([self.seed, index])
-        center = np.asarray(self.center)
-        n_invalid = 0
-        for start in range(0, X.shape[0], SUB_BLOCK_ROWS):
-            Y = np.subtract(X[start : start + SUB_BLOCK_ROWS], center, dtype=np.float64)
-            resp = rng.uniform(size=(Y.shape[0], K))
-            resp /= resp.sum(axis=1, keepdims=True)
-            bad = ~np.isfinite(Y).all(axis=1)
-            if bad.any():
-                n_invalid += int((~np.isfinite(Y[bad])).sum())
-                Y[bad] = 0.0
-                resp[bad] = 0.0
-            model._accumulate(stats, Y, resp, work)
-        stats["n"] = np.array(float(X.shape[0]))
-        stats["loglik"] = np.array(0.0)
-        stats["n_invalid"] = np.array(n_invalid)
-        return stats
-
-    def describe_invalid(self, n_invalid: int) -> str:
-        """Same message as the mixture model's."""
-        return GaussianMixtureModel(self.n_components, self.covariance_type).describe_invalid(n_invalid)
-
-    def m_step(self, stats: Stats, params: Any) -> Any:  # pragma: no cover - one pass only
-        return params

@@ -41,7 +41,8 @@ from ..models.hmm.base import _prior
 from ..models.hmm.workers import part_max
 from ..models.kmeans import kmeans_in_memory
 from ..data.sequences import SequenceBlocks, sequence_blocks
-from ._hmm_base import _BaseHMM, _common_doc, _normalize_rows, _store_params
+from ._base import store_params
+from ._hmm_base import _BaseHMM, _common_doc, _normalize_rows
 
 
 # ---------------------------------------------------------------------------
@@ -61,7 +62,7 @@ def _state_means(est: _BaseHMM, X: np.ndarray, rng: np.random.Generator, blocks:
     K = est.n_components
     if run == 0:
         try:
-            from .kmeans import kmeans_centers
+            from ..init import kmeans_centers
 
             centres = kmeans_centers(
                 blocks.values_blocks(), K, init="k-means++", max_iter=20, rng=rng, client=client,
@@ -157,7 +158,7 @@ class GaussianHMM(_BaseHMM):
         accelerate: str | None = None,
         segment_length: int | None = None,
     ) -> None:
-        _store_params(self, locals())
+        store_params(self, locals())
 
     def _model_options(self, n_features: int) -> dict[str, Any]:
         return dict(
@@ -297,7 +298,7 @@ class GMMHMM(_BaseHMM):
         accelerate: str | None = None,
         segment_length: int | None = None,
     ) -> None:
-        _store_params(self, locals())
+        store_params(self, locals())
 
     @property
     def _emission_attribute(self) -> str:
@@ -400,7 +401,7 @@ class CategoricalHMM(_BaseHMM):
         accelerate: str | None = None,
         segment_length: int | None = None,
     ) -> None:
-        _store_params(self, locals())
+        store_params(self, locals())
 
     def _n_features_of(self, blocks: SequenceBlocks) -> int:
         if blocks.n_features != 1:
@@ -502,7 +503,7 @@ class PoissonHMM(_BaseHMM):
         accelerate: str | None = None,
         segment_length: int | None = None,
     ) -> None:
-        _store_params(self, locals())
+        store_params(self, locals())
 
     def _model_options(self, n_features: int) -> dict[str, Any]:
         return dict(lambdas_prior=_prior(self.lambdas_prior), lambdas_weight=_prior(self.lambdas_weight))

@@ -6,10 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..executor import where
-from ..engine import fit_em, prepare_blocks
 from ..models.mvn_missing import MVNMissingModel, MVNParams, impute_block, score_block
-from ._base import EMEstimator, map_rows, run_rngs, validate_in_memory
+from ._base import Checkpointing, EMEstimator, map_rows, store_params, validate_in_memory
 from ._online import PartialFitMixin
 
 
@@ -42,22 +40,13 @@ class MultivariateNormal(PartialFitMixin, EMEstimator):
         column variances of a sample.
     random_state : int or Generator, optional
         Chooses the sample the default start is computed from.
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
-        Print a progress line per iteration.
+    $em_options
 
     Attributes
     ----------
     mean_ : ndarray of shape (n_features,)
     covariance_ : ndarray of shape (n_features, n_features)
-    n_passes_ : int
-        Passes over the data the last ``fit`` made: initialisation,
-        restarts and refused extrapolations included.
+    $n_passes_
     n_iter_ : int
     converged_ : bool
     lower_bound_ : float
@@ -73,48 +62,19 @@ class MultivariateNormal(PartialFitMixin, EMEstimator):
 
     _nan_is_missing = True
 
-    def __init__(
-        self,
-        *,
-        max_iter: int = 100,
-        tol: float = 1e-4,
-        reg_covar: float = 0.0,
-        mean_init: Any = None,
-        covariance_init: Any = None,
-        random_state: Any = None,
-        accelerate: str | None = None,
-        verbose: bool = False,
-    ) -> None:
-        self.max_iter = max_iter
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.mean_init = mean_init
-        self.covariance_init = covariance_init
-        self.random_state = random_state
-        self.verbose = verbose
-        self.accelerate = accelerate
-
-    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
-        super()._check_params()
-        self._model()  # its checks are those of a fit
+    def __init__(self, *, max_iter: int = 100, tol: float = 1e-4, reg_covar: float = 0.0, mean_init: Any = None,
+                 covariance_init: Any = None, random_state: Any = None, accelerate: str | None = None,
+                 verbose: bool = False) -> None:
+        store_params(self, locals())
 
     def _model(self) -> MVNMissingModel:
         if self.reg_covar < 0:
             raise ValueError(f"reg_covar must be non-negative, got {self.reg_covar}")
         return MVNMissingModel(reg_covar=float(self.reg_covar))
 
-    def fit(
-        self,
-        X: Any,
-        y: Any = None,
-        *,
-        client: Any = None,
-        checkpoint: str | None = None,
-        checkpoint_every: int = 1,
-        resume: bool | None = None,
-        force: bool = False,
-        online_passes: int = 0,
-    ) -> MultivariateNormal:
+    def fit(self, X: Any, y: Any = None, *, client: Any = None, checkpoint: str | None = None,
+            checkpoint_every: int = 1, resume: bool | None = None, force: bool = False,
+            online_passes: int = 0) -> MultivariateNormal:
         """Estimate the mean and covariance from ``X`` with NaN as missing.
 
         Parameters
@@ -122,10 +82,7 @@ class MultivariateNormal(PartialFitMixin, EMEstimator):
         X : array-like, dask array, zarr array or path, of shape (n_samples, n_features)
             The data; NaN marks a missing value.
         y : ignored
-        client : distributed.Client, optional
-            Where to run (see :func:`dask_em.executor.where`); by default this process.
-        checkpoint, checkpoint_every, resume, force
-            Zarr snapshots of the fit; see :func:`dask_em.fit_em`.
+        $fit_options
         online_passes : int, default=0
             Passes of online (stepwise) EM over shuffled blocks before batch
             EM (see :func:`dask_em.fit_em`).
@@ -134,41 +91,18 @@ class MultivariateNormal(PartialFitMixin, EMEstimator):
         -------
         self
         """
-        model = self._model()
-        # NaN marks a missing entry; infinite values are counted and reported by the first pass
-        X = validate_in_memory(self, X, reset=True, ensure_all_finite=False, ensure_min_samples=2)
-        with where(client, data=X, verbose=self.verbose) as active:
-            blocks = prepare_blocks(X, active)
-            n_features = int(blocks.array.shape[1])
-            rng = run_rngs(self.random_state, 1)[0]
-            result = fit_em(
-                model,
-                blocks,
-                params=lambda: self._start(model, blocks, rng),
-                max_iter=self.max_iter,
-                tol=self.tol,
-                client=active,
-                verbose=self.verbose, accelerate=self.accelerate,
-                checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-                force=force,
-                online_passes=online_passes,
-                checkpoint_meta=self.checkpoint_meta(),
-            )
+        return self._fit(X, client=client, checkpointing=Checkpointing(checkpoint, checkpoint_every, resume, force),
+                         online_passes=online_passes)
+
+    def _set_fitted(self, result: Any, model: MVNMissingModel, blocks: Any) -> None:
         self.mean_ = np.asarray(result.params.mean)
         self.covariance_ = np.asarray(result.params.covariance)
         self.n_all_missing_ = max(int(result.params.n_all_missing), 0)
-        self.n_iter_ = result.n_iter
-        self.converged_ = result.converged
-        self.lower_bound_ = result.lower_bound
-        self.lower_bounds_ = list(result.history)
-        self.n_features_in_ = n_features
-        return self
+        self.n_features_in_ = int(blocks.array.shape[1])
 
-    def _start(self, model: MVNMissingModel, blocks: Any, rng: np.random.Generator) -> MVNParams:
+    def _initial_params(self, model: MVNMissingModel, blocks: Any, rng: np.random.Generator, client: Any = None) -> MVNParams:
         n_features = int(blocks.array.shape[1])
-        start = model.init_params(blocks.sample(10_000, rng), rng)
+        start = super()._initial_params(model, blocks, rng, client)
         mean = start.mean if self.mean_init is None else np.asarray(self.mean_init, float)
         cov = start.covariance if self.covariance_init is None else np.asarray(self.covariance_init, float)
         if mean.shape != (n_features,) or cov.shape != (n_features, n_features):
@@ -183,7 +117,7 @@ class MultivariateNormal(PartialFitMixin, EMEstimator):
 
     def _online_start(self, blocks: Any, rng: np.random.Generator, client: Any) -> tuple[Any, Any]:
         model = self._model()
-        return model, self._start(model, blocks, rng)
+        return model, self._initial_params(model, blocks, rng)
 
     def _online_set(self, state: Any) -> None:
         self.mean_ = np.asarray(state.params.mean)

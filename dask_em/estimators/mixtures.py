@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
 
-from ..data import weighted_blocks
-from ..executor import where
-from ..engine import fit_em, prepare_blocks
-from ..errors import ConvergenceWarning
 from ..models.mixtures import (
     INITS,
     BernoulliMixtureModel,
@@ -20,7 +15,7 @@ from ..models.mixtures import (
     _DiscreteMixture,
 )
 from ..online import OnlineEM
-from ._base import EMEstimator, check_n_samples, map_rows, run_rngs, shared_restarts
+from ._base import Checkpointing, EMEstimator, check_n_samples, map_rows, store_params
 from ._online import PartialFitMixin
 
 
@@ -28,14 +23,26 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
     """fit / predict / score for the discrete mixtures; subclasses name the component parameter."""
 
     _estimator_type = "density_estimator"
+    _docs = {
+        "weight_prior": """weight_concentration_prior : float, default=1.0
+        Concentration of a symmetric Dirichlet prior on the weights (MAP-EM):
+        weights are ``max(N_k + a - 1, 0)`` normalised, so a > 1 keeps small
+        components alive and a < 1 prunes them. With a prior (a != 1 or
+        ``alpha`` >= 1e-6) ``lower_bound_`` is the log posterior per row,
+        which is what EM then increases; ``score`` stays the log-likelihood.""",
+        "head": """n_components : int, default=1
+    tol : float, default=1e-3
+    max_iter : int, default=100
+    n_init : int, default=1
+        Restarts, sharing their passes (see ``PoissonMixture``).
+    n_init_iter : int, default=5
+    init_params : {"k-means++", "random", "random_from_data"}, default="k-means++"
+        As ``PoissonMixture``'s (the categorical mixture seeds on row proportions).""",
+    }
 
     _model_class: type[_DiscreteMixture]
     _component_attr: str  # fitted attribute of the component parameters, e.g. "lambdas_"
     _init_attr: str  # hyper-parameter with initial component parameters, e.g. "lambdas_init"
-
-    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
-        super()._check_params()
-        self._model()  # its checks are those of a fit
 
     _online_attr = "weights_"
 
@@ -57,8 +64,8 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
             weight_concentration=float(self.weight_concentration_prior),
         )
 
-    def _start(self, model: _DiscreteMixture, blocks: Any, rng: np.random.Generator) -> Any:
-        start = model.init_params(blocks.sample(10_000, rng), rng)
+    def _initial_params(self, model: _DiscreteMixture, blocks: Any, rng: np.random.Generator, client: Any = None) -> Any:
+        start = super()._initial_params(model, blocks, rng, client)
         weights = start.weights if self.weights_init is None else np.asarray(self.weights_init, float)
         component_init = getattr(self, self._init_attr)
         component = getattr(start, model.component_name) if component_init is None else np.asarray(component_init, float)
@@ -73,28 +80,15 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
             fields["mean_total"] = start.mean_total
         return model.params_class(**fields)
 
-    def _restarts(self, model: _DiscreteMixture, blocks: Any, data: Any, client: Any) -> Any:
-        """Every restart's start from a sample of ``blocks``, ``n_init_iter`` shared iterations on ``data``, the best one."""
-        candidates = [self._start(model, blocks, rng) for rng in run_rngs(self.random_state, int(self.n_init))]
-        best, logliks = shared_restarts(
-            model, data, candidates, n_iter=int(self.n_init_iter), client=client, verbose=bool(self.verbose)
-        )
-        self._init_logliks = logliks
-        return best
+    _input_checks = None  # counts and binary data are taken as they are
+    _not_converged = (
+        "best of {self.n_init} initialisation(s) did not converge in {self.max_iter} iterations; "
+        "increase max_iter or tol, or check the data"
+    )
 
-    def fit(
-        self,
-        X: Any,
-        y: Any = None,
-        sample_weight: Any = None,
-        *,
-        client: Any = None,
-        checkpoint: str | None = None,
-        checkpoint_every: int = 1,
-        resume: bool | None = None,
-        force: bool = False,
-        online_passes: int = 0,
-    ) -> Any:
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None, *, client: Any = None,
+            checkpoint: str | None = None, checkpoint_every: int = 1, resume: bool | None = None,
+            force: bool = False, online_passes: int = 0) -> Any:
         """Estimate the mixture by EM, keeping the best of ``n_init`` restarts.
 
         Restarts share their passes: all ``n_init`` starting points (each
@@ -113,10 +107,8 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
             integer weight is the same as repeating the row. The weights
             travel with the data's blocks; the initialisation draws from
             the rows without their weights.
-        client : distributed.Client, optional
-        checkpoint, checkpoint_every, resume, force
-            Zarr snapshots of the fit (the shared restarts are redone only
-            when no snapshot exists). See :func:`dask_em.fit_em`.
+        $fit_options
+            The shared restarts are redone only when no snapshot exists.
         online_passes : int, default=0
             Passes of online EM over shuffled blocks before batch EM (see
             :func:`dask_em.fit_em`).
@@ -125,43 +117,12 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
         -------
         self
         """
-        model = self._model()
-        self._init_logliks = None
-        with where(client, data=X, verbose=self.verbose) as active:
-            blocks = prepare_blocks(X, active)
-            data = blocks if sample_weight is None else weighted_blocks(blocks, sample_weight, active)
-            best = fit_em(
-                model,
-                data,
-                params=lambda: self._restarts(model, blocks, data, active),
-                max_iter=self.max_iter,
-                tol=self.tol,
-                client=active,
-                random_state=run_rngs(self.random_state, 1)[0],
-                verbose=self.verbose,
-                accelerate=self.accelerate,
-                checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-                force=force,
-                checkpoint_meta=self.checkpoint_meta(),
-                warn_not_converged=False,
-                online_passes=online_passes,
-            )
-        if not best.converged and self.max_iter > 0:
-            warnings.warn(
-                f"best of {self.n_init} initialisation(s) did not converge in {self.max_iter} iterations; "
-                "increase max_iter or tol, or check the data",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        self._set_params(best.params, model)
-        self.n_iter_ = best.n_iter
-        self.converged_ = best.converged
-        self.lower_bound_ = best.lower_bound
-        self.lower_bounds_ = list(best.history)
+        return self._fit(X, client=client, checkpointing=Checkpointing(checkpoint, checkpoint_every, resume, force),
+                         sample_weight=sample_weight, online_passes=online_passes)
+
+    def _set_fitted(self, result: Any, model: _DiscreteMixture, blocks: Any) -> None:
+        self._set_params(result.params, model)
         self.n_features_in_ = int(blocks.array.shape[1])
-        return self
 
     def _set_params(self, params: Any, model: _DiscreteMixture) -> None:
         self._params = params
@@ -170,10 +131,21 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
         if hasattr(params, "mean_total"):
             self.mean_total_ = float(params.mean_total)
 
+    def _fitted_params(self) -> Any:
+        """The fitted parameters: as fitted, or rebuilt from the public attributes of a loaded estimator."""
+        if "_params" not in vars(self):
+            model = self._model()
+            values = {"weights": np.asarray(self.weights_, np.float64),
+                      model.component_name: np.asarray(getattr(self, self._component_attr), np.float64)}
+            if hasattr(self, "mean_total_"):
+                values["mean_total"] = np.asarray(self.mean_total_, np.float64)
+            self._params = model.params_class(**values)
+        return self._params
+
     # -- online EM ------------------------------------------------------------
     def _online_start(self, blocks: Any, rng: np.random.Generator, client: Any) -> tuple[Any, Any]:
         model = self._model()
-        return model, self._start(model, blocks, rng)
+        return model, self._initial_params(model, blocks, rng)
 
     def _online_set(self, state: OnlineEM) -> None:
         self._set_params(state.params, state.model)
@@ -192,7 +164,7 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
         Lazy (a Dask array) for Dask, Zarr or path input.
         """
         self._check_fitted("weights_")
-        return map_rows(X, self._model().predict_proba_block, self._params, n_columns=int(self.n_components))
+        return map_rows(X, self._model().predict_proba_block, self._fitted_params(), n_columns=int(self.n_components))
 
     def predict(self, X: Any) -> Any:
         """Most likely component of each row, shape (n_samples,)."""
@@ -202,7 +174,7 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
     def score_samples(self, X: Any) -> Any:
         """Log-likelihood of each row under the mixture, shape (n_samples,)."""
         self._check_fitted("weights_")
-        return map_rows(X, self._model().score_samples_block, self._params, n_columns=None)
+        return map_rows(X, self._model().score_samples_block, self._fitted_params(), n_columns=None)
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-likelihood per row."""
@@ -231,12 +203,6 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
         return np.repeat(np.arange(len(counts)), counts)
 
 
-def _set(est: Any, values: dict[str, Any]) -> None:
-    for name, value in values.items():
-        if name != "self":
-            setattr(est, name, value)
-
-
 class PoissonMixture(_MixtureEstimator):
     """Mixture of independent per-feature Poisson distributions, for count data.
 
@@ -259,22 +225,10 @@ class PoissonMixture(_MixtureEstimator):
     alpha : float, default=1e-10
         Pseudo-count that keeps rates positive (a zero rate gives a count
         of one or more probability zero).
-    weight_concentration_prior : float, default=1.0
-        Concentration of a symmetric Dirichlet prior on the weights (MAP-EM):
-        weights are ``max(N_k + a - 1, 0)`` normalised, so a > 1 keeps small
-        components alive and a < 1 prunes them. With a prior (a != 1 or
-        ``alpha`` >= 1e-6) ``lower_bound_`` is the log posterior per row,
-        which is what EM then increases; ``score`` stays the log-likelihood.
+    $weight_prior
     weights_init : array-like of shape (n_components,), optional
     lambdas_init : array-like of shape (n_components, n_features), optional
-    random_state : int or Generator, optional
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
+    $seed_em_options
 
     Attributes
     ----------
@@ -288,24 +242,11 @@ class PoissonMixture(_MixtureEstimator):
     _component_attr = "lambdas_"
     _init_attr = "lambdas_init"
 
-    def __init__(
-        self,
-        n_components: int = 1,
-        *,
-        tol: float = 1e-3,
-        max_iter: int = 100,
-        n_init: int = 1,
-        n_init_iter: int = 5,
-        init_params: str = "k-means++",
-        alpha: float = 1e-10,
-        weight_concentration_prior: float = 1.0,
-        weights_init: Any = None,
-        lambdas_init: Any = None,
-        random_state: Any = None,
-        accelerate: str | None = None,
-        verbose: bool = False,
-    ) -> None:
-        _set(self, locals())
+    def __init__(self, n_components: int = 1, *, tol: float = 1e-3, max_iter: int = 100, n_init: int = 1,
+                 n_init_iter: int = 5, init_params: str = "k-means++", alpha: float = 1e-10,
+                 weight_concentration_prior: float = 1.0, weights_init: Any = None, lambdas_init: Any = None,
+                 random_state: Any = None, accelerate: str | None = None, verbose: bool = False) -> None:
+        store_params(self, locals())
 
     def sample(self, n_samples: int = 1, random_state: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Draw counts and their component labels, sorted by component."""
@@ -315,37 +256,31 @@ class PoissonMixture(_MixtureEstimator):
         return rng.poisson(self.lambdas_[labels]).astype(np.float64), labels
 
 
-class BernoulliMixture(_MixtureEstimator):
+class _ProbabilityMixture(_MixtureEstimator):
+    """What the Bernoulli and categorical mixtures share: component probabilities."""
+
+    _component_attr = "probabilities_"
+    _init_attr = "probabilities_init"
+
+    def __init__(self, n_components: int = 1, *, tol: float = 1e-3, max_iter: int = 100, n_init: int = 1,
+                 n_init_iter: int = 5, init_params: str = "k-means++", alpha: float = 1e-10,
+                 weight_concentration_prior: float = 1.0, weights_init: Any = None, probabilities_init: Any = None,
+                 random_state: Any = None, accelerate: str | None = None, verbose: bool = False) -> None:
+        store_params(self, locals())
+
+
+class BernoulliMixture(_ProbabilityMixture):
     """Mixture of independent per-feature Bernoulli distributions, for binary data.
 
     Parameters
     ----------
-    n_components : int, default=1
-    tol : float, default=1e-3
-    max_iter : int, default=100
-    n_init : int, default=1
-        Restarts, sharing their passes (see ``PoissonMixture``).
-    n_init_iter : int, default=5
-    init_params : {"k-means++", "random", "random_from_data"}, default="k-means++"
-        As ``PoissonMixture``'s (the categorical mixture seeds on row proportions).
+    $head
     alpha : float, default=1e-10
         Pseudo-count that keeps probabilities strictly between 0 and 1.
-    weight_concentration_prior : float, default=1.0
-        Concentration of a symmetric Dirichlet prior on the weights (MAP-EM):
-        weights are ``max(N_k + a - 1, 0)`` normalised, so a > 1 keeps small
-        components alive and a < 1 prunes them. With a prior (a != 1 or
-        ``alpha`` >= 1e-6) ``lower_bound_`` is the log posterior per row,
-        which is what EM then increases; ``score`` stays the log-likelihood.
+    $weight_prior
     weights_init : array-like of shape (n_components,), optional
     probabilities_init : array-like of shape (n_components, n_features), optional
-    random_state : int or Generator, optional
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
+    $seed_em_options
 
     Attributes
     ----------
@@ -356,27 +291,6 @@ class BernoulliMixture(_MixtureEstimator):
     """
 
     _model_class = BernoulliMixtureModel
-    _component_attr = "probabilities_"
-    _init_attr = "probabilities_init"
-
-    def __init__(
-        self,
-        n_components: int = 1,
-        *,
-        tol: float = 1e-3,
-        max_iter: int = 100,
-        n_init: int = 1,
-        n_init_iter: int = 5,
-        init_params: str = "k-means++",
-        alpha: float = 1e-10,
-        weight_concentration_prior: float = 1.0,
-        weights_init: Any = None,
-        probabilities_init: Any = None,
-        random_state: Any = None,
-        accelerate: str | None = None,
-        verbose: bool = False,
-    ) -> None:
-        _set(self, locals())
 
     def sample(self, n_samples: int = 1, random_state: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Draw binary rows and their component labels, sorted by component."""
@@ -386,39 +300,20 @@ class BernoulliMixture(_MixtureEstimator):
         return (rng.random((len(labels), self.n_features_in_)) < self.probabilities_[labels]).astype(np.float64), labels
 
 
-class CategoricalMixture(_MixtureEstimator):
+class CategoricalMixture(_ProbabilityMixture):
     """Mixture of multinomials, for rows of category counts such as document-term matrices.
 
     Parameters
     ----------
-    n_components : int, default=1
-    tol : float, default=1e-3
-    max_iter : int, default=100
-    n_init : int, default=1
-        Restarts, sharing their passes (see ``PoissonMixture``).
-    n_init_iter : int, default=5
-    init_params : {"k-means++", "random", "random_from_data"}, default="k-means++"
-        As ``PoissonMixture``'s (the categorical mixture seeds on row proportions).
+    $head
     alpha : float, default=1e-10
         Pseudo-count added to every category (word) of every component, so
         that no word has probability zero.
-    weight_concentration_prior : float, default=1.0
-        Concentration of a symmetric Dirichlet prior on the weights (MAP-EM):
-        weights are ``max(N_k + a - 1, 0)`` normalised, so a > 1 keeps small
-        components alive and a < 1 prunes them. With a prior (a != 1 or
-        ``alpha`` >= 1e-6) ``lower_bound_`` is the log posterior per row,
-        which is what EM then increases; ``score`` stays the log-likelihood.
+    $weight_prior
     weights_init : array-like of shape (n_components,), optional
     probabilities_init : array-like of shape (n_components, n_features), optional
         Rows sum to 1.
-    random_state : int or Generator, optional
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
+    $seed_em_options
 
     Attributes
     ----------
@@ -432,27 +327,6 @@ class CategoricalMixture(_MixtureEstimator):
     """
 
     _model_class = CategoricalMixtureModel
-    _component_attr = "probabilities_"
-    _init_attr = "probabilities_init"
-
-    def __init__(
-        self,
-        n_components: int = 1,
-        *,
-        tol: float = 1e-3,
-        max_iter: int = 100,
-        n_init: int = 1,
-        n_init_iter: int = 5,
-        init_params: str = "k-means++",
-        alpha: float = 1e-10,
-        weight_concentration_prior: float = 1.0,
-        weights_init: Any = None,
-        probabilities_init: Any = None,
-        random_state: Any = None,
-        accelerate: str | None = None,
-        verbose: bool = False,
-    ) -> None:
-        _set(self, locals())
 
     def sample(
         self, n_samples: int = 1, n_trials: int | None = None, random_state: Any = None

@@ -7,11 +7,10 @@ from typing import Any
 import dask
 import numpy as np
 
-from ..executor import where
-from ..engine import expected_stats, fit_em
+from ..engine import expected_stats
 from ..data.groups import GroupedBlocks, grouped_blocks
-from ..models.random_effects import RandomEffectsModel, RandomEffectsParams, blup_block
-from ._base import EMEstimator
+from ..models.random_effects import RandomEffectsModel, RandomEffectsParams, blup_frame
+from ._base import Checkpointing, EMEstimator, store_params
 
 
 class RandomEffects(EMEstimator):
@@ -38,14 +37,7 @@ class RandomEffects(EMEstimator):
     tol : float, default=1e-9
         Stop when the (restricted) log-likelihood per observation changes by
         less than this.
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
-    verbose : bool, default=False
-        Print a progress line per iteration.
+    $em_options
 
     Attributes
     ----------
@@ -66,9 +58,7 @@ class RandomEffects(EMEstimator):
     lower_bounds_ : list of float
         (Restricted) log-likelihood per observation at each iteration.
     lower_bound_ : float
-    n_passes_ : int
-        Passes over the data the last ``fit`` made: initialisation,
-        restarts and refused extrapolations included.
+    $n_passes_
     n_iter_ : int
     converged_ : bool
     n_groups_ : int or None
@@ -80,34 +70,14 @@ class RandomEffects(EMEstimator):
         self, method: str = "reml", *, max_iter: int = 1000, tol: float = 1e-9, accelerate: str | None = None,
         verbose: bool = False,
     ) -> None:
-        self.method = method
-        self.max_iter = max_iter
-        self.tol = tol
-        self.verbose = verbose
-        self.accelerate = accelerate
-        self.accelerate = accelerate
-
-    def _check_params(self) -> None:  # noqa: D102 (see EMEstimator._check_params)
-        super()._check_params()
-        self._model()  # its checks are those of a fit
+        store_params(self, locals())
 
     def _model(self) -> RandomEffectsModel:
         return RandomEffectsModel(method=str(self.method).lower())
 
-    def fit(
-        self,
-        X: Any,
-        y: Any = None,
-        groups: Any = None,
-        Z: Any = None,
-        *,
-        client: Any = None,
-        n_partitions: int | None = None,
-        checkpoint: str | None = None,
-        checkpoint_every: int = 1,
-        resume: bool | None = None,
-        force: bool = False,
-    ) -> RandomEffects:
+    def fit(self, X: Any, y: Any = None, groups: Any = None, Z: Any = None, *, client: Any = None,
+            n_partitions: int | None = None, checkpoint: str | None = None, checkpoint_every: int = 1,
+            resume: bool | None = None, force: bool = False) -> RandomEffects:
         """Fit the mixed model.
 
         Parameters
@@ -130,7 +100,7 @@ class RandomEffects(EMEstimator):
             Number of blocks of whole groups (default: about 16 MiB each,
             at least two per worker).
         checkpoint, checkpoint_every, resume, force
-            Zarr snapshots of the fit; see :func:`dask_em.fit_em`.
+            The fit's snapshots (:class:`~dask_em.estimators._base.Checkpointing`).
 
         Returns
         -------
@@ -140,60 +110,45 @@ class RandomEffects(EMEstimator):
             pass  # a Zarr group holding X, y, groups
         elif y is None or groups is None:
             raise ValueError("RandomEffects.fit needs y and groups (arrays, or column names of a DataFrame)")
-        model = self._model()
-        with where(client, data=X, verbose=self.verbose) as active:
-            blocks = grouped_blocks(X, y, groups, Z, client=active, n_partitions=n_partitions)
+        return self._fit(X, client=client, checkpointing=Checkpointing(checkpoint, checkpoint_every, resume, force),
+                         y=y, groups=groups, Z=Z, n_partitions=n_partitions)
 
-            def init() -> RandomEffectsParams:
-                first = blocks.compute(blocks.parts[0])[0]
-                return model.init_params(first, np.random.default_rng(0))
+    # -- the fit loop's hooks (EMEstimator._fit) --------------------------------
+    _input_checks = None  # grouped_blocks checks the columns
 
-            result = fit_em(
-                model,
-                blocks,
-                params=init,
-                max_iter=self.max_iter,
-                tol=self.tol,
-                client=active,
-                verbose=self.verbose, accelerate=self.accelerate,
-                checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-                force=force,
-                checkpoint_meta=self.checkpoint_meta(),
-            )
-            # The fixed effects, their covariance and the log-likelihood at
-            # the final variance components: one more pass.
-            final = expected_stats(model, blocks, result.params, active)
-            params = RandomEffectsParams(np.asarray(final["fe_gls"]), result.params.cov_re, result.params.scale)
-            self.random_effects_ = _random_effects(blocks, params, active)
+    def _fit_data(self, X: Any, model: RandomEffectsModel, client: Any, **inputs: Any) -> tuple[Any, RandomEffectsModel]:
+        return grouped_blocks(X, client=client, **inputs), model
+
+    def _initial_params(self, model: RandomEffectsModel, blocks: Any, rng: np.random.Generator, client: Any) -> Any:
+        first = blocks.compute(blocks.parts[0])[0]
+        return model.init_params(first, np.random.default_rng(0))
+
+    def _score_run(self, result: Any, model: RandomEffectsModel, data: Any, client: Any) -> float:
+        # The fixed effects, their covariance and the log-likelihood at the
+        # final variance components: one more pass; then the BLUPs.
+        final = expected_stats(model, data, result.params, client)
+        params = RandomEffectsParams(np.asarray(final["fe_gls"]), result.params.cov_re, result.params.scale)
+        result.extra.update(final=final, params=params, random_effects=_random_effects(data, params, client))
+        return float(result.lower_bound)
+
+    def _set_fitted(self, result: Any, model: RandomEffectsModel, blocks: Any) -> None:
+        final, params = result.extra["final"], result.extra["params"]
+        self.random_effects_ = result.extra["random_effects"]
         self.fe_params_ = np.asarray(params.fe_params)
         self.bse_fe_ = np.sqrt(np.diag(np.asarray(final["fe_cov"])))
         self.cov_re_ = np.asarray(params.cov_re)
         self.scale_ = float(params.scale)
         self.llf_ = float(final["loglik"])
-        self.lower_bounds_ = list(result.history)
-        self.lower_bound_ = result.lower_bound
-        self.n_iter_ = result.n_iter
-        self.converged_ = result.converged
         self.n_groups_ = int(final["n_groups"])
         self.n_samples_ = int(final["n"])
         self.n_features_in_ = blocks.n_fixed
         self.fixed_names_ = list(blocks.fixed_names)
         self.random_names_ = list(blocks.random_names)
-        return self
 
     def predict(self, X: Any) -> Any:
         """Marginal predictions ``X b`` (no random effects)."""
         self._check_fitted("fe_params_")
         return X @ self.fe_params_
-
-
-def _blup_frame(block: Any, params: RandomEffectsParams, columns: list[str]) -> Any:
-    import pandas as pd
-
-    labels, u = blup_block(block, params)
-    return pd.DataFrame(u, index=pd.Index(labels, name="group"), columns=columns)
 
 
 def _random_effects(blocks: GroupedBlocks, params: RandomEffectsParams, client: Any) -> Any:
@@ -202,7 +157,7 @@ def _random_effects(blocks: GroupedBlocks, params: RandomEffectsParams, client: 
 
     columns = list(blocks.random_names)
     if not blocks.lazy:
-        frames = blocks.compute(*[dask.delayed(_blup_frame)(p, params, columns) for p in blocks.parts])
+        frames = blocks.compute(*[dask.delayed(blup_frame)(p, params, columns) for p in blocks.parts])
         return pd.concat(frames) if frames else pd.DataFrame(columns=columns)
     import dask.dataframe as dd
 
@@ -210,4 +165,4 @@ def _random_effects(blocks: GroupedBlocks, params: RandomEffectsParams, client: 
     meta = pd.DataFrame(
         {c: np.zeros(0) for c in columns}, index=pd.Index(np.zeros(0, blocks.label_dtype or np.int64), name="group")
     )
-    return dd.from_delayed([dask.delayed(_blup_frame)(p, params_d, columns) for p in blocks.source_parts], meta=meta)
+    return dd.from_delayed([dask.delayed(blup_frame)(p, params_d, columns) for p in blocks.source_parts], meta=meta)

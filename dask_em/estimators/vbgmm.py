@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any
 
 import numpy as np
 
 from ..data import Blocks
-from ..engine import expected_stats, fit_em, prepare_blocks
-from ..errors import ConvergenceWarning, InvalidDataError, InvalidParameterError
-from ..executor import where
+from ..engine import expected_stats
+from ..errors import InvalidParameterError
+from ..init import kmeans_stats, random_stats
 from ..contract import Stats
 from ..models._gaussian import data_moments, precisions_from_cholesky
 from ..models.gmm import GaussianMixtureModel, HardAssignment, _Workspace
 from ..models.vbgmm import PRIOR_FIELDS, BayesianGaussianMixtureModel, VBGMMParams
-from ._base import EMEstimator, run_checkpoint, run_rngs, validate_in_memory
-from .gmm import INIT_PARAMS, GaussianMixture, _stored_prior
+from ._base import Checkpointing, store_params
+from .gmm import INIT_PARAMS, GaussianMixture, _GaussianMixtureBase, _stored_prior
 
 
-class BayesianGaussianMixture(EMEstimator):
+class BayesianGaussianMixture(_GaussianMixtureBase):
     """Variational Bayesian Gaussian mixture on Dask, with scikit-learn's interface.
 
     Every iteration is one pass over the data: the E-step returns the
@@ -69,12 +68,7 @@ class BayesianGaussianMixture(EMEstimator):
     random_state : int, Generator or RandomState, optional
     warm_start : bool, default=False
         Start ``fit`` from the last fit's variational parameters.
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
+    $accelerate
     verbose : int, default=0
     split_every : int, default=8
         Fan-in of the tree reduction of the statistics.
@@ -93,9 +87,7 @@ class BayesianGaussianMixture(EMEstimator):
     weight_concentration_prior_, mean_precision_prior_, mean_prior_, degrees_of_freedom_prior_, covariance_prior_
         The prior the fit used, defaults filled in.
     converged_ : bool
-    n_passes_ : int
-        Passes over the data the last ``fit`` made: initialisation,
-        restarts and refused extrapolations included.
+    $n_passes_
     n_iter_ : int
     lower_bound_ : float
         The evidence lower bound of the best initialisation at its last
@@ -116,85 +108,23 @@ class BayesianGaussianMixture(EMEstimator):
     iteration of a warm-started fit never counts as converged.
     """
 
-    _estimator_type = "density_estimator"
+    def __init__(self, n_components: int = 1, *, covariance_type: str = "full", tol: float = 1e-3,
+                 reg_covar: float = 1e-6, max_iter: int = 100, n_init: int = 1, init_params: str = "kmeans",
+                 weight_concentration_prior_type: str = "dirichlet_process",
+                 weight_concentration_prior: float | None = None, mean_precision_prior: float | None = None,
+                 mean_prior: Any = None, degrees_of_freedom_prior: float | None = None, covariance_prior: Any = None,
+                 random_state: Any = None, warm_start: bool = False, verbose: int = 0, split_every: int = 8,
+                 accelerate: str | None = None) -> None:
+        store_params(self, locals())
 
-    def __init__(
-        self,
-        n_components: int = 1,
-        *,
-        covariance_type: str = "full",
-        tol: float = 1e-3,
-        reg_covar: float = 1e-6,
-        max_iter: int = 100,
-        n_init: int = 1,
-        init_params: str = "kmeans",
-        weight_concentration_prior_type: str = "dirichlet_process",
-        weight_concentration_prior: float | None = None,
-        mean_precision_prior: float | None = None,
-        mean_prior: Any = None,
-        degrees_of_freedom_prior: float | None = None,
-        covariance_prior: Any = None,
-        random_state: Any = None,
-        warm_start: bool = False,
-        verbose: int = 0,
-        split_every: int = 8,
-        accelerate: str | None = None,
-    ) -> None:
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
-        self.weight_concentration_prior_type = weight_concentration_prior_type
-        self.weight_concentration_prior = weight_concentration_prior
-        self.mean_precision_prior = mean_precision_prior
-        self.mean_prior = mean_prior
-        self.degrees_of_freedom_prior = degrees_of_freedom_prior
-        self.covariance_prior = covariance_prior
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.verbose = verbose
-        self.accelerate = accelerate
-        self.split_every = split_every
-
-    # -- shared with GaussianMixture: one implementation of each ---------------------
-
-    _check_X = GaussianMixture._check_X
-    _map = GaussianMixture._map
-    _kmeans_stats = GaussianMixture._kmeans_stats
-    _random_stats = GaussianMixture._random_stats
-    _initial_params = GaussianMixture._initial_params
-    score_samples = GaussianMixture.score_samples
-    predict_proba = GaussianMixture.predict_proba
-    predict = GaussianMixture.predict
-    score = GaussianMixture.score
-    fit_predict = GaussianMixture.fit_predict
-    sample = GaussianMixture.sample
-
-    # -- checks ---------------------------------------------------------------
-
-    def _check_params(self) -> None:
-        """The checks of a fit, without data (run on configurations read from files too)."""
-        check = getattr(super(), "_check_params", None)  # the shared rules, where the base class has them
-        if check is not None:
-            check()
-        self._check_parameters()
-        self._model()
+    _params_class = VBGMMParams
+    _gmm_start = GaussianMixture._gmm_start  # the rows GaussianMixture's "k-means++" and "random_from_data" pick
 
     def _check_parameters(self) -> None:
         """The fit's own parameters; the model's (:meth:`_model`) check themselves."""
         if self.init_params not in INIT_PARAMS:
             raise InvalidParameterError(f"init_params must be one of {INIT_PARAMS}, got {self.init_params!r}")
-        if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
-            raise InvalidParameterError(f"tol must be a non-negative number, got {self.tol!r}")
-        if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 0:
-            raise InvalidParameterError(f"max_iter must be an integer >= 0, got {self.max_iter!r}")
-        if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
-            raise InvalidParameterError(f"n_init must be an integer >= 1, got {self.n_init!r}")
-        if not isinstance(self.split_every, (int, np.integer)) or self.split_every < 2:
-            raise InvalidParameterError(f"split_every must be an integer >= 2, got {self.split_every!r}")
+        self._check_ranges(("tol", "max_iter", "n_init", "split_every"), InvalidParameterError)
 
     def _model(self) -> BayesianGaussianMixtureModel:
         return BayesianGaussianMixtureModel(
@@ -205,30 +135,18 @@ class BayesianGaussianMixture(EMEstimator):
             **{name: getattr(self, name) for name in PRIOR_FIELDS},
         )
 
-    # -- fitting --------------------------------------------------------------
+    # -- fitting: the hooks of EMEstimator._fit --------------------------------
 
-    def fit(
-        self,
-        X: Any,
-        y: Any = None,
-        *,
-        client: Any = None,
-        checkpoint: str | None = None,
-        checkpoint_every: int = 1,
-        resume: bool | None = None,
-        force: bool = False,
-    ) -> BayesianGaussianMixture:
+    def fit(self, X: Any, y: Any = None, *, client: Any = None, checkpoint: str | None = None,
+            checkpoint_every: int = 1, resume: bool | None = None, force: bool = False) -> BayesianGaussianMixture:
         """Fit the variational distributions.
 
         Parameters
         ----------
         X : array-like, dask array, zarr array or path, of shape (n_samples, n_features)
         y : ignored
-        client : distributed.Client, optional
-            Where to run (see :func:`dask_em.executor.where`); by default this process.
-        checkpoint, checkpoint_every, resume, force
-            Zarr snapshots of the fit; see :func:`dask_em.fit_em`. With
-            ``n_init > 1`` each initialisation has its own sub-group.
+        $fit_options
+            With ``n_init > 1`` each initialisation has its own sub-group.
 
         Returns
         -------
@@ -241,85 +159,42 @@ class BayesianGaussianMixture(EMEstimator):
         InvalidParameterError
             For invalid hyper-parameters or priors (a ``ValueError``).
         """
-        self._check_parameters()
-        model = self._model()
-        # NaN and infinite values are counted and reported by the first pass
-        X = validate_in_memory(self, X, reset=True, ensure_all_finite=False, ensure_min_samples=2)
-        K = int(self.n_components)
-        with where(client, data=X, verbose=bool(self.verbose)) as active:
-            blocks = prepare_blocks(X, active)
-            n_samples, n_features = (int(s) for s in blocks.array.shape)
-            if n_samples < max(K, 2):
-                raise InvalidDataError(
-                    f"expected n_samples >= n_components (and at least 2), got n_components={K}, "
-                    f"n_samples={n_samples}; decrease n_components or give more data"
-                )
-            if not model.prior_needs_data:
-                model.prior(n_features)  # check the prior's shapes before any pass
-            do_init = not (self.warm_start and hasattr(self, "converged_"))
-            rngs = run_rngs(self.random_state, int(self.n_init) if do_init else 1)
-            resolved = None  # the prior's data-derived defaults, filled once
-            best = best_model = None
-            for run, rng in enumerate(rngs):
-                run_path = run_checkpoint(checkpoint, run) if len(rngs) > 1 else checkpoint
-                run_model, start = model, None
-                if model.prior_needs_data:
-                    run_model = _stored_prior(model, run_path, resume) or resolved  # type: ignore[arg-type]
-                    if run_model is None and not do_init:
-                        run_model = self._previous_prior(model, n_features)
-                    if run_model is None:
-                        stats, center, moments = self._initial_stats(blocks, rng, active, need_moments=True)
-                        run_model = model.with_prior_defaults(n_features, *moments)
-                        start = run_model.params_from_stats(stats, center)
-                    run_model.prior(n_features)
-                    resolved = resolved or run_model
-                if start is None:
-                    start = self._start(run_model, blocks, rng, active) if do_init else self._fitted_params
-                result = fit_em(
-                    run_model,
-                    blocks,
-                    params=start,
-                    max_iter=int(self.max_iter),
-                    tol=float(self.tol),
-                    tol_on="total",
-                    split_every=int(self.split_every),
-                    client=active,
-                    random_state=rng,
-                    verbose=bool(self.verbose),
-                    accelerate=self.accelerate,
-                    checkpoint=run_path,
-                    checkpoint_every=checkpoint_every,
-                    resume=resume,
-                    force=force,
-                    checkpoint_meta=self.checkpoint_meta(),
-                    warn_not_converged=False,
-                )
-                if best is None or result.lower_bound > best.lower_bound:
-                    best, best_model = result, run_model
-        assert best is not None and best_model is not None
-        if not best.converged and self.max_iter > 0:
-            warnings.warn(
-                "Best performing initialization did not converge. Try different init parameters, "
-                "or increase max_iter, tol, or check for degenerate data.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        self._set_fitted(best.params, best_model)
-        self.converged_ = bool(best.converged)
-        self.n_iter_ = int(best.n_iter)
-        self.lower_bound_ = float(best.lower_bound)
-        self.lower_bounds_ = [float(v) for v in best.history]
-        self.n_features_in_ = n_features
-        return self
+        return self._fit(X, client=client, checkpointing=Checkpointing(checkpoint, checkpoint_every, resume, force))
 
-    def _start(self, model: BayesianGaussianMixtureModel, blocks: Blocks, rng: np.random.Generator, client: Any) -> Any:
-        """The initialisation, deferred: fit_em skips it when it resumes a checkpoint."""
+    _tol_on = "total"
+    _restarts = "apart"
 
-        def start() -> VBGMMParams:
+    def _start(
+        self, model: BayesianGaussianMixtureModel, blocks: Blocks, data: Any, rngs: list[np.random.Generator],
+        client: Any, checkpointing: Checkpointing,
+    ) -> tuple[BayesianGaussianMixtureModel, Any]:
+        """A run's start, and the model with the prior's data-derived defaults filled in (once, by the first run).
+
+        The defaults come from the checkpoint the run resumes, else the
+        last fit's (a warm start), else the initialisation's pass.
+        """
+        rng, n_features = rngs[0], int(blocks.array.shape[1])
+        if model.prior_needs_data:
+            filled = _stored_prior(model, checkpointing) or (self._previous_prior(model, n_features) if self._warm() else None)
+            if filled is None:
+                stats, center, moments = self._initial_stats(blocks, rng, client, need_moments=True)
+                filled = model.with_prior_defaults(n_features, *moments)
+                filled.prior(n_features)
+                return filled, filled.params_from_stats(stats, center)
+            model = filled
+        model.prior(n_features)  # check the prior's shapes before any pass
+        if self._warm():
+            return model, self._fitted_params
+
+        def start() -> VBGMMParams:  # deferred: fit_em skips it when it resumes a checkpoint
             stats, center, _ = self._initial_stats(blocks, rng, client, need_moments=False)
             return model.params_from_stats(stats, center)
 
-        return start
+        return model, start
+
+    def _set_fitted(self, result: Any, model: BayesianGaussianMixtureModel, blocks: Blocks) -> None:
+        self._set_variational(result.params, model)
+        self.n_features_in_ = int(blocks.array.shape[1])
 
     def _initial_stats(
         self, blocks: Blocks, rng: np.random.Generator, client: Any, *, need_moments: bool
@@ -335,13 +210,13 @@ class BayesianGaussianMixture(EMEstimator):
         K, ct = int(self.n_components), self.covariance_type
         gmm = GaussianMixtureModel(K, ct)
         if self.init_params == "kmeans":
-            stats, center = self._kmeans_stats(gmm, blocks, rng, client)
+            stats, center = kmeans_stats(gmm, blocks, rng, client, int(self.split_every))
         elif self.init_params == "random":
-            stats, center = self._random_stats(gmm, blocks, rng, client)
+            stats, center = random_stats(gmm, blocks, rng, client, int(self.split_every))
         else:
             # GaussianMixture's choice of rows; its covariances are not used
             # (a positive reg_covar keeps them factorisable).
-            rows = self._initial_params(
+            rows = self._gmm_start(
                 GaussianMixtureModel(K, ct, reg_covar=1.0), blocks, (None, None, None), rng, client
             )[0].means
             rows = np.asarray(rows, np.float64)
@@ -366,19 +241,7 @@ class BayesianGaussianMixture(EMEstimator):
 
     # -- fitted state ------------------------------------------------------------
 
-    @property
-    def _fitted_params(self) -> VBGMMParams:
-        self._check_fitted("weight_concentration_")
-        return VBGMMParams(
-            weight_concentration=np.asarray(self.weight_concentration_, np.float64),
-            mean_precision=np.asarray(self.mean_precision_, np.float64),
-            means=np.asarray(self.means_, np.float64),
-            degrees_of_freedom=np.asarray(self.degrees_of_freedom_, np.float64),
-            covariances=np.asarray(self.covariances_, np.float64),
-            precisions_cholesky=np.asarray(self.precisions_cholesky_, np.float64),
-        )
-
-    def _set_fitted(self, params: VBGMMParams, model: BayesianGaussianMixtureModel) -> None:
+    def _set_variational(self, params: VBGMMParams, model: BayesianGaussianMixtureModel) -> None:
         wc = np.asarray(params.weight_concentration)
         dp = self.weight_concentration_prior_type == "dirichlet_process"
         self.weight_concentration_ = (wc[0], wc[1]) if dp else wc

@@ -556,8 +556,14 @@ class KMeansModel:
         )
 
 
-def kmeans_in_memory(X: np.ndarray, n_clusters: int, rng: np.random.Generator, n_iter: int = 10) -> np.ndarray:
-    """k-means++ seeding and ``n_iter`` Lloyd iterations on in-memory rows (a sample), no Dask.
+def kmeans_in_memory(
+    X: np.ndarray, n_clusters: int, rng: np.random.Generator, n_iter: int = 10, tol: float = 0.0
+) -> np.ndarray:
+    """k-means++ seeding and up to ``n_iter`` Lloyd iterations on in-memory rows (a sample), no Dask.
+
+    With ``tol > 0`` the iterations stop, as scikit-learn's do, once the
+    squared total shift of the centres is at most ``tol`` times the mean
+    variance of the columns.
 
     Returns
     -------
@@ -565,8 +571,11 @@ def kmeans_in_memory(X: np.ndarray, n_clusters: int, rng: np.random.Generator, n
     """
     model = KMeansModel(n_clusters)
     params = KMeansParams.from_centers(kmeans_plusplus(X, n_clusters, rng))
+    tol_scaled = tol * float(np.var(X, axis=0).mean()) if tol > 0 else -1.0
     for _ in range(n_iter):
         params = model.m_step(model.e_step(X, params), params)
+        if float(params.center_shift) <= tol_scaled:
+            break
     return params.cluster_centers
 
 
@@ -636,3 +645,31 @@ def _moments_block(block: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     mean = X.mean(axis=0) if n else np.zeros(X.shape[1])
     dev = X - mean
     return n, mean, np.einsum("ij,ij->j", dev, dev)
+
+
+# -- per-row outputs of a fitted k-means (``KMeans.predict``, ``transform``, ``score``; run on workers) --
+
+
+def _finite_block(block: np.ndarray) -> np.ndarray:
+    """``block``, refused when it holds NaN or inf (they would get a label and a nan inertia)."""
+    n_invalid = int(np.count_nonzero(~np.isfinite(block)))
+    if n_invalid:
+        from ..errors import InvalidDataError
+
+        raise InvalidDataError(KMeansModel().describe_invalid(n_invalid))
+    return block
+
+
+def labels_block(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the nearest center of every row, shape (n_rows,)."""
+    return nearest_center(_finite_block(block), centers)[0]
+
+
+def min_sq_dist_block(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Squared distance of every row to its nearest center, shape (n_rows,)."""
+    return nearest_center(_finite_block(block), centers)[1]
+
+
+def distances_block(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Euclidean distance of every row to every center, shape (n_rows, n_centers)."""
+    return center_distances(_finite_block(block), centers)

@@ -288,3 +288,11 @@ def blup_block(block: Any, params: RandomEffectsParams) -> tuple[np.ndarray, np.
     K = np.linalg.solve(D, np.broadcast_to(G, D.shape))
     ZWr = (Zr - np.einsum("mij,mjk,mk->mi", ZZ, K, Zr)) / s2
     return block.labels, ZWr @ G
+
+
+def blup_frame(block: Any, params: RandomEffectsParams, columns: list[str]) -> Any:
+    """:func:`blup_block` as a pandas DataFrame indexed by group id (``RandomEffects.random_effects_``; run on workers)."""
+    import pandas as pd
+
+    labels, u = blup_block(block, params)
+    return pd.DataFrame(u, index=pd.Index(labels, name="group"), columns=columns)

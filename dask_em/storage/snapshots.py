@@ -26,7 +26,7 @@ import dataclasses
 import hashlib
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -342,6 +342,28 @@ def read_checkpoint(path: Any, *, rebuild: bool = False, storage_options: dict[s
     if found is None:
         raise CheckpointError(f"there is no dask-em checkpoint at {location.url}")
     return found[0]
+
+
+def resumable_config(path: Any, resume: bool | None, names: Sequence[str]) -> dict[str, Any]:
+    """Values of the model configuration recorded in the checkpoint a fit would resume, by name.
+
+    For estimators whose model takes data-derived defaults (a prior's mean
+    and scale): a resumed fit must use the recorded values, not recompute
+    them. Only ``names`` set in the record are returned, decoded by
+    :func:`~dask_em.storage.format.from_jsonable`; nothing when ``resume`` is
+    False or ``path`` holds no readable checkpoint (the fit then starts
+    afresh, and :func:`dask_em.fit_em` reports any other problem with ``path``).
+    """
+    from .format import from_jsonable
+
+    if path is None or resume is False:
+        return {}
+    try:
+        state = read_checkpoint(path)
+    except CheckpointError:
+        return {}
+    config = (state.info.get("model") or {}).get("config") or {}
+    return {name: from_jsonable(config[name]) for name in names if config.get(name) is not None}
 
 
 def checkpoint_iteration(path: Any, storage_options: dict[str, Any] | None = None) -> int | None:

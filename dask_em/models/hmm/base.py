@@ -68,13 +68,7 @@ def _f64(a: Any) -> np.ndarray:
 
 @dataclass(frozen=True)
 class HMMParams:
-    """What the parameters of every HMM hold; each emission's class adds its own fields after these.
-
-    Attributes
-    ----------
-    startprob : ndarray of shape (n_components,)
-    transmat : ndarray of shape (n_components, n_components)
-    """
+    """``startprob`` (K,) and ``transmat`` (K, K) of every HMM; each emission's class adds its fields after these."""
 
     startprob: np.ndarray
     transmat: np.ndarray

@@ -168,7 +168,7 @@ def _best(func, repeat: int = 5) -> float:
 def kernel_profile(X: np.ndarray, lengths: np.ndarray, init: dict, K: int, emission: str = "gaussian-diag",
                    M: int = 0) -> list[tuple[str, float]]:
     """Best-of-5 seconds of one partition's E-step in one thread, by part."""
-    from dask_em.models.hmm import _HMMBase, forward_backward
+    from dask_em.models.hmm.base import _HMMBase, forward_backward
 
     half = len(lengths) // 2
     values = X[: int(lengths[:half].sum())]

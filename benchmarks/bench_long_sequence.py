@@ -8,7 +8,7 @@ workers limited to ``--memory-limit`` each:
 - a plain read pass over the store (the floor an iteration is compared to);
 - ``--iters`` Baum-Welch iterations of a diagonal GaussianHMM on the whole
   sequence cut into segments at chunk boundaries
-  (:mod:`dask_em.models.hmm_segments`: a transfer-operator pass and a
+  (:mod:`dask_em.models.hmm.segments`: a transfer-operator pass and a
   statistics pass per iteration, ``n_passes``);
 - per-worker peak memory, spilled bytes, and worker restarts (the worker
   processes' pids before and after), so "no worker killed, nothing spilled"
@@ -124,7 +124,7 @@ def design_costs(path: str, segment: int, D: int) -> dict[str, float]:
     import zarr
 
     from dask_em.models.hmm import GaussianHMMModel
-    from dask_em.models.hmm_segments import SegmentedHMM, SegmentPart, SegmentTable, TransferPass
+    from dask_em.models.hmm.segments import SegmentedHMM, SegmentPart, SegmentTable, TransferPass
 
     X = np.asarray(zarr.open_group(path, mode="r")["values"][segment : 2 * segment])
     part = SegmentPart(X, np.array([len(X)]), 0, False)
@@ -167,10 +167,10 @@ def numerics(steps: int, D: int, chunk_rows: int) -> dict[str, Any]:
     through the chunks in order, carrying the filtered state distribution
     from one chunk into the next (the plain algorithm, no operators).
     Segments: each chunk's transfer operator and the scan of
-    :func:`dask_em.models.hmm_segments.segment_messages`.
+    :func:`dask_em.models.hmm.segments.segment_messages`.
     """
     from dask_em.models.hmm import GaussianHMMModel, forward_backward
-    from dask_em.models.hmm_segments import SegmentPart, SegmentTable, TransferPass, segment_messages
+    from dask_em.models.hmm.segments import SegmentPart, SegmentTable, TransferPass, segment_messages
 
     true = truth(D)
     cdf = np.cumsum(true["transmat"], axis=1)
@@ -214,7 +214,7 @@ def run(args: argparse.Namespace, n_workers: int, path: str) -> dict[str, Any]:
 
     from dask_em.engine import fit_em
     from dask_em.models.hmm import GaussianHMMModel
-    from dask_em.models.hmm_segments import SegmentedHMM
+    from dask_em.models.hmm.segments import SegmentedHMM
     from dask_em.data.sequences import sequence_blocks
 
     import dask

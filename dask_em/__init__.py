@@ -16,6 +16,7 @@ _LAZY = {
     "BayesianGaussianMixture": "estimators.vbgmm",
     "CategoricalHMM": "estimators.hmm",
     "GaussianHMM": "estimators.hmm",
+    "GMMHMM": "estimators.hmm",
     "PoissonHMM": "estimators.hmm",
     "KMeans": "estimators.kmeans",
     "MultivariateNormal": "estimators.missing",
@@ -47,7 +48,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .estimators.gmm import GaussianMixture
     from .estimators.bayesnet import DiscreteBayesianNetwork
     from .estimators.vbgmm import BayesianGaussianMixture
-    from .estimators.hmm import CategoricalHMM, GaussianHMM, PoissonHMM
+    from .estimators.hmm import GMMHMM, CategoricalHMM, GaussianHMM, PoissonHMM
     from .estimators.kmeans import KMeans
     from .estimators.missing import MultivariateNormal
     from .estimators.factor import PPCA, FactorAnalysis
@@ -116,6 +117,7 @@ __all__ = [
     "EMModel",
     "EMResult",
     "GaussianHMM",
+    "GMMHMM",
     "GaussianMixture",
     "IterationInfo",
     "KMeans",

@@ -212,7 +212,8 @@ def test_fused_diag_kernel_matches_three_pass_path(n_components, n_features):
     """The fused diagonal E-step (sizes as constants, and the generic build
     used above 16 states) agrees with emission densities + forward-backward
     + statistics, including one-step sequences and a non-finite step."""
-    from dask_em.models.hmm import GaussianHMMModel, GaussianHMMParams, _HMMBase
+    from dask_em.models.hmm import GaussianHMMModel, GaussianHMMParams
+    from dask_em.models.hmm.base import _HMMBase
 
     rng = np.random.default_rng(3)
     Kc, D = n_components, n_features
@@ -356,7 +357,7 @@ def test_fused_kernels_match_three_pass_path(emission, n_components):
     (sizes as constants, and the generic build above 16 states) agree with
     emission log-probabilities + forward-backward + statistics to 1e-12,
     with one-step sequences, invalid steps and a 100,000-step sequence."""
-    from dask_em.models.hmm import _HMMBase
+    from dask_em.models.hmm.base import _HMMBase
 
     model, params, X, lengths, n_bad = _fused_case(emission, n_components, np.random.default_rng(11))
     fused = model.e_step((X, lengths), params)
@@ -372,8 +373,9 @@ def test_fused_kernels_report_impossible_sequences():
     """A symbol no state can emit, or a count a zero rate cannot produce:
     -inf, as in the three-pass path."""
     from dask_em.models.hmm import (
-        CategoricalHMMModel, CategoricalHMMParams, PoissonHMMModel, PoissonHMMParams, _HMMBase,
+        CategoricalHMMModel, CategoricalHMMParams, PoissonHMMModel, PoissonHMMParams,
     )
+    from dask_em.models.hmm.base import _HMMBase
 
     sp, tm = np.array([0.5, 0.5]), np.array([[0.9, 0.1], [0.2, 0.8]])
     x = np.array([[0], [1], [2], [1]])

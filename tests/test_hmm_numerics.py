@@ -40,7 +40,7 @@ def test_variances_do_not_depend_on_an_offset(covariance_type):
         np.testing.assert_allclose(params.means - (params.means[0, 0] - fitted[0].means[0, 0]), fitted[0].means,
                                    rtol=1e-6, atol=1e-6)
     # the three-pass path (posteriors, then statistics) is centred as well
-    from dask_em.models.hmm import _HMMBase
+    from dask_em.models.hmm.base import _HMMBase
 
     stats = _HMMBase.e_step(model, (X + 3e7, lengths), fitted[2])
     np.testing.assert_allclose(model.m_step(stats, fitted[2]).covars,

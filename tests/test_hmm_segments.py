@@ -17,7 +17,7 @@ from dask_em.models.hmm import (
     PoissonHMMModel,
     PoissonHMMParams,
 )
-from dask_em.models.hmm_segments import SegmentedHMM, SegmentPart
+from dask_em.models.hmm.segments import SegmentedHMM, SegmentPart
 from dask_em.data.sequences import plan_blocks, sequence_blocks
 from dask_em.stats import add_stats
 

@@ -13,9 +13,9 @@ Each partition is a tuple ``(values, lengths)`` of whole sequences.
 Partitions are contiguous runs of sequences balanced by total length, a few
 per worker by default. A sequence longer than ``segment_length`` (by
 default about 32 MiB of values) is cut into segments at chunk boundaries,
-one block each (:class:`~dask_em.models.hmm_segments.SegmentPart`), sized
+one block each (:class:`~dask_em.models.hmm.segments.SegmentPart`), sized
 like the other blocks; the HMMs fit them exactly in two passes an
-iteration (:mod:`dask_em.models.hmm_segments`).
+iteration (:mod:`dask_em.models.hmm.segments`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ TARGET_PARTITION_BYTES = 64 * 2**20
 #: Partitions per worker thread by default.
 PARTITIONS_PER_WORKER = 2
 #: A sequence with more bytes of values than this is cut into segments by
-#: default (exact two-pass Baum-Welch, :mod:`dask_em.models.hmm_segments`).
+#: default (exact two-pass Baum-Welch, :mod:`dask_em.models.hmm.segments`).
 SEGMENT_BYTES = 32 * 2**20
 
 
@@ -258,7 +258,7 @@ def _part(values: np.ndarray, lengths: np.ndarray, segment: tuple[int, bool] | N
     """A block: whole sequences, or (``segment`` = (index, first)) one segment of a long sequence."""
     if segment is None:
         return SequencePart(values, lengths)
-    from ..models.hmm_segments import SegmentPart
+    from ..models.hmm.segments import SegmentPart
 
     return SegmentPart(values, lengths, *segment)
 
@@ -272,7 +272,7 @@ def _build(plan: list[tuple[str, int, int, int]], lengths: np.ndarray, read: Any
     """Blocks of a :func:`plan_blocks` plan: ``read(row_lo, row_hi, lengths, segment)`` makes each.
 
     Returns the blocks, the lengths inside each block, and the
-    :class:`~dask_em.models.hmm_segments.SegmentTable` (None without segments).
+    :class:`~dask_em.models.hmm.segments.SegmentTable` (None without segments).
     """
     offsets = np.r_[0, np.cumsum(lengths)]
     parts, part_lengths, seq_of, first = [], [], [], []
@@ -288,7 +288,7 @@ def _build(plan: list[tuple[str, int, int, int]], lengths: np.ndarray, read: Any
             parts.append(read(a, b, part_lengths[-1], segment))
     table = None
     if seq_of:
-        from ..models.hmm_segments import SegmentTable
+        from ..models.hmm.segments import SegmentTable
 
         table = SegmentTable(np.array(seq_of, dtype=np.int64), np.array(first, dtype=bool))
     return parts, part_lengths, table
@@ -364,7 +364,7 @@ class SequenceBlocks(Blocks):
     segments : SegmentTable or None
         When sequences longer than a block were cut into segments: which
         sequence each segment belongs to (see
-        :mod:`dask_em.models.hmm_segments`). None when every block holds
+        :mod:`dask_em.models.hmm.segments`). None when every block holds
         whole sequences.
     seq_lengths : ndarray or None
         Lengths of all sequences when some are cut into segments.
@@ -493,7 +493,7 @@ def sequence_blocks(
     segment_length : int, optional
         A sequence with more steps than this is cut into segments at chunk
         boundaries (exact two-pass Baum-Welch; see
-        :mod:`dask_em.models.hmm_segments`). By default, sequences of more
+        :mod:`dask_em.models.hmm.segments`). By default, sequences of more
         than about 32 MiB of values (:data:`SEGMENT_BYTES`) are cut; 0 never
         cuts. Not used for a bag (its items are whole sequences in memory).
 

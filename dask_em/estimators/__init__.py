@@ -4,7 +4,7 @@ from ._base import EMEstimator
 from .bayesnet import DiscreteBayesianNetwork
 from .gmm import GaussianMixture
 from .vbgmm import BayesianGaussianMixture
-from .hmm import CategoricalHMM, GaussianHMM, PoissonHMM
+from .hmm import GMMHMM, CategoricalHMM, GaussianHMM, PoissonHMM
 from .kmeans import KMeans, kmeans_centers
 from .missing import MultivariateNormal
 from .factor import PPCA, FactorAnalysis
@@ -25,6 +25,7 @@ __all__ = [
     "MixtureOfExperts",
     "MixtureOfLinearRegressions",
     "GaussianHMM",
+    "GMMHMM",
     "GaussianMixture",
     "KMeans",
     "MultivariateNormal",

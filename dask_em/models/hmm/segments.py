@@ -44,9 +44,10 @@ from typing import Any, Callable
 import numpy as np
 from numba import njit
 
-from ..contract import Stats
-from .hmm import _exp_nonpos, _size_tags, forward_backward, viterbi
-from .stacked import Stacked, StackedParams
+from .._gaussian import exp_nonpos
+from ...contract import Stats
+from ..stacked import Stacked, StackedParams
+from .recursions import forward_backward, size_tags, viterbi
 
 
 # --------------------------------------------------------------------------
@@ -156,7 +157,7 @@ def transfer_operator(logB, transmat, first, out, k_tag):  # pragma: no cover - 
             return -np.inf
         log_scale += mx
         for k in range(K):
-            b[k] = _exp_nonpos(logB[t, k] - mx)
+            b[k] = exp_nonpos(logB[t, k] - mx)
         if t == 0:
             for i in range(K):
                 for j in range(K):
@@ -432,7 +433,7 @@ class TransferPass:
                     scales[r, block.segment] = max_plus_operator(logB, log_a, first, out)
                 else:
                     a = np.ascontiguousarray(params.transmat, dtype=np.float64)
-                    scales[r, block.segment] = transfer_operator(logB, a, first, out, _size_tags(K, 1)[0])
+                    scales[r, block.segment] = transfer_operator(logB, a, first, out, size_tags(K, 1)[0])
                 ops[r, block.segment] = out
         return {"n": np.array(0.0), "loglik": np.array(0.0), "ops": ops, "log_scales": scales}
 

@@ -139,6 +139,20 @@ def _backward(flat: np.ndarray, like: np.ndarray, kind: str) -> np.ndarray:
     raise AssertionError(kind)
 
 
+def _fields_state(prefix: str, params: Any) -> dict[str, np.ndarray]:
+    """The fields of ``params`` as ``"<prefix>.<field>"`` arrays, exactly (no vector round trip), or nothing."""
+    if params is None:
+        return {}
+    return {f"{prefix}.{f.name}": np.asarray(getattr(params, f.name)) for f in dataclasses.fields(params)}
+
+
+def _params_from_state(prefix: str, state: Mapping[str, Any], like: Any) -> Any:
+    """The parameters :func:`_fields_state` wrote under ``prefix``, shaped as ``like``; None if absent."""
+    head = prefix + "."
+    fields = {k[len(head):]: np.asarray(v) for k, v in state.items() if k.startswith(head)}
+    return dataclasses.replace(like, **fields) if fields else None
+
+
 def to_vector(model: Any, params: Any) -> np.ndarray:
     """The extrapolated fields of ``params`` as one unconstrained float64 vector."""
     kinds = constraints_of(model, params)
@@ -285,7 +299,7 @@ class Squarem:
         ``p2`` is kept as the M-step left it (``"p2.<field>"``): a round
         trip through the unconstrained vector would round it.
         """
-        out: dict[str, Any] = {
+        return {
             "stage": self.stage,
             "step_max": self.step_max,
             "n_rejected": self.n_rejected,
@@ -293,10 +307,8 @@ class Squarem:
             "alpha": self._alpha,
             "p0": self._p0,
             "p1": self._p1,
+            **_fields_state("p2", self._p2),
         }
-        if self._p2 is not None:
-            out.update({f"p2.{f.name}": np.asarray(getattr(self._p2, f.name)) for f in dataclasses.fields(self._p2)})
-        return out
 
     def restore(self, state: Mapping[str, Any], like: Any) -> None:
         """Continue from :meth:`state` (``like`` gives the parameter class and shapes).
@@ -324,8 +336,7 @@ class Squarem:
         self._loglik1 = float(state["loglik1"])
         self._alpha = float(state["alpha"])
         self._p0, self._p1 = vectors["p0"], vectors["p1"]
-        p2 = {k[3:]: np.asarray(v) for k, v in state.items() if k.startswith("p2.")}
-        self._p2 = dataclasses.replace(like, **p2) if p2 else None
+        self._p2 = _params_from_state("p2", state, like)
         if stage == 2 and self._p2 is None:
             raise ValueError("accelerated EM state at stage 2 lacks the EM point p2")
 
@@ -418,26 +429,17 @@ class Anderson:
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint must hold to continue bit-identically (see :meth:`Squarem.state`)."""
-        out: dict[str, Any] = {
+        return {
             "extrapolating": int(self._extrapolating),
             "n_rejected": self.n_rejected,
             "loglik": self._loglik,
             "x": np.array(self._x) if self._x else None,
             "g": np.array(self._g) if self._g else None,
+            **_fields_state("image", self._image),
         }
-        if self._image is not None:
-            out.update({f"image.{f.name}": np.asarray(getattr(self._image, f.name))
-                        for f in dataclasses.fields(self._image)})
-        return out
 
     def restore(self, state: Mapping[str, Any], like: Any) -> None:
-        """Continue from :meth:`state` (``like`` gives the parameter class and shapes).
-
-        Raises
-        ------
-        ValueError
-            If the state is not one this class writes (a damaged or crafted file).
-        """
+        """Continue from :meth:`state`; ``like`` and the errors as in :meth:`Squarem.restore`."""
         size = to_vector(self.model, like).size
         memory = []
         for key in ("x", "g"):
@@ -450,14 +452,14 @@ class Anderson:
             memory.append([row.copy() for row in value])
         if len(memory[0]) != len(memory[1]):
             raise ValueError("Anderson state holds different numbers of points and images")
-        image = {k[len("image."):]: np.asarray(v) for k, v in state.items() if k.startswith("image.")}
+        image = _params_from_state("image", state, like)
         self._extrapolating = bool(int(state["extrapolating"]))
-        if self._extrapolating and not image:
+        if self._extrapolating and image is None:
             raise ValueError("Anderson state with a pending proposal lacks the last EM image")
         self.n_rejected = int(state["n_rejected"])
         self._loglik = float(state["loglik"])
         self._x, self._g = memory
-        self._image = dataclasses.replace(like, **image) if image else None
+        self._image = image
 
 
 def make_accelerator(name: str | None, model: Any) -> Squarem | Anderson | None:

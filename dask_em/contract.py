@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar, cast, runtime_checkable
 
 import numpy as np
 
-__all__ = ["EMModel", "HOOKS", "ModelHooks", "Stats", "Weighted", "hooks", "split_weights"]
+__all__ = ["EMModel", "HOOKS", "ModelHooks", "Stats", "Weighted", "hooks", "split_weights", "with_log_prior"]
 
 #: Sufficient statistics of one block: every value is a SUM over the block.
 Stats = dict[str, np.ndarray]
@@ -119,6 +119,16 @@ class ModelHooks:
 HOOKS = frozenset(name for name in vars(ModelHooks) if not name.startswith("_"))
 
 _DEFAULTS = ModelHooks()
+
+
+def with_log_prior(stats: Stats, log_prior: float) -> Stats:
+    """``stats`` with ``loglik`` raised by ``log_prior`` (the log posterior MAP-EM increases).
+
+    The ``finish_stats`` of a model with a prior; the data's log-likelihood
+    alone is kept under ``"loglik_data"``.
+    """
+    loglik = float(stats["loglik"])
+    return {**stats, "loglik_data": np.array(loglik), "loglik": np.array(loglik + log_prior)}
 
 
 class _PlugIn:

@@ -27,7 +27,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from ..contract import Stats
+from ..contract import Stats, with_log_prior
 
 #: np.einsum names axes with integers below 52; one is the batch of patterns.
 MAX_VARIABLES = 51
@@ -165,10 +165,7 @@ class BayesianNetworkModel:
         """With pseudo-counts, ``loglik`` becomes the log posterior (kept apart in ``loglik_data``)."""
         if not self.has_prior or params is None:
             return stats
-        stats = dict(stats)
-        stats["loglik_data"] = np.array(float(stats["loglik"]))
-        stats["loglik"] = np.array(float(stats["loglik"]) + self.log_prior(params))
-        return stats
+        return with_log_prior(stats, self.log_prior(params))
 
     def describe_invalid(self, n: int) -> str:
         """The message for ``n`` values outside their variable's states."""

@@ -27,7 +27,7 @@ from ._gaussian import (
     log_det_cholesky,
     one_covariance_from_data,
 )
-from ..contract import Stats
+from ..contract import Stats, with_log_prior
 
 if TYPE_CHECKING:
     from .gmm import GaussianMixtureModel, GMMParams
@@ -302,11 +302,7 @@ class MAPPrior:
         """
         if not self.has_prior:
             return stats
-        stats = dict(stats)
-        loglik = float(stats["loglik"])
-        stats["loglik_data"] = np.array(loglik)
-        stats["loglik"] = np.array(loglik + self.log_prior(params))
-        return stats
+        return with_log_prior(stats, self.log_prior(params))
 
     def _estimate_map(self, stats: Stats, center: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The MAP M-step of Fraley & Raftery (2007, table 2) from sums about ``center``.

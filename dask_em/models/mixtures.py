@@ -16,7 +16,7 @@ import numpy as np
 from scipy.special import gammaln, logsumexp
 
 from ..errors import InvalidDataError
-from ..contract import Stats, split_weights
+from ..contract import Stats, split_weights, with_log_prior
 
 #: Floor on probabilities and rates inside logarithms: a zero times log(0)
 #: stays zero, and a positive count under a zero rate is very unlikely
@@ -218,10 +218,7 @@ class _DiscreteMixture:
         """
         if not self.has_prior or params is None:
             return stats
-        stats = dict(stats)
-        stats["loglik_data"] = np.array(float(stats["loglik"]))
-        stats["loglik"] = np.array(float(stats["loglik"]) + self.log_prior(params))
-        return stats
+        return with_log_prior(stats, self.log_prior(params))
 
     # -- per-row outputs (also used lazily by the estimators) ---------------
     def _checked_rows(self, block: np.ndarray) -> np.ndarray:

@@ -135,7 +135,8 @@ class FactorModel:
         Wp = W * inv_psi[:, None]  # Psi^-1 W
         M = np.eye(q) + W.T @ Wp
         M_inv, logdet_M = inverse_and_logdet(M)
-        logdet_psi = float(np.log(psi).sum())
+        log_psi = np.log(psi)
+        logdet_psi = float(log_psi.sum())
         WW = (W[:, :, None] * W[:, None, :]).reshape(d, q * q)
 
         sum_zz = np.zeros((q1, q1))
@@ -187,18 +188,9 @@ class FactorModel:
                 part, obs = part[keep], obs[keep]
                 n_missing += int((~obs).sum())
                 if len(part):
-                    o = obs.astype(np.float64)
-                    xc = np.where(obs, part - mean, 0.0)
-                    Mo = np.eye(q)[None] + ((o * inv_psi) @ WW).reshape(-1, q, q)
-                    t = (xc * inv_psi) @ W
-                    chol = np.linalg.cholesky(Mo)
-                    Ez = _chol_solve(chol, t)
+                    o, xc, chol, Ez, logpdf = _observed_posterior(part, obs, mean, W, WW, inv_psi, log_psi)
                     Mo_inv = _chol_inv(chol)
-                    logdet_Mo = 2.0 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
-                    quad = np.einsum("ij,ij->i", xc * inv_psi, xc) - np.einsum("ij,ij->i", t, Ez)
-                    loglik += float(
-                        -0.5 * (o.sum(axis=1) * _LOG_2PI + o @ np.log(psi) + logdet_Mo + quad).sum()
-                    )
+                    loglik += float(logpdf.sum())
                     ezz = np.empty((len(part), q1, q1))
                     ezz[:, :q, :q] = Mo_inv + Ez[:, :, None] * Ez[:, None, :]
                     ezz[:, :q, q] = Ez
@@ -306,21 +298,14 @@ def posterior_block(X: np.ndarray, mean: np.ndarray, loadings: np.ndarray, noise
     X = np.asarray(X, dtype=np.float64)
     d, q = loadings.shape
     inv_psi = 1.0 / noise
+    log_noise = np.log(noise)
     WW = (loadings[:, :, None] * loadings[:, None, :]).reshape(d, q * q)
     Ez = np.zeros((len(X), q))
     logpdf = np.zeros(len(X))
     for start in range(0, len(X), SUB_BLOCK_ROWS):
         x = X[start : start + SUB_BLOCK_ROWS]
         obs = ~np.isnan(x)
-        o = obs.astype(np.float64)
-        xc = np.where(obs, x - mean, 0.0)
-        Mo = np.eye(q)[None] + ((o * inv_psi) @ WW).reshape(-1, q, q)
-        t = (xc * inv_psi) @ loadings
-        chol = np.linalg.cholesky(Mo)
-        ez = _chol_solve(chol, t)
-        logdet = 2.0 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
-        quad = np.einsum("ij,ij->i", xc * inv_psi, xc) - np.einsum("ij,ij->i", t, ez)
-        lp = -0.5 * (o.sum(axis=1) * _LOG_2PI + o @ np.log(noise) + logdet + quad)
+        ez, lp = _observed_posterior(x, obs, mean, loadings, WW, inv_psi, log_noise)[3:]
         any_obs = obs.any(axis=1)
         Ez[start : start + len(x)] = np.where(any_obs[:, None], ez, 0.0)
         logpdf[start : start + len(x)] = np.where(any_obs, lp, 0.0)
@@ -335,6 +320,38 @@ def transform_block(X: np.ndarray, mean: np.ndarray, loadings: np.ndarray, noise
 def score_block(X: np.ndarray, mean: np.ndarray, loadings: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """Log-density of the observed entries of each row."""
     return posterior_block(X, mean, loadings, noise)[1]
+
+
+def _observed_posterior(
+    x: np.ndarray, obs: np.ndarray, mean: np.ndarray, loadings: np.ndarray, WW: np.ndarray,
+    inv_psi: np.ndarray, log_psi: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The posterior of ``z`` given the observed entries (``obs``) of each row of ``x``.
+
+    ``WW`` holds the outer products of the rows of ``loadings`` (``(d, q*q)``),
+    ``inv_psi`` and ``log_psi`` the inverse and log noise variances.
+
+    Returns
+    -------
+    o, xc : ndarray of shape (n_rows, n_features)
+        The observed mask as floats, and the centred rows with zero where unobserved.
+    chol : ndarray of shape (n_rows, q, q)
+        Cholesky factor of each row's ``I + W_o' Psi_o^-1 W_o``.
+    Ez : ndarray of shape (n_rows, q)
+    logpdf : ndarray of shape (n_rows,)
+        Log-density of each row's observed entries.
+    """
+    q = loadings.shape[1]
+    o = obs.astype(np.float64)
+    xc = np.where(obs, x - mean, 0.0)
+    Mo = np.eye(q)[None] + ((o * inv_psi) @ WW).reshape(-1, q, q)
+    t = (xc * inv_psi) @ loadings
+    chol = np.linalg.cholesky(Mo)
+    Ez = _chol_solve(chol, t)
+    logdet = 2.0 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+    quad = np.einsum("ij,ij->i", xc * inv_psi, xc) - np.einsum("ij,ij->i", t, Ez)
+    logpdf = -0.5 * (o.sum(axis=1) * _LOG_2PI + o @ log_psi + logdet + quad)
+    return o, xc, chol, Ez, logpdf
 
 
 def _chol_solve(chol: np.ndarray, b: np.ndarray) -> np.ndarray:

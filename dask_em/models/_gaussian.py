@@ -46,6 +46,7 @@ from ..contract import Stats
 __all__ = [
     "COVARIANCE_TYPES",
     "CUTOFF",
+    "EPS10",
     "LOG_2PI",
     "IllConditionedCovarianceError",
     "check_covariance_type",
@@ -86,6 +87,10 @@ COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 #: ``log(2 pi)``, of every Gaussian normalising constant.
 LOG_2PI = math.log(2.0 * math.pi)
+
+#: Added to responsibility sums before dividing by them (scikit-learn's
+#: ``10 * eps``): an empty component gives finite parameters.
+EPS10 = 10 * np.finfo(np.float64).eps
 
 # One covariance matrix per component, or one shared by all.
 _SQUARE = frozenset(("full", "tied"))

@@ -44,6 +44,7 @@ import numpy as np
 from ..contract import Stats
 from ._gaussian import (
     COVARIANCE_TYPES,
+    EPS10,
     is_square,
     logsumexp_rows,
     moments_from_full,
@@ -58,8 +59,6 @@ from .kmeans import kmeans_plusplus
 
 GATINGS = ("gaussian", "constant")
 INITS = ("kmeans", "random")
-
-_EPS10 = 10 * np.finfo(np.float64).eps
 
 
 @dataclass(frozen=True)
@@ -318,7 +317,7 @@ class MixtureOfExpertsModel:
                 g = gate.m_step(gate_stats, self._gmm_params(previous))
             weights, means, covariances, prec_chol = g.weights, g.means, g.covariances, g.precisions_cholesky
         else:
-            nk = sum_resp + _EPS10
+            nk = sum_resp + EPS10
             weights = nk / nk.sum()
             means = sum_x / nk[:, None] + c
             if previous is not None:
@@ -346,7 +345,7 @@ class MixtureOfExpertsModel:
             coef[k] = slopes
             intercept[k] = beta[0] + r - slopes @ c
             residual = np.asarray(stats["sum_yy"], np.float64)[k] - (beta * B[k]).sum(axis=0)
-            noise[k] = np.maximum(residual, 0.0) / (sum_resp[k] + _EPS10) + self.reg_covar
+            noise[k] = np.maximum(residual, 0.0) / (sum_resp[k] + EPS10) + self.reg_covar
         if not np.all(noise > 0):
             raise ValueError(
                 "an expert's noise variance is zero (it fits its points exactly); increase reg_covar "

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from ._gaussian import (
+    EPS10,
     LOG_2PI,
     check_covariance_type,
     feature_precisions,
@@ -91,9 +92,6 @@ def sub_block_rows(n_components: int, n_features: int, covariance_type: str) -> 
     if covariance_type == "full":
         return int(min(8192, max(256, 2**17 // (n_components * n_features))))
     return 4096
-
-
-_EPS10 = 10 * np.finfo(np.float64).eps
 
 
 @dataclass(frozen=True)
@@ -415,7 +413,7 @@ class GaussianMixtureModel(MAPPrior):
         """scikit-learn's ``_estimate_gaussian_parameters`` from centred sums."""
         sum_resp = np.asarray(stats["sum_resp"], np.float64)
         sum_x = np.asarray(stats["sum_x"], np.float64)
-        nk = sum_resp + _EPS10
+        nk = sum_resp + EPS10
         means = (sum_x + sum_resp[:, None] * center) / nk[:, None]
         a = means - center  # means about the reference point
         D = means.shape[1]

@@ -20,6 +20,7 @@ import numpy as np
 import scipy.special
 
 from ._gaussian import (
+    EPS10,
     LOG_2PI,
     component_shape,
     feature_precisions,
@@ -32,7 +33,6 @@ from ..contract import Stats, with_log_prior
 if TYPE_CHECKING:
     from .gmm import GaussianMixtureModel, GMMParams
 
-_EPS10 = 10 * np.finfo(np.float64).eps
 
 #: The prior fields of :class:`GaussianMixtureModel` (scikit-learn's
 #: ``BayesianGaussianMixture`` names, with MAP meaning).
@@ -357,5 +357,5 @@ class MAPPrior:
                 cov = (pr.scale + B.sum(axis=1)) / (pr.dof + (nk + 1) * D + 2) + self.reg_covar
         weights = np.maximum(nk + pr.alpha - 1.0, 0.0)
         total = weights.sum()
-        weights = weights / total if total > 0 else (nk + _EPS10) / (nk + _EPS10).sum()
+        weights = weights / total if total > 0 else (nk + EPS10) / (nk + EPS10).sum()
         return weights, means, cov

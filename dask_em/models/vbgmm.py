@@ -50,6 +50,7 @@ from ..errors import InvalidParameterError
 from ..contract import Stats
 from ._gaussian import (
     COVARIANCE_TYPES,
+    EPS10,
     feature_precisions,
     is_square,
     log_det_cholesky,
@@ -60,8 +61,6 @@ from .gmm_prior import _check_prior_fields, _Prior, data_prior_defaults, prior_a
 from .kmeans import kmeans_plusplus
 
 WEIGHT_PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
-
-_EPS10 = 10 * np.finfo(np.float64).eps
 
 
 @dataclass(frozen=True)
@@ -342,7 +341,7 @@ class BayesianGaussianMixtureModel:
         sum_x = np.asarray(stats["sum_x"], np.float64)
         K, D = sum_x.shape
         pr = self.prior(D)
-        nk = np.asarray(stats["sum_resp"], np.float64) + _EPS10
+        nk = np.asarray(stats["sum_resp"], np.float64) + EPS10
         _, xk, sk = self._gmm()._estimate(stats, center)
         if self.weight_concentration_prior_type == "dirichlet_process":
             rest = np.hstack((np.cumsum(nk[::-1])[-2::-1], 0.0))

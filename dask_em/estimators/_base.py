@@ -70,6 +70,14 @@ SHARED_DOCS = {
             Where to run (see :func:`dask_em.executor.where`; by default this
             process) and the fit's snapshots (:class:`Checkpointing`, see
             :func:`dask_em.fit_em`).""",
+    "fit_returns": """Returns
+        -------
+        self
+
+        Raises
+        ------
+        InvalidDataError
+            For data that is not 2-D and numeric, or holds NaN or infinite values""",
 }
 
 

@@ -388,15 +388,8 @@ class GaussianMixture(PartialFitMixin, _GaussianMixtureBase):
             :func:`dask_em.fit_em`): on large data, a way to reach the
             optimum in fewer passes.
 
-        Returns
-        -------
-        self
-
-        Raises
-        ------
-        InvalidDataError
-            For data that is not 2-D and numeric, or holds NaN or infinite
-            values (found in the first pass over the data).
+        $fit_returns
+            (found in the first pass over the data).
         ValueError
             For invalid hyper-parameters or initial values.
         """

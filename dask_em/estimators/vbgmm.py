@@ -149,14 +149,7 @@ class BayesianGaussianMixture(_GaussianMixtureBase):
         $fit_options
             With ``n_init > 1`` each initialisation has its own sub-group.
 
-        Returns
-        -------
-        self
-
-        Raises
-        ------
-        InvalidDataError
-            For data that is not 2-D and numeric, or holds NaN or infinite values.
+        $fit_returns.
         InvalidParameterError
             For invalid hyper-parameters or priors (a ``ValueError``).
         """

@@ -183,16 +183,9 @@ class BayesianGaussianMixtureModel:
 
         scikit-learn's defaults: the data mean, and the data covariance
         (denominator n - 1) for full and tied, the variances for diag, their
-        mean for spherical.
-
-        Parameters
-        ----------
-        n_features : int
-        mean : array-like of shape (n_features,), optional
-            The data mean (needed when ``mean_prior`` is unset).
-        covariance : array-like, optional
-            The (D, D) data covariance, or the (D,) variances for diag and
-            spherical (needed when ``covariance_prior`` is unset).
+        mean for spherical. The arguments are those of
+        :meth:`GaussianMixtureModel.with_prior_defaults
+        <dask_em.models.gmm.GaussianMixtureModel.with_prior_defaults>`.
         """
         D = int(n_features)
         changes = data_prior_defaults(self, D, mean, covariance, error=InvalidParameterError)

@@ -20,9 +20,7 @@ from typing import Any
 import dask
 import numpy as np
 
-from ..engine import fit_em
 from ..errors import InvalidDataError
-from ..executor import where
 from ..models.hmm.base import _prior
 from ..models.hmm.segments import SegmentedHMM, SegmentedStackedHMM
 from ..models.hmm.workers import (
@@ -36,7 +34,7 @@ from ..models.hmm.workers import (
     seq_viterbi_logp,
 )
 from ..data.sequences import SequenceBlocks, _as_2d, _is_bag, check_lengths, sequence_blocks
-from ._base import EMEstimator, run_rngs, shared_restarts
+from ._base import Checkpointing, EMEstimator, run_rngs, shared_restarts
 from ._online import PartialFitMixin
 
 #: Steps read to initialise the parameters.
@@ -274,10 +272,16 @@ class _BaseHMM(PartialFitMixin, EMEstimator):
         ):
             raise ValueError(f"transmat_init must have shape ({K}, {K}) with rows summing to 1")
 
-    def _initial_params(self, model: Any, blocks: SequenceBlocks, client: Any, given: dict[str, np.ndarray], max_iter: int) -> Any:
+    def _start_params(self, model: Any, blocks: SequenceBlocks, client: Any, given: dict[str, np.ndarray],
+                      max_iter: int, rngs: list[np.random.Generator] | None = None) -> Any:
+        """The start of a fit: the best of ``n_init`` candidates after shared restarts (one when all is given).
+
+        ``rngs`` are the fit's generators, one per restart (drawn from
+        ``random_state`` when None).
+        """
         needs_random = any(name not in given for name in self._all_params)
         n_runs = max(1, int(self.n_init)) if needs_random else 1
-        rngs = run_rngs(self.random_state, n_runs)
+        rngs = run_rngs(self.random_state, n_runs) if rngs is None else rngs[:n_runs]
         sample = blocks.sample(INIT_SAMPLE, rngs[0]) if needs_random else np.empty((0, blocks.n_features))
         candidates = [self._candidate(model, given, sample, rngs[r], blocks, client, r) for r in range(n_runs)]
         self.init_logliks_ = None
@@ -301,7 +305,7 @@ class _BaseHMM(PartialFitMixin, EMEstimator):
         if not (isinstance(tol, (int, float, np.floating)) and not isinstance(tol, bool) and tol >= 0):
             raise ValueError(f"tol must be a non-negative number, got {tol!r}")
 
-    # -- fit -----------------------------------------------------------------
+    # -- fit: the hooks of EMEstimator._fit -----------------------------------
     def fit(
         self,
         X: Any,
@@ -324,64 +328,65 @@ class _BaseHMM(PartialFitMixin, EMEstimator):
         lengths : array-like of int, optional
             Lengths of the sequences of a concatenated ``X``; their sum must
             be ``n_samples``. By default ``X`` is one sequence.
-        client : distributed.Client, optional
-            Where to run (see :func:`dask_em.executor.where`); by default this process.
-        checkpoint : str, optional
-            Zarr path or URL for snapshots; a fit resumes from it.
-        checkpoint_every, resume, force
-            See :func:`dask_em.fit_em`.
+        $fit_options
 
         Returns
         -------
         self
         """
-        return self._fit(X, lengths, self._max_iter, client=client, checkpoint=checkpoint,
-                         checkpoint_every=checkpoint_every, resume=resume, force=force)
+        return self._fit(X, client=client, checkpointing=Checkpointing(checkpoint, checkpoint_every, resume, force),
+                         lengths=lengths)
 
     def _init(self, X: Any, lengths: Any = None) -> None:
         """Initialise the parameters from ``X`` as ``fit`` does, without EM (hmmlearn's name)."""
-        self._fit(X, lengths, 0)
+        self._fit(X, client=None, checkpointing=Checkpointing(), lengths=lengths, max_iter=0)
 
-    def _fit(self, X: Any, lengths: Any, max_iter: int, *, client: Any = None, checkpoint: Any = None,
-             checkpoint_every: int = 1, resume: bool | None = None, force: bool = False) -> _BaseHMM:
+    # hmmlearn measures tol on the total log-likelihood; sequences are checked by sequence_blocks
+    _tol_on = "total"
+    _input_checks = None
+
+    def _fit_model(self) -> None:
         self._check_hyperparameters()
         self._check_implementation()
-        with where(client, data=X, verbose=self.verbose) as active:
-            blocks = sequence_blocks(
-                X, lengths, client=active, n_partitions=self.n_partitions, dtype=self._values_dtype,
-                segment_length=getattr(self, "segment_length", None),
-            )
-            n_features = self._n_features_of(blocks)
-            model = self._make_model(n_features)
-            given = self._given()
-            self._check_given(model, given, n_features)
-            result = fit_em(
-                _engine_model(model, blocks),
-                blocks,
-                lambda: self._initial_params(model, blocks, active, given, max_iter),
-                max_iter=max_iter,
-                tol=self.tol,
-                tol_on="total",
-                signed_change=True,
-                split_every=self.split_every,
-                client=active,
-                verbose=self.verbose, accelerate=self.accelerate,
-                checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-                force=force,
-                checkpoint_meta=self.checkpoint_meta(),
-            )
-        params = result.params
-        self.n_features = n_features
-        self.startprob_ = np.asarray(params.startprob)
-        self.transmat_ = np.asarray(params.transmat)
-        self._set_emission_attributes(params, model)
+        return None  # the model needs the number of features: built in _fit_data
+
+    def _fit_data(self, X: Any, model: Any, client: Any, lengths: Any = None,
+                  max_iter: int | None = None) -> tuple[SequenceBlocks, Any]:
+        blocks = sequence_blocks(
+            X, lengths, client=client, n_partitions=self.n_partitions, dtype=self._values_dtype,
+            segment_length=getattr(self, "segment_length", None),
+        )
+        # read once: CategoricalHMM may need a pass over the data to find it
+        self._fit_n_features = self._n_features_of(blocks)
+        self._fit_max_iter = self._max_iter if max_iter is None else int(max_iter)
+        return blocks, self._make_model(self._fit_n_features)
+
+    def _start(self, model: Any, blocks: Any, data: Any, rngs: list[np.random.Generator], client: Any,
+               checkpointing: Any) -> tuple[Any, Any]:
+        given = self._given()
+        self._check_given(model, given, self._fit_n_features)
+        max_iter = self._fit_max_iter
+        return _engine_model(model, blocks), lambda: self._start_params(model, blocks, client, given, max_iter, rngs)
+
+    def _em_options(self, blocks: Any, client: Any, run: int, n_runs: int) -> dict[str, Any]:
+        # signed change: a fit stops at the same iteration as hmmlearn's
+        return {**super()._em_options(blocks, client, run, n_runs), "max_iter": self._fit_max_iter,
+                "signed_change": True}
+
+    def _set_result(self, result: Any) -> None:
         self.converged_ = bool(result.converged)
         self.n_iter_ = int(result.n_iter)
         self.history_ = list(result.history)
         self.lower_bound_ = float(result.lower_bound)
-        return self
+
+    def _set_fitted(self, result: Any, model: Any, blocks: Any) -> None:
+        if isinstance(model, SegmentedHMM):
+            model = model.model
+        params = result.params
+        self.n_features = self._fit_n_features
+        self.startprob_ = np.asarray(params.startprob)
+        self.transmat_ = np.asarray(params.transmat)
+        self._set_emission_attributes(params, model)
 
     # -- online EM (dask_em.online): a batch of sequences per call -------------
     _online_attr = "startprob_"
@@ -425,7 +430,7 @@ class _BaseHMM(PartialFitMixin, EMEstimator):
         model = self._make_model(n_features)
         given = self._given()
         self._check_given(model, given, n_features)
-        return model, self._initial_params(model, blocks, client, given, self._max_iter)
+        return model, self._start_params(model, blocks, client, given, self._max_iter)
 
     def _online_set(self, state: Any) -> None:
         params = state.params

@@ -1,7 +1,8 @@
 """What the HMM estimators share: hmmlearn's vocabulary over the models of :mod:`dask_em.models.hmm`.
 
-:class:`_BaseHMM` holds the fit (one pass an iteration, restarts stacked
-into shared passes, segments of long sequences), online EM, inference
+:class:`_BaseHMM` holds the hooks by which the HMMs fit through the loop
+of :class:`~dask_em.estimators._base.EMEstimator` (one pass an iteration,
+restarts stacked into shared passes, segments of long sequences), online EM, inference
 (``score``, ``predict``, ``predict_proba``, ``decode``, ``sample``) on
 in-memory and lazy input, and hmmlearn's parameter handling
 (``params``/``init_params`` letters, ``*_init``, attributes set by hand).

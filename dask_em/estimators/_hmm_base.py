@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import string
 from typing import Any
 
 import dask
@@ -35,7 +36,7 @@ from ..models.hmm.workers import (
     seq_viterbi_logp,
 )
 from ..data.sequences import SequenceBlocks, _as_2d, _is_bag, check_lengths, sequence_blocks
-from ._base import Checkpointing, EMEstimator, run_rngs, shared_restarts
+from ._base import SHARED_DOCS, Checkpointing, EMEstimator, run_rngs, shared_restarts
 from ._online import PartialFitMixin
 
 #: Steps read to initialise the parameters.
@@ -628,7 +629,11 @@ class _BaseHMM(PartialFitMixin, EMEstimator):
 
 
 def _common_doc() -> str:
-    return """
+    # the class is already created when this is appended: substitute the shared descriptions here
+    return string.Template(_COMMON_DOC).safe_substitute(SHARED_DOCS)
+
+
+_COMMON_DOC = """
     n_components : int, default=1
         Number of hidden states.
     startprob_prior, transmat_prior : float or array-like, default=1.0
@@ -665,12 +670,7 @@ def _common_doc() -> str:
         Number of initial parameter sets tried side by side.
     n_init_iter : int, default=5
         EM iterations run on every set before the best is continued.
-    accelerate : {None, "squarem"}, default=None
-        ``"squarem"`` extrapolates the EM iterations (SQUAREM, Varadhan &
-        Roland 2008; see :mod:`dask_em.accelerate`): the same optimum in a
-        fraction of the passes where plain EM is slow, never a lower
-        log-likelihood at any recorded step. None runs plain EM, which
-        matches the reference libraries iteration by iteration.
+    $accelerate
     verbose : bool, default=False
         Print a progress line per iteration.
     split_every : int, default=8

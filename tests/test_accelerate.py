@@ -210,12 +210,13 @@ def test_acceleration_needs_fewer_passes_and_never_decreases(covariance_type, ac
 
 
 @pytest.mark.parametrize("accelerate", ["squarem", "anderson"])
-def test_acceleration_resumes_bit_identically_from_any_stage(client, tmp_path, accelerate):
+def test_acceleration_resumes_bit_identically_from_any_stage(tmp_path, accelerate):
     import dask.array as da
 
     X = da.from_array(_overlapping(800, seed=1), chunks=(200, -1))
     model = GaussianMixtureModel(3, covariance_type="full")
-    kwargs = dict(tol=0.0, max_iter=14, random_state=5, client=client, accelerate=accelerate, warn_not_converged=False)
+    # in this process: the same engine and snapshots as on a cluster (tests/test_contract.py resumes there)
+    kwargs = dict(tol=0.0, max_iter=14, random_state=5, accelerate=accelerate, warn_not_converged=False)
     reference = fit_em(model, X, **kwargs)
     assert reference.extra["n_refused"] >= 0
     for stop in (4, 5, 6):  # the three stages of a SQUAREM cycle; Anderson with 3, 4, 5 points in memory

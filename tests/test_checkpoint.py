@@ -475,15 +475,3 @@ def test_checkpoint_and_model_on_s3(X, client, reference, s3_server, monkeypatch
     dask_em.save(gm, "s3://ckpt-bucket/models/gm.zarr")
     loaded = dask_em.load("s3://ckpt-bucket/models/gm.zarr")
     np.testing.assert_array_equal(loaded.predict(blobs(300)), gm.predict(blobs(300)))
-
-
-# --------------------------------------------------------------------------- example
-
-
-def test_the_example_runs(client, tmp_path):
-    example = pathlib.Path(__file__).parent.parent / "examples" / "checkpoint_resume.py"
-    env = dict(os.environ, DASK_EM_SCHEDULER=client.scheduler.address)
-    done = subprocess.run([sys.executable, str(example), "--checkpoint", str(tmp_path / "fit.zarr")],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "bit-identical: True" in done.stdout

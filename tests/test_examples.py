@@ -29,6 +29,8 @@ def test_example_runs(script, tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, f"{script.name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    if script.name == "checkpoint_resume.py":  # killed with SIGKILL, resumed: the same fit
+        assert "bit-identical: True" in done.stdout
 
 
 def test_genetic_linkage_reaches_published_mle(client):

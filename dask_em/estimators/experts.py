@@ -11,23 +11,45 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
+from sklearn.base import RegressorMixin
 
 from ..data import as_dask_array, open_zarr_array
 from ..errors import InvalidDataError
 from ..models.experts import ExpertsParams, MixtureOfExpertsModel
-from ._base import Checkpointing, EMEstimator, map_rows, store_params
+from ._base import Checkpointing, EMEstimator, is_out_of_core, map_rows, store_params, validate_in_memory
+
+#: Raised by ``fit`` without targets; holds scikit-learn's wording for a missing ``y``.
+NO_TARGETS = (
+    "no targets: this estimator requires y to be passed, but the target y is None; give y, "
+    "or target_columns (which columns of X are targets), or a Zarr group holding arrays 'X' and 'y'"
+)
 
 
 def _as_target_array(y: Any) -> Any:
-    """``y`` as a 2-D numeric (Dask or numpy) array, with a clear error for other dtypes."""
+    """``y`` as a 2-D numeric (Dask or numpy) array, with a clear error for other dtypes.
+
+    In-memory ``y`` gets scikit-learn's checks and messages (sparse,
+    complex, empty); NaN and infinity are left to the fit, which counts them.
+    """
     if isinstance(y, str) or hasattr(y, "__fspath__"):
         y = open_zarr_array(str(y))
     elif not isinstance(y, da.Array) and type(y).__module__.startswith("zarr"):
         y = da.from_zarr(y)
     elif not isinstance(y, da.Array):
-        y = np.asarray(y)
+        from sklearn.utils.validation import check_array
+
+        try:
+            y = check_array(y, ensure_2d=False, dtype=None, ensure_all_finite=False, input_name="y")
+        except ValueError as exc:  # scikit-learn's message, as the library's own error type
+            raise InvalidDataError(str(exc)) from None
+        if y.dtype.kind == "O":  # numbers held as objects, as scikit-learn's y_numeric converts them
+            try:
+                y = y.astype(np.float64)
+            except (TypeError, ValueError):
+                pass  # not numbers: refused below
     if y.ndim == 1:
         y = y.reshape(-1, 1)
     if y.ndim != 2:
@@ -71,10 +93,7 @@ def xy_array(
     """
     if y is None and target_columns is None:
         if not (isinstance(X, str) or hasattr(X, "__fspath__")):
-            raise InvalidDataError(
-                "no targets: give y, or target_columns (which columns of X are targets), "
-                "or a Zarr group holding arrays 'X' and 'y'"
-            )
+            raise InvalidDataError(NO_TARGETS)
         X, y = open_zarr_array(str(X), "X"), open_zarr_array(str(X), "y")
     if y is not None:
         if target_columns is not None:
@@ -125,7 +144,7 @@ def _bad_column(c: Any, width: int) -> int:
     raise InvalidDataError(f"target column {c} is out of range for data with {width} columns")
 
 
-class MixtureOfExperts(EMEstimator):
+class MixtureOfExperts(RegressorMixin, EMEstimator):
     """Gaussian-gated mixture of linear experts (Xu, Jordan & Hinton 1995), by EM.
 
     Expert ``k`` predicts ``y = coef_[k] @ x + intercept_[k]`` with Gaussian
@@ -171,12 +190,13 @@ class MixtureOfExperts(EMEstimator):
 
     Notes
     -----
-    ``score`` is the mean log-likelihood per row (of ``(x, y)`` here; of
-    ``y`` given ``x`` for :class:`MixtureOfLinearRegressions`), the quantity
-    EM increases, not scikit-learn's R^2 of regressors.
+    A scikit-learn regressor: ``score`` is the coefficient of determination
+    R^2 of :meth:`predict`, as for every regressor. The quantity EM
+    increases, the log-likelihood (of ``(x, y)`` here; of ``y`` given ``x``
+    for :class:`MixtureOfLinearRegressions`), is :meth:`score_samples` per
+    row, ``lower_bound_`` per row at the end of the fit, and :meth:`bic`.
     """
 
-    _estimator_type = "regressor"
     _gating = "gaussian"
 
     def __init__(self, n_components: int = 2, *, covariance_type: str = "full", reg_covar: float = 1e-6,
@@ -223,10 +243,32 @@ class MixtureOfExperts(EMEstimator):
         -------
         self
         """
+        X, y = self._fit_xy(X, y, target_columns)
         return self._fit(X, client=client, checkpointing=Checkpointing(checkpoint, checkpoint_every, resume, force),
                          y=y, target_columns=target_columns)
 
-    _input_checks = None  # xy_array checks the inputs and targets
+    _input_checks = None  # fit checks the inputs with the targets (_fit_xy)
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's tags: a regressor (from ``RegressorMixin``) of one or several targets."""
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def _fit_xy(self, X: Any, y: Any, target_columns: Sequence[int] | None) -> tuple[Any, Any]:
+        """In-memory ``X`` and ``y`` with scikit-learn's checks and messages; other input as given.
+
+        ``X`` gets :func:`validate_in_memory` (which records ``n_features_in_``
+        and ``feature_names_in_``), ``y`` the checks of :func:`_as_target_array`;
+        NaN and infinity are left to the fit, which counts them in both.
+        """
+        if y is None and target_columns is None and not is_out_of_core(X):
+            raise InvalidDataError(NO_TARGETS)
+        if target_columns is not None or is_out_of_core(X) or is_out_of_core(y):
+            return X, y  # checked block by block, or split by xy_array
+        self._fit_model()  # bad hyper-parameters fail before the data is read
+        X = validate_in_memory(self, X, reset=True, ensure_all_finite=False, ensure_min_samples=2)
+        return X, _as_target_array(y)
 
     def _fit_model(self) -> MixtureOfExpertsModel:
         return self._model(1)  # the checks; the fitted model's shape needs the targets: built by _fit_data
@@ -256,29 +298,41 @@ class MixtureOfExperts(EMEstimator):
             self.coef_, self.intercept_, self.noise_variance_,
         )
 
-    def _inputs(self, X: Any) -> Any:
-        """``X`` checked against the fitted number of features (lazily for out-of-core input)."""
-        self._check_fitted("coef_")
-        width = np.shape(X)[1] if not isinstance(X, str) and len(np.shape(X)) == 2 else None
-        if width is not None and width != self.n_features_in_:
-            raise InvalidDataError(f"X has {width} features, but the model was fitted with {self.n_features_in_}")
-        return X
-
     def predict(self, X: Any) -> Any:
         """Conditional mean ``E[y | x]`` (the RBF network's output), shape (n_samples, n_targets).
 
         Shape (n_samples,) with one target. Lazy for Dask, Zarr or path input.
         """
-        out = map_rows(self._inputs(X), self._model(self.n_targets_).predict_block, self._params(),
+        params = self._params()
+        out = map_rows(self._checked_input(X), self._model(self.n_targets_).predict_block, params,
                        n_columns=int(self.n_targets_))
         return out[:, 0] if self.n_targets_ == 1 else out
 
     def predict_proba(self, X: Any, y: Any = None) -> Any:
         """Gate values ``g_k(x)``, shape (n_samples, n_components); with ``y``, the posterior of each expert."""
-        model, params = self._model(self.n_targets_), self._params()
+        params = self._params()
+        model = self._model(self.n_targets_)
         if y is None:
-            return map_rows(self._inputs(X), model.gates_block, params, n_columns=int(self.n_components))
-        return map_rows(_rows(X, y), model.posterior_block, params, n_columns=int(self.n_components))
+            return map_rows(self._checked_input(X), model.gates_block, params, n_columns=int(self.n_components))
+        rows = self._joined(X, y, "the posterior")
+        return map_rows(rows, model.posterior_block, params, n_columns=int(self.n_components))
+
+    def _joined(self, X: Any, y: Any, what: str) -> Any:
+        """``[X, y]`` rows for ``what``, an output that needs the targets; without ``y``, ``X`` must hold both.
+
+        Numpy for in-memory input (with scikit-learn's checks), else lazy.
+        """
+        width = self.n_features_in_ + self.n_targets_
+        if y is None:
+            rows = as_dask_array(X) if is_out_of_core(X) else _checked_array(X)
+            if rows.shape[1] != width:
+                raise InvalidDataError(
+                    f"{what} needs the targets: give y, or rows of {self.n_features_in_} inputs "
+                    f"followed by {self.n_targets_} target(s) ({width} columns); got shape {rows.shape}"
+                )
+            return rows
+        X = self._checked_input(X)
+        return _rows(X, y)
 
     def score_samples(self, X: Any, y: Any = None) -> Any:
         """Log-likelihood of each row, shape (n_samples,).
@@ -286,23 +340,24 @@ class MixtureOfExperts(EMEstimator):
         Without ``y``, ``X`` holds the inputs followed by the targets (the
         layout of ``dask-em predict --what score`` on a table of both).
         """
+        params = self._params()
+        rows = self._joined(X, y, "the log-likelihood")
+        return map_rows(rows, self._model(self.n_targets_).score_samples_block, params, n_columns=None)
+
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Coefficient of determination R^2 of :meth:`predict` (scikit-learn's regressor score).
+
+        Averaged uniformly over the targets, as :func:`sklearn.metrics.r2_score`.
+        Without ``y``, ``X`` holds the inputs followed by the targets. Out-of-core
+        input is reduced lazily, without collecting the predictions.
+        """
         self._check_fitted("coef_")
         if y is None:
-            width = self.n_features_in_ + self.n_targets_
-            rows = X if isinstance(X, str) else X if isinstance(X, da.Array) else np.asarray(X)
-            if isinstance(X, str) or np.ndim(rows) != 2 or np.shape(rows)[1] != width:
-                raise InvalidDataError(
-                    f"the log-likelihood needs the targets: give y, or rows of {self.n_features_in_} inputs "
-                    f"followed by {self.n_targets_} target(s) ({width} columns); got shape {np.shape(rows)}"
-                )
-        else:
-            rows = _rows(X, y)
-        return map_rows(rows, self._model(self.n_targets_).score_samples_block, self._params(), n_columns=None)
-
-    def score(self, X: Any, y: Any = None) -> float:
-        """Mean log-likelihood per row (see the class notes)."""
-        values = self.score_samples(X, y)
-        return float(values.mean().compute() if hasattr(values, "compute") else values.mean())
+            rows = self._joined(X, None, "R^2")
+            X, y = rows[:, : self.n_features_in_], rows[:, self.n_features_in_ :]
+        if not (is_out_of_core(X) or is_out_of_core(y) or is_out_of_core(sample_weight)):
+            return float(super().score(X, y, sample_weight=sample_weight))
+        return _lazy_r2(self.predict(X), y, sample_weight)
 
     def bic(self, X: Any, y: Any = None) -> float:
         """Bayesian information criterion on ``(X, y)`` (lower is better)."""
@@ -310,6 +365,38 @@ class MixtureOfExperts(EMEstimator):
         total = float(values.sum().compute() if hasattr(values, "compute") else values.sum())
         k = self._model(self.n_targets_).n_parameters(self.n_features_in_)
         return -2.0 * total + k * math.log(values.shape[0])
+
+
+def _checked_array(X: Any) -> np.ndarray:
+    """In-memory ``X`` as a 2-D float array with scikit-learn's checks and messages."""
+    from sklearn.utils.validation import check_array
+
+    try:
+        return check_array(X, dtype=[np.float64, np.float32])
+    except ValueError as exc:  # scikit-learn's message, as the library's own error type
+        raise InvalidDataError(str(exc)) from None
+
+
+def _lazy_r2(prediction: Any, y: Any, sample_weight: Any = None) -> float:
+    """R^2 of ``prediction`` against ``y`` by Dask reductions, as :func:`sklearn.metrics.r2_score` defines it.
+
+    Per target ``1 - sum w (y - pred)^2 / sum w (y - mean_w y)^2`` (1 for a
+    perfect fit of a constant target, 0 for an imperfect one), then the plain
+    mean over targets.
+    """
+    prediction = da.asarray(prediction)
+    y = _as_target_array(y)
+    y = y if isinstance(y, da.Array) else da.from_array(y, chunks=(prediction.chunks[0], -1))
+    prediction = prediction.reshape(y.shape[0], -1).rechunk((y.chunks[0], -1))
+    weight = da.ones(y.shape[0], chunks=(y.chunks[0],)) if sample_weight is None else da.asarray(sample_weight)
+    weight = weight.rechunk((y.chunks[0],))[:, None]
+    mean = (weight * y).sum(axis=0) / weight.sum()
+    numerator, denominator = dask.compute(
+        (weight * (y - prediction) ** 2).sum(axis=0), (weight * (y - mean) ** 2).sum(axis=0)
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_target = np.where(denominator != 0, 1.0 - numerator / denominator, np.where(numerator == 0, 1.0, 0.0))
+    return float(per_target.mean())
 
 
 class MixtureOfLinearRegressions(MixtureOfExperts):

@@ -311,3 +311,52 @@ def test_per_row_outputs_are_numpy_for_numpy_input(client):
     np.testing.assert_array_equal(est.score_samples(np.hstack([x, y[:, None]])), est.score_samples(x, y))
     with pytest.raises(InvalidDataError, match="needs the targets: give y, or rows of 1 inputs followed by 1"):
         est.score(x)
+
+
+# -- scikit-learn's regressor API ------------------------------------------------------------
+
+
+def test_regressor_score_is_r2_in_memory_and_out_of_core():
+    """``score`` is R^2 as scikit-learn's regressors define it, also reduced lazily for Dask input (in this process)."""
+    from sklearn.base import is_regressor
+    from sklearn.metrics import r2_score
+
+    x, y = piecewise(400)
+    est = dask_em.MixtureOfExperts(2, max_iter=10, random_state=0).fit(x, y)
+    assert is_regressor(est)
+    expected = r2_score(y, est.predict(x))
+    assert est.score(x, y) == pytest.approx(expected, rel=1e-12)
+    assert est.score(np.hstack([x, y[:, None]])) == pytest.approx(expected, rel=1e-12)  # inputs then targets
+    w = np.random.default_rng(1).uniform(size=len(x))
+    lazy = est.score(da.from_array(x, chunks=150), da.from_array(y, chunks=150), sample_weight=w)
+    assert lazy == pytest.approx(r2_score(y, est.predict(x), sample_weight=w), rel=1e-10)
+    X2, Y2 = two_targets(400)
+    two = dask_em.MixtureOfLinearRegressions(2, max_iter=5, random_state=0).fit(X2, Y2)
+    assert two.predict(X2).shape == (400, 2)
+    assert two.score(da.from_array(X2, chunks=150), Y2) == pytest.approx(r2_score(Y2, two.predict(X2)), rel=1e-10)
+    with pytest.raises(InvalidDataError, match="requires y to be passed, but the target y is None"):
+        dask_em.MixtureOfExperts(2).fit(x, None)
+
+
+def test_per_row_outputs_do_not_depend_on_row_order_or_batches():
+    """scikit-learn's sample-order and subset invariance checks, with the targets ``score_samples`` needs.
+
+    The checks themselves call ``score_samples(X)`` without targets (see
+    ``tests/peer/peer_skips.py``), so they are repeated here with them.
+    """
+    x, y = piecewise(300)
+    order = np.random.default_rng(0).permutation(len(x))
+    batches = np.array_split(np.arange(len(x)), 7)
+    for cls in (dask_em.MixtureOfExperts, dask_em.MixtureOfLinearRegressions):
+        est = cls(2, max_iter=5, random_state=0).fit(x, y)
+        outputs = {
+            "predict": lambda a, b: est.predict(a),
+            "predict_proba": lambda a, b: est.predict_proba(a),
+            "posterior": lambda a, b: est.predict_proba(a, b),
+            "score_samples": lambda a, b: est.score_samples(a, b),
+        }
+        for name, output in outputs.items():
+            full = output(x, y)
+            np.testing.assert_allclose(output(x[order], y[order]), full[order], rtol=1e-7, atol=1e-9, err_msg=name)
+            by_batch = np.concatenate([output(x[rows], y[rows]) for rows in batches])
+            np.testing.assert_allclose(by_batch, full, rtol=1e-7, atol=1e-9, err_msg=name)

@@ -39,12 +39,7 @@ def _as_target_array(y: Any) -> Any:
     elif not isinstance(y, da.Array) and type(y).__module__.startswith("zarr"):
         y = da.from_zarr(y)
     elif not isinstance(y, da.Array):
-        from sklearn.utils.validation import check_array
-
-        try:
-            y = check_array(y, ensure_2d=False, dtype=None, ensure_all_finite=False, input_name="y")
-        except ValueError as exc:  # scikit-learn's message, as the library's own error type
-            raise InvalidDataError(str(exc)) from None
+        y = _checked_array(y, ensure_2d=False, dtype=None, ensure_all_finite=False, input_name="y")
         if y.dtype.kind == "O":  # numbers held as objects, as scikit-learn's y_numeric converts them
             try:
                 y = y.astype(np.float64)
@@ -324,7 +319,7 @@ class MixtureOfExperts(RegressorMixin, EMEstimator):
         """
         width = self.n_features_in_ + self.n_targets_
         if y is None:
-            rows = as_dask_array(X) if is_out_of_core(X) else _checked_array(X)
+            rows = as_dask_array(X) if is_out_of_core(X) else _checked_array(X, dtype=[np.float64, np.float32])
             if rows.shape[1] != width:
                 raise InvalidDataError(
                     f"{what} needs the targets: give y, or rows of {self.n_features_in_} inputs "
@@ -367,12 +362,12 @@ class MixtureOfExperts(RegressorMixin, EMEstimator):
         return -2.0 * total + k * math.log(values.shape[0])
 
 
-def _checked_array(X: Any) -> np.ndarray:
-    """In-memory ``X`` as a 2-D float array with scikit-learn's checks and messages."""
+def _checked_array(array: Any, **check: Any) -> np.ndarray:
+    """In-memory ``array`` through :func:`sklearn.utils.check_array` (``check``), its messages as InvalidDataError."""
     from sklearn.utils.validation import check_array
 
     try:
-        return check_array(X, dtype=[np.float64, np.float32])
+        return check_array(array, **check)
     except ValueError as exc:  # scikit-learn's message, as the library's own error type
         raise InvalidDataError(str(exc)) from None
 

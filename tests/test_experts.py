@@ -338,6 +338,7 @@ def test_regressor_score_is_r2_in_memory_and_out_of_core():
         dask_em.MixtureOfExperts(2).fit(x, None)
 
 
+@pytest.mark.filterwarnings("ignore::dask_em.errors.ConvergenceWarning")  # 5 iterations suffice here
 def test_per_row_outputs_do_not_depend_on_row_order_or_batches():
     """scikit-learn's sample-order and subset invariance checks, with the targets ``score_samples`` needs.
 

@@ -361,3 +361,17 @@ def test_per_row_outputs_do_not_depend_on_row_order_or_batches():
             np.testing.assert_allclose(output(x[order], y[order]), full[order], rtol=1e-7, atol=1e-9, err_msg=name)
             by_batch = np.concatenate([output(x[rows], y[rows]) for rows in batches])
             np.testing.assert_allclose(by_batch, full, rtol=1e-7, atol=1e-9, err_msg=name)
+
+
+@pytest.mark.filterwarnings("ignore::dask_em.errors.ConvergenceWarning")
+def test_fitted_on_a_dataframe_saves_and_loads_its_column_names(tmp_path):
+    """scikit-learn's ``feature_names_in_`` (an object array of str) survives ``save``/``load``."""
+    import pandas as pd
+
+    x, y = piecewise(200)
+    frame = pd.DataFrame({"x": x[:, 0], "other": np.cos(x[:, 0])})
+    est = dask_em.MixtureOfExperts(2, max_iter=5, random_state=0).fit(frame, pd.Series(y, name="y"))
+    dask_em.save(est, tmp_path / "moe.zarr")
+    back = dask_em.load(tmp_path / "moe.zarr")
+    assert back.feature_names_in_.dtype == object and list(back.feature_names_in_) == ["x", "other"]
+    np.testing.assert_array_equal(back.predict(frame), est.predict(frame))

@@ -358,6 +358,10 @@ def value_entry(value: Any, name: str) -> tuple[dict[str, Any], np.ndarray | Non
     """How one parameter/fitted value is stored: a description and an array."""
     if value is None:
         return {"kind": "none"}, None
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OU" and value.ndim == 1 and len(value) and all(
+        isinstance(v, str) for v in value.tolist()
+    ):  # column names (scikit-learn's feature_names_in_, an object array of str): kept in the description
+        return {"kind": "strings", "values": [str(v) for v in value.tolist()]}, None
     if isinstance(value, bool):
         kind, array = "bool", np.asarray(value)
     elif isinstance(value, int):
@@ -385,6 +389,8 @@ def value_from_entry(entry: Mapping[str, Any], array: np.ndarray | None) -> Any:
     kind = entry["kind"]
     if kind == "none":
         return None
+    if kind == "strings":
+        return np.asarray(entry["values"], dtype=object)
     assert array is not None
     if kind == "array":
         return array

@@ -132,9 +132,14 @@ def load(path: Any, *, storage_options: dict[str, Any] | None = None) -> Any:
     for name, entry in fitted.items():
         if not (isinstance(name, str) and name.endswith("_") and name.isidentifier()) or not isinstance(entry, dict) or "kind" not in entry:
             raise CheckpointError(f"{where}: the fitted attribute {name!r} is damaged")
-        if entry["kind"] not in ("none", "array", "numpy_scalar", "list", "bool", "int", "float"):
+        if entry["kind"] not in ("none", "strings", "array", "numpy_scalar", "list", "bool", "int", "float"):
             raise CheckpointError(f"{where}: the fitted attribute {name!r} has unknown kind {entry['kind']!r}")
-        array = None if entry["kind"] == "none" else read_checked_array(group, f"fitted/{name}", entry, where)
+        if entry["kind"] == "strings" and not (
+            isinstance(entry.get("values"), list) and all(isinstance(v, str) for v in entry["values"])
+        ):
+            raise CheckpointError(f"{where}: the fitted attribute {name!r} is damaged")
+        stored = entry["kind"] not in ("none", "strings")
+        array = read_checked_array(group, f"fitted/{name}", entry, where) if stored else None
         values[name] = value_from_entry(entry, array)
     check_values(values, where)  # before any of it reaches the estimator
     for name, value in values.items():

@@ -45,7 +45,7 @@ import numpy as np
 from numba import njit
 
 from .._gaussian import exp_nonpos
-from ...contract import Stats
+from ...contract import Stats, hooks
 from ..stacked import Stacked, StackedParams
 from .recursions import forward_backward, size_tags, viterbi
 
@@ -513,6 +513,13 @@ class SegmentedHMM:
 
     def m_step(self, stats: Stats, params: Any) -> Any:
         return self.model.m_step(stats, params.params if isinstance(params, SegmentParams) else params)
+
+    # accelerated EM extrapolates the wrapped model's parameters, under its constraints
+    def param_constraints(self, params: Any) -> Any:
+        return hooks(self.model).param_constraints(params)
+
+    def complete_params(self, params: Any) -> Any:
+        return hooks(self.model).complete_params(params)
 
     # inference on blocks that may be segments --------------------------------
     def posteriors(self, block: Any, params: SegmentParams) -> tuple[np.ndarray, Stats]:

@@ -9,14 +9,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
-import dask.array as da
 import numpy as np
 from dask.delayed import Delayed
 
 from ..errors import ChunkSizeWarning, InvalidDataError
+
+if TYPE_CHECKING:
+    import dask.array as da
+
+# dask.array (with the SciPy it imports: about 35 MiB resident) is imported
+# in the functions that use it, all run on the client, so that workers, which
+# import this module through the engine, do without it.
 
 #: Data smaller than this fraction of the memory where it would be held
 #: (the cluster's, or this process's) is persisted once (:func:`should_persist`).
@@ -110,6 +116,7 @@ def open_zarr_array(source: str, component: str | None = None) -> da.Array:
     A local path is made absolute and every chunk must be in the store
     (see :func:`check_chunks_present`).
     """
+    import dask.array as da
     import zarr
 
     source = absolute_path(source)
@@ -149,6 +156,8 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None, client: Any = None) 
     InvalidDataError
         For input that is not 2-D or not numeric.
     """
+    import dask.array as da
+
     if isinstance(X, str) or hasattr(X, "__fspath__"):
         X = open_zarr_array(str(X))
     elif not isinstance(X, da.Array):
@@ -176,6 +185,8 @@ def as_dask_array(X: Any, *, chunk_rows: int | None = None, client: Any = None) 
 
 
 def _scatter(X: np.ndarray, rows: int, client: Any) -> da.Array:
+    import dask.array as da
+
     pieces = [X[start : start + rows] for start in range(0, len(X), rows)]
     futures = client.scatter(pieces, hash=False)
     parts = [da.from_delayed(dask.delayed(f), shape=p.shape, dtype=p.dtype) for f, p in zip(futures, pieces)]
@@ -189,6 +200,8 @@ def _in_process(X: np.ndarray, rows: int) -> da.Array:
     pass in this process maps them without a task graph.
     """
     import uuid
+
+    import dask.array as da
 
     name = f"in-memory-{uuid.uuid4().hex}"
     starts = range(0, len(X), rows)
@@ -352,6 +365,8 @@ def prepare_blocks(data: Any, client: Any, persist: bool | None = None) -> Block
 
 def _scattered(data: Any) -> bool:
     """Whether ``data`` is scattered from this process (no recipe to recompute it)."""
+    import dask.array as da
+
     module = type(data).__module__
     return not (isinstance(data, (str, da.Array)) or hasattr(data, "__fspath__") or module.startswith("zarr"))
 
@@ -409,6 +424,8 @@ def _warn_large_blocks(X: da.Array, client: Any) -> None:
 
 def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray | da.Array:
     """``sample_weight`` as float64 of shape (n_samples,), non-negative and finite (numpy input checked now)."""
+    import dask.array as da
+
     if isinstance(sample_weight, da.Array):
         if sample_weight.shape != (n_samples,):
             raise ValueError(
@@ -434,6 +451,8 @@ def weighted_blocks(blocks: Blocks, sample_weight: Any, client: Any = None) -> B
     the weights always travels with block ``i`` of the rows whatever the
     chunking; in-memory weights are scattered once, like in-memory data.
     """
+    import dask.array as da
+
     from ..contract import Weighted
 
     assert blocks.array is not None

@@ -298,3 +298,32 @@ def test_accelerated_em_over_segments(accelerate):
     np.testing.assert_allclose(cut.history_[-1], plain.history_[-1], rtol=1e-10)
     for name in ("startprob_", "transmat_", "means_", "covars_"):
         np.testing.assert_allclose(getattr(cut, name), getattr(plain, name), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_accelerated_fit_over_segments_resumes_bit_identically(tmp_path):
+    """A SQUAREM fit over segments stopped mid-cycle and resumed from its checkpoint: bit-identical."""
+    rng = np.random.default_rng(7)
+    X = np.array([[0.0], [1.0], [2.0]])[_states(rng, 6000)] + rng.normal(size=(6000, 1))
+    blocks = sequence_blocks(X, segment_length=2000)
+    model = SegmentedHMM(GaussianHMMModel(n_components=K, covariance_type="diag"), blocks.segments)
+    start = GaussianHMMParams(np.array([0.4, 0.35, 0.25]), 0.7 * np.eye(K) + 0.1, np.array([[-0.5], [0.8], [2.5]]),
+                              np.ones((K, 1)))
+    kw = dict(tol=0.0, max_iter=9, accelerate="squarem", warn_not_converged=False)
+    reference = fit_em(model, blocks, start, **kw)
+
+    def stop_after(info):  # type: ignore[no-untyped-def]
+        if info.iteration == 5:  # inside a SQUAREM cycle (its extrapolated point's pass)
+            raise _Stop
+
+    path = str(tmp_path / "ckpt.zarr")
+    with pytest.raises(_Stop):
+        fit_em(model, blocks, start, checkpoint=path, callbacks=[stop_after], **kw)
+    resumed = fit_em(model, blocks, start, checkpoint=path, resume=True, **kw)
+    assert resumed.resumed_from > 0 and resumed.n_passes % 2 == 0
+    for name in ("startprob", "transmat", "means", "covars"):
+        assert np.array_equal(getattr(resumed.params, name), getattr(reference.params, name)), name
+    assert resumed.history == reference.history

@@ -12,7 +12,8 @@ workers limited to ``--memory-limit`` each:
   statistics pass per iteration, ``n_passes``);
 - per-worker peak memory, spilled bytes, and worker restarts (the worker
   processes' pids before and after), so "no worker killed, nothing spilled"
-  is checked, not assumed.
+  is checked, not assumed; and each worker's resident memory and large
+  imports (scikit-learn, SciPy, pandas, numba, ...) after one iteration.
 
 With ``--compare-workers`` the same is repeated on one worker for the
 speed-up from 1 to 2 workers.
@@ -45,7 +46,6 @@ from numba import njit
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _memwatch import Watch, merge_peaks, spill_state, worker_logs_problems, worker_pids  # noqa: E402
-from bench_out_of_core import parse_size, timed_fit  # noqa: E402
 
 MIB = 2**20
 K_TRUE = 3
@@ -117,6 +117,15 @@ def read_pass(client: Any, blocks: Any, pids: dict[str, int]) -> Watch:
     with Watch(pids) as w:
         expected_stats(ReadOnly(), blocks, None, client)
     return w
+
+
+def worker_footprint() -> dict[str, Any]:
+    """Run in a worker: its resident MiB now and which large libraries it has imported."""
+    import psutil
+
+    heavy = ("sklearn", "scipy", "pandas", "pyarrow", "numba", "dask.array", "zarr")
+    return {"rss_mib": round(psutil.Process().memory_info().rss / MIB, 1),
+            "imported": [name for name in heavy if name in sys.modules]}
 
 
 def design_costs(path: str, segment: int, D: int) -> dict[str, float]:
@@ -218,6 +227,9 @@ def run(args: argparse.Namespace, n_workers: int, path: str) -> dict[str, Any]:
     from dask_em.data.sequences import sequence_blocks
 
     import dask
+    # here, not at the top: worker processes start by importing this script's
+    # top level (multiprocessing's spawn), and that one imports dask.array
+    from bench_out_of_core import parse_size, timed_fit
 
     limit = parse_size(args.memory_limit)
     # Dask's defaults: spill at 70%, pause at 80%, terminate at 95%. With
@@ -243,6 +255,7 @@ def run(args: argparse.Namespace, n_workers: int, path: str) -> dict[str, Any]:
         # one warm-up iteration loads the compiled kernels in the workers
         result = fit_em(model, blocks, start_params(args.n_features), max_iter=1, tol=0.0, client=client,
                         warn_not_converged=False)
+        footprint = client.run(worker_footprint)  # after one segmented iteration
         seconds, watches, queue = timed_fit(client, model, blocks, start_params(args.n_features), args.iters, watch_pids)
         spill = spill_state(client)
         problems = worker_logs_problems(client)
@@ -258,6 +271,7 @@ def run(args: argparse.Namespace, n_workers: int, path: str) -> dict[str, Any]:
         "iteration_over_read_pass": round(it_s / read_s, 2),
         "worker_cpu_per_iteration": round(float(np.median([sum(w.cpu_seconds.values()) for w in watches])), 2),
         "worker_cpu_per_read_pass": round(float(np.median([sum(w.cpu_seconds.values()) for w in reads])), 2),
+        "worker_after_one_iteration": list(footprint.values()),
         "peak_rss_mib": {k: round(v / MIB, 1) for k, v in merge_peaks(watches + reads).items()},
         "spilled_bytes": {k: v["spilled_bytes"] for k, v in spill.items()},
         "disk_writes": {k: v["disk_write_count"] for k, v in spill.items()},

@@ -282,6 +282,11 @@ def test_bad_input_is_reported(client):
         pois.fit(np.r_[counts, [[0.5, 2], [1, 2.5]]], client=client)
     with pytest.raises(ValueError, match="unknown params"):
         GaussianHMM(2, params=("s", "t")).fit(X, client=client)
+    from sklearn.exceptions import NotFittedError
+
+    for method in ("predict", "predict_proba", "decode", "score", "score_samples"):  # not an AttributeError
+        with pytest.raises(NotFittedError):
+            getattr(GaussianHMM(2), method)(X)
 
 
 def test_checkpoint_resume_is_bit_identical(client, tmp_path):

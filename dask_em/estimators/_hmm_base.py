@@ -500,6 +500,7 @@ class _BaseHMM(PartialFitMixin, EMEstimator):
         return values, lengths
 
     def _check_input(self, values: np.ndarray) -> None:
+        self._check_fitted("startprob_")  # before n_features, which only a fit (or a load) sets
         if values.shape[1] != self.n_features:
             raise InvalidDataError(
                 f"X has {values.shape[1]} features, but {type(self).__name__} was fitted with "

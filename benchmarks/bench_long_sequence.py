@@ -37,6 +37,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 from typing import Any
 
@@ -281,6 +282,12 @@ def run(args: argparse.Namespace, n_workers: int, path: str) -> dict[str, Any]:
     }
 
 
+def _give_up(seconds: float) -> None:
+    print(json.dumps({"error": f"gave up after {seconds:.0f} s (--timeout)", "load_average": os.getloadavg()}),
+          flush=True)
+    os._exit(3)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=80_000_000)
@@ -296,9 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-pause", action="store_true",
                    help="turn off Dask's pause at 80%% of worker memory (see run())")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--timeout", type=float, default=3 * 3600,
+                   help="seconds after which an unattended run gives up (exit code 3): a fit whose workers "
+                        "stay paused waits forever")
     p.add_argument("--numerics", type=int, default=0, metavar="STEPS",
                    help="only compare the segmented and serial log-likelihood of one STEPS-long sequence (in process)")
     args = p.parse_args(argv)
+    watchdog = threading.Timer(args.timeout, _give_up, (args.timeout,))
+    watchdog.daemon = True
+    watchdog.start()
     if args.numerics:
         out = numerics(args.numerics, args.n_features, args.chunk_rows)
         out["command"] = "python benchmarks/bench_long_sequence.py " + " ".join(sys.argv[1:] if argv is None else argv)

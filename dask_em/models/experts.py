@@ -62,28 +62,23 @@ INITS = ("kmeans", "random")
 
 
 @dataclass(frozen=True)
-class ExpertsParams:
-    """Parameters of a mixture of linear experts.
+class ExpertsParams(GMMParams):
+    """Parameters of a mixture of linear experts: the gates' Gaussian mixture (:class:`~dask_em.models.gmm.GMMParams`) and
 
     Attributes
     ----------
-    weights : ndarray of shape (n_components,)
-    means : ndarray of shape (n_components, n_features)
-        Gate centres; with constant gates, the responsibility-weighted mean
-        input of each expert (only the reference point uses them).
-    covariances, precisions_cholesky : ndarray
-        Gate widths, shaped as in :class:`~dask_em.models.gmm.GMMParams`;
-        empty arrays of shape (0,) with constant gates.
     coef : ndarray of shape (n_components, n_targets, n_features)
     intercept : ndarray of shape (n_components, n_targets)
     noise_variance : ndarray of shape (n_components, n_targets)
         Variance of each target's Gaussian noise in each expert.
+
+    Notes
+    -----
+    With constant gates, ``means`` are the responsibility-weighted mean
+    input of each expert (only the reference point uses them), and
+    ``covariances`` and ``precisions_cholesky`` are empty arrays of shape (0,).
     """
 
-    weights: np.ndarray
-    means: np.ndarray
-    covariances: np.ndarray
-    precisions_cholesky: np.ndarray
     coef: np.ndarray
     intercept: np.ndarray
     noise_variance: np.ndarray

@@ -34,7 +34,7 @@ from numba.extending import overload
 from ...errors import InvalidDataError
 from .._gaussian import LOG_2PI, check_covariance_type, is_square, recenter_moments, to_full
 from ...contract import Stats
-from .base import HMMModel, HMMParams, _as_float_2d
+from .base import MARKOV_CONSTRAINTS, HMMModel, HMMParams, _as_float_2d
 from .recursions import _dot, _shift_exp, _sum, _valid_weights, fused_e_step, register_emission
 
 #: Rows per sub-block for the BLAS parts of the three-pass path (cache-sized).
@@ -133,16 +133,23 @@ def zero_invalid(out, L, valid, n_rows):  # pragma: no cover - compiled
                 out[c, t] = 0.0
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _start_row(out, log_norm, c, L):  # pragma: no cover - compiled
+    """``out[c, :L] = log_norm[c]``: the row a component's per-feature terms are then added to."""
+    row = out[c]
+    lk = log_norm[c]
+    for t in range(L):
+        row[t] = lk
+    return row
+
+
 @njit(nogil=True, cache=True)
 def diag_logdens(XT, L, means, half_prec, log_norm, out, c_tag, d_tag):  # pragma: no cover - compiled
     """``out[c, :L]``: log-densities of diagonal Gaussians (``half_prec = -0.5 / variances``)."""
     C = len(c_tag) if len(c_tag) > 0 else means.shape[0]
     D = len(d_tag) if len(d_tag) > 0 else means.shape[1]
     for c in range(C):
-        row = out[c]
-        lk = log_norm[c]
-        for t in range(L):
-            row[t] = lk
+        row = _start_row(out, log_norm, c, L)
         for d in range(D):
             m = means[c, d]
             h = half_prec[c, d]
@@ -158,10 +165,7 @@ def full_logdens(XT, L, means, whiten, log_norm, Y, out, c_tag, d_tag):  # pragm
     C = len(c_tag) if len(c_tag) > 0 else means.shape[0]
     D = len(d_tag) if len(d_tag) > 0 else means.shape[1]
     for c in range(C):
-        row = out[c]
-        lk = log_norm[c]
-        for t in range(L):
-            row[t] = lk
+        row = _start_row(out, log_norm, c, L)
         # one whitened coordinate at a time (the whitened difference loses
         # only |W_c x| eps: no pass to centre x first)
         for d in range(D):
@@ -328,6 +332,15 @@ def _fused(*args):  # pragma: no cover - compiled; cached with this module (see 
 # -- the three-pass path -------------------------------------------------------
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _finite_row(X, t):  # pragma: no cover - compiled
+    """Whether every value of row ``t`` of ``X`` is finite."""
+    for d in range(X.shape[1]):
+        if not math.isfinite(X[t, d]):
+            return False
+    return True
+
+
 @njit(nogil=True, cache=True)
 def _diag_logpdf(X, means, precisions, log_norm, out):  # pragma: no cover - compiled
     """Diagonal Gaussian log-densities, fused; returns the number of non-finite rows."""
@@ -335,11 +348,7 @@ def _diag_logpdf(X, means, precisions, log_norm, out):  # pragma: no cover - com
     K = means.shape[0]
     bad = 0
     for t in range(T):
-        ok = True
-        for d in range(D):
-            if not math.isfinite(X[t, d]):
-                ok = False
-        if not ok:
+        if not _finite_row(X, t):
             bad += 1
             for k in range(K):
                 out[t, k] = 0.0
@@ -359,11 +368,7 @@ def _diag_sums(X, gamma, means, sum_dx, sum_dx2):  # pragma: no cover - compiled
     T, D = X.shape
     K = gamma.shape[1]
     for t in range(T):
-        ok = True
-        for d in range(D):
-            if not math.isfinite(X[t, d]):
-                ok = False
-        if not ok:
+        if not _finite_row(X, t):
             continue
         for k in range(K):
             g = gamma[t, k]
@@ -475,7 +480,7 @@ class GaussianHMMModel(HMMModel):
 
     def param_constraints(self, params: GaussianHMMParams) -> dict[str, str]:
         """How accelerated EM may move each parameter (see :mod:`dask_em.accelerate`)."""
-        return {"startprob": "simplex", "transmat": "simplex", "covars": "spd" if self._square else "positive"}
+        return {**MARKOV_CONSTRAINTS, "covars": "spd" if self._square else "positive"}
 
     def full_covars(self, covars: np.ndarray, n_features: int) -> np.ndarray:
         """Covariances as (K, D, D) matrices whatever the covariance type."""

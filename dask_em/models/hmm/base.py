@@ -62,6 +62,10 @@ def _chain_stats(n_steps: int, loglik: float, n_invalid: int, sum_start: np.ndar
     }
 
 
+#: How accelerated EM (:mod:`dask_em.accelerate`) may move the Markov chain's fields; each emission adds its own.
+MARKOV_CONSTRAINTS: dict[str, str] = {"startprob": "simplex", "transmat": "simplex"}
+
+
 def _f64(a: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float64)
 

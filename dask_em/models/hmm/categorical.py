@@ -17,7 +17,7 @@ from numba import njit
 
 from .._gaussian import exp_nonpos
 from ...contract import Stats
-from .base import HMMModel, HMMParams
+from .base import MARKOV_CONSTRAINTS, HMMModel, HMMParams
 from .recursions import fused_e_step, register_emission
 
 
@@ -28,7 +28,7 @@ class CategoricalHMMParams(HMMParams):
     emissionprob: np.ndarray
 
     #: How accelerated EM may move each field (:mod:`dask_em.accelerate`).
-    constraints: ClassVar[dict[str, str]] = {"startprob": "simplex", "transmat": "simplex", "emissionprob": "simplex"}
+    constraints: ClassVar[dict[str, str]] = {**MARKOV_CONSTRAINTS, "emissionprob": "simplex"}
 
 
 class CategoricalKernel(NamedTuple):

@@ -27,7 +27,7 @@ from numba import njit
 
 from .._gaussian import check_covariance_type, exp_nonpos, is_square, recenter_moments
 from ...contract import Stats
-from .base import HMMModel, HMMParams, _as_float_2d
+from .base import MARKOV_CONSTRAINTS, HMMModel, HMMParams, _as_float_2d
 from .gaussian import (
     _cholesky,
     component_logdens,
@@ -212,8 +212,7 @@ class GMMHMMModel(HMMModel):
 
     def param_constraints(self, params: GMMHMMParams) -> dict[str, str]:
         """How accelerated EM may move each parameter (see :mod:`dask_em.accelerate`)."""
-        return {"startprob": "simplex", "transmat": "simplex", "weights": "simplex",
-                "covars": "spd" if self._square else "positive"}
+        return {**MARKOV_CONSTRAINTS, "weights": "simplex", "covars": "spd" if self._square else "positive"}
 
     def component_covars(self, covars: np.ndarray, n_features: int) -> np.ndarray:
         """Covariances of the K * n_mix components: (C, D) variances, or (C, D, D) matrices (full, tied)."""

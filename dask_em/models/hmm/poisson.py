@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 
 from ...contract import Stats
-from .base import HMMModel, HMMParams, _as_float_2d
+from .base import MARKOV_CONSTRAINTS, HMMModel, HMMParams, _as_float_2d
 from .recursions import _dot, _shift_exp, _sum, fused_e_step, register_emission
 
 #: Counts whose log-factorial the fused E-step reads from a table.
@@ -24,7 +24,7 @@ class PoissonHMMParams(HMMParams):
     lambdas: np.ndarray
 
     #: How accelerated EM may move each field (:mod:`dask_em.accelerate`).
-    constraints: ClassVar[dict[str, str]] = {"startprob": "simplex", "transmat": "simplex", "lambdas": "positive"}
+    constraints: ClassVar[dict[str, str]] = {**MARKOV_CONSTRAINTS, "lambdas": "positive"}
 
 
 class PoissonKernel(NamedTuple):

@@ -271,11 +271,27 @@ class EMEstimator(BaseEstimator):
             )
         return X
 
-    def _fitted_as(self, params_class: type) -> Any:
-        """The fitted attributes named after the fields of ``params_class`` (``field_``), as float64 arrays."""
-        names = [field.name for field in dataclasses.fields(params_class)]
-        self._check_fitted(names[0] + "_")
-        return params_class(**{name: np.asarray(getattr(self, name + "_"), np.float64) for name in names})
+    #: The parameters of a fit, whose fields are the fitted attributes without their ``_``.
+    _params_class: type
+
+    @property
+    def _fitted_params(self) -> Any:
+        """The fitted parameters, read from the public fitted attributes (``field_`` for every field of
+        :attr:`_params_class`, as float64 arrays).
+
+        Nothing is kept beside them, so a fitted estimator, one read back
+        by :func:`dask_em.load` (which holds only the public attributes)
+        and one whose attributes were set by hand give the same. A field
+        with a default may lack its attribute. An estimator whose
+        attributes are not named after the fields (the factor models)
+        overrides this.
+        """
+        fields = dataclasses.fields(self._params_class)
+        self._check_fitted(fields[0].name + "_")
+        return self._params_class(**{
+            f.name: np.asarray(getattr(self, f.name + "_"), np.float64) for f in fields
+            if hasattr(self, f.name + "_") or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        })
 
     def _check_fitted(self, attribute: str) -> None:
         if not hasattr(self, attribute):

@@ -8,7 +8,7 @@ import numpy as np
 
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
-from ..models.factor import FactorModel, score_block, transform_block
+from ..models.factor import FactorModel, FactorParams, score_block, transform_block
 from ._base import SHARED_DOCS, Checkpointing, EMEstimator, map_rows, store_params, validate_in_memory
 
 
@@ -85,29 +85,25 @@ class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator
         self.n_features_in_ = int(blocks.array.shape[1])
 
     def _set_loadings(self, loadings: np.ndarray, noise: np.ndarray) -> None:
-        self._loadings = loadings
-        self._noise_vector = noise
         self.components_ = loadings.T.copy()
         self.noise_variance_ = noise
 
-    def _factors(self) -> tuple[np.ndarray, np.ndarray]:
-        """The loadings ``W`` and the noise variance of every feature.
+    def _loadings(self) -> np.ndarray:
+        """The loadings ``W`` (n_features, n_components) from the public attributes."""
+        return np.ascontiguousarray(np.asarray(self.components_, np.float64).T)
 
-        Kept as fitted; an estimator read back by :func:`dask_em.load` holds
-        only the public attributes, and rebuilds them from those.
-        """
-        if "_loadings" not in vars(self):
-            self._loadings = np.asarray(self.components_).T
-            self._noise_vector = np.broadcast_to(
-                np.asarray(self.noise_variance_, np.float64), (self._loadings.shape[0],)
-            ).copy()
-        return self._loadings, self._noise_vector
+    @property
+    def _fitted_params(self) -> FactorParams:
+        """The parameters from the public attributes (scikit-learn's names; see :attr:`EMEstimator._fitted_params`)."""
+        self._check_fitted("mean_")
+        loadings = self._loadings()
+        noise = np.broadcast_to(np.asarray(self.noise_variance_, np.float64), (loadings.shape[0],)).copy()
+        return FactorParams(np.asarray(self.mean_, np.float64), loadings, noise)
 
     def get_covariance(self) -> np.ndarray:
         """The model's covariance ``W W' + Psi``, of shape (n_features, n_features)."""
-        self._check_fitted("mean_")
-        loadings, noise = self._factors()
-        return loadings @ loadings.T + np.diag(noise)
+        params = self._fitted_params
+        return params.loadings @ params.loadings.T + np.diag(params.noise_variance)
 
     def transform(self, X: Any) -> Any:
         """Posterior means of the latent factors, ``E[z | x]``, using each row's observed entries.
@@ -117,10 +113,10 @@ class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator
         ndarray or dask.array.Array of shape (n_samples, n_components)
             Lazy for Dask, Zarr or path input; zero for rows with nothing observed.
         """
-        self._check_fitted("mean_")
+        params = self._fitted_params
         X = validate_in_memory(self, X, reset=False, ensure_all_finite="allow-nan")
-        loadings, noise = self._factors()
-        return map_rows(X, transform_block, self.mean_, loadings, noise, n_columns=loadings.shape[1])
+        return map_rows(X, transform_block, params.mean, params.loadings, params.noise_variance,
+                        n_columns=params.loadings.shape[1])
 
     def score_samples(self, X: Any) -> Any:
         """Log-density of the observed entries of each row.
@@ -130,9 +126,9 @@ class _FactorBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, EMEstimator
         ndarray or dask.array.Array of shape (n_samples,)
             Lazy for Dask, Zarr or path input; zero for rows with nothing observed.
         """
-        self._check_fitted("mean_")
+        params = self._fitted_params
         X = validate_in_memory(self, X, reset=False, ensure_all_finite="allow-nan")
-        return map_rows(X, score_block, self.mean_, *self._factors(), n_columns=None)
+        return map_rows(X, score_block, params.mean, params.loadings, params.noise_variance, n_columns=None)
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-likelihood per row (scikit-learn's ``score``)."""
@@ -197,12 +193,10 @@ class PPCA(_FactorBase):
 
     _noise = "isotropic"
 
-    def _factors(self) -> tuple[np.ndarray, np.ndarray]:
-        if "_loadings" not in vars(self):  # read back by load: W = axes * sqrt(variance - sigma^2)
-            scale = np.sqrt(np.maximum(np.asarray(self.explained_variance_) - self.noise_variance_, 0.0))
-            self._loadings = np.asarray(self.components_).T * scale
-            self._noise_vector = np.full(self._loadings.shape[0], float(self.noise_variance_))
-        return self._loadings, self._noise_vector
+    def _loadings(self) -> np.ndarray:
+        # W = axes * sqrt(variance - sigma^2)
+        scale = np.sqrt(np.maximum(np.asarray(self.explained_variance_) - self.noise_variance_, 0.0))
+        return np.asarray(self.components_, np.float64).T * scale
 
     def _set_loadings(self, loadings: np.ndarray, noise: np.ndarray) -> None:
         # The likelihood is invariant to rotations of z: report the
@@ -212,8 +206,6 @@ class PPCA(_FactorBase):
         signs = np.sign(U[np.abs(U).argmax(axis=0), np.arange(U.shape[1])])
         signs[signs == 0] = 1.0
         U = U * signs
-        self._loadings = U * s
-        self._noise_vector = noise
         self.components_ = U.T.copy()
         self.noise_variance_ = float(noise[0])
         self.explained_variance_ = s**2 + self.noise_variance_

@@ -38,8 +38,6 @@ class _GaussianMixtureBase(EMEstimator):
     """What :class:`GaussianMixture` and :class:`BayesianGaussianMixture` share: checks, fit hooks, per-row outputs."""
 
     _estimator_type = "density_estimator"
-    #: The parameters of a fit, named as the fitted attributes without their ``_``.
-    _params_class: type
 
     _not_converged = (
         "Best performing initialization did not converge. Try different init parameters, "
@@ -59,10 +57,6 @@ class _GaussianMixtureBase(EMEstimator):
                 f"n_samples={n_samples}; decrease n_components or give more data"
             )
         return blocks, model
-
-    @property
-    def _fitted_params(self) -> Any:
-        return self._fitted_as(self._params_class)
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None, **fit_kwargs: Any) -> Any:
         """Fit, then the most likely component of every row (lazy for Dask input)."""

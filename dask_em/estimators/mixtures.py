@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -124,23 +124,15 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
         self._set_params(result.params, model)
         self.n_features_in_ = int(blocks.array.shape[1])
 
+    @property
+    def _params_class(self) -> type:  # type: ignore[override]
+        return self._model_class.params_class
+
     def _set_params(self, params: Any, model: _DiscreteMixture) -> None:
-        self._params = params
         self.weights_ = np.asarray(params.weights)
         setattr(self, self._component_attr, np.asarray(getattr(params, model.component_name)))
         if hasattr(params, "mean_total"):
             self.mean_total_ = float(params.mean_total)
-
-    def _fitted_params(self) -> Any:
-        """The fitted parameters: as fitted, or rebuilt from the public attributes of a loaded estimator."""
-        if "_params" not in vars(self):
-            model = self._model()
-            values = {"weights": np.asarray(self.weights_, np.float64),
-                      model.component_name: np.asarray(getattr(self, self._component_attr), np.float64)}
-            if hasattr(self, "mean_total_"):
-                values["mean_total"] = np.asarray(self.mean_total_, np.float64)
-            self._params = model.params_class(**values)
-        return self._params
 
     # -- online EM ------------------------------------------------------------
     def _online_start(self, blocks: Any, rng: np.random.Generator, client: Any) -> tuple[Any, Any]:
@@ -164,7 +156,7 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
         Lazy (a Dask array) for Dask, Zarr or path input.
         """
         self._check_fitted("weights_")
-        return map_rows(X, self._model().predict_proba_block, self._fitted_params(), n_columns=int(self.n_components))
+        return map_rows(X, self._model().predict_proba_block, self._fitted_params, n_columns=int(self.n_components))
 
     def predict(self, X: Any) -> Any:
         """Most likely component of each row, shape (n_samples,)."""
@@ -174,7 +166,7 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
     def score_samples(self, X: Any) -> Any:
         """Log-likelihood of each row under the mixture, shape (n_samples,)."""
         self._check_fitted("weights_")
-        return map_rows(X, self._model().score_samples_block, self._fitted_params(), n_columns=None)
+        return map_rows(X, self._model().score_samples_block, self._fitted_params, n_columns=None)
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-likelihood per row."""
@@ -197,10 +189,15 @@ class _MixtureEstimator(PartialFitMixin, EMEstimator):
         total = float(values.sum().compute() if hasattr(values, "compute") else values.sum())
         return -2.0 * total + 2.0 * self._n_parameters()
 
-    def _sample_labels(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+    def _sample(self, n_samples: int, random_state: Any,
+                draw: Callable[[np.random.Generator, np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows drawn by ``draw(rng, labels)`` and their component labels, sorted by component."""
+        self._check_fitted("weights_")
         check_n_samples(n_samples)
+        rng = np.random.default_rng(random_state)
         counts = rng.multinomial(n_samples, self.weights_)
-        return np.repeat(np.arange(len(counts)), counts)
+        labels = np.repeat(np.arange(len(counts)), counts)
+        return draw(rng, labels).astype(np.float64), labels
 
 
 class PoissonMixture(_MixtureEstimator):
@@ -250,10 +247,7 @@ class PoissonMixture(_MixtureEstimator):
 
     def sample(self, n_samples: int = 1, random_state: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Draw counts and their component labels, sorted by component."""
-        self._check_fitted("weights_")
-        rng = np.random.default_rng(random_state)
-        labels = self._sample_labels(n_samples, rng)
-        return rng.poisson(self.lambdas_[labels]).astype(np.float64), labels
+        return self._sample(n_samples, random_state, lambda rng, labels: rng.poisson(self.lambdas_[labels]))
 
 
 class _ProbabilityMixture(_MixtureEstimator):
@@ -294,10 +288,10 @@ class BernoulliMixture(_ProbabilityMixture):
 
     def sample(self, n_samples: int = 1, random_state: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Draw binary rows and their component labels, sorted by component."""
-        self._check_fitted("weights_")
-        rng = np.random.default_rng(random_state)
-        labels = self._sample_labels(n_samples, rng)
-        return (rng.random((len(labels), self.n_features_in_)) < self.probabilities_[labels]).astype(np.float64), labels
+        return self._sample(
+            n_samples, random_state,
+            lambda rng, labels: rng.random((len(labels), self.n_features_in_)) < self.probabilities_[labels],
+        )
 
 
 class CategoricalMixture(_ProbabilityMixture):
@@ -332,8 +326,9 @@ class CategoricalMixture(_ProbabilityMixture):
         self, n_samples: int = 1, n_trials: int | None = None, random_state: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Draw count rows of total ``n_trials`` (default: the mean training row total)."""
-        self._check_fitted("weights_")
-        rng = np.random.default_rng(random_state)
-        labels = self._sample_labels(n_samples, rng)
-        trials = int(round(self.mean_total_)) if n_trials is None else int(n_trials)
-        return rng.multinomial(trials, self.probabilities_[labels]).astype(np.float64), labels
+
+        def draw(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+            trials = int(round(self.mean_total_)) if n_trials is None else int(n_trials)
+            return rng.multinomial(trials, self.probabilities_[labels])
+
+        return self._sample(n_samples, random_state, draw)

@@ -382,9 +382,7 @@ def kmeans_stats(
     infinite values are reported in the words of ``model``.
     """
     K = model.n_components
-    sampled = blocks.array is not None and blocks.n_samples > max(KMEANS_START_ROWS, K) and not blocks.fingerprint.get(
-        "sample_weight"
-    )
+    sampled = blocks.array is not None and blocks.n_samples > max(KMEANS_START_ROWS, K) and not blocks.weighted
     try:
         if sampled:
             rows = _rows(blocks, client, rng.choice(blocks.n_samples, KMEANS_START_ROWS, replace=False))

@@ -251,6 +251,11 @@ class Blocks:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     client: Any = None
 
+    @property
+    def weighted(self) -> bool:
+        """Whether the parts carry their rows' weights (made by :func:`weighted_blocks`)."""
+        return bool(self.fingerprint.get("sample_weight"))
+
     def refill(self, fresh: Blocks) -> Blocks:
         """These blocks holding the parts of ``fresh`` (the same data, scattered again); returns self.
 

@@ -305,8 +305,13 @@ def compute(client: Any, *collections: Any) -> tuple[Any, ...]:
 
         try:
             return tuple(client.gather(client.compute(list(collections), optimize_graph=False)))
-        except CancelledError as exc:
-            raise lost_or_gone(client, exc) from exc
+        except Exception as exc:
+            # A scheduler that dies mid-pass surfaces as a cancellation, or (when the
+            # client notices first, e.g. on a loaded machine) as a comm error while
+            # the client is reconnecting: both are the same lost scheduler.
+            if isinstance(exc, CancelledError) or client.status != "running":
+                raise lost_or_gone(client, exc) from exc
+            raise
     return dask.compute(*collections, scheduler=local_scheduler(), optimize_graph=False)
 
 

@@ -201,8 +201,13 @@ def test_plug_in_contract_bayesnet():
      "_toy_models:make_gmm_spherical", "_toy_models:make_kmeans"],
 )
 def test_sigkill_and_resume_is_bit_identical(client, tmp_path, factory):
-    report = assert_resume_bit_identical(factory, blobs(600), client=client, tmp_path=tmp_path, seed=0)
-    assert len({r["kill_after"] for r in report}) == 3
+    # Three kill points where the snapshot's content differs most (restarts and k-means state):
+    # the full mixture and k-means; one kill for the other covariance types, whose snapshots
+    # differ from the full one's only in the covariance arrays (keeps the suite's time down).
+    n_kills = 3 if factory.endswith(("full", "kmeans")) else 1
+    report = assert_resume_bit_identical(factory, blobs(600), client=client, tmp_path=tmp_path, seed=0,
+                                         n_kills=n_kills)
+    assert len({r["kill_after"] for r in report}) == n_kills
     if factory.endswith("kmeans"):
         assert set(final_snapshots(tmp_path / "reference.zarr")) == {"run-0", "run-1"}
 

@@ -46,9 +46,10 @@ def test_ppca_matches_closed_form_ml(client):
     assert abs(model.score(X) - closed) < 1e-9 * abs(closed)
 
 
-def test_factor_analysis_matches_sklearn_loglik(client):
+def test_factor_analysis_matches_sklearn_loglik():
     X = _data(n=4_000, diagonal=True, seed=1)
-    ours = FactorAnalysis(3, tol=1e-9, max_iter=300, random_state=0).fit(X, client=client)
+    # in this process: 127 iterations of tiny passes, where a cluster adds only its round trips
+    ours = FactorAnalysis(3, tol=1e-9, max_iter=300, random_state=0).fit(X)
     assert ours.converged_, ours.n_iter_
     ref = SkFactorAnalysis(3, tol=1e-8, max_iter=5000).fit(X)
     assert abs(ours.score(X) - ref.score(X)) < 1e-4 * abs(ref.score(X))

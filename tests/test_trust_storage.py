@@ -202,6 +202,12 @@ def test_load_validates_configuration_and_fitted_values(X, client, tmp_path):
         craft(poison)
         with pytest.raises(CheckpointError, match=f"{name} holds NaN|{name} is not a probability"):
             dask_em.load(str(path))
+    # text where numbers belong, or column names that are not text: refused, not loaded
+    for name, entry in (("means_", {"kind": "strings", "values": ["0", "1"]}),
+                        ("feature_names_in_", {"kind": "strings", "values": [1, "b"]})):
+        craft(lambda info, name=name, entry=entry: info["fitted"].update({name: entry}))
+        with pytest.raises(CheckpointError, match=f"fitted attribute '{name}' is damaged"):
+            dask_em.load(str(path))
     assert dask_em.load(str(good)).means_.shape == (K, 2)
 
 

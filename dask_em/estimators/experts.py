@@ -193,6 +193,7 @@ class MixtureOfExperts(RegressorMixin, EMEstimator):
     """
 
     _gating = "gaussian"
+    _params_class = ExpertsParams
 
     def __init__(self, n_components: int = 2, *, covariance_type: str = "full", reg_covar: float = 1e-6,
                  max_iter: int = 100, tol: float = 1e-3, n_init: int = 1, init_params: str = "kmeans",
@@ -286,26 +287,19 @@ class MixtureOfExperts(RegressorMixin, EMEstimator):
 
     # -- per-row outputs ------------------------------------------------------
 
-    def _params(self) -> ExpertsParams:
-        self._check_fitted("coef_")
-        return ExpertsParams(
-            self.weights_, self.means_, self.covariances_, self.precisions_cholesky_,
-            self.coef_, self.intercept_, self.noise_variance_,
-        )
-
     def predict(self, X: Any) -> Any:
         """Conditional mean ``E[y | x]`` (the RBF network's output), shape (n_samples, n_targets).
 
         Shape (n_samples,) with one target. Lazy for Dask, Zarr or path input.
         """
-        params = self._params()
+        params = self._fitted_params
         out = map_rows(self._checked_input(X), self._model(self.n_targets_).predict_block, params,
                        n_columns=int(self.n_targets_))
         return out[:, 0] if self.n_targets_ == 1 else out
 
     def predict_proba(self, X: Any, y: Any = None) -> Any:
         """Gate values ``g_k(x)``, shape (n_samples, n_components); with ``y``, the posterior of each expert."""
-        params = self._params()
+        params = self._fitted_params
         model = self._model(self.n_targets_)
         if y is None:
             return map_rows(self._checked_input(X), model.gates_block, params, n_columns=int(self.n_components))
@@ -335,7 +329,7 @@ class MixtureOfExperts(RegressorMixin, EMEstimator):
         Without ``y``, ``X`` holds the inputs followed by the targets (the
         layout of ``dask-em predict --what score`` on a table of both).
         """
-        params = self._params()
+        params = self._fitted_params
         rows = self._joined(X, y, "the log-likelihood")
         return map_rows(rows, self._model(self.n_targets_).score_samples_block, params, n_columns=None)
 

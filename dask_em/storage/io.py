@@ -134,8 +134,10 @@ def load(path: Any, *, storage_options: dict[str, Any] | None = None) -> Any:
             raise CheckpointError(f"{where}: the fitted attribute {name!r} is damaged")
         if entry["kind"] not in ("none", "strings", "array", "numpy_scalar", "list", "bool", "int", "float"):
             raise CheckpointError(f"{where}: the fitted attribute {name!r} has unknown kind {entry['kind']!r}")
+        # text is only ever column names: any other attribute given as text is crafted
         if entry["kind"] == "strings" and not (
-            isinstance(entry.get("values"), list) and all(isinstance(v, str) for v in entry["values"])
+            name == "feature_names_in_"
+            and isinstance(entry.get("values"), list) and all(isinstance(v, str) for v in entry["values"])
         ):
             raise CheckpointError(f"{where}: the fitted attribute {name!r} is damaged")
         stored = entry["kind"] not in ("none", "strings")

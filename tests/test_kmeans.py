@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 
 import dask.array as da
 import numpy as np
@@ -248,22 +247,39 @@ def test_what_workers_run_imports_no_scikit_learn():
     assert out.stdout.strip() == "[]", (modules, out.stdout)
 
 
+@pytest.mark.parametrize("k", [4, 20])  # the search row by row, and through BLAS products
 @pytest.mark.parametrize("n", [1003, 6, 1])
-def test_lloyd_kernel_four_rows_at_a_time_equals_one_row_at_a_time(n):
-    from dask_em.models.kmeans import _lloyd_block, _lloyd_block_f64
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lloyd_kernel_against_numpy(n, k, dtype):
+    from dask_em.models.kmeans import DIRECT_MAX_CLUSTERS, _lloyd_block, nearest_center
 
-    rng = np.random.default_rng(n)
-    X = rng.normal(size=(n, 5)) * 3
+    assert (k <= DIRECT_MAX_CLUSTERS) != (k == 20)
+    rng = np.random.default_rng(n + k)
+    X = (rng.normal(size=(n, 5)) * 3).astype(dtype)
     if n > 100:
-        X[5, 3], X[77, 0], X[78] = np.nan, np.inf, 1e200  # skipped rows; a finite row whose distance overflows
+        X[5, 3], X[77, 0] = np.nan, np.inf  # skipped rows
+        if dtype == np.float64:
+            X[78] = 1e200  # a finite row whose distance overflows
     w = rng.uniform(0.5, 2.0, size=n)
-    C = rng.normal(size=(4, 5))
-    out = []
-    for kernel in (_lloyd_block_f64, _lloyd_block):  # the second copies rows and takes them one at a time
-        counts, sums, d2, labels = np.zeros(4), np.zeros((4, 5)), np.empty(n), np.empty(n, dtype=np.int64)
-        totals = kernel(X, w, C, counts, sums, d2, labels)
-        out.append((totals, counts, sums, d2, labels[d2 >= 0]))
-    (t_a, *a), (t_b, *b) = out
-    assert t_a == t_b
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)
+    C = rng.normal(size=(k, 5))
+    counts, sums, d2, labels = np.zeros(k), np.zeros((k, 5)), np.empty(n), np.empty(n, dtype=np.int64)
+    inertia, n_invalid = _lloyd_block(X, w, C, counts, sums, d2, labels)
+
+    X64 = X.astype(np.float64)
+    valid = np.isfinite(X64).all(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        exact = ((X64[:, None, :] - C[None]) ** 2).sum(axis=2)
+    ref_labels = np.argmin(exact[valid], axis=1)
+    assert n_invalid == (~np.isfinite(X64)).sum()
+    np.testing.assert_array_equal(d2[~valid], -1.0)
+    overflow = ~np.isfinite(exact[valid].min(axis=1))  # the 1e200 row: every center is at inf, any label is right
+    ref_labels[overflow] = labels[valid][overflow]
+    np.testing.assert_array_equal(labels[valid], ref_labels)
+    np.testing.assert_allclose(d2[valid], exact[valid, ref_labels], rtol=1e-13)
+    np.testing.assert_allclose(counts, np.bincount(ref_labels, w[valid], minlength=k), rtol=1e-13)
+    ref_sums = np.zeros((k, 5))
+    np.add.at(ref_sums, ref_labels, w[valid, None] * X64[valid])
+    np.testing.assert_allclose(sums, ref_sums, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(inertia, (w[valid] * exact[valid, ref_labels]).sum(), rtol=1e-12)
+    # labels_ and predict take the same search as the fit's passes
+    np.testing.assert_array_equal(nearest_center(X[valid], C)[0], labels[valid])

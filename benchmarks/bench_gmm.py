@@ -115,9 +115,17 @@ def time_dask_em(client, blocks, k: int, covariance_type: str, n_iter: int, init
     return float(np.mean(seconds)), cpu / n_iter, result.params
 
 
+def _parameter_gap(params, sk) -> float:
+    """Largest difference of the means and covariances from scikit-learn's, relative to their scale."""
+    return max(
+        float(np.max(np.abs(np.asarray(params.means) - sk.means_) / np.abs(sk.means_).max())),
+        float(np.max(np.abs(np.asarray(params.covariances) - sk.covariances_) / np.abs(sk.covariances_).max())),
+    )
+
+
 def _cluster_cpu(client) -> float:
-    """CPU seconds used so far by the worker processes (all their threads)."""
-    return float(sum(client.run(time.process_time).values()))
+    """CPU seconds used so far by the worker processes (all their threads); none in this process."""
+    return 0.0 if client is None else float(sum(client.run(time.process_time).values()))
 
 
 def gemm_rate(size: int = 2000, repeats: int = 5) -> tuple[float, float]:
@@ -188,19 +196,26 @@ def main(argv: list[str] | None = None) -> None:
             inits = initial_values(X, args.k, ct)
             ours, ours_cpu, params = time_dask_em(client, blocks, args.k, ct, args.iters, inits)
             sk_seconds, sk_cpu, sk = sk_results[ct]
-            gap = max(
-                float(np.max(np.abs(np.asarray(params.means) - sk.means_) / np.abs(sk.means_).max())),
-                float(np.max(np.abs(np.asarray(params.covariances) - sk.covariances_) / np.abs(sk.covariances_).max())),
-            )
-            rows.append((ct, sk_seconds, ours, sk_seconds / ours, sk_cpu, ours_cpu, gap))
+            rows.append((ct, sk_seconds, ours, sk_seconds / ours, sk_cpu, ours_cpu, _parameter_gap(params, sk)))
             print(f"dask-em {ct}: {ours:.3f} s/iteration, {ours_cpu:.3f} CPU s/iteration", file=sys.stderr, flush=True)
+
+    # dask-em's default without a client: this process, one thread per core
+    local_blocks = prepare_blocks(X, None)
+    for ct in args.types:
+        ours, ours_cpu, params = time_dask_em(None, local_blocks, args.k, ct, args.iters, initial_values(X, args.k, ct))
+        sk_seconds, sk_cpu, sk = sk_results[ct]
+        rows.append((f"{ct}, in this process", sk_seconds, ours, sk_seconds / ours, sk_cpu, ours_cpu,
+                     _parameter_gap(params, sk)))
+        print(f"dask-em {ct} in this process: {ours:.3f} s/iteration, {ours_cpu:.3f} CPU s/iteration",
+              file=sys.stderr, flush=True)
 
     command = "python benchmarks/bench_gmm.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     print(f"\n`{command.strip()}`\n")
     print(
         f"N={args.n:,}, D={args.d}, K={args.k}, float64, {args.iters} iterations from the same initial "
         f"parameters; {platform.machine()}, {os.cpu_count()} cores; dask-em on a LocalCluster of "
-        f"{n_workers} single-threaded workers, {len(blocks.parts)} blocks (persisted in {load:.2f} s); "
+        f"{n_workers} single-threaded workers (rows \"in this process\": no client, dask-em's default: "
+        f"its thread pool, the same blocks), {len(blocks.parts)} blocks (persisted in {load:.2f} s); "
         f"fixed cost of one round trip over {len(blocks.parts)} tasks: {overhead * 1000:.0f} ms. "
         f"BLAS: {blas_info()}.\n"
     )
@@ -218,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         + ", ".join(
             f"dask-em {r[2] and flops / r[2]:.1f} GFLOP/s wall ({flops / r[2] / gemm_wall:.0%} of the GEMM), "
             f"{flops / r[5]:.1f} per CPU second ({flops / r[5] / gemm_cpu:.0%})"
-            for r in rows if r[0] == "full"
+            for r in rows if r[0].startswith("full")
         )
     )
 

@@ -116,26 +116,33 @@ class Factors:
     logdet: np.ndarray
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _factor_pattern(prec, missing_idx, i0, m, L, base):  # pragma: no cover - compiled
+    """Cholesky factor of ``Lambda_mm`` for the ``m`` missing columns ``missing_idx[i0:i0 + m]``.
+
+    Written row-major (m, m) into ``L`` at ``base``; returns ``log det Lambda_mm``.
+    """
+    ld = 0.0
+    for a in range(m):
+        for b in range(a + 1):
+            s = prec[missing_idx[i0 + a], missing_idx[i0 + b]]
+            for c in range(b):
+                s -= L[base + a * m + c] * L[base + b * m + c]
+            if a == b:
+                if s <= 0.0:
+                    s = 1e-300  # only reached for a precision that is not positive definite
+                L[base + a * m + a] = math.sqrt(s)
+                ld += 2.0 * math.log(L[base + a * m + a])
+            else:
+                L[base + a * m + b] = s / L[base + b * m + b]
+    return ld
+
+
 @numba.njit(cache=True, nogil=True)
 def _factor_patterns(prec, missing_idx, idx_offset, L_offset, L, logdet):  # pragma: no cover - compiled
     for p in range(idx_offset.shape[0] - 1):
         i0 = idx_offset[p]
-        m = idx_offset[p + 1] - i0
-        base = L_offset[p]
-        ld = 0.0
-        for a in range(m):
-            for b in range(a + 1):
-                s = prec[missing_idx[i0 + a], missing_idx[i0 + b]]
-                for c in range(b):
-                    s -= L[base + a * m + c] * L[base + b * m + c]
-                if a == b:
-                    if s <= 0.0:
-                        s = 1e-300  # only reached for a precision that is not positive definite
-                    L[base + a * m + a] = math.sqrt(s)
-                    ld += 2.0 * math.log(L[base + a * m + a])
-                else:
-                    L[base + a * m + b] = s / L[base + b * m + b]
-        logdet[p] = ld
+        logdet[p] = _factor_pattern(prec, missing_idx, i0, idx_offset[p + 1] - i0, L, L_offset[p])
 
 
 def factor_patterns(patterns: Patterns, precision: np.ndarray) -> Factors:
@@ -194,34 +201,45 @@ def _complete_rows(dev, R, rows, pattern_id, missing_idx, idx_offset, L, L_offse
         quad[i] -= s2
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _inverse_from_factor(L, base, m, Linv, C):  # pragma: no cover - compiled
+    """``C[:m, :m]`` (lower triangle) := ``Lambda_mm^-1 = Linv' Linv`` from the factor at ``base`` of ``L``.
+
+    ``Linv`` is scratch of at least (m, m).
+    """
+    for a in range(m):
+        Linv[a, a] = 1.0 / L[base + a * m + a]
+        for b in range(a):
+            s = 0.0
+            for c in range(b, a):
+                s -= L[base + a * m + c] * Linv[c, b]
+            Linv[a, b] = s / L[base + a * m + a]
+    for a in range(m):
+        for b in range(a + 1):
+            s = 0.0
+            for c in range(a, m):
+                s += Linv[c, a] * Linv[c, b]
+            C[a, b] = s
+
+
 @numba.njit(cache=True, nogil=True)
 def _add_conditional_cov(missing_idx, idx_offset, L, L_offset, weights, out):  # pragma: no cover - compiled
     """out[m, m] += weights[p] * Lambda_mm^-1 for every pattern p."""
     D = out.shape[0]
     Linv = np.zeros((D, D))
+    C = np.zeros((D, D))
     for p in range(idx_offset.shape[0] - 1):
         w = weights[p]
         if w == 0.0:
             continue
         i0 = idx_offset[p]
         m = idx_offset[p + 1] - i0
-        base = L_offset[p]
-        for a in range(m):
-            Linv[a, a] = 1.0 / L[base + a * m + a]
-            for b in range(a):
-                s = 0.0
-                for c in range(b, a):
-                    s -= L[base + a * m + c] * Linv[c, b]
-                Linv[a, b] = s / L[base + a * m + a]
-        # Lambda_mm^-1 = Linv' Linv
+        _inverse_from_factor(L, L_offset[p], m, Linv, C)
         for a in range(m):
             for b in range(a + 1):
-                s = 0.0
-                for c in range(a, m):
-                    s += Linv[c, a] * Linv[c, b]
-                out[missing_idx[i0 + a], missing_idx[i0 + b]] += w * s
+                out[missing_idx[i0 + a], missing_idx[i0 + b]] += w * C[a, b]
                 if a != b:
-                    out[missing_idx[i0 + b], missing_idx[i0 + a]] += w * s
+                    out[missing_idx[i0 + b], missing_idx[i0 + a]] += w * C[a, b]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -253,9 +271,20 @@ def _row_dot(dev, R, i):  # pragma: no cover - compiled
     return quad
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _condition_row(dev, R, i, seen, logdet, missing_idx, i0, m, L, base, logdet_mm, y):  # pragma: no cover - compiled
+    """Complete row ``i`` (:func:`_fill_missing_row`) and return its observed log-density.
+
+    ``logdet_mm`` is ``log det Lambda_mm`` of the row's pattern (0 with nothing missing).
+    """
+    quad = _row_dot(dev, R, i)  # before the completion: d0' Lambda d0
+    s2 = _fill_missing_row(dev, R, i, missing_idx, i0, m, L, base, y)
+    return -0.5 * (seen * _LOG_2PI + logdet + logdet_mm + quad - s2)
+
+
 @numba.njit(cache=True, nogil=True)
 def condition_rowwise(X, dev, R, n_seen, prec, logdet, cov_lower, logpdf):  # pragma: no cover - compiled
-    """Fused per-row conditioning: quadratic form, completion, log-density, covariance sum.
+    """Fused per-row conditioning: completion, log-density, covariance sum.
 
     Non-finite entries of ``X`` are missing. ``cov_lower`` receives the lower
     triangle of the summed ``Lambda_mm^-1``. Each row factorises its own
@@ -264,21 +293,20 @@ def condition_rowwise(X, dev, R, n_seen, prec, logdet, cov_lower, logpdf):  # pr
     D = dev.shape[1]
     idx = np.empty(D, np.int64)
     prev = np.empty(D, np.int64)
-    L = np.empty((D, D))
+    L = np.empty(D * D)  # the current pattern's factor, row-major (m, m) as in Factors.L
     Linv = np.zeros((D, D))
     Cinv = np.zeros((D, D))
     y = np.empty(D)
     m_prev = -1
     ld = 0.0
     for i in range(X.shape[0]):
-        quad = _row_dot(dev, R, i)
         seen = n_seen[i]
         if seen == 0:
             logpdf[i] = 0.0
             continue
         m = D - seen
         if m == 0:
-            logpdf[i] = -0.5 * (D * _LOG_2PI + logdet + quad)
+            logpdf[i] = _condition_row(dev, R, i, seen, logdet, idx, 0, 0, L, 0, 0.0, y)
             continue
         k = 0
         for j in range(D):
@@ -292,53 +320,15 @@ def condition_rowwise(X, dev, R, n_seen, prec, logdet, cov_lower, logpdf):  # pr
                     same = False
                     break
         if not same:
-            ld = 0.0
-            for a in range(m):
-                for b in range(a + 1):
-                    s = prec[idx[a], idx[b]]
-                    for c in range(b):
-                        s -= L[a, c] * L[b, c]
-                    if a == b:
-                        if s <= 0.0:
-                            s = 1e-300
-                        L[a, a] = math.sqrt(s)
-                        ld += 2.0 * math.log(L[a, a])
-                    else:
-                        L[a, b] = s / L[b, b]
-            for a in range(m):
-                Linv[a, a] = 1.0 / L[a, a]
-                for b in range(a):
-                    s = 0.0
-                    for c in range(b, a):
-                        s -= L[a, c] * Linv[c, b]
-                    Linv[a, b] = s / L[a, a]
-            for a in range(m):
-                for b in range(a + 1):
-                    s = 0.0
-                    for c in range(a, m):
-                        s += Linv[c, a] * Linv[c, b]
-                    Cinv[a, b] = s
+            ld = _factor_pattern(prec, idx, 0, m, L, 0)
+            _inverse_from_factor(L, 0, m, Linv, Cinv)
             for a in range(m):
                 prev[a] = idx[a]
             m_prev = m
         for a in range(m):
             for b in range(a + 1):
                 cov_lower[idx[a], idx[b]] += Cinv[a, b]
-        s2 = 0.0
-        for a in range(m):
-            s = R[i, idx[a]]
-            for c in range(a):
-                s -= L[a, c] * y[c]
-            y[a] = s / L[a, a]
-            s2 += y[a] * y[a]
-        for a in range(m - 1, -1, -1):
-            s = y[a]
-            for c in range(a + 1, m):
-                s -= L[c, a] * y[c]
-            y[a] = s / L[a, a]
-        for a in range(m):
-            dev[i, idx[a]] = -y[a]
-        logpdf[i] = -0.5 * (seen * _LOG_2PI + logdet + ld + quad - s2)
+        logpdf[i] = _condition_row(dev, R, i, seen, logdet, idx, 0, m, L, 0, ld, y)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -349,20 +339,17 @@ def condition_by_pattern(dev, R, n_seen, pattern_id, missing_idx, idx_offset, L,
     per distinct pattern of the block; rows are visited in block order and
     look their factor up.
     """
-    D = dev.shape[1]
-    y = np.empty(D)
+    y = np.empty(dev.shape[1])
     for i in range(dev.shape[0]):
-        quad = _row_dot(dev, R, i)
         seen = n_seen[i]
         if seen == 0:
             logpdf[i] = 0.0
             continue
         p = pattern_id[i]
         i0 = idx_offset[p]
-        m = idx_offset[p + 1] - i0
-        base = L_offset[p]
-        s2 = _fill_missing_row(dev, R, i, missing_idx, i0, m, L, base, y)
-        logpdf[i] = -0.5 * (seen * _LOG_2PI + logdet + logdets[p] + quad - s2)
+        logpdf[i] = _condition_row(
+            dev, R, i, seen, logdet, missing_idx, i0, idx_offset[p + 1] - i0, L, L_offset[p], logdets[p], y
+        )
 
 
 def block_patterns(miss: np.ndarray) -> Patterns:

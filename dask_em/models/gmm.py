@@ -48,7 +48,6 @@ import numpy as np
 from ._gaussian import (
     EPS10,
     LOG_2PI,
-    check_covariance_type,
     feature_precisions,
     from_tied,
     is_square,
@@ -71,7 +70,7 @@ from .gmm_kernels import (
     full_kernel_rows,
     padded,
 )
-from .gmm_prior import MAPPrior, _check_prior_fields
+from .gmm_prior import MAPPrior
 from .kmeans import kmeans_plusplus
 
 #: A component with less responsibility than this (in samples) is empty.
@@ -232,23 +231,6 @@ class GaussianMixtureModel(MAPPrior):
     - ``sum_xx`` (K, D): weighted squares for ``diag`` and ``spherical``.
     - ``n``, ``loglik`` and ``n_invalid`` (NaN or infinite values).
     """
-
-    n_components: int
-    covariance_type: str = "full"
-    reg_covar: float = 1e-6
-    weight_concentration_prior: float | None = None
-    mean_precision_prior: float | None = None
-    mean_prior: tuple[float, ...] | None = None
-    degrees_of_freedom_prior: float | None = None
-    covariance_prior: Any = None
-
-    def __post_init__(self) -> None:
-        if int(self.n_components) < 1:
-            raise ValueError(f"n_components must be at least 1, got {self.n_components}")
-        check_covariance_type(self.covariance_type)
-        if not self.reg_covar >= 0:
-            raise ValueError(f"reg_covar must be non-negative, got {self.reg_covar}")
-        _check_prior_fields(self)
 
     # -- the contract -------------------------------------------------------
 

@@ -13,7 +13,7 @@ density and the MAP M-step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +22,7 @@ import scipy.special
 from ._gaussian import (
     EPS10,
     LOG_2PI,
+    check_covariance_type,
     component_shape,
     feature_precisions,
     is_square,
@@ -29,6 +30,7 @@ from ._gaussian import (
     one_covariance_from_data,
 )
 from ..contract import Stats, with_log_prior
+from ..errors import InvalidParameterError
 
 if TYPE_CHECKING:
     from .gmm import GaussianMixtureModel, GMMParams
@@ -159,21 +161,51 @@ def data_prior_defaults(
     return changes
 
 
-class MAPPrior:
-    """The prior fields' behaviour, mixed into :class:`~dask_em.models.gmm.GaussianMixtureModel`.
+@dataclass(frozen=True)
+class GaussianMixtureFields:
+    """The fields, and their checks, of the Gaussian mixtures with a conjugate prior.
 
-    Expects ``n_components``, ``covariance_type``, ``reg_covar`` and the
-    :data:`PRIOR_FIELDS` as attributes.
+    The MAP mixture (:class:`~dask_em.models.gmm.GaussianMixtureModel`)
+    and the variational one
+    (:class:`~dask_em.models.vbgmm.BayesianGaussianMixtureModel`) document
+    them; the prior fields mean the same in both, with different defaults.
+    The :data:`PRIOR_FIELDS` are keyword-only, so that a subclass can add a
+    positional field after ``reg_covar``. Numbers are stored as plain
+    ``int``/``float`` and arrays as nested tuples: the configuration goes
+    to JSON in checkpoints, exactly.
+
+    Raises
+    ------
+    InvalidParameterError
+        On construction, for a value no fit accepts.
     """
 
     n_components: int
-    covariance_type: str
-    reg_covar: float
-    weight_concentration_prior: float | None
-    mean_precision_prior: float | None
-    mean_prior: tuple[float, ...] | None
-    degrees_of_freedom_prior: float | None
-    covariance_prior: Any
+    covariance_type: str = "full"
+    reg_covar: float = 1e-6
+    _: KW_ONLY
+    weight_concentration_prior: float | None = None
+    mean_precision_prior: float | None = None
+    mean_prior: tuple[float, ...] | None = None
+    degrees_of_freedom_prior: float | None = None
+    covariance_prior: Any = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
+            raise InvalidParameterError(f"n_components must be an integer >= 1, got {self.n_components!r}")
+        if not (isinstance(self.reg_covar, (int, float, np.number)) and math.isfinite(self.reg_covar) and self.reg_covar >= 0):
+            raise InvalidParameterError(f"reg_covar must be a non-negative number, got {self.reg_covar!r}")
+        object.__setattr__(self, "n_components", int(self.n_components))
+        object.__setattr__(self, "reg_covar", float(self.reg_covar))
+        try:
+            check_covariance_type(self.covariance_type)
+            _check_prior_fields(self)
+        except ValueError as exc:
+            raise InvalidParameterError(str(exc)) from None
+
+
+class MAPPrior(GaussianMixtureFields):
+    """The prior fields' behaviour, mixed into :class:`~dask_em.models.gmm.GaussianMixtureModel`."""
 
     @property
     def has_prior(self) -> bool:

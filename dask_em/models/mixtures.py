@@ -70,12 +70,21 @@ class CategoricalMixtureParams:
 
 @dataclasses.dataclass(frozen=True)
 class _DiscreteMixture:
-    """What the three families share: responsibilities, sums, weights."""
+    """What the three families share: responsibilities, sums, weights.
+
+    Parameters
+    ----------
+    n_components : int
+    alpha : float
+        Pseudo-count of the family's M-step (each family's docstring gives it).
+    init : {"k-means++", "random", "random_from_data"}
+    weight_concentration : float
+        Dirichlet concentration on the weights; 1 is flat (maximum likelihood).
+    """
 
     n_components: int = 1
     alpha: float = 1e-10
     init: str = "k-means++"
-    #: Dirichlet concentration on the weights; 1 is flat (maximum likelihood).
     weight_concentration: float = 1.0
 
     params_class: ClassVar[type]
@@ -241,6 +250,12 @@ class _DiscreteMixture:
         return self.n_components * n_features + self.n_components - 1
 
 
+def _not_counts(X: np.ndarray) -> np.ndarray:
+    """True where a value is not a non-negative integer count (the Poisson and categorical support)."""
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(X) | (X < 0) | (X != np.floor(X))
+
+
 def _count_invalid_message(n: int, what: str, hint: str) -> str:
     return f"{n} values are outside the support of the {what}; {hint}"
 
@@ -249,13 +264,8 @@ def _count_invalid_message(n: int, what: str, hint: str) -> str:
 class PoissonMixtureModel(_DiscreteMixture):
     """Mixture of products of independent Poisson distributions (count data).
 
-    Parameters
-    ----------
-    n_components : int
-    alpha : float
-        Pseudo-count: ``lambdas = (sum_x + alpha) / (sum_resp + alpha)``,
-        which keeps rates positive.
-    init : {"k-means++", "random", "random_from_data"}
+    The pseudo-count ``alpha`` keeps rates positive:
+    ``lambdas = (sum_x + alpha) / (sum_resp + alpha)``.
     """
 
     params_class: ClassVar[type] = PoissonMixtureParams
@@ -265,9 +275,7 @@ class PoissonMixtureModel(_DiscreteMixture):
         lam = params.lambdas
         return X @ _safe_log(lam).T - lam.sum(axis=1) - gammaln(X + 1.0).sum(axis=1, keepdims=True)
 
-    def invalid_mask(self, X: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore"):
-            return ~np.isfinite(X) | (X < 0) | (X != np.floor(X))
+    invalid_mask = staticmethod(_not_counts)
 
     def new_components(self, sum_x: np.ndarray, nk: np.ndarray) -> np.ndarray:
         return (sum_x + self.alpha) / (nk[:, None] + self.alpha)
@@ -286,12 +294,8 @@ class PoissonMixtureModel(_DiscreteMixture):
 class BernoulliMixtureModel(_DiscreteMixture):
     """Mixture of products of independent Bernoulli distributions (binary data).
 
-    Parameters
-    ----------
-    n_components : int
-    alpha : float
-        Pseudo-count: ``probabilities = (sum_x + alpha) / (sum_resp + 2 alpha)``.
-    init : {"k-means++", "random", "random_from_data"}
+    The pseudo-count ``alpha`` keeps probabilities inside (0, 1):
+    ``probabilities = (sum_x + alpha) / (sum_resp + 2 alpha)``.
     """
 
     params_class: ClassVar[type] = BernoulliMixtureParams
@@ -323,14 +327,8 @@ class CategoricalMixtureModel(_DiscreteMixture):
     """Mixture of multinomials: rows are counts of categories (e.g. words in documents).
 
     ``log p(x | k) = log (N! / prod x_d!) + sum_d x_d log probabilities[k, d]``
-    with ``N`` the row total.
-
-    Parameters
-    ----------
-    n_components : int
-    alpha : float
-        Pseudo-count added to every category of every component.
-    init : {"k-means++", "random", "random_from_data"}
+    with ``N`` the row total. The pseudo-count ``alpha`` is added to every
+    category of every component.
     """
 
     params_class: ClassVar[type] = CategoricalMixtureParams
@@ -340,9 +338,7 @@ class CategoricalMixtureModel(_DiscreteMixture):
         coef = gammaln(X.sum(axis=1) + 1.0) - gammaln(X + 1.0).sum(axis=1)
         return X @ _safe_log(params.probabilities).T + coef[:, None]
 
-    def invalid_mask(self, X: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore"):
-            return ~np.isfinite(X) | (X < 0) | (X != np.floor(X))
+    invalid_mask = staticmethod(_not_counts)
 
     def new_components(self, sum_x: np.ndarray, nk: np.ndarray) -> np.ndarray:
         counts = sum_x + self.alpha

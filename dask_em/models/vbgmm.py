@@ -49,7 +49,6 @@ import scipy.special
 from ..errors import InvalidParameterError
 from ..contract import Stats
 from ._gaussian import (
-    COVARIANCE_TYPES,
     EPS10,
     feature_precisions,
     is_square,
@@ -57,7 +56,7 @@ from ._gaussian import (
     precisions_cholesky_from_covariances,
 )
 from .gmm import GaussianMixtureModel, GMMParams, HardAssignment, reference_point
-from .gmm_prior import _check_prior_fields, _Prior, data_prior_defaults, prior_arrays
+from .gmm_prior import GaussianMixtureFields, _Prior, data_prior_defaults, prior_arrays
 from .kmeans import kmeans_plusplus
 
 WEIGHT_PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
@@ -99,7 +98,7 @@ def _sum_over_features(func: Any, dof: np.ndarray, n_features: int) -> np.ndarra
 
 
 @dataclass(frozen=True)
-class BayesianGaussianMixtureModel:
+class BayesianGaussianMixtureModel(GaussianMixtureFields):
     """A Gaussian mixture fitted by variational inference.
 
     Parameters
@@ -136,35 +135,15 @@ class BayesianGaussianMixtureModel:
     responsibilities. :meth:`finish_stats` turns ``loglik`` into the ELBO.
     """
 
-    n_components: int
-    covariance_type: str = "full"
-    reg_covar: float = 1e-6
     weight_concentration_prior_type: str = "dirichlet_process"
-    weight_concentration_prior: float | None = None
-    mean_precision_prior: float | None = None
-    mean_prior: tuple[float, ...] | None = None
-    degrees_of_freedom_prior: float | None = None
-    covariance_prior: Any = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
-            raise InvalidParameterError(f"n_components must be an integer >= 1, got {self.n_components!r}")
-        if self.covariance_type not in COVARIANCE_TYPES:
-            raise InvalidParameterError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}")
+        super().__post_init__()
         if self.weight_concentration_prior_type not in WEIGHT_PRIOR_TYPES:
             raise InvalidParameterError(
                 f"weight_concentration_prior_type must be one of {WEIGHT_PRIOR_TYPES}, "
                 f"got {self.weight_concentration_prior_type!r}"
             )
-        if not (isinstance(self.reg_covar, (int, float, np.number)) and math.isfinite(self.reg_covar) and self.reg_covar >= 0):
-            raise InvalidParameterError(f"reg_covar must be a non-negative number, got {self.reg_covar!r}")
-        # plain numbers: the configuration goes to JSON in checkpoints
-        object.__setattr__(self, "n_components", int(self.n_components))
-        object.__setattr__(self, "reg_covar", float(self.reg_covar))
-        try:
-            _check_prior_fields(self)
-        except ValueError as exc:
-            raise InvalidParameterError(str(exc)) from None
 
     # -- the prior --------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit
 
 from ..contract import Stats, split_weights
+from .gmm_kernels import _log_prob_shared
 
 __all__ = [
     "KMeansModel",
@@ -230,19 +231,6 @@ def _farthest(d2, w, m):  # pragma: no cover - compiled
     return top_i[top_i >= 0]
 
 
-@njit(nogil=True, fastmath=False, cache=True)
-def _all_distances_block(X, C, out):  # pragma: no cover - compiled
-    n, d = X.shape
-    k = C.shape[0]
-    for i in range(n):
-        for c in range(k):
-            s = 0.0
-            for j in range(d):
-                t = np.float64(X[i, j]) - C[c, j]
-                s += t * t
-            out[i, c] = s
-
-
 def _as_rows(X: np.ndarray) -> np.ndarray:
     X = np.asarray(X)
     if X.dtype not in (np.float32, np.float64):
@@ -277,8 +265,11 @@ def nearest_center(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.n
 def center_distances(X: np.ndarray, centers: np.ndarray, squared: bool = False) -> np.ndarray:
     """Euclidean distance of every row to every center, shape (n_samples, n_clusters)."""
     X = _as_rows(X)
-    out = np.empty((X.shape[0], np.asarray(centers).shape[0]), dtype=np.float64)
-    _all_distances_block(X, _centers(centers), out)
+    C = _centers(centers)
+    halfT = np.empty((C.shape[0], X.shape[0]))
+    # the Gaussian kernel with unit scales and no constant: -|x - c|^2 / 2, exactly halved
+    _log_prob_shared(X, C, np.ones_like(C), np.zeros(C.shape[0]), halfT)
+    out = np.multiply(halfT.T, -2.0)
     return out if squared else np.sqrt(out, out=out)
 
 

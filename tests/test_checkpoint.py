@@ -328,7 +328,7 @@ def _fitted_examples():
     """A small fitted estimator of every kind a user saves, with the data to score it on."""
     rng = np.random.default_rng(3)
     X = rng.normal(size=(200, 3))
-    counts = rng.poisson(3.0, size=(200, 2))
+    counts = rng.poisson(3.0, size=(200, 3))
     codes = rng.integers(0, 3, size=(200, 1))
     y = X @ np.array([1.0, -2.0, 0.5]) + rng.normal(scale=0.1, size=200)
     fits = [

@@ -232,7 +232,7 @@ def test_predict_hmm_states_of_a_sequence_store(client, cluster, tmp_path):
     import dask_em
 
     rng = np.random.default_rng(0)
-    X = np.concatenate([rng.normal(size=(150, 2)) + (i % 2) * 4 for i in range(8)])
+    X = np.concatenate([rng.normal(size=(150, 3)) + (i % 2) * 4 for i in range(8)])
     store, model_path = str(tmp_path / "seq.zarr"), str(tmp_path / "hmm.zarr")
     dask_em.to_zarr_sequences(X, store, lengths=[150] * 8)
     hmm = dask_em.GaussianHMM(2, covariance_type="diag", random_state=0, max_iter=5).fit(store, client=client)

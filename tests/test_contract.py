@@ -65,20 +65,20 @@ def _hmm_case(kind: str, covariance_type: str = "diag") -> tuple[object, object,
     states = rng.integers(0, 2, lengths.sum())
     startprob, transmat = np.array([0.6, 0.4]), np.array([[0.8, 0.2], [0.3, 0.7]])
     if kind == "gaussian":
-        D = 2
+        D = 3  # the sizes of hmmlearn's own tests (tests/peer): their compiled kernels are shared
         X = np.where(states[:, None] == 0, -1.0, 2.0) + rng.normal(size=(lengths.sum(), D))
         covars = {"spherical": np.array([1.0, 1.5]), "diag": np.ones((2, D)),
                   "full": np.stack([np.eye(D), 1.5 * np.eye(D)]), "tied": np.eye(D)}[covariance_type]
         model = GaussianHMMModel(n_components=2, covariance_type=covariance_type)
-        params = GaussianHMMParams(startprob, transmat, np.array([[-0.5, 0.0], [1.5, 1.0]]), covars)
+        params = GaussianHMMParams(startprob, transmat, np.array([[-0.5, 0.0, 0.5], [1.5, 1.0, 2.0]]), covars)
     elif kind == "categorical":
         X = np.where(states == 0, rng.integers(0, 2, lengths.sum()), rng.integers(1, 3, lengths.sum()))[:, None]
         model = CategoricalHMMModel(n_components=2, n_features=3)
         params = CategoricalHMMParams(startprob, transmat, np.array([[0.5, 0.3, 0.2], [0.1, 0.4, 0.5]]))
     else:
-        X = rng.poisson(np.where(states[:, None] == 0, 1.0, 5.0), size=(lengths.sum(), 2)).astype(float)
+        X = rng.poisson(np.where(states[:, None] == 0, 1.0, 5.0), size=(lengths.sum(), 3)).astype(float)
         model = PoissonHMMModel(n_components=2)
-        params = PoissonHMMParams(startprob, transmat, np.array([[1.5, 2.0], [4.0, 3.0]]))
+        params = PoissonHMMParams(startprob, transmat, np.array([[1.5, 2.0, 1.0], [4.0, 3.0, 5.0]]))
     blocks = [sequence_blocks(X, lengths, n_partitions=n) for n in (3, 2)]
     return model, params, blocks
 

@@ -44,8 +44,8 @@ def setup():
 
 
 def _gaussian_case(rng, states, covariance_type):
-    D = 2
-    true_means = np.array([[0.0, 0.0], [3.0, 1.0], [-2.0, 4.0]])
+    D = 3  # the sizes of hmmlearn's own tests (tests/peer): their compiled kernels are shared
+    true_means = np.array([[1.0, -1.0, 1.0], [3.0, 1.0, -1.5], [-2.0, 4.0, 0.5]])
     X = true_means[states] + rng.normal(size=(len(states), D))
     means = true_means + rng.normal(scale=0.5, size=(K, D))
     if covariance_type == "diag":
@@ -113,9 +113,9 @@ def test_categorical_parity_with_hmmlearn(client, setup):
 def test_poisson_parity_with_hmmlearn(client, setup):
     rng, lengths, states, sp, tm = setup
     r = np.random.default_rng(3)
-    rates = np.array([[1.0, 5.0], [4.0, 0.5], [9.0, 9.0]])
+    rates = np.array([[1.0, 5.0, 2.0], [4.0, 0.5, 2.0], [9.0, 9.0, 6.0]])
     X = r.poisson(rates[states])
-    lam0 = r.uniform(0.5, 8.0, size=(K, 2))
+    lam0 = r.uniform(0.5, 8.0, size=(K, 3))
     ours = PoissonHMM(K, tol=0.0, startprob_init=sp, transmat_init=tm, lambdas_init=lam0, n_partitions=3)
     done = 0
     for n_iter in (1, 5, 20):
@@ -204,10 +204,10 @@ def test_inputs_agree_and_lazy_outputs(client, setup, tmp_path):
     np.testing.assert_allclose(ref.score(path), ref.score(X, lengths), rtol=1e-10)
     logp, path_states = ref.decode(X, lengths, algorithm="viterbi")
     sample, sample_states = ref.sample(50, random_state=0)
-    assert sample.shape == (50, 2) and sample_states.shape == (50,)
+    assert sample.shape == (50, 3) and sample_states.shape == (50,)
 
 
-@pytest.mark.parametrize("n_components, n_features", [(3, 2), (17, 2)])
+@pytest.mark.parametrize("n_components, n_features", [(3, 3), (17, 2)])
 def test_fused_diag_kernel_matches_three_pass_path(n_components, n_features):
     """The fused diagonal E-step (sizes as constants, and the generic build
     used above 16 states) agrees with emission densities + forward-backward
@@ -247,7 +247,7 @@ def test_partitions_are_balanced_and_keep_sequences_whole():
 
 
 def test_bad_input_is_reported(client):
-    X = np.random.default_rng(0).normal(size=(30, 2))
+    X = np.random.default_rng(0).normal(size=(30, 3))
     model = GaussianHMM(2, max_iter=2, random_state=0, n_init=1)
     with pytest.raises(InvalidDataError, match="sum to 29"):
         model.fit(X, [10, 19], client=client)
@@ -257,15 +257,15 @@ def test_bad_input_is_reported(client):
     bad[3, 1] = np.nan
     with pytest.raises(InvalidDataError, match="NaN"):
         model.fit(bad, [15, 15], client=client)
-    given = GaussianHMM(2, max_iter=2, means_init=np.zeros((2, 2)), covars_init=np.ones((2, 2)),
+    given = GaussianHMM(2, max_iter=2, means_init=np.zeros((2, 3)), covars_init=np.ones((2, 3)),
                         startprob_init=[0.5, 0.5], transmat_init=np.full((2, 2), 0.5))
     with pytest.raises(InvalidDataError, match="1 time steps contain NaN"):
         given.fit(bad, [15, 15], client=client)
-    with pytest.raises(InvalidDataError, match="X has 2 features but means_init"):
-        GaussianHMM(2, means_init=np.zeros((2, 3)), max_iter=1).fit(X, client=client)
+    with pytest.raises(InvalidDataError, match="X has 3 features but means_init"):
+        GaussianHMM(2, means_init=np.zeros((2, 2)), max_iter=1).fit(X, client=client)
     fitted = GaussianHMM(2, max_iter=2, random_state=0, n_init=1).fit(X, client=client)
-    with pytest.raises(InvalidDataError, match="3 features"):
-        fitted.predict(np.zeros((5, 3)))
+    with pytest.raises(InvalidDataError, match="2 features"):
+        fitted.predict(np.zeros((5, 2)))
     symbols = np.array([0, 1, 2, 1, 0, 2, 1, 1]).reshape(-1, 1)
     cat = CategoricalHMM(2, n_features=3, max_iter=2, random_state=0, n_init=1)
     with pytest.raises(InvalidDataError, match="1 symbols are not integers in 0..2"):
@@ -274,12 +274,12 @@ def test_bad_input_is_reported(client):
         cat.fit(np.r_[symbols.astype(float), [[1.5]]], client=client)
     with pytest.raises(InvalidDataError, match="one column"):
         cat.fit(np.zeros((8, 2), dtype=int), client=client)
-    counts = np.array([[0, 1], [3, 2], [1, 1], [4, 0]])
+    counts = np.array([[0, 1, 2], [3, 2, 0], [1, 1, 1], [4, 0, 2]])
     pois = PoissonHMM(2, max_iter=2, random_state=0, n_init=1)
     with pytest.raises(InvalidDataError, match="1 time steps contain counts"):
-        pois.fit(np.r_[counts, [[-1, 2]]], client=client)
+        pois.fit(np.r_[counts, [[-1, 2, 0]]], client=client)
     with pytest.raises(InvalidDataError, match="2 time steps contain counts"):
-        pois.fit(np.r_[counts, [[0.5, 2], [1, 2.5]]], client=client)
+        pois.fit(np.r_[counts, [[0.5, 2, 0], [1, 2.5, 0]]], client=client)
     with pytest.raises(ValueError, match="unknown params"):
         GaussianHMM(2, params=("s", "t")).fit(X, client=client)
     from sklearn.exceptions import NotFittedError
@@ -291,7 +291,7 @@ def test_bad_input_is_reported(client):
 
 def test_checkpoint_resume_is_bit_identical(client, tmp_path):
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(3000, 2))
+    X = rng.normal(size=(3000, 3))
     X[1500:] += 3
     lengths = [1000, 1000, 1000]
     kw = dict(tol=0.0, random_state=0, n_init=2, n_init_iter=2, n_partitions=3)
@@ -390,8 +390,8 @@ def test_fused_kernels_report_impossible_sequences():
     assert model.e_step((x, lengths), params)["loglik"] == _HMMBase.e_step(model, (x, lengths), params)["loglik"]
     assert model.e_step((x, lengths), params)["loglik"] == -np.inf
     model = PoissonHMMModel(n_components=2)
-    params = PoissonHMMParams(sp, tm, np.array([[0.0, 1.0], [0.0, 2.0]]))
-    counts = np.array([[0, 1], [0, 3], [1, 0]], dtype=float)
+    params = PoissonHMMParams(sp, tm, np.array([[0.0, 1.0, 2.0], [0.0, 2.0, 1.0]]))
+    counts = np.array([[0, 1, 2], [0, 3, 1], [1, 0, 0]], dtype=float)
     fused = model.e_step((counts, np.array([3])), params)
     with np.errstate(invalid="ignore"):  # the three-pass path's posteriors of an impossible sequence
         ref = _HMMBase.e_step(model, (counts, np.array([3])), params)

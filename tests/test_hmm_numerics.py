@@ -13,10 +13,11 @@ from dask_em.monitor import ConvergenceMonitor
 hmm = pytest.importorskip("hmmlearn.hmm")
 
 
-def _two_state_data(rng: np.random.Generator, n: int = 600, D: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def _two_state_data(rng: np.random.Generator, n: int = 600, D: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    # three features, as hmmlearn's own tests (tests/peer): their compiled kernels are shared
     states = (np.arange(n) // 50) % 2
     means = np.array([[0.0] * D, [3.0] * D])
-    return means[states] + rng.normal(scale=[1.0, 0.5][: D] if D <= 2 else 1.0, size=(n, D)), states
+    return means[states] + rng.normal(scale=[1.0, 0.5, 0.75][: D] if D <= 3 else 1.0, size=(n, D)), states
 
 
 @pytest.mark.parametrize("covariance_type", ["diag", "spherical", "full", "tied"])
@@ -48,7 +49,7 @@ def test_variances_do_not_depend_on_an_offset(covariance_type):
 
 
 def test_far_from_origin_fit_matches_centred_fit(client):
-    X, _ = _two_state_data(np.random.default_rng(1), n=400)
+    X, _ = _two_state_data(np.random.default_rng(1), n=400, D=2)
     kw = dict(covariance_type="full", startprob_init=[0.5, 0.5], transmat_init=[[0.9, 0.1], [0.1, 0.9]],
               covars_init=np.tile(np.eye(2), (2, 1, 1)), max_iter=8, tol=0.0, n_partitions=2)
     near = GaussianHMM(2, means_init=[[-0.5, -0.5], [3.5, 3.5]], **kw).fit(X, [200, 200], client=client)

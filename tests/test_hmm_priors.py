@@ -66,8 +66,8 @@ def _run(ours, make_ref, set_ref, init_names, X, lengths, client, compare):
 def test_gaussian_hmm_with_priors_matches_hmmlearn(client, setup, covariance_type):
     lengths, states, sp, tm = setup
     rng = np.random.default_rng(2)
-    D = 2
-    true_means = np.array([[0.0, 0.0], [3.0, 1.0], [-2.0, 4.0]])
+    D = 3  # the sizes of hmmlearn's own tests (tests/peer): their compiled kernels are shared
+    true_means = np.array([[1.0, -1.0, 1.0], [3.0, 1.0, -1.5], [-2.0, 4.0, 0.5]])
     X = true_means[states] + rng.normal(size=(len(states), D))
     means = true_means + rng.normal(scale=0.5, size=(K, D))
     if covariance_type == "diag":
@@ -83,10 +83,10 @@ def test_gaussian_hmm_with_priors_matches_hmmlearn(client, setup, covariance_typ
     else:
         A = rng.normal(size=(D, D))
         covars = A @ A.T + np.eye(D)
-        covars_prior, covars_weight = np.diag([0.5, 0.8]), D + 4.0
+        covars_prior, covars_weight = np.diag([0.5, 0.8, 0.6]), D + 4.0
     priors = dict(
         **MARKOV_PRIORS,
-        means_prior=np.array([[0.5, 0.5], [2.0, 2.0], [-1.0, 3.0]]),
+        means_prior=np.array([[0.5, 0.5, 1.0], [2.0, 2.0, -1.0], [-1.0, 3.0, 0.5]]),
         means_weight=2.0,
         covars_prior=covars_prior,
         covars_weight=covars_weight,
@@ -144,10 +144,11 @@ def test_categorical_hmm_with_priors_matches_hmmlearn(client, setup):
 def test_poisson_hmm_with_priors_matches_hmmlearn(client, setup):
     lengths, states, sp, tm = setup
     rng = np.random.default_rng(4)
-    rates = np.array([[1.0, 5.0], [4.0, 0.5], [9.0, 9.0]])
+    rates = np.array([[1.0, 5.0, 2.0], [4.0, 0.5, 2.0], [9.0, 9.0, 6.0]])
     X = rng.poisson(rates[states])
-    lam0 = rng.uniform(0.5, 8.0, size=(K, 2))
-    priors = dict(**MARKOV_PRIORS, lambdas_prior=np.array([[2.0, 3.0], [1.0, 1.0], [5.0, 4.0]]), lambdas_weight=0.5)
+    lam0 = rng.uniform(0.5, 8.0, size=(K, 3))
+    priors = dict(**MARKOV_PRIORS, lambdas_prior=np.array([[2.0, 3.0, 1.0], [1.0, 1.0, 2.0], [5.0, 4.0, 3.0]]),
+                  lambdas_weight=0.5)
     ours = PoissonHMM(K, tol=0.0, startprob_init=sp, transmat_init=tm, lambdas_init=lam0, n_partitions=3, **priors)
 
     def make_ref(n_iter):

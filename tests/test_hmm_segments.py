@@ -25,7 +25,7 @@ hmm = pytest.importorskip("hmmlearn.hmm")
 
 pytestmark = pytest.mark.filterwarnings("ignore::dask_em.errors.ConvergenceWarning")
 
-K, D = 3, 2
+K, D = 3, 3  # the sizes of hmmlearn's own tests (tests/peer): their compiled kernels are shared
 T = 300_000
 SEGMENT = 30_000  # ten segments
 STARTPROB = np.array([0.5, 0.3, 0.2])
@@ -68,7 +68,7 @@ def _case(emission: str, states: np.ndarray) -> tuple[np.ndarray, object, object
         params = CategoricalHMMParams(sp, tm, e0)
         model = CategoricalHMMModel(n_components=K, n_features=4, params=("startprob", "transmat", "emissionprob"))
     elif emission == "poisson":
-        rates = np.array([[1.0, 5.0], [4.0, 0.5], [9.0, 9.0]])
+        rates = np.array([[1.0, 5.0, 2.0], [4.0, 0.5, 2.0], [9.0, 9.0, 6.0]])
         X = rng.poisson(rates[states]).astype(np.float64)
         lam0 = rng.uniform(0.5, 8.0, size=(K, D))
         ref = hmm.PoissonHMM(K, init_params="", n_iter=20, tol=-np.inf, implementation="scaling")
@@ -77,7 +77,7 @@ def _case(emission: str, states: np.ndarray) -> tuple[np.ndarray, object, object
         model = PoissonHMMModel(n_components=K)
     else:
         ct = emission
-        true_means = np.array([[0.0, 0.0], [3.0, 1.0], [-2.0, 4.0]])
+        true_means = np.array([[1.0, -1.0, 1.0], [3.0, 1.0, -1.5], [-2.0, 4.0, 0.5]])
         X = true_means[states] + rng.normal(size=(len(states), D))
         means = true_means + rng.normal(scale=0.5, size=(K, D))
         covars = {
@@ -183,13 +183,13 @@ def _mixed(rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
     """One long sequence between short ones (mixed input)."""
     lengths = [700, 400, 20_000, 650, 900, 300, 1_050]
     states = _states(rng, sum(lengths))
-    means = np.array([[0.0, 0.0], [3.0, 1.0], [-2.0, 4.0]])
+    means = np.array([[1.0, -1.0, 1.0], [3.0, 1.0, -1.5], [-2.0, 4.0, 0.5]])
     return means[states] + rng.normal(size=(len(states), D)), lengths
 
 
 def _given(rng: np.random.Generator) -> dict[str, np.ndarray]:
     return dict(startprob_init=np.array([0.4, 0.35, 0.25]), transmat_init=0.7 * np.eye(K) + 0.1,
-                means_init=np.array([[0.5, 0.0], [2.5, 1.5], [-1.5, 3.5]]), covars_init=np.ones((K, D)))
+                means_init=np.array([[0.5, 0.0, 0.5], [2.5, 1.5, -0.5], [-1.5, 3.5, 0.0]]), covars_init=np.ones((K, D)))
 
 
 def test_mixed_input_segments_are_balanced_and_exact(client):

@@ -258,11 +258,11 @@ def test_hmm_survives_a_killed_worker(tcp_cluster, client):
     rng = np.random.default_rng(5)
     lengths = np.full(64, 400)
     states = np.cumsum(rng.random(lengths.sum()) < 0.05) % 3
-    X = np.array([[-3.0, 0.0], [0.0, 2.0], [3.0, -1.0]])[states] + rng.normal(size=(lengths.sum(), 2))
+    X = np.array([[-3.0, 0.0, 1.0], [0.0, 2.0, -1.0], [3.0, -1.0, 0.0]])[states] + rng.normal(size=(lengths.sum(), 3))
     # Given starting parameters: every pass over the data is a Baum-Welch iteration.
     params = dict(n_components=3, n_init=1, max_iter=8, tol=0.0, random_state=0, n_partitions=8,
                   startprob_init=np.full(3, 1 / 3), transmat_init=np.full((3, 3), 0.05) + 0.85 * np.eye(3),
-                  means_init=np.array([[-2.0, 0.0], [0.0, 1.0], [2.0, -1.0]]), covars_init=np.ones((3, 2)))
+                  means_init=np.array([[-2.0, 0.0, 1.0], [0.0, 1.0, -1.0], [2.0, -1.0, 0.0]]), covars_init=np.ones((3, 3)))
     reference = GaussianHMM(**params).fit(X, lengths, client=client)
     tcp_cluster.wait_for_workers(2)
     with tcp_cluster.client() as cluster_client:

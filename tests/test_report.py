@@ -62,11 +62,12 @@ def gmm(client, mixture_data):
 def hmm_data() -> tuple[np.ndarray, list[int]]:
     rng = np.random.default_rng(1)
     transmat = np.array([[0.9, 0.08, 0.02], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]])
-    means = np.array([[0.0, 0.0], [3.0, 1.0], [-2.0, 4.0]])
+    # three features, as hmmlearn's own tests (tests/peer): their compiled kernels are shared
+    means = np.array([[1.0, -1.0, 1.0], [3.0, 1.0, -1.5], [-2.0, 4.0, 0.5]])
     states = [0]
     for _ in range(1_199):
         states.append(rng.choice(3, p=transmat[states[-1]]))
-    X = means[np.array(states)] + 0.6 * rng.standard_normal((1_200, 2))
+    X = means[np.array(states)] + 0.6 * rng.standard_normal((1_200, 3))
     return X, [500, 700]
 
 

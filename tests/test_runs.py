@@ -136,10 +136,11 @@ def test_runs_are_bit_identical_for_sequences_and_groups(client):
 
     rng = np.random.default_rng(3)
     lengths = rng.integers(5, 40, 60)
-    values = rng.standard_normal((int(lengths.sum()), 2))
+    values = rng.standard_normal((int(lengths.sum()), 3))
     hmm = GaussianHMMModel(n_components=2)
     hmm_params = GaussianHMMParams(
-        np.array([0.6, 0.4]), np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[-1.0, 0.0], [1.0, 0.5]]), np.ones((2, 2))
+        np.array([0.6, 0.4]), np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[-1.0, 0.0, 0.5], [1.0, 0.5, 0.0]]),
+        np.ones((2, 3)),
     )
     g = np.repeat(np.arange(50), rng.integers(2, 9, 50))
     X = np.column_stack([np.ones(len(g)), rng.standard_normal(len(g))])

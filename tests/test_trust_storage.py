@@ -186,6 +186,9 @@ def test_load_validates_configuration_and_fitted_values(X, client, tmp_path):
     craft(lambda info: info["config"].update(n_components="3; rm -rf"))
     with pytest.raises(CheckpointError, match="n_components must be an integer"):
         dask_em.load(str(path))
+    craft(lambda info: info["config"].update(n_components=1.5))
+    with pytest.raises(CheckpointError, match="n_components must be an integer"):
+        dask_em.load(str(path))
     craft(lambda info: info["config"].update(covariance_type="../../etc"))
     with pytest.raises(CheckpointError, match="covariance_type must be one of"):
         dask_em.load(str(path))

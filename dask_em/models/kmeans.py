@@ -64,11 +64,11 @@ class KMeansParams:
 # center is then summed exactly as ``sum_j (x_j - c_j)^2``. Up to
 # DIRECT_MAX_CLUSTERS centers the dot products are taken row by row, the
 # sums over features in SIMD lanes; beyond, one small BLAS product per
-# chunk of rows (chunk @ centers.T) is faster. Measured on 131,072 x 16
-# float64 rows in one thread, thread CPU per block: K=8 2.9-3.3 ms against
-# 4.0-4.3 ms for the BLAS chunks (K=16: 4.9 against 5.4-5.8; K=64, D=8:
-# 10.9 against 9.0). Either way a row's values are read as float64, so
-# float32 data is handled (and accumulated) in float64.
+# chunk of rows (chunk @ centers.T) is faster. Measured on 131,072 rows in
+# one thread, thread CPU of a whole E-step: D=16, K=8 3.4-3.6 ms against
+# 4.9-5.1 ms for the BLAS chunks; K=16 6.2-6.4 against 6.8-6.9; K=64, D=8
+# 10.9 against 9.0 (so BLAS beyond 16). Either way a row's values are read
+# as float64, so float32 data is handled (and accumulated) in float64.
 # ---------------------------------------------------------------------------
 
 #: Rows per chunk of the kernels (a 256 x 16 float64 chunk is 32 KiB).
@@ -175,8 +175,10 @@ def _nearest_block(X, C, labels, d2):  # pragma: no cover - compiled
 @njit(nogil=True, fastmath={"reassoc", "contract"}, cache=True)
 def _lloyd_block(X, w, C, counts, sum_x, d2, lab):  # pragma: no cover - compiled
     # Chunk by chunk (its rows stay in cache): nearest centers, then the
-    # sums in row order; with few centers both in one sweep of the rows.
-    # A row holding NaN/inf is skipped and counted, its distance set to -1.
+    # sums in row order; with few centers both in one sweep of the rows
+    # (_nearest_chunk's loop inlined: 7% less thread CPU at K=8, D=16 than
+    # calling it and sweeping again). A row holding NaN/inf is skipped and
+    # counted, its distance set to -1.
     n, d = X.shape
     CT = np.ascontiguousarray(C.T)
     cc = _sq_norms(C)

@@ -247,22 +247,25 @@ def test_what_workers_run_imports_no_scikit_learn():
     assert out.stdout.strip() == "[]", (modules, out.stdout)
 
 
-@pytest.mark.parametrize("k", [4, 20])  # the search row by row, and through BLAS products
+# the three searches: rows in SIMD lanes (up to 32 features, any number of
+# centers), row by row (more features, few centers), BLAS products
+@pytest.mark.parametrize("k, d", [(4, 5), (20, 5), (3, 32), (4, 40), (20, 40)])
 @pytest.mark.parametrize("n", [1003, 6, 1])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_lloyd_kernel_against_numpy(n, k, dtype):
-    from dask_em.models.kmeans import DIRECT_MAX_CLUSTERS, _lloyd_block, nearest_center
+def test_lloyd_kernel_against_numpy(n, k, d, dtype):
+    from dask_em.models.kmeans import DIRECT_MAX_CLUSTERS, LANE_ROWS, _chunk_rows, _lloyd_block, nearest_center
 
-    assert (k <= DIRECT_MAX_CLUSTERS) != (k == 20)
-    rng = np.random.default_rng(n + k)
-    X = (rng.normal(size=(n, 5)) * 3).astype(dtype)
+    lanes = _chunk_rows(np.zeros((k, d))) == LANE_ROWS
+    assert lanes == (d <= 32) and (lanes or k <= DIRECT_MAX_CLUSTERS) == (k == 4 or d <= 32)
+    rng = np.random.default_rng(n + k + d)
+    X = (rng.normal(size=(n, d)) * 3).astype(dtype)
     if n > 100:
         X[5, 3], X[77, 0] = np.nan, np.inf  # skipped rows
         if dtype == np.float64:
             X[78] = 1e200  # a finite row whose distance overflows
     w = rng.uniform(0.5, 2.0, size=n)
-    C = rng.normal(size=(k, 5))
-    counts, sums, d2, labels = np.zeros(k), np.zeros((k, 5)), np.empty(n), np.empty(n, dtype=np.int64)
+    C = rng.normal(size=(k, d))
+    counts, sums, d2, labels = np.zeros(k), np.zeros((k, d)), np.empty(n), np.empty(n, dtype=np.int64)
     inertia, n_invalid = _lloyd_block(X, w, C, counts, sums, d2, labels)
 
     X64 = X.astype(np.float64)
@@ -277,7 +280,7 @@ def test_lloyd_kernel_against_numpy(n, k, dtype):
     np.testing.assert_array_equal(labels[valid], ref_labels)
     np.testing.assert_allclose(d2[valid], exact[valid, ref_labels], rtol=1e-13)
     np.testing.assert_allclose(counts, np.bincount(ref_labels, w[valid], minlength=k), rtol=1e-13)
-    ref_sums = np.zeros((k, 5))
+    ref_sums = np.zeros((k, d))
     np.add.at(ref_sums, ref_labels, w[valid, None] * X64[valid])
     np.testing.assert_allclose(sums, ref_sums, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(inertia, (w[valid] * exact[valid, ref_labels]).sum(), rtol=1e-12)

@@ -61,20 +61,36 @@ class KMeansParams:
 # ---------------------------------------------------------------------------
 # Compiled kernels. The nearest center of a row is the argmin of
 # ``||c||^2 - 2 x.c`` (scikit-learn's search); the inertia of the chosen
-# center is then summed exactly as ``sum_j (x_j - c_j)^2``. Up to
-# DIRECT_MAX_CLUSTERS centers the dot products are taken row by row, the
-# sums over features in SIMD lanes; beyond, one small BLAS product per
-# chunk of rows (chunk @ centers.T) is faster. Measured on 131,072 rows in
-# one thread, thread CPU of a whole E-step: D=16, K=8 3.4-3.6 ms against
-# 4.9-5.1 ms for the BLAS chunks; K=16 6.2-6.4 against 6.8-6.9; K=64, D=8
-# 10.9 against 9.0 (so BLAS beyond 16). Either way a row's values are read
-# as float64, so float32 data is handled (and accumulated) in float64.
+# center is then summed exactly as ``sum_j (x_j - c_j)^2``. Rows are
+# searched a chunk at a time, in one of three ways:
+#
+# - up to 32 features: the chunk is copied feature-major and its rows sit in
+#   SIMD lanes, so each center costs one multiply-add per feature for eight
+#   rows at once, with no sum across lanes (the "lanes search");
+# - more features, up to DIRECT_MAX_CLUSTERS centers: row by row, the
+#   features in SIMD lanes;
+# - beyond: one BLAS product per chunk (chunk @ centers.T).
+#
+# Thread CPU of an E-step on 131,072 rows, one thread (before -> lanes
+# search, where before was the row-by-row search up to 16 centers and BLAS
+# beyond): D=16, K=8 3.3 -> 2.3 ms; D=4, K=3 1.3-2.0 -> 1.0; K=16 5.5 -> 3.0;
+# K=64, D=8 8.8 -> 2.9; K=256, D=8 33-63 -> 8.5; K=1000, D=16 232 -> 52. With
+# more than 32 features the two other searches stay faster than the lanes
+# search in blocks of 32 features (D=64, K=8: 1.6 ms for 32,768 rows
+# against 2.6). Either way a row's values are read as float64, so float32
+# data is handled (and accumulated) in float64.
 # ---------------------------------------------------------------------------
 
-#: Rows per chunk of the kernels (a 256 x 16 float64 chunk is 32 KiB).
+#: Rows per chunk of the lanes search: a multiple of the eight float64 SIMD
+#: lanes, small enough that the feature-major rows of the copy stay apart
+#: from each other in the cache (256 measured 3x slower at D=32).
+LANE_ROWS = 64
+
+#: Rows per chunk of the BLAS search (a 256 x 16 float64 chunk is 32 KiB).
 CHUNK_ROWS = 256
 
-#: Most centers for which the search runs row by row instead of through BLAS.
+#: Most centers searched row by row (features in SIMD lanes) when there are
+#: too many features for the lanes search; BLAS products beyond.
 DIRECT_MAX_CLUSTERS = 16
 
 
@@ -94,22 +110,10 @@ def _row_invalid(X, i):  # pragma: no cover - compiled
     return bad
 
 
-@njit(nogil=True, fastmath=False, cache=True)
-def _sq_norms(C):  # pragma: no cover - compiled
-    k, d = C.shape
-    cc = np.empty(k)
-    for c in range(k):
-        s = 0.0
-        for j in range(d):
-            s += C[c, j] * C[c, j]
-        cc[c] = s
-    return cc
-
-
 @njit(nogil=True, cache=True, inline="always")
 def _sq_dist(X, i, C, c):  # pragma: no cover - compiled
     # Inlined into kernels compiled with re-association, which puts the
-    # features in SIMD lanes (here and below).
+    # features in SIMD lanes.
     s = 0.0
     for j in range(X.shape[1]):
         t = X[i, j] - C[c, j]
@@ -119,7 +123,7 @@ def _sq_dist(X, i, C, c):  # pragma: no cover - compiled
 
 @njit(nogil=True, cache=True, inline="always")
 def _nearest_row(X, i, C, cc):  # pragma: no cover - compiled
-    # Nearest center of row i, the first on ties.
+    # Nearest center of row i, the first on ties, the features in SIMD lanes.
     best = 0
     low = np.inf
     for c in range(C.shape[0]):
@@ -133,72 +137,148 @@ def _nearest_row(X, i, C, cc):  # pragma: no cover - compiled
     return best
 
 
-@njit(nogil=True, fastmath={"reassoc", "contract"}, cache=True)
-def _nearest_chunk(X, start, stop, C, CT, cc, buf, labels, d2):  # pragma: no cover - compiled
-    # Labels and exact squared distances of rows [start, stop); a row
-    # holding NaN/inf gets a non-finite distance. With more than
-    # DIRECT_MAX_CLUSTERS centers the dot products are one BLAS product of
-    # the rows copied as float64 (non-finite values as 0).
-    if C.shape[0] <= DIRECT_MAX_CLUSTERS:
-        for i in range(start, stop):
-            best = _nearest_row(X, i, C, cc)
-            labels[i] = best
-            d2[i] = _sq_dist(X, i, C, best)
-        return
+@njit(nogil=True, cache=True)
+def _aligned(n):  # pragma: no cover - compiled
+    # A float64 buffer that starts on a cache line: vector loads that
+    # straddle two lines made the lanes search 4x slower.
+    raw = np.empty(n + 8)
+    s = (8 - (raw.ctypes.data % 64) // 8) % 8
+    return raw[s : s + n]
+
+
+@njit(nogil=True, fastmath={"contract"}, boundscheck=False, cache=True)
+def _search_lanes(X, start, stop, XT, C2, cc, best_v, best, block):  # pragma: no cover - compiled
+    # The nearest of the centers for rows [start, stop) (at most LANE_ROWS),
+    # first center on ties: the rows are copied feature-major into XT
+    # (padded features and rows stay zero). C2 is -2 x the centers, with
+    # len(block) features (padded with zeros). That length is a
+    # compile-time constant (one compiled search per length: 4, 8, 16 or
+    # 32), so the feature loops are unrolled and the row loop vectorized.
+    p = len(block)
+    d = X.shape[1]
+    for r in range(stop - start):
+        for j in range(p):  # unrolled
+            if j < d:
+                XT[j * LANE_ROWS + r] = X[start + r, j]
+    for i in range(LANE_ROWS):
+        best_v[i] = np.inf
+        best[i] = 0
+    for c in range(C2.shape[0]):
+        q = cc[c]
+        for i in range(LANE_ROWS):
+            a = q
+            for j in range(p):
+                a += C2[c, j] * XT[j * LANE_ROWS + i]
+            if a < best_v[i]:
+                best_v[i] = a
+                best[i] = c
+
+
+@njit(nogil=True, cache=True)
+def _search_state(C):  # pragma: no cover - compiled
+    # What the searches of one set of centers share: squared norms, -2 x
+    # the centers (features padded for the lanes search), the transposed
+    # centers for BLAS, and the buffers of one chunk. (Explicit loops:
+    # numba compiles them in a fraction of the time of array expressions.)
+    k, d = C.shape
+    p = 4  # the lanes search's features: a power of two from 4 to 32
+    while p < min(d, 32):
+        p *= 2
+    cc = np.empty(k)
+    C2 = np.zeros((k, p))
+    CT = np.empty((d, k))
+    for c in range(k):
+        s = 0.0
+        for j in range(d):
+            s += C[c, j] * C[c, j]
+            CT[j, c] = C[c, j]
+            if j < p:
+                C2[c, j] = -2.0 * C[c, j]
+        cc[c] = s
+    XT = _aligned(p * LANE_ROWS)
+    for i in range(XT.shape[0]):
+        XT[i] = 0.0
+    lanes = (_aligned(LANE_ROWS), np.empty(LANE_ROWS, dtype=np.int64))
+    return cc, C2, XT, lanes, CT, np.empty((CHUNK_ROWS, d))
+
+
+@njit(nogil=True, cache=True)
+def _chunk_rows(C):  # pragma: no cover - compiled
+    # LANE_ROWS for the lanes search, else CHUNK_ROWS (row by row or BLAS)
+    return LANE_ROWS if C.shape[1] <= 32 else CHUNK_ROWS
+
+
+@njit(nogil=True, fastmath={"reassoc", "contract"}, cache=True, inline="always")
+def _search_chunk(X, start, stop, C, state, labels):  # pragma: no cover - compiled
+    # Labels of rows [start, stop), at most _chunk_rows(C) of them.
+    # A row holding NaN/inf gets some label: the lanes search lets every
+    # center lose on it, the BLAS search reads its NaN/inf values as 0.
+    cc, C2, XT, lanes, CT, buf = state
     m = stop - start
+    k, d = C.shape
+    if _chunk_rows(C) == LANE_ROWS:
+        best_v, best = lanes
+        p = C2.shape[1]
+        if p == 4:
+            _search_lanes(X, start, stop, XT, C2, cc, best_v, best, (0,) * 4)
+        elif p == 8:
+            _search_lanes(X, start, stop, XT, C2, cc, best_v, best, (0,) * 8)
+        elif p == 16:
+            _search_lanes(X, start, stop, XT, C2, cc, best_v, best, (0,) * 16)
+        else:
+            _search_lanes(X, start, stop, XT, C2, cc, best_v, best, (0,) * 32)
+        for r in range(m):
+            labels[start + r] = best[r]
+        return
+    if k <= DIRECT_MAX_CLUSTERS:
+        for i in range(start, stop):
+            labels[i] = _nearest_row(X, i, C, cc)
+        return
     for r in range(m):
-        for j in range(X.shape[1]):
+        for j in range(d):
             v = X[start + r, j]
             buf[r, j] = v if math.isfinite(v) else 0.0
     G = np.dot(buf[:m], CT)
     for r in range(m):
-        best = 0
+        b = 0
         low = cc[0] - 2.0 * G[r, 0]
-        for c in range(1, C.shape[0]):
+        for c in range(1, k):
             v = cc[c] - 2.0 * G[r, c]
             if v < low:
                 low = v
-                best = c
-        labels[start + r] = best
-        d2[start + r] = _sq_dist(X, start + r, C, best)
+                b = c
+        labels[start + r] = b
 
 
-@njit(nogil=True, fastmath=False, cache=True)
+@njit(nogil=True, fastmath={"reassoc", "contract"}, cache=True)
 def _nearest_block(X, C, labels, d2):  # pragma: no cover - compiled
-    CT = np.ascontiguousarray(C.T)
-    cc = _sq_norms(C)
-    buf = np.empty((min(X.shape[0], CHUNK_ROWS), X.shape[1]))
-    for start in range(0, X.shape[0], CHUNK_ROWS):
-        _nearest_chunk(X, start, min(X.shape[0], start + CHUNK_ROWS), C, CT, cc, buf, labels, d2)
+    # Labels and exact squared distances (non-finite for a row holding NaN/inf).
+    state = _search_state(C)
+    step = _chunk_rows(C)
+    for start in range(0, X.shape[0], step):
+        stop = min(X.shape[0], start + step)
+        _search_chunk(X, start, stop, C, state, labels)
+        for i in range(start, stop):
+            d2[i] = _sq_dist(X, i, C, labels[i])
 
 
 @njit(nogil=True, fastmath={"reassoc", "contract"}, cache=True)
 def _lloyd_block(X, w, C, counts, sum_x, d2, lab):  # pragma: no cover - compiled
-    # Chunk by chunk (its rows stay in cache): nearest centers, then the
-    # sums in row order; with few centers both in one sweep of the rows
-    # (_nearest_chunk's loop inlined: 7% less thread CPU at K=8, D=16 than
-    # calling it and sweeping again). A row holding NaN/inf is skipped and
-    # counted, its distance set to -1.
+    # Chunk by chunk (its rows stay in cache): nearest centers, then exact
+    # distances and the sums in row order. A row holding NaN/inf is skipped
+    # and counted, its distance set to -1.
     n, d = X.shape
-    CT = np.ascontiguousarray(C.T)
-    cc = _sq_norms(C)
-    buf = np.empty((min(n, CHUNK_ROWS), d))
-    direct = C.shape[0] <= DIRECT_MAX_CLUSTERS
+    state = _search_state(C)
+    step = _chunk_rows(C)
     inertia = 0.0
     n_invalid = 0
-    for start in range(0, n, CHUNK_ROWS):
-        stop = min(n, start + CHUNK_ROWS)
-        if not direct:
-            _nearest_chunk(X, start, stop, C, CT, cc, buf, lab, d2)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        _search_chunk(X, start, stop, C, state, lab)
         for i in range(start, stop):
-            if direct:
-                best = _nearest_row(X, i, C, cc)
-                s = _sq_dist(X, i, C, best)
-                lab[i] = best
-                d2[i] = s
-            else:
-                best = lab[i]
-                s = d2[i]
+            best = lab[i]
+            s = _sq_dist(X, i, C, best)
+            d2[i] = s
             if not math.isfinite(s):
                 bad = _row_invalid(X, i)
                 if bad:

@@ -286,3 +286,22 @@ def test_lloyd_kernel_against_numpy(n, k, d, dtype):
     np.testing.assert_allclose(inertia, (w[valid] * exact[valid, ref_labels]).sum(), rtol=1e-12)
     # labels_ and predict take the same search as the fit's passes
     np.testing.assert_array_equal(nearest_center(X[valid], C)[0], labels[valid])
+
+
+# the three searches; labels_ of in-memory rows come from the pass under the final centers
+@pytest.mark.parametrize("k, d", [(5, 3), (4, 40), (20, 40)])
+def test_labels_from_the_final_pass_equal_predict(client, k, d, monkeypatch):
+    from dask_em.data import arrays
+
+    monkeypatch.setattr(arrays, "TARGET_BLOCK_BYTES", 1024 * d * 8)  # blocks of 1024 rows: 3 blocks
+    rng = np.random.default_rng(k + d)
+    X = rng.normal(size=(2100, d)) + rng.integers(0, 4, size=(2100, 1)) * 3.0
+    w = rng.integers(0, 3, size=2100).astype(float)
+    for est, Xf, kw in (
+        (KMeans(k, n_init=3, random_state=0, max_iter=5), X, {}),  # the best run's labels
+        (KMeans(k, random_state=1, max_iter=5), X.astype(np.float32), {"sample_weight": w}),
+        (KMeans(k, random_state=2, max_iter=5), X, {"client": client}),  # from the workers
+    ):
+        est.fit(Xf, **kw)
+        assert isinstance(est.labels_, np.ndarray) and est.labels_.shape == (2100,) and est.labels_.dtype == np.int64
+        np.testing.assert_array_equal(est.labels_, est.predict(Xf))

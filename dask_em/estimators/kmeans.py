@@ -19,8 +19,15 @@ from ..data import Blocks
 from ..engine import expected_stats
 from ..errors import ConvergenceWarning
 from ..init import INITS, initial_centers, kmeans_centers, lloyd_options, mean_variance
-from ..models.kmeans import KMeansModel, KMeansParams, distances_block, labels_block, min_sq_dist_block
-from ._base import Checkpointing, EMEstimator, map_rows, store_params
+from ..models.kmeans import (
+    KMeansModel,
+    KMeansParams,
+    LabelledKMeansModel,
+    distances_block,
+    labels_block,
+    min_sq_dist_block,
+)
+from ._base import Checkpointing, EMEstimator, is_out_of_core, map_rows, store_params
 from ._online import PartialFitMixin
 
 __all__ = ["KMeans", "kmeans_centers"]
@@ -205,7 +212,8 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         try:
             self._fit(X, client=client, checkpointing=Checkpointing(checkpoint, checkpoint_every, resume, force),
                       sample_weight=sample_weight)
-            self.labels_ = self._nearest(self._fit_X, labels_block, None, np.int64)
+            if is_out_of_core(self._fit_X):  # lazy, as predict's (in memory: from the last pass, _set_fitted)
+                self.labels_ = self._nearest(self._fit_X, labels_block, None, np.int64)
         finally:
             self.__dict__.pop("_fit_X", None)
             self._seed_weight = None
@@ -249,7 +257,12 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             shift = float(result.params.center_shift)
             how = "strict convergence" if shift == 0 else f"center shift {shift:e} within tolerance {self._tol_scaled:e}"
             print(f"Converged at iteration {result.n_iter - 1}: {how}.")
-        final = expected_stats(model, data, result.params, client, self.split_every)
+        # in-memory rows: the pass also returns their labels, the fitted labels_ if this run is kept
+        in_memory = not is_out_of_core(self._fit_X)
+        final = expected_stats(LabelledKMeansModel(model.n_clusters) if in_memory else model, data, result.params,
+                               client, self.split_every)
+        if in_memory:
+            result.extra["labels"] = np.asarray(final["labels"]).item().joined()
         result.extra["inertia"] = float(final["inertia"])
         result.extra["n_distinct"] = int(np.count_nonzero(final["counts"]))
         if self.verbose:
@@ -279,6 +292,8 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self.cluster_centers_ = np.asarray(result.params.cluster_centers, dtype=dtype)
         self.inertia_ = result.extra["inertia"]
         self.n_features_in_ = int(blocks.array.shape[1])
+        if "labels" in result.extra:
+            self.labels_ = result.extra["labels"]
 
     # -- online (stepwise) k-means: dask_em.online on running counts and sums
     _online_attr = "cluster_centers_"

@@ -534,6 +534,10 @@ class KMeansModel:
         then counts with its weight (in ``n``, ``counts``, ``sum_x`` and
         ``inertia``).
         """
+        return self._assign(block, params)[0]
+
+    def _assign(self, block: np.ndarray, params: KMeansParams) -> tuple[Stats, np.ndarray]:
+        """The E-step's statistics and the labels of the block's rows."""
         rows, w = split_weights(block)
         X = _as_rows(rows)
         k, d = params.cluster_centers.shape
@@ -544,7 +548,7 @@ class KMeansModel:
         d2 = np.empty(X.shape[0])
         labels = np.empty(X.shape[0], dtype=np.int64)
         inertia, n_invalid = _lloyd_block(X, weights, _centers(params.cluster_centers), counts, sum_x, d2, labels)
-        return {
+        stats = {
             "n": np.array(float(X.shape[0]) if w is None else float(w.sum())),
             "loglik": np.array(-inertia),
             "inertia": np.array(inertia),
@@ -553,6 +557,7 @@ class KMeansModel:
             "farthest": FarthestRows.of_block(X, weights, d2, labels, k - 1),
             "n_invalid": np.array(n_invalid),
         }
+        return stats, labels
 
     def m_step(self, stats: Stats, params: KMeansParams) -> KMeansParams:
         """Move every cluster's center to the mean of its rows, after relocating empty clusters.
@@ -580,6 +585,38 @@ class KMeansModel:
             "finite. Drop or impute the rows that hold them, or fit the missing-data Gaussian "
             "model (dask_em.models.mvn_missing), which handles NaN as missing"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockLabels:
+    """The labels of consecutive blocks' rows, joined by ``+``.
+
+    The tree of sums adds blocks left to right in block order, so the sum
+    over all blocks holds every row's label in order.
+    """
+
+    parts: tuple[np.ndarray, ...]
+
+    def __add__(self, other: BlockLabels) -> BlockLabels:
+        return BlockLabels(self.parts + other.parts)
+
+    def joined(self) -> np.ndarray:
+        """All labels, in row order."""
+        return np.concatenate(self.parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledKMeansModel(KMeansModel):
+    """:class:`KMeansModel` whose statistics also hold the rows' labels.
+
+    For the pass under the final centers, whose labels are then the
+    fitted ``labels_`` (one pass fewer than searching again).
+    """
+
+    def e_step(self, block: np.ndarray, params: KMeansParams) -> Stats:
+        """:meth:`KMeansModel.e_step`, plus ``labels``: :class:`BlockLabels`."""
+        stats, labels = self._assign(block, params)
+        return {**stats, "labels": BlockLabels((labels,))}
 
 
 def kmeans_in_memory(
@@ -686,14 +723,21 @@ def _finite_block(block: np.ndarray) -> np.ndarray:
     return block
 
 
+def _nearest_finite(block: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels, d2 = nearest_center(block, centers)
+    if not np.isfinite(d2).all():  # a row holds NaN/inf (refused), or its distance overflows
+        _finite_block(block)
+    return labels, d2
+
+
 def labels_block(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Index of the nearest center of every row, shape (n_rows,)."""
-    return nearest_center(_finite_block(block), centers)[0]
+    return _nearest_finite(block, centers)[0]
 
 
 def min_sq_dist_block(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Squared distance of every row to its nearest center, shape (n_rows,)."""
-    return nearest_center(_finite_block(block), centers)[1]
+    return _nearest_finite(block, centers)[1]
 
 
 def distances_block(block: np.ndarray, centers: np.ndarray) -> np.ndarray:

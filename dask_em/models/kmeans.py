@@ -299,13 +299,19 @@ def _lloyd_block(X, w, C, counts, sum_x, d2, lab):  # pragma: no cover - compile
     # looks at no row's values: a row holding NaN/inf makes the inertia
     # non-finite, and only then is the block summed again, skipping and
     # counting such rows (8% less thread CPU than checking every row).
-    counts0 = counts.copy()
-    sums0 = sum_x.copy()
+    k, d = sum_x.shape
+    before = np.empty((k, d + 1))  # (explicit loops: numba compiles array expressions slowly)
+    for c in range(k):
+        before[c, d] = counts[c]
+        for j in range(d):
+            before[c, j] = sum_x[c, j]
     inertia, n_invalid = _lloyd_sums(X, w, C, counts, sum_x, d2, lab, False)
     if math.isfinite(inertia):
         return inertia, n_invalid
-    counts[:] = counts0
-    sum_x[:] = sums0
+    for c in range(k):
+        counts[c] = before[c, d]
+        for j in range(d):
+            sum_x[c, j] = before[c, j]
     return _lloyd_sums(X, w, C, counts, sum_x, d2, lab, True)
 
 

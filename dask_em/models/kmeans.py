@@ -71,19 +71,21 @@ class KMeansParams:
 #   features in SIMD lanes;
 # - beyond: one BLAS product per chunk (chunk @ centers.T).
 #
-# Thread CPU of an E-step on 131,072 rows, one thread (before -> lanes
-# search, where before was the row-by-row search up to 16 centers and BLAS
-# beyond): D=16, K=8 3.3 -> 2.3 ms; D=4, K=3 1.3-2.0 -> 1.0; K=16 5.5 -> 3.0;
-# K=64, D=8 8.8 -> 2.9; K=256, D=8 33-63 -> 8.5; K=1000, D=16 232 -> 52. With
-# more than 32 features the two other searches stay faster than the lanes
-# search in blocks of 32 features (D=64, K=8: 1.6 ms for 32,768 rows
-# against 2.6). Either way a row's values are read as float64, so float32
-# data is handled (and accumulated) in float64.
+# Thread CPU of an E-step on 131,072 rows, one thread, medians of five
+# alternating runs (before: the row-by-row search up to 16 centers, BLAS
+# beyond): D=16, K=8 3.3 -> 2.5 ms; D=4, K=3 1.2 -> 0.95; D=16, K=16
+# 5.5 -> 2.8; D=8, K=64 8.9 -> 3.3; D=8, K=256 34 -> 9.4; D=16, K=1000
+# 135 -> 51. Beyond 32 features (searched as before) the E-step is
+# unchanged: D=64, K=8 and D=784, K=10 within 4%; a lanes search of those
+# in blocks of 32 features (partial sums kept between blocks) compiled to
+# scalar code and measured several times slower. Either way a row's values
+# are read as float64, so float32 data is handled (and accumulated) in
+# float64.
 # ---------------------------------------------------------------------------
 
 #: Rows per chunk of the lanes search: a multiple of the eight float64 SIMD
 #: lanes, small enough that the feature-major rows of the copy stay apart
-#: from each other in the cache (256 measured 3x slower at D=32).
+#: from each other in the cache (256 rows measured 4-6x slower at D=32).
 LANE_ROWS = 64
 
 #: Rows per chunk of the BLAS search (a 256 x 16 float64 chunk is 32 KiB).
@@ -298,7 +300,8 @@ def _lloyd_block(X, w, C, counts, sum_x, d2, lab):  # pragma: no cover - compile
     # Lloyd's sums of a block, added to counts and sum_x. The first sweep
     # looks at no row's values: a row holding NaN/inf makes the inertia
     # non-finite, and only then is the block summed again, skipping and
-    # counting such rows (8% less thread CPU than checking every row).
+    # counting such rows (4% less thread CPU at D=16, K=8 than checking
+    # every row, alternating runs).
     k, d = sum_x.shape
     before = np.empty((k, d + 1))  # (explicit loops: numba compiles array expressions slowly)
     for c in range(k):

@@ -286,6 +286,12 @@ def test_lloyd_kernel_against_numpy(n, k, d, dtype):
     np.testing.assert_allclose(inertia, (w[valid] * exact[valid, ref_labels]).sum(), rtol=1e-12)
     # labels_ and predict take the same search as the fit's passes
     np.testing.assert_array_equal(nearest_center(X[valid], C)[0], labels[valid])
+    # an empty weight array stands for unit weights, bit for bit
+    unit = [np.zeros(k), np.zeros((k, d)), np.empty(n), np.empty(n, dtype=np.int64)]
+    ones = [np.zeros(k), np.zeros((k, d)), np.empty(n), np.empty(n, dtype=np.int64)]
+    assert _lloyd_block(X, np.empty(0), C, *unit) == _lloyd_block(X, np.ones(n), C, *ones)
+    for a, b in zip(unit, ones):
+        np.testing.assert_array_equal(a, b)
 
 
 # the three searches; labels_ of in-memory rows come from the pass under the final centers

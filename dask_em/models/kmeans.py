@@ -268,8 +268,10 @@ def _nearest_block(X, C, labels, d2):  # pragma: no cover - compiled
 def _lloyd_sums(X, w, C, counts, sum_x, d2, lab, check):  # pragma: no cover - compiled
     # Chunk by chunk (its rows stay in cache): nearest centers, then exact
     # distances and the sums in row order. With ``check``, a row holding
-    # NaN/inf is skipped and counted, its distance set to -1.
+    # NaN/inf is skipped and counted, its distance set to -1. An empty ``w``
+    # means unit weights (no array of ones to allocate and read).
     n, d = X.shape
+    weighted = w.shape[0] > 0
     state = _search_state(C)
     step = _chunk_rows(C)
     inertia = 0.0
@@ -287,7 +289,7 @@ def _lloyd_sums(X, w, C, counts, sum_x, d2, lab, check):  # pragma: no cover - c
                     n_invalid += bad
                     d2[i] = -1.0
                     continue
-            wi = w[i]
+            wi = w[i] if weighted else 1.0
             counts[best] += wi
             for j in range(d):
                 sum_x[best, j] += wi * X[i, j]
@@ -321,12 +323,13 @@ def _lloyd_block(X, w, C, counts, sum_x, d2, lab):  # pragma: no cover - compile
 @njit(nogil=True, fastmath=False, cache=True)
 def _farthest(d2, w, m):  # pragma: no cover - compiled
     # Indices of the m rows of largest d2 among those with d2 >= 0 and
-    # w > 0, in decreasing d2, the earlier row first on ties.
+    # w > 0 (an empty w: unit weights), in decreasing d2, the earlier row
+    # first on ties.
     top_d = np.full(m, -1.0)
     top_i = np.full(m, -1, dtype=np.int64)
     for i in range(d2.shape[0]):
         s = d2[i]
-        if m == 0 or not s > top_d[m - 1] or not w[i] > 0:
+        if m == 0 or not s > top_d[m - 1] or (w.shape[0] > 0 and not w[i] > 0):
             continue
         q = m - 1
         while q > 0 and s > top_d[q - 1]:
@@ -480,9 +483,10 @@ class FarthestRows:
 
     @classmethod
     def of_block(cls, X: np.ndarray, w: np.ndarray, d2: np.ndarray, labels: np.ndarray, m: int) -> FarthestRows:
-        """The ``m`` rows of a block farthest from their center (rows of weight 0 or invalid excluded)."""
+        """The ``m`` rows of a block farthest from their center (rows of weight 0 or invalid excluded; an empty ``w``: unit weights)."""
         order = _farthest(d2, w, m)
-        return cls(d2[order], np.asarray(X[order], dtype=np.float64), np.asarray(w[order], np.float64), labels[order])
+        weights = np.asarray(w[order], np.float64) if len(w) else np.ones(len(order))
+        return cls(d2[order], np.asarray(X[order], dtype=np.float64), weights, labels[order])
 
     def __add__(self, other: FarthestRows) -> FarthestRows:
         m = max(len(self.sq_dist), len(other.sq_dist))
@@ -568,8 +572,7 @@ class KMeansModel:
         k, d = params.cluster_centers.shape
         counts = np.zeros(k)
         sum_x = np.zeros((k, d))
-        # unit weights multiply exactly, so an unweighted fit's sums are unchanged
-        weights = np.ones(X.shape[0]) if w is None else w
+        weights = np.empty(0) if w is None else w  # empty: unit weights
         d2 = np.empty(X.shape[0])
         labels = np.empty(X.shape[0], dtype=np.int64)
         inertia, n_invalid = _lloyd_block(X, weights, _centers(params.cluster_centers), counts, sum_x, d2, labels)

@@ -253,23 +253,13 @@ def _search_chunk(X, start, stop, C, state, labels):  # pragma: no cover - compi
 
 
 @njit(nogil=True, fastmath={"reassoc", "contract"}, cache=True)
-def _nearest_block(X, C, labels, d2):  # pragma: no cover - compiled
-    # Labels and exact squared distances (non-finite for a row holding NaN/inf).
-    state = _search_state(C)
-    step = _chunk_rows(C)
-    for start in range(0, X.shape[0], step):
-        stop = min(X.shape[0], start + step)
-        _search_chunk(X, start, stop, C, state, labels)
-        for i in range(start, stop):
-            d2[i] = _sq_dist(X, i, C, labels[i])
-
-
-@njit(nogil=True, fastmath={"reassoc", "contract"}, cache=True)
-def _lloyd_sums(X, w, C, counts, sum_x, d2, lab, check):  # pragma: no cover - compiled
-    # Chunk by chunk (its rows stay in cache): nearest centers, then exact
-    # distances and the sums in row order. With ``check``, a row holding
-    # NaN/inf is skipped and counted, its distance set to -1. An empty ``w``
-    # means unit weights (no array of ones to allocate and read).
+def _assign(X, w, C, counts, sum_x, d2, lab, sums, check):  # pragma: no cover - compiled
+    # Chunk by chunk (its rows stay in cache): nearest centers and exact
+    # squared distances (non-finite for a row holding NaN/inf), then, with
+    # ``sums``, the sums in row order. With ``check``, a row holding NaN/inf
+    # is skipped and counted, its distance set to -1. An empty ``w`` means
+    # unit weights (no array of ones to allocate and read). One kernel for
+    # the passes and for predict: numba compiles the search once.
     n, d = X.shape
     weighted = w.shape[0] > 0
     state = _search_state(C)
@@ -283,6 +273,8 @@ def _lloyd_sums(X, w, C, counts, sum_x, d2, lab, check):  # pragma: no cover - c
             best = lab[i]
             s = _sq_dist(X, i, C, best)
             d2[i] = s
+            if not sums:
+                continue
             if check and not math.isfinite(s):
                 bad = _row_invalid(X, i)
                 if bad:
@@ -310,14 +302,14 @@ def _lloyd_block(X, w, C, counts, sum_x, d2, lab):  # pragma: no cover - compile
         before[c, d] = counts[c]
         for j in range(d):
             before[c, j] = sum_x[c, j]
-    inertia, n_invalid = _lloyd_sums(X, w, C, counts, sum_x, d2, lab, False)
+    inertia, n_invalid = _assign(X, w, C, counts, sum_x, d2, lab, True, False)
     if math.isfinite(inertia):
         return inertia, n_invalid
     for c in range(k):
         counts[c] = before[c, d]
         for j in range(d):
             sum_x[c, j] = before[c, j]
-    return _lloyd_sums(X, w, C, counts, sum_x, d2, lab, True)
+    return _assign(X, w, C, counts, sum_x, d2, lab, True, True)
 
 
 @njit(nogil=True, fastmath=False, cache=True)
@@ -368,7 +360,8 @@ def nearest_center(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.n
     X = _as_rows(X)
     labels = np.empty(X.shape[0], dtype=np.int64)
     sq_dist = np.empty(X.shape[0], dtype=np.float64)
-    _nearest_block(X, _centers(centers), labels, sq_dist)
+    none = np.empty(0)
+    _assign(X, none, _centers(centers), none, none.reshape(0, 0), sq_dist, labels, False, False)
     return labels, sq_dist
 
 

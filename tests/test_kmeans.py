@@ -253,9 +253,9 @@ def test_what_workers_run_imports_no_scikit_learn():
 @pytest.mark.parametrize("n", [1003, 6, 1])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_lloyd_kernel_against_numpy(n, k, d, dtype):
-    from dask_em.models.kmeans import DIRECT_MAX_CLUSTERS, LANE_ROWS, _chunk_rows, _lloyd_block, nearest_center
+    from dask_em.models.kmeans import DIRECT_MAX_CLUSTERS, LANE_MAX_FEATURES, _lloyd_block, nearest_center
 
-    lanes = _chunk_rows(np.zeros((k, d))) == LANE_ROWS
+    lanes = d <= LANE_MAX_FEATURES
     assert lanes == (d <= 32) and (lanes or k <= DIRECT_MAX_CLUSTERS) == (k == 4 or d <= 32)
     rng = np.random.default_rng(n + k + d)
     X = (rng.normal(size=(n, d)) * 3).astype(dtype)

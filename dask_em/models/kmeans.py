@@ -88,7 +88,10 @@ class KMeansParams:
 #: from each other in the cache (256 rows measured 4-6x slower at D=32).
 LANE_ROWS = 64
 
-#: Rows per chunk of the BLAS search (a 256 x 16 float64 chunk is 32 KiB).
+#: Most features of the lanes search (its compiled variants: 4, 8, 16, 32).
+LANE_MAX_FEATURES = 32
+
+#: Rows per chunk of the other searches (a 256 x 16 float64 chunk is 32 KiB).
 CHUNK_ROWS = 256
 
 #: Most centers searched row by row (features in SIMD lanes) when there are
@@ -152,7 +155,8 @@ def _aligned(n):  # pragma: no cover - compiled
 def _search_lanes(X, start, stop, XT, C2, cc, best_v, best, block):  # pragma: no cover - compiled
     # The nearest of the centers for rows [start, stop) (at most LANE_ROWS),
     # first center on ties: the rows are copied feature-major into XT
-    # (padded features and rows stay zero). C2 is -2 x the centers, with
+    # (padded features stay zero; lanes past the last row hold an earlier
+    # chunk's rows, whose labels are not used). C2 is -2 x the centers, with
     # len(block) features (padded with zeros). That length is a
     # compile-time constant (one compiled search per length: 4, 8, 16 or
     # 32), so the feature loops are unrolled and the row loop vectorized.
@@ -176,51 +180,68 @@ def _search_lanes(X, start, stop, XT, C2, cc, best_v, best, block):  # pragma: n
                 best[i] = c
 
 
-@njit(nogil=True, cache=True)
-def _search_state(C):  # pragma: no cover - compiled
-    # What the searches of one set of centers share: squared norms, -2 x
-    # the centers (features padded for the lanes search), the transposed
-    # centers for BLAS, and the buffers of one chunk. (Explicit loops:
-    # numba compiles them in a fraction of the time of array expressions.)
+@njit(nogil=True, cache=True, inline="always")
+def _sq_norms(C):  # pragma: no cover - compiled
     k, d = C.shape
-    p = 4  # the lanes search's features: a power of two from 4 to 32
-    while p < min(d, 32):
-        p *= 2
     cc = np.empty(k)
-    C2 = np.zeros((k, p))
-    CT = np.empty((d, k))
     for c in range(k):
         s = 0.0
         for j in range(d):
             s += C[c, j] * C[c, j]
-            CT[j, c] = C[c, j]
-            if j < p:
-                C2[c, j] = -2.0 * C[c, j]
         cc[c] = s
-    XT = _aligned(p * LANE_ROWS)
-    for i in range(XT.shape[0]):
-        XT[i] = 0.0
-    lanes = (_aligned(LANE_ROWS), np.empty(LANE_ROWS, dtype=np.int64))
-    return cc, C2, XT, lanes, CT, np.empty((CHUNK_ROWS, d))
-
-
-@njit(nogil=True, cache=True)
-def _chunk_rows(C):  # pragma: no cover - compiled
-    # LANE_ROWS for the lanes search, else CHUNK_ROWS (row by row or BLAS)
-    return LANE_ROWS if C.shape[1] <= 32 else CHUNK_ROWS
+    return cc
 
 
 @njit(nogil=True, fastmath={"reassoc", "contract"}, cache=True, inline="always")
-def _search_chunk(X, start, stop, C, state, labels):  # pragma: no cover - compiled
-    # Labels of rows [start, stop), at most _chunk_rows(C) of them.
-    # A row holding NaN/inf gets some label: the lanes search lets every
-    # center lose on it, the BLAS search reads its NaN/inf values as 0.
-    cc, C2, XT, lanes, CT, buf = state
-    m = stop - start
-    k, d = C.shape
-    if _chunk_rows(C) == LANE_ROWS:
-        best_v, best = lanes
-        p = C2.shape[1]
+def _rows_tail(X, w, C, counts, sum_x, d2, lab, start, stop, sums, check, inertia, n_invalid):  # pragma: no cover
+    # Exact squared distances of rows [start, stop) to their centers
+    # (non-finite for a row holding NaN/inf); with ``sums``, their weighted
+    # sums in row order. With ``check``, a row holding NaN/inf is skipped
+    # and counted, its distance set to -1. An empty ``w``: unit weights.
+    weighted = w.shape[0] > 0
+    for i in range(start, stop):
+        best = lab[i]
+        s = _sq_dist(X, i, C, best)
+        d2[i] = s
+        if not sums:
+            continue
+        if check and not math.isfinite(s):
+            bad = _row_invalid(X, i)
+            if bad:
+                n_invalid += bad
+                d2[i] = -1.0
+                continue
+        wi = w[i] if weighted else 1.0
+        counts[best] += wi
+        for j in range(X.shape[1]):
+            sum_x[best, j] += wi * X[i, j]
+        inertia += wi * s
+    return inertia, n_invalid
+
+
+@njit(nogil=True, fastmath={"reassoc", "contract"}, cache=True)
+def _assign_lanes(X, w, C, counts, sum_x, d2, lab, sums, check):  # pragma: no cover - compiled
+    # _assign with the lanes search (up to LANE_MAX_FEATURES features),
+    # LANE_ROWS rows at a time (they stay in cache for the tail).
+    n, d = X.shape
+    k = C.shape[0]
+    p = 4  # the search's features: a power of two from 4 to LANE_MAX_FEATURES
+    while p < d:
+        p *= 2
+    C2 = np.zeros((k, p))  # (explicit loops: numba compiles array expressions slowly)
+    for c in range(k):
+        for j in range(d):
+            C2[c, j] = -2.0 * C[c, j]
+    cc = _sq_norms(C)
+    XT = _aligned(p * LANE_ROWS)
+    for i in range(XT.shape[0]):
+        XT[i] = 0.0
+    best_v = _aligned(LANE_ROWS)
+    best = np.empty(LANE_ROWS, dtype=np.int64)
+    inertia = 0.0
+    n_invalid = 0
+    for start in range(0, n, LANE_ROWS):
+        stop = min(n, start + LANE_ROWS)
         if p == 4:
             _search_lanes(X, start, stop, XT, C2, cc, best_v, best, (0,) * 4)
         elif p == 8:
@@ -229,86 +250,92 @@ def _search_chunk(X, start, stop, C, state, labels):  # pragma: no cover - compi
             _search_lanes(X, start, stop, XT, C2, cc, best_v, best, (0,) * 16)
         else:
             _search_lanes(X, start, stop, XT, C2, cc, best_v, best, (0,) * 32)
-        for r in range(m):
-            labels[start + r] = best[r]
-        return
-    if k <= DIRECT_MAX_CLUSTERS:
-        for i in range(start, stop):
-            labels[i] = _nearest_row(X, i, C, cc)
-        return
-    for r in range(m):
-        for j in range(d):
-            v = X[start + r, j]
-            buf[r, j] = v if math.isfinite(v) else 0.0
-    G = np.dot(buf[:m], CT)
-    for r in range(m):
-        b = 0
-        low = cc[0] - 2.0 * G[r, 0]
-        for c in range(1, k):
-            v = cc[c] - 2.0 * G[r, c]
-            if v < low:
-                low = v
-                b = c
-        labels[start + r] = b
-
-
-@njit(nogil=True, fastmath={"reassoc", "contract"}, cache=True)
-def _assign(X, w, C, counts, sum_x, d2, lab, sums, check):  # pragma: no cover - compiled
-    # Chunk by chunk (its rows stay in cache): nearest centers and exact
-    # squared distances (non-finite for a row holding NaN/inf), then, with
-    # ``sums``, the sums in row order. With ``check``, a row holding NaN/inf
-    # is skipped and counted, its distance set to -1. An empty ``w`` means
-    # unit weights (no array of ones to allocate and read). One kernel for
-    # the passes and for predict: numba compiles the search once.
-    n, d = X.shape
-    weighted = w.shape[0] > 0
-    state = _search_state(C)
-    step = _chunk_rows(C)
-    inertia = 0.0
-    n_invalid = 0
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        _search_chunk(X, start, stop, C, state, lab)
-        for i in range(start, stop):
-            best = lab[i]
-            s = _sq_dist(X, i, C, best)
-            d2[i] = s
-            if not sums:
-                continue
-            if check and not math.isfinite(s):
-                bad = _row_invalid(X, i)
-                if bad:
-                    n_invalid += bad
-                    d2[i] = -1.0
-                    continue
-            wi = w[i] if weighted else 1.0
-            counts[best] += wi
-            for j in range(d):
-                sum_x[best, j] += wi * X[i, j]
-            inertia += wi * s
+        for r in range(stop - start):
+            lab[start + r] = best[r]
+        inertia, n_invalid = _rows_tail(X, w, C, counts, sum_x, d2, lab, start, stop, sums, check, inertia, n_invalid)
     return inertia, n_invalid
 
 
-@njit(nogil=True, cache=True)
-def _lloyd_block(X, w, C, counts, sum_x, d2, lab):  # pragma: no cover - compiled
-    # Lloyd's sums of a block, added to counts and sum_x. The first sweep
-    # looks at no row's values: a row holding NaN/inf makes the inertia
-    # non-finite, and only then is the block summed again, skipping and
-    # counting such rows (4% less thread CPU at D=16, K=8 than checking
-    # every row, alternating runs).
-    k, d = sum_x.shape
-    before = np.empty((k, d + 1))  # (explicit loops: numba compiles array expressions slowly)
-    for c in range(k):
-        before[c, d] = counts[c]
-        for j in range(d):
-            before[c, j] = sum_x[c, j]
+@njit(nogil=True, fastmath={"reassoc", "contract"}, cache=True)
+def _assign_rows(X, w, C, counts, sum_x, d2, lab, sums, check):  # pragma: no cover - compiled
+    # _assign with more than LANE_MAX_FEATURES features: row by row up to
+    # DIRECT_MAX_CLUSTERS centers, else one BLAS product per chunk of
+    # CHUNK_ROWS rows copied as float64 (NaN/inf read as 0).
+    n, d = X.shape
+    k = C.shape[0]
+    cc = _sq_norms(C)
+    CT = np.ascontiguousarray(C.T)
+    buf = np.empty((CHUNK_ROWS, d))
+    inertia = 0.0
+    n_invalid = 0
+    direct = k <= DIRECT_MAX_CLUSTERS
+    # row by row, chunks of about 32 KiB (8 rows at least), which the tail reads again from the cache
+    step = min(CHUNK_ROWS, max(8, 4096 // d)) if direct else CHUNK_ROWS
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        if direct:
+            for i in range(start, stop):
+                lab[i] = _nearest_row(X, i, C, cc)
+            inertia, n_invalid = _rows_tail(X, w, C, counts, sum_x, d2, lab, start, stop, sums, check, inertia, n_invalid)
+            continue
+        m = stop - start
+        for r in range(m):
+            for j in range(d):
+                v = X[start + r, j]
+                buf[r, j] = v if math.isfinite(v) else 0.0
+        G = np.dot(buf[:m], CT)
+        for r in range(m):
+            b = 0
+            low = cc[0] - 2.0 * G[r, 0]
+            for c in range(1, k):
+                v = cc[c] - 2.0 * G[r, c]
+                if v < low:
+                    low = v
+                    b = c
+            lab[start + r] = b
+        inertia, n_invalid = _rows_tail(X, w, C, counts, sum_x, d2, lab, start, stop, sums, check, inertia, n_invalid)
+    return inertia, n_invalid
+
+
+def _assign(
+    X: np.ndarray,
+    w: np.ndarray,
+    C: np.ndarray,
+    counts: np.ndarray,
+    sum_x: np.ndarray,
+    d2: np.ndarray,
+    lab: np.ndarray,
+    sums: bool,
+    check: bool,
+) -> tuple[float, int]:
+    """Nearest centers of all rows of ``X`` (``lab``) and exact squared distances (``d2``).
+
+    With ``sums``, the rows' weighted counts and sums are added to
+    ``counts`` and ``sum_x`` (an empty ``w``: unit weights) and the
+    inertia is returned. With ``check``, a row holding NaN/inf is skipped
+    and counted (distance -1). The kernel is chosen here rather than in a
+    compiled caller, so that numba compiles only the one that runs.
+    """
+    kernel = _assign_lanes if X.shape[1] <= LANE_MAX_FEATURES else _assign_rows
+    return kernel(X, w, C, counts, sum_x, d2, lab, sums, check)
+
+
+def _lloyd_block(
+    X: np.ndarray, w: np.ndarray, C: np.ndarray, counts: np.ndarray, sum_x: np.ndarray, d2: np.ndarray, lab: np.ndarray
+) -> tuple[float, int]:
+    """Lloyd's sums of a block, added to ``counts`` and ``sum_x``; (inertia, NaN/inf values).
+
+    The first sweep looks at no row's values: a row holding NaN/inf makes
+    the inertia non-finite, and only then is the block summed again,
+    skipping and counting such rows (4% less thread CPU at D=16, K=8 than
+    checking every row, alternating runs). Called from Python, not
+    compiled: a compiled caller of the kernel doubled its compile time.
+    """
+    before = (counts.copy(), sum_x.copy())
     inertia, n_invalid = _assign(X, w, C, counts, sum_x, d2, lab, True, False)
     if math.isfinite(inertia):
         return inertia, n_invalid
-    for c in range(k):
-        counts[c] = before[c, d]
-        for j in range(d):
-            sum_x[c, j] = before[c, j]
+    counts[...], sum_x[...] = before
     return _assign(X, w, C, counts, sum_x, d2, lab, True, True)
 
 

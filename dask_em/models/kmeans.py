@@ -71,16 +71,19 @@ class KMeansParams:
 #   features in SIMD lanes;
 # - beyond: one BLAS product per chunk (chunk @ centers.T).
 #
-# Thread CPU of an E-step on 131,072 rows, one thread, medians of five
-# alternating runs (before: the row-by-row search up to 16 centers, BLAS
-# beyond): D=16, K=8 3.3 -> 2.5 ms; D=4, K=3 1.2 -> 0.95; D=16, K=16
-# 5.5 -> 2.8; D=8, K=64 8.9 -> 3.3; D=8, K=256 34 -> 9.4; D=16, K=1000
-# 135 -> 51. Beyond 32 features (searched as before) the E-step is
-# unchanged: D=64, K=8 and D=784, K=10 within 4%; a lanes search of those
-# in blocks of 32 features (partial sums kept between blocks) compiled to
-# scalar code and measured several times slower. Either way a row's values
-# are read as float64, so float32 data is handled (and accumulated) in
-# float64.
+# Each search is one compiled kernel (_assign_lanes, _assign_rows), chosen
+# in Python so that numba compiles only the one that runs. Thread CPU of
+# an E-step on 131,072 rows (16.8 MB), one thread, medians of three
+# alternating runs in separate processes (before: the row-by-row search up
+# to 16 centers, BLAS beyond): D=16, K=8 3.5 -> 2.2 ms; D=4, K=3 1.3 ->
+# 0.9; D=16, K=16 6.2 -> 2.7; D=8, K=64 8.7 -> 3.2; D=8, K=256 34 -> 9.9;
+# D=16, K=1000 132 -> 51. Beyond 32 features (searched as before) the
+# E-step is unchanged within this machine's noise (+-20% between runs at
+# D=64, K=8; D=784, K=10; D=50, K=100). A lanes search of those in blocks
+# of 32 features (partial sums kept between blocks), or with 64 features
+# unrolled, compiled to scalar code and measured several times slower.
+# Either way a row's values are read as float64, so float32 data is
+# handled (and accumulated) in float64.
 # ---------------------------------------------------------------------------
 
 #: Rows per chunk of the lanes search: a multiple of the eight float64 SIMD

@@ -6,6 +6,7 @@ The seeding (k-means||, k-means++, random rows) and Lloyd's options live in
 
 from __future__ import annotations
 
+import math
 import numbers
 import sys
 import warnings
@@ -212,10 +213,11 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         try:
             self._fit(X, client=client, checkpointing=Checkpointing(checkpoint, checkpoint_every, resume, force),
                       sample_weight=sample_weight)
-            if is_out_of_core(self._fit_X):  # lazy, as predict's (in memory: from the last pass, _set_fitted)
+            if self.labels_ is None:  # out of core: lazy, as predict's (in memory: from the last pass)
                 self.labels_ = self._nearest(self._fit_X, labels_block, None, np.int64)
         finally:
             self.__dict__.pop("_fit_X", None)
+            self.__dict__.pop("_best_inertia", None)
             self._seed_weight = None
         return self
 
@@ -247,6 +249,7 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self._run = run
         if run == 0:  # scikit-learn's tolerance is relative to the data's variance: one pass
             self._tol_scaled = self.tol * mean_variance(blocks, client) if self.tol > 0 else 0.0
+            self._best_inertia = math.inf  # the runs' labels kept: the best so far only
         label = f"kmeans run {run + 1}/{n_runs}" if n_runs > 1 else "kmeans"
         return {**super()._em_options(blocks, client, run, n_runs),
                 **lloyd_options(self._tol_scaled, verbose=bool(self.verbose), label=label)}
@@ -261,9 +264,10 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         in_memory = not is_out_of_core(self._fit_X)
         final = expected_stats(LabelledKMeansModel(model.n_clusters) if in_memory else model, data, result.params,
                                client, self.split_every)
-        if in_memory:
-            result.extra["labels"] = np.asarray(final["labels"]).item().joined()
         result.extra["inertia"] = float(final["inertia"])
+        if in_memory and result.extra["inertia"] < self._best_inertia:  # the run kept (the first on ties)
+            self._best_inertia = result.extra["inertia"]
+            result.extra["labels"] = np.asarray(final["labels"]).item().joined()
         result.extra["n_distinct"] = int(np.count_nonzero(final["counts"]))
         if self.verbose:
             print(f"dask-em: run {self._run + 1}/{self._n_init}: inertia {result.extra['inertia']:.8g}, "
@@ -292,8 +296,7 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self.cluster_centers_ = np.asarray(result.params.cluster_centers, dtype=dtype)
         self.inertia_ = result.extra["inertia"]
         self.n_features_in_ = int(blocks.array.shape[1])
-        if "labels" in result.extra:
-            self.labels_ = result.extra["labels"]
+        self.labels_ = result.extra.get("labels")
 
     # -- online (stepwise) k-means: dask_em.online on running counts and sums
     _online_attr = "cluster_centers_"

@@ -6,7 +6,6 @@ The seeding (k-means||, k-means++, random rows) and Lloyd's options live in
 
 from __future__ import annotations
 
-import math
 import numbers
 import sys
 import warnings
@@ -213,11 +212,10 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         try:
             self._fit(X, client=client, checkpointing=Checkpointing(checkpoint, checkpoint_every, resume, force),
                       sample_weight=sample_weight)
-            if self.labels_ is None:  # out of core: lazy, as predict's (in memory: from the last pass)
+            if self.labels_ is None:  # out of core: lazy, as predict's (in memory: from the final pass)
                 self.labels_ = self._nearest(self._fit_X, labels_block, None, np.int64)
         finally:
             self.__dict__.pop("_fit_X", None)
-            self.__dict__.pop("_best_inertia", None)
             self._seed_weight = None
         return self
 
@@ -249,7 +247,6 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self._run = run
         if run == 0:  # scikit-learn's tolerance is relative to the data's variance: one pass
             self._tol_scaled = self.tol * mean_variance(blocks, client) if self.tol > 0 else 0.0
-            self._best_inertia = math.inf  # the runs' labels kept: the best so far only
         label = f"kmeans run {run + 1}/{n_runs}" if n_runs > 1 else "kmeans"
         return {**super()._em_options(blocks, client, run, n_runs),
                 **lloyd_options(self._tol_scaled, verbose=bool(self.verbose), label=label)}
@@ -261,12 +258,12 @@ class KMeans(PartialFitMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             how = "strict convergence" if shift == 0 else f"center shift {shift:e} within tolerance {self._tol_scaled:e}"
             print(f"Converged at iteration {result.n_iter - 1}: {how}.")
         # in-memory rows: the pass also returns their labels, the fitted labels_ if this run is kept
+        # (the fit loop holds on to the best run's result only)
         in_memory = not is_out_of_core(self._fit_X)
         final = expected_stats(LabelledKMeansModel(model.n_clusters) if in_memory else model, data, result.params,
                                client, self.split_every)
         result.extra["inertia"] = float(final["inertia"])
-        if in_memory and result.extra["inertia"] < self._best_inertia:  # the run kept (the first on ties)
-            self._best_inertia = result.extra["inertia"]
+        if in_memory:
             result.extra["labels"] = np.asarray(final["labels"]).item().joined()
         result.extra["n_distinct"] = int(np.count_nonzero(final["counts"]))
         if self.verbose:

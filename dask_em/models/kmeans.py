@@ -267,11 +267,11 @@ def _assign_rows(X, w, C, counts, sum_x, d2, lab, sums, check):  # pragma: no co
     n, d = X.shape
     k = C.shape[0]
     cc = _sq_norms(C)
+    direct = k <= DIRECT_MAX_CLUSTERS
     CT = np.ascontiguousarray(C.T)
-    buf = np.empty((CHUNK_ROWS, d))
+    buf = np.empty((0 if direct else CHUNK_ROWS, d))  # the BLAS search's copy of a chunk
     inertia = 0.0
     n_invalid = 0
-    direct = k <= DIRECT_MAX_CLUSTERS
     # row by row, chunks of about 32 KiB (8 rows at least), which the tail reads again from the cache
     step = min(CHUNK_ROWS, max(8, 4096 // d)) if direct else CHUNK_ROWS
     for start in range(0, n, step):
@@ -586,9 +586,9 @@ class KMeansModel:
         then counts with its weight (in ``n``, ``counts``, ``sum_x`` and
         ``inertia``).
         """
-        return self._assign(block, params)[0]
+        return self._stats_and_labels(block, params)[0]
 
-    def _assign(self, block: np.ndarray, params: KMeansParams) -> tuple[Stats, np.ndarray]:
+    def _stats_and_labels(self, block: np.ndarray, params: KMeansParams) -> tuple[Stats, np.ndarray]:
         """The E-step's statistics and the labels of the block's rows."""
         rows, w = split_weights(block)
         X = _as_rows(rows)
@@ -666,7 +666,7 @@ class LabelledKMeansModel(KMeansModel):
 
     def e_step(self, block: np.ndarray, params: KMeansParams) -> Stats:
         """:meth:`KMeansModel.e_step`, plus ``labels``: :class:`BlockLabels`."""
-        stats, labels = self._assign(block, params)
+        stats, labels = self._stats_and_labels(block, params)
         return {**stats, "labels": BlockLabels((labels,))}
 
 
